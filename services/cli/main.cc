@@ -1,0 +1,14 @@
+// `pipeinfer`: the project's command-line tool (model tools; cluster commands join later).
+#include <CLI/CLI.hpp>
+
+#include "cli/gguf_commands.h"
+#include "cli/tokenize_commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"pipeinfer: pipelined speculative inference cluster tools"};
+  app.require_subcommand(1);
+  pipeinfer::cli::RegisterGgufCommands(app);
+  pipeinfer::cli::RegisterTokenizeCommands(app);
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}

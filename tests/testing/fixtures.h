@@ -1,0 +1,65 @@
+// Paths and small readers for the test fixtures (copied from llama.cpp-produced references into
+// tests/fixtures so a clean clone is self-contained).
+#pragma once
+
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace pipeinfer::testing {
+
+inline std::string FixturePath(const std::string& rel) {
+  return std::string(PIPEINFER_FIXTURES_DIR) + "/" + rel;
+}
+
+inline std::string BinPath(const std::string& name) {
+  return std::string(PIPEINFER_BIN_DIR) + "/" + name;
+}
+
+inline std::vector<uint8_t> ReadBytes(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  return std::vector<uint8_t>(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
+}
+
+inline std::string ReadText(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+// IEEE half -> float, written independently of the engine's conversion.
+inline float HalfToFloat(uint16_t h) {
+  const uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  float v;
+  if (exp == 0) {
+    v = static_cast<float>(mant) / 1024.0f / 16384.0f;  // subnormal: mant * 2^-24
+  } else if (exp == 31) {
+    v = mant ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  } else {
+    v = (1.0f + static_cast<float>(mant) / 1024.0f) * std::ldexp(1.0f, static_cast<int>(exp) - 15);
+  }
+  return sign ? -v : v;
+}
+
+// Runs a shell command, capturing stdout+stderr; returns the exit status.
+inline int RunCommand(const std::string& cmd, std::string* output) {
+  std::string full = cmd + " 2>&1";
+  FILE* p = popen(full.c_str(), "r");
+  if (!p) return -1;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof(buf), p)) > 0) output->append(buf, n);
+  int status = pclose(p);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace pipeinfer::testing
