@@ -26,6 +26,7 @@ done
 jobs=$(nproc)
 cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo)
 label_args=(-LE "fuzz|soak|bench")
+build_args=()
 case "$mode" in
   release) build=build ;;
   asan)
@@ -38,12 +39,13 @@ case "$mode" in
     build=build-fuzz
     cmake_args+=(-DPIPEINFER_FUZZ=ON -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++)
     label_args=(-L fuzz)
+    build_args=(--target gguf_fuzz)
     ;;
 esac
 
 echo "== configure ($mode, $build)"
 cmake -S . -B "$build" "${cmake_args[@]}"
 echo "== build"
-cmake --build "$build" -j "$jobs"
+cmake --build "$build" -j "$jobs" "${build_args[@]}"
 echo "== test"
 ctest --test-dir "$build" --output-on-failure -j "$jobs" "${label_args[@]}" "${ctest_args[@]}"

@@ -1,6 +1,7 @@
 // `pipeinfer`: the project's command-line tool (model tools; cluster commands join later).
 #include <CLI/CLI.hpp>
 
+#include "cli/engine_commands.h"
 #include "cli/gguf_commands.h"
 #include "cli/tokenize_commands.h"
 
@@ -9,6 +10,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   pipeinfer::cli::RegisterGgufCommands(app);
   pipeinfer::cli::RegisterTokenizeCommands(app);
+  pipeinfer::cli::RegisterEngineCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

@@ -50,9 +50,10 @@ inline float HalfToFloat(uint16_t h) {
   return sign ? -v : v;
 }
 
-// Runs a shell command, capturing stdout+stderr; returns the exit status.
-inline int RunCommand(const std::string& cmd, std::string* output) {
-  std::string full = cmd + " 2>&1";
+// Runs a shell command, capturing stdout (and stderr unless `merge_stderr` is false, in which case
+// stderr is discarded); returns the exit status.
+inline int RunCommand(const std::string& cmd, std::string* output, bool merge_stderr = true) {
+  std::string full = cmd + (merge_stderr ? " 2>&1" : " 2>/dev/null");
   FILE* p = popen(full.c_str(), "r");
   if (!p) return -1;
   char buf[4096];

@@ -1,0 +1,168 @@
+// Micro benchmark of the CPU kernels: MatMul per weight type and batch size (weight GB/s and
+// Gflop/s), next to a plain memory-read bandwidth measured in the same run.
+//
+//   kernels_bench --benchmark_filter='MatMul/q4_0'   (see --help for Google Benchmark's flags)
+//
+// Weights are random blocks with small finite scales; the matrix (4096 x 4096 by default) is
+// larger than the caches, so decode (n_tokens = 1) measures streaming from memory.
+#include <algorithm>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <benchmark/benchmark.h>
+
+#include "gguf/tensor_type.h"
+#include "kernels/kernels.h"
+
+namespace pipeinfer::kernels {
+namespace {
+
+using gguf::TensorType;
+
+constexpr int64_t kRows = 4096, kCols = 4096;
+
+int HardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
+
+// Offsets of the f16 scales inside one block (kept small and finite so that no denormal or
+// non-finite arithmetic skews the timing).
+std::vector<int> ScaleOffsets(TensorType t) {
+  switch (t) {
+    case TensorType::kQ4_0:
+    case TensorType::kQ5_0:
+    case TensorType::kQ8_0:
+      return {0};
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_1:
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
+      return {0, 2};
+    case TensorType::kQ2_K:
+      return {80, 82};
+    case TensorType::kQ3_K:
+      return {108};
+    case TensorType::kQ6_K:
+      return {208};
+    default:
+      return {};
+  }
+}
+
+std::vector<uint8_t> RandomWeights(TensorType t, int64_t rows, int64_t cols) {
+  const auto& info = gguf::TypeInfo(t);
+  std::vector<uint8_t> data(rows * (cols / info.block_size) * info.type_size);
+  std::mt19937 rng(42);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  if (t == TensorType::kF32) {
+    for (size_t i = 0; i < data.size(); i += 4) {
+      const float f = u(rng);
+      std::memcpy(&data[i], &f, 4);
+    }
+  } else if (t == TensorType::kF16 || t == TensorType::kBF16) {
+    for (size_t i = 0; i < data.size(); i += 2) {
+      const float f = u(rng);
+      uint32_t bits;
+      std::memcpy(&bits, &f, 4);
+      const uint16_t h = t == TensorType::kF16 ? FloatToHalf(f) : static_cast<uint16_t>(bits >> 16);
+      std::memcpy(&data[i], &h, 2);
+    }
+  } else {
+    for (auto& b : data) b = static_cast<uint8_t>(rng());
+    for (size_t b = 0; b < data.size(); b += info.type_size) {
+      for (int off : ScaleOffsets(t)) {
+        const uint16_t h = FloatToHalf(0.01f + 0.01f * u(rng));
+        std::memcpy(&data[b + off], &h, 2);
+      }
+    }
+  }
+  return data;
+}
+
+// Args: type id, n_tokens, threads, simd (1) or portable (0).
+void BM_MatMul(benchmark::State& state) {
+  const auto type = static_cast<TensorType>(state.range(0));
+  const int64_t n_tokens = state.range(1);
+  const int threads = static_cast<int>(state.range(2));
+  const bool simd = state.range(3) != 0;
+  if (simd && !CpuHasAvx2Fma()) {
+    state.SkipWithError("no AVX2/FMA/F16C on this CPU");
+    return;
+  }
+  SetForceScalar(!simd);
+  const auto& info = gguf::TypeInfo(type);
+  const auto data = RandomWeights(type, kRows, kCols);
+  const Matrix w{type, data.data(), kRows, kCols, data.size() / kRows};
+  std::vector<float> x(n_tokens * kCols), y(n_tokens * kRows);
+  std::mt19937 rng(1);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  for (auto& v : x) v = u(rng);
+  ThreadPool pool(threads);
+  for (auto _ : state) {
+    MatMul(w, x.data(), kCols, n_tokens, y.data(), kRows, pool);
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  SetForceScalar(false);
+  const double iters = static_cast<double>(state.iterations());
+  state.counters["weight_GBps"] =
+      benchmark::Counter(iters * data.size() / 1e9, benchmark::Counter::kIsRate);
+  state.counters["Gflops"] =
+      benchmark::Counter(iters * 2.0 * kRows * kCols * n_tokens / 1e9, benchmark::Counter::kIsRate);
+  state.SetLabel(std::string(info.name) + (simd ? " avx2" : " portable"));
+}
+
+// Plain streaming read of 512 MiB split over `threads` threads: the bandwidth the decode rows
+// above should be compared with.
+void BM_MemoryRead(benchmark::State& state) {
+  const int threads = static_cast<int>(state.range(0));
+  const size_t n = size_t{512} << 20 >> 3;
+  static std::vector<uint64_t> buf(n, 1);
+  ThreadPool pool(threads);
+  std::vector<uint64_t> sums(threads);
+  for (auto _ : state) {
+    pool.ParallelFor(static_cast<int64_t>(n), 4096, [&](int64_t b, int64_t e, int t) {
+      uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+      for (int64_t i = b; i + 4 <= e; i += 4) {
+        s0 += buf[i];
+        s1 += buf[i + 1];
+        s2 += buf[i + 2];
+        s3 += buf[i + 3];
+      }
+      sums[t] = s0 + s1 + s2 + s3;
+    });
+    benchmark::DoNotOptimize(sums.data());
+  }
+  state.counters["GBps"] = benchmark::Counter(static_cast<double>(state.iterations()) * n * 8 / 1e9,
+                                              benchmark::Counter::kIsRate);
+}
+
+void MatMulArgs(benchmark::internal::Benchmark* b) {
+  const TensorType types[] = {
+      TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
+      TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K, TensorType::kQ3_K,
+      TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
+  for (TensorType t : types) {
+    for (int64_t n : {1, 2, 4, 8, 16}) {
+      for (int threads : {1, HardwareThreads()}) {
+        b->Args({static_cast<int64_t>(t), n, threads, 1});
+        if (threads == HardwareThreads() && HardwareThreads() == 1) break;
+      }
+    }
+    b->Args({static_cast<int64_t>(t), 1, 1, 0});  // portable path, decode, one thread
+  }
+  b->ArgNames({"type", "tokens", "threads", "simd"});
+}
+
+BENCHMARK(BM_MemoryRead)
+    ->Arg(1)
+    ->Arg(HardwareThreads())
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MatMul)->Apply(MatMulArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+}  // namespace
+}  // namespace pipeinfer::kernels
+
+BENCHMARK_MAIN();

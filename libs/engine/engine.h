@@ -1,0 +1,83 @@
+// One stage's compute: the layer-range forward pass of a llama model over a run of tokens, with
+// the run's keys and values kept in the stage's paged KV cache.
+//
+// A run is a set of tokens of one session that go into one sequence of the KV cache (the canonical
+// sequence or a partition). Tokens form a chain or a tree: each token's parent is an earlier token
+// of the run or the end of the sequence's prefix, and a token attends exactly to its path (the
+// prefix, its ancestors, itself). The first stage embeds token ids; later stages take the previous
+// stage's hidden states; the last stage returns logits for the requested rows only.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/stage_model.h"
+#include "kernels/thread_pool.h"
+#include "kv/kv_cache.h"
+
+namespace pipeinfer::engine {
+
+struct EngineOptions {
+  int32_t threads = 1;
+  kv::ElemType kv_type = kv::ElemType::kF16;  // llama.cpp's default
+  int64_t kv_capacity_tokens = 4096;          // KV slots (all sessions, all partitions)
+  uint64_t kv_capacity_bytes = 0;             // if > 0, overrides kv_capacity_tokens: a byte budget
+  int32_t kv_block_tokens = 16;
+  int32_t max_context = 0;  // positions must stay below this; 0 = the model's context length
+};
+
+struct ForwardInput {
+  uint64_t session = 0;
+  uint32_t partition = kv::KvCache::kCanonical;
+  std::span<const int32_t> tokens;       // first stage: token ids (one per run token)
+  std::span<const float> hidden;         // later stages: [n_tokens][n_embd]
+  int32_t n_tokens = 0;                  // 0: taken from tokens (first stage) or hidden
+  std::span<const int32_t> parents;      // empty: a chain continuing the sequence
+  std::span<const int32_t> output_rows;  // last stage: ascending run-token indices to return
+  std::function<bool()> cancelled;       // polled between layers; true stops the run
+};
+
+struct ForwardOutput {
+  std::vector<int32_t> slots;      // KV slots written
+  std::vector<int32_t> positions;  // position of each run token
+  std::vector<float> hidden;       // [n_tokens][n_embd] (not on the last stage)
+  std::vector<float> logits;       // [output_rows.size()][n_vocab] (last stage)
+  bool stopped = false;            // cancelled between layers; outputs are empty
+  int32_t layers_done = 0;
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<StageModel> model,
+                                                        const EngineOptions& options);
+
+  absl::StatusOr<ForwardOutput> Forward(const ForwardInput& in);
+
+  const StageModel& model() const { return *model_; }
+  const EngineOptions& options() const { return options_; }
+  kv::KvCache& kv() { return *kv_; }
+  kernels::ThreadPool& pool() { return *pool_; }
+  int32_t max_context() const { return max_context_; }
+
+ private:
+  Engine() = default;
+  void Attention(const kv::Sequence& seq, int32_t layer, std::span<const int32_t> slots,
+                 const float* q, float* out, int32_t n_tokens);
+
+  std::unique_ptr<StageModel> model_;
+  EngineOptions options_;
+  std::unique_ptr<kv::KvCache> kv_;
+  std::unique_ptr<kernels::ThreadPool> pool_;
+  int32_t max_context_ = 0;
+  std::vector<float> rope_inv_freq_;
+  std::vector<std::vector<float>> scratch_;  // per thread: attention scores
+};
+
+// Applies llama.cpp's "normal" RoPE (rotates consecutive pairs) to one head vector in place.
+void ApplyRope(float* x, int32_t head_dim, int32_t position, float freq_base, float freq_scale);
+
+}  // namespace pipeinfer::engine

@@ -1,0 +1,99 @@
+#include "engine/stage_model.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace pipeinfer::engine {
+
+absl::StatusOr<kernels::Matrix> MatrixOf(const gguf::TensorInfo& t) {
+  if (t.shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", t.name, "' is not a matrix: shape ", t.ShapeString()));
+  }
+  if (!kernels::SupportsType(t.type)) {
+    return absl::UnimplementedError(absl::StrCat("tensor '", t.name, "' has type ",
+                                                 gguf::TypeInfo(t.type).name,
+                                                 " which the CPU kernels do not support yet"));
+  }
+  kernels::Matrix m;
+  m.type = t.type;
+  m.data = t.data;
+  m.cols = static_cast<int64_t>(t.shape[0]);
+  m.rows = static_cast<int64_t>(t.shape[1]);
+  m.row_bytes = static_cast<size_t>(t.n_bytes / t.shape[1]);
+  return m;
+}
+
+namespace {
+
+// Norm weights as floats (stored F32 in practice; other types are decoded once).
+absl::StatusOr<std::vector<float>> VectorOf(const gguf::TensorInfo& t) {
+  if (t.shape.size() != 1) {
+    return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' is not a vector"));
+  }
+  if (!kernels::SupportsType(t.type)) {
+    return absl::UnimplementedError(
+        absl::StrCat("tensor '", t.name, "' has unsupported type ", gguf::TypeInfo(t.type).name));
+  }
+  kernels::Matrix m;
+  m.type = t.type;
+  m.data = t.data;
+  m.cols = static_cast<int64_t>(t.shape[0]);
+  m.rows = 1;
+  m.row_bytes = static_cast<size_t>(t.n_bytes);
+  std::vector<float> out(m.cols);
+  kernels::DequantizeRow(m, 0, out.data());
+  return out;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StageModel>> StageModel::Load(const std::string& path,
+                                                             const gguf::StageSpec& spec,
+                                                             bool prefault) {
+  PI_ASSIGN_OR_RETURN(auto f, gguf::GgufFile::Open(path));
+  return FromFile(std::shared_ptr<gguf::GgufFile>(std::move(f)), spec, prefault);
+}
+
+absl::StatusOr<std::unique_ptr<StageModel>> StageModel::LoadFull(const std::string& path,
+                                                                 bool prefault) {
+  PI_ASSIGN_OR_RETURN(auto f, gguf::GgufFile::Open(path));
+  PI_ASSIGN_OR_RETURN(auto hp, gguf::LlamaHParams::FromGguf(*f));
+  return FromFile(std::shared_ptr<gguf::GgufFile>(std::move(f)),
+                  gguf::StageSpec{0, hp.n_layer, true, true}, prefault);
+}
+
+absl::StatusOr<std::unique_ptr<StageModel>> StageModel::FromFile(std::shared_ptr<gguf::GgufFile> f,
+                                                                 const gguf::StageSpec& spec,
+                                                                 bool prefault) {
+  std::unique_ptr<StageModel> m(new StageModel());
+  m->file_ = std::move(f);
+  m->spec_ = spec;
+  PI_ASSIGN_OR_RETURN(m->hp_, gguf::LlamaHParams::FromGguf(*m->file_));
+  PI_ASSIGN_OR_RETURN(auto st, gguf::SelectStageTensors(*m->file_, m->hp_, spec));
+  if (st.token_embd) {
+    PI_ASSIGN_OR_RETURN(m->token_embd_, MatrixOf(*st.token_embd));
+  }
+  for (const auto& lt : st.layers) {
+    LayerWeights lw;
+    PI_ASSIGN_OR_RETURN(lw.attn_norm, VectorOf(*lt.attn_norm));
+    PI_ASSIGN_OR_RETURN(lw.wq, MatrixOf(*lt.wq));
+    PI_ASSIGN_OR_RETURN(lw.wk, MatrixOf(*lt.wk));
+    PI_ASSIGN_OR_RETURN(lw.wv, MatrixOf(*lt.wv));
+    PI_ASSIGN_OR_RETURN(lw.wo, MatrixOf(*lt.wo));
+    PI_ASSIGN_OR_RETURN(lw.ffn_norm, VectorOf(*lt.ffn_norm));
+    PI_ASSIGN_OR_RETURN(lw.w_gate, MatrixOf(*lt.w_gate));
+    PI_ASSIGN_OR_RETURN(lw.w_up, MatrixOf(*lt.w_up));
+    PI_ASSIGN_OR_RETURN(lw.w_down, MatrixOf(*lt.w_down));
+    m->layers_.push_back(std::move(lw));
+  }
+  if (st.output) {
+    PI_ASSIGN_OR_RETURN(m->output_norm_, VectorOf(*st.output_norm));
+    PI_ASSIGN_OR_RETURN(m->output_, MatrixOf(*st.output));
+  }
+  m->weight_bytes_ = st.total_bytes();
+  if (prefault) gguf::PrefaultStage(*m->file_, st);
+  return m;
+}
+
+}  // namespace pipeinfer::engine

@@ -1,0 +1,66 @@
+// The weights one stage computes with: layers [first, last) of a llama model, plus the token
+// embedding (first stage) and the output norm and head (last stage). Weights stay in the file's
+// memory mapping in their stored format; only the tensors of the stage are ever read.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "gguf/llama.h"
+#include "gguf/reader.h"
+#include "kernels/kernels.h"
+
+namespace pipeinfer::engine {
+
+struct LayerWeights {
+  std::vector<float> attn_norm;  // [n_embd]
+  kernels::Matrix wq, wk, wv, wo;
+  std::vector<float> ffn_norm;  // [n_embd]
+  kernels::Matrix w_gate, w_up, w_down;
+};
+
+class StageModel {
+ public:
+  // Opens `path` and selects the stage's tensors. `prefault` reads them in now (warm start).
+  static absl::StatusOr<std::unique_ptr<StageModel>> Load(const std::string& path,
+                                                          const gguf::StageSpec& spec,
+                                                          bool prefault = false);
+  // Whole model: every layer, embedding and head.
+  static absl::StatusOr<std::unique_ptr<StageModel>> LoadFull(const std::string& path,
+                                                              bool prefault = false);
+  // Uses an already open file (shared between several stage models, e.g. in tests).
+  static absl::StatusOr<std::unique_ptr<StageModel>> FromFile(std::shared_ptr<gguf::GgufFile> f,
+                                                              const gguf::StageSpec& spec,
+                                                              bool prefault = false);
+
+  const gguf::LlamaHParams& hparams() const { return hp_; }
+  const gguf::StageSpec& spec() const { return spec_; }
+  const gguf::GgufFile& file() const { return *file_; }
+  bool is_first() const { return spec_.embedding; }
+  bool is_last() const { return spec_.head; }
+  int32_t n_layers() const { return static_cast<int32_t>(layers_.size()); }
+  const LayerWeights& layer(int32_t local) const { return layers_[local]; }
+  const kernels::Matrix& token_embd() const { return token_embd_; }
+  const std::vector<float>& output_norm() const { return output_norm_; }
+  const kernels::Matrix& output() const { return output_; }
+  uint64_t weight_bytes() const { return weight_bytes_; }
+
+ private:
+  StageModel() = default;
+
+  std::shared_ptr<gguf::GgufFile> file_;
+  gguf::LlamaHParams hp_;
+  gguf::StageSpec spec_;
+  std::vector<LayerWeights> layers_;
+  kernels::Matrix token_embd_;
+  std::vector<float> output_norm_;
+  kernels::Matrix output_;
+  uint64_t weight_bytes_ = 0;
+};
+
+// Matrix view of a 2-D tensor (GGUF [cols, rows]). Fails for unsupported types.
+absl::StatusOr<kernels::Matrix> MatrixOf(const gguf::TensorInfo& t);
+
+}  // namespace pipeinfer::engine

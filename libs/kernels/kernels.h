@@ -1,0 +1,71 @@
+// CPU kernels of the engine: weight dequantization, (small-batch) matrix products, and the vector
+// operations of the llama forward pass.
+//
+// Weights are used in their file layout (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, ...); a matrix
+// product dequantizes each weight block once and applies it to every token of the batch, so a
+// speculative run of k tokens reads the weights once. Activations stay F32 (the numerics match
+// llama.cpp run on exactly dequantized weights).
+//
+// Every kernel has a portable scalar implementation and, where the CPU has AVX2+FMA+F16C, a
+// vectorized one chosen at run time. SetForceScalar(true) selects the portable path (tests compare
+// the two).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "gguf/tensor_type.h"
+#include "kernels/thread_pool.h"
+
+namespace pipeinfer::kernels {
+
+// --- CPU features -----------------------------------------------------------------------------
+bool CpuHasAvx2Fma();  // AVX2 + FMA + F16C, detected once
+// Forces the portable paths (process-wide; for tests and benchmarks).
+void SetForceScalar(bool force);
+bool UsingSimd();  // CpuHasAvx2Fma() && !forced scalar
+
+// --- Conversions ------------------------------------------------------------------------------
+float HalfToFloat(uint16_t h);
+uint16_t FloatToHalf(float f);  // round to nearest even, like ggml/numpy
+float BF16ToFloat(uint16_t h);
+void HalfToFloatN(const uint16_t* in, float* out, int64_t n);
+void FloatToHalfN(const float* in, uint16_t* out, int64_t n);
+
+// --- Weights ----------------------------------------------------------------------------------
+// A 2-D weight in GGUF layout: `rows` rows (output features) of `cols` elements (input features)
+// each; GGUF shape [cols, rows].
+struct Matrix {
+  gguf::TensorType type = gguf::TensorType::kF32;
+  const uint8_t* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  size_t row_bytes = 0;
+};
+
+// True when the kernels can compute with this type.
+bool SupportsType(gguf::TensorType type);
+
+// Row `row` of `w` as floats (cols values).
+void DequantizeRow(const Matrix& w, int64_t row, float* out);
+
+// y[t * y_stride + r] = sum_c w[r][c] * x[t * x_stride + c], for t < n_tokens, r < w.rows.
+// Rows are split over the pool; each weight block is decoded once for all n_tokens.
+void MatMul(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens, float* y,
+            int64_t y_stride, ThreadPool& pool);
+
+// --- Vector ops (single thread; n is any length) ----------------------------------------------
+float DotF32(const float* a, const float* b, int64_t n);
+// Dot of F32 `a` with F16 `b` (KV cache rows).
+float DotF32F16(const float* a, const uint16_t* b, int64_t n);
+// y += s * x   (F32 x, or F16 x)
+void AxpyF32(float s, const float* x, float* y, int64_t n);
+void AxpyF16(float s, const uint16_t* x, float* y, int64_t n);
+// out = x / sqrt(mean(x^2) + eps) * w
+void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);
+// out[i] = silu(gate[i]) * up[i]
+void SwiGlu(const float* gate, const float* up, float* out, int64_t n);
+// In-place softmax over n values; returns the log of the normalizer (max + log(sum exp)).
+float SoftmaxInPlace(float* x, int64_t n);
+
+}  // namespace pipeinfer::kernels

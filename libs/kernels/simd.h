@@ -1,0 +1,46 @@
+// Internal: entry points of the AVX2+FMA+F16C kernels (compiled with those flags, in *_avx2.cc)
+// and the dispatch switch. Only call an avx2:: function when UsingSimd() is true.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+// 1 when the AVX2 files are built (x86); defining it to 0 gives a portable-only library.
+#ifndef PIPEINFER_KERNELS_X86
+#if defined(__x86_64__) || defined(__i386__)
+#define PIPEINFER_KERNELS_X86 1
+#else
+#define PIPEINFER_KERNELS_X86 0
+#endif
+#endif
+
+namespace pipeinfer::kernels::avx2 {
+
+// The AVX2 matrix kernels read the activations repacked (once per MatMul call): tokens in groups
+// of kPackTokens (the last group may be smaller); within a group of g tokens, for each run of 8
+// columns, the g tokens' 8 values follow each other (so a group's loads are sequential and use
+// constant offsets). Columns are zero-padded to a multiple of kPackCols. `packed` must be
+// 32-byte aligned and hold PackedActivationsSize floats.
+inline constexpr int kPackTokens = 8;
+inline constexpr int kPackCols = 32;
+int64_t PackedActivationsSize(int64_t cols, int64_t n_tokens);
+void PackActivations(const float* x, int64_t x_stride, int64_t n_tokens, int64_t cols,
+                     float* packed);
+
+// Rows [row_begin, row_end) of y = w * x (see MatMul) from packed activations; false when the
+// type has no AVX2 kernel.
+bool MatMulRows(const Matrix& w, const float* packed, int64_t n_tokens, float* y, int64_t y_stride,
+                int64_t row_begin, int64_t row_end);
+
+void HalfToFloatN(const uint16_t* in, float* out, int64_t n);
+void FloatToHalfN(const float* in, uint16_t* out, int64_t n);
+float DotF32(const float* a, const float* b, int64_t n);
+float DotF32F16(const float* a, const uint16_t* b, int64_t n);
+void AxpyF32(float s, const float* x, float* y, int64_t n);
+void AxpyF16(float s, const uint16_t* x, float* y, int64_t n);
+void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);
+void SwiGlu(const float* gate, const float* up, float* out, int64_t n);
+float SoftmaxInPlace(float* x, int64_t n);
+
+}  // namespace pipeinfer::kernels::avx2

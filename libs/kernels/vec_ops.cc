@@ -1,0 +1,95 @@
+// Vector operations of the forward pass: portable versions and dispatch to the AVX2 ones.
+#include <cmath>
+#include <limits>
+
+#include "kernels/half.h"
+#include "kernels/kernels.h"
+#include "kernels/simd.h"
+
+#if PIPEINFER_KERNELS_X86
+#define PIPEINFER_DISPATCH(call) \
+  if (UsingSimd()) return avx2::call
+#else
+#define PIPEINFER_DISPATCH(call)
+#endif
+
+namespace pipeinfer::kernels {
+namespace {
+
+// Sums eight interleaved partial sums (like the lanes of a vector register) in a fixed tree.
+float SumLanes(const float p[8]) {
+  return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
+}
+
+}  // namespace
+
+float DotF32(const float* a, const float* b, int64_t n) {
+  PIPEINFER_DISPATCH(DotF32(a, b, n));
+  float p[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) p[l] += a[i + l] * b[i + l];
+  }
+  for (int l = 0; i < n; ++i, ++l) p[l] += a[i] * b[i];
+  return SumLanes(p);
+}
+
+float DotF32F16(const float* a, const uint16_t* b, int64_t n) {
+  PIPEINFER_DISPATCH(DotF32F16(a, b, n));
+  float p[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) p[l] += a[i + l] * internal::HalfBitsToFloat(b[i + l]);
+  }
+  for (int l = 0; i < n; ++i, ++l) p[l] += a[i] * internal::HalfBitsToFloat(b[i]);
+  return SumLanes(p);
+}
+
+void AxpyF32(float s, const float* x, float* y, int64_t n) {
+  PIPEINFER_DISPATCH(AxpyF32(s, x, y, n));
+  for (int64_t i = 0; i < n; ++i) y[i] += s * x[i];
+}
+
+void AxpyF16(float s, const uint16_t* x, float* y, int64_t n) {
+  PIPEINFER_DISPATCH(AxpyF16(s, x, y, n));
+  for (int64_t i = 0; i < n; ++i) y[i] += s * internal::HalfBitsToFloat(x[i]);
+}
+
+// As llama.cpp: the squares are summed in double, the mean and the scale are float, and the
+// result is (x * scale) * w.
+void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {
+  PIPEINFER_DISPATCH(RmsNorm(x, w, n, eps, out));
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i] * x[i]);
+  const float mean = n > 0 ? static_cast<float>(sum / static_cast<double>(n)) : 0.0f;
+  const float scale = 1.0f / std::sqrt(mean + eps);
+  for (int64_t i = 0; i < n; ++i) out[i] = (x[i] * scale) * w[i];
+}
+
+void SwiGlu(const float* gate, const float* up, float* out, int64_t n) {
+  PIPEINFER_DISPATCH(SwiGlu(gate, up, out, n));
+  for (int64_t i = 0; i < n; ++i) {
+    const float g = gate[i];
+    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+  }
+}
+
+float SoftmaxInPlace(float* x, int64_t n) {
+  PIPEINFER_DISPATCH(SoftmaxInPlace(x, n));
+  float max = -std::numeric_limits<float>::infinity();
+  for (int64_t i = 0; i < n; ++i) max = std::fmax(max, x[i]);
+  if (max == -std::numeric_limits<float>::infinity()) {  // empty, or everything masked
+    for (int64_t i = 0; i < n; ++i) x[i] = 0.0f;
+    return max;
+  }
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = std::exp(x[i] - max);
+    sum += x[i];
+  }
+  const float inv = static_cast<float>(1.0 / sum);
+  for (int64_t i = 0; i < n; ++i) x[i] *= inv;
+  return max + static_cast<float>(std::log(sum));
+}
+
+}  // namespace pipeinfer::kernels

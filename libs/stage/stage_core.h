@@ -1,0 +1,122 @@
+// The transport-independent heart of a stage server: applies the ordered downstream messages of a
+// pipeline link (sessions, runs, KV operations, tombstones, barriers) to this stage's engine and KV
+// cache, and produces what goes on: messages for the next stage, or run outcomes for the
+// controller on the last stage, plus session errors for the upstream direction.
+//
+// Semantics follow proto/pipeinfer/v1/stage.proto: strict arrival order, cancelled runs become
+// tombstones (checked at dequeue and between layers), skipped runs still do their KV bookkeeping
+// with "poisoned" positions, and runs that would read poison are skipped as DEPENDENCY tombstones
+// identically on every stage. The gRPC service (streams, credits, cancel forwarding) wraps this.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "engine/engine.h"
+
+namespace pipeinfer::v1 {
+class StageDownstream;
+class ResultsDownstream;
+class ErrorDetail;
+class StageInfo;
+}  // namespace pipeinfer::v1
+
+namespace pipeinfer::stage {
+
+struct StageCoreConfig {
+  uint32_t stage_index = 0;
+  uint32_t n_stages = 1;
+  std::string model_id;
+  uint32_t max_run_tokens = 512;
+  int hidden_dtype_out = 1;  // v1::DType of hidden states sent downstream (F32)
+};
+
+struct StageCounters {
+  uint64_t runs_computed = 0;
+  uint64_t runs_skipped = 0;     // cancelled before compute (tombstoned at dequeue)
+  uint64_t runs_stopped = 0;     // cancelled between layers
+  uint64_t runs_dependency = 0;  // skipped because they would read poisoned positions
+  uint64_t tombstones_forwarded = 0;
+  uint64_t tokens_computed = 0;
+  uint64_t session_errors = 0;
+  uint64_t compute_us = 0;
+};
+
+// What handling one message produced, in order.
+struct StageOutput {
+  std::vector<std::unique_ptr<v1::StageDownstream>> forward;    // to the next stage
+  std::vector<std::unique_ptr<v1::ResultsDownstream>> results;  // last stage: to the controller
+  std::vector<std::unique_ptr<v1::ErrorDetail>> errors;         // upstream
+  StageOutput();
+  ~StageOutput();
+  StageOutput(StageOutput&&) noexcept;
+  StageOutput& operator=(StageOutput&&) noexcept;
+};
+
+class StageCore {
+ public:
+  StageCore(std::unique_ptr<engine::Engine> engine, StageCoreConfig config);
+  ~StageCore();
+
+  // Applies one message (never PipelineOpen) in order. Session-level problems become ErrorDetails
+  // in the output; the call itself never fails.
+  StageOutput Handle(const v1::StageDownstream& msg);
+
+  // Records cancelled run ids (thread-safe; a run being computed stops at its next layer).
+  void Cancel(const std::vector<uint64_t>& run_ids);
+  bool IsCancelled(uint64_t run_id) const;
+
+  // Drops every session (new epoch or link loss).
+  void Reset();
+
+  StageCounters counters() const;
+  void FillInfo(v1::StageInfo* info) const;
+  engine::Engine& engine() { return *engine_; }
+  const StageCoreConfig& config() const { return config_; }
+
+ private:
+  struct Partition {
+    int32_t prefix_len = 0;
+    int32_t valid_len = 0;  // positions [0, valid_len) of every path hold real keys/values
+    bool written = false;
+    std::map<uint32_t, int32_t> branch_leaf;  // branch label -> last slot with that label
+  };
+  struct Session {
+    uint32_t max_context = 0;
+    std::string request_id;
+    int result_kind = 1;
+    uint32_t max_candidates = 0;
+    bool failed = false;
+    int32_t canonical_valid = 0;
+    std::map<uint32_t, Partition> parts;
+  };
+
+  void HandleRun(const v1::StageDownstream& msg, StageOutput& out);
+  void HandleTombstone(const v1::StageDownstream& msg, StageOutput& out);
+  void HandleKvOp(const v1::StageDownstream& msg, StageOutput& out);
+  // Forks partition `part` (KV + bookkeeping). Fails the session on error.
+  absl::Status ApplyFork(uint64_t sid, Session& s, uint32_t part, uint32_t src, uint32_t src_branch,
+                         uint32_t n_positions);
+  // Bookkeeping of a run that is not computed: positions become poisoned.
+  absl::Status PoisonRun(uint64_t sid, Session& s, int kind, uint32_t part, uint32_t n_tokens);
+  void FailSession(uint64_t sid, Session* s, absl::Status status, uint64_t run_id,
+                   StageOutput& out);
+  void EmitTombstone(const v1::StageDownstream& original_run, int reason, StageOutput& out);
+  void Forward(const v1::StageDownstream& msg, StageOutput& out);
+  void ForgetCancelledUpTo(uint64_t run_id);
+
+  std::unique_ptr<engine::Engine> engine_;
+  StageCoreConfig config_;
+  std::map<uint64_t, Session> sessions_;
+  mutable std::mutex cancel_mu_;
+  std::set<uint64_t> cancelled_;
+  mutable std::mutex counters_mu_;
+  StageCounters counters_;
+};
+
+}  // namespace pipeinfer::stage

@@ -1,0 +1,230 @@
+// Properties of the forward pass that need no reference data: splitting the layers over stages,
+// batching, partitions and token trees give the same logits as the plain computation.
+#include <cmath>
+#include <cstring>
+
+#include <gtest/gtest.h>
+
+#include "engine/engine.h"
+#include "testing/fixtures.h"
+
+namespace pipeinfer::engine {
+namespace {
+
+using pipeinfer::testing::FixturePath;
+
+const std::vector<int32_t> kPrompt = {1, 87, 107, 104, 229, 153, 132, 116, 120, 108, 102, 110};
+
+std::shared_ptr<gguf::GgufFile> OpenShared(const std::string& model) {
+  auto f = gguf::GgufFile::Open(FixturePath("models/" + model + ".gguf"));
+  EXPECT_TRUE(f.ok()) << f.status();
+  return std::shared_ptr<gguf::GgufFile>(std::move(*f));
+}
+
+std::unique_ptr<Engine> MakeEngine(std::shared_ptr<gguf::GgufFile> f, gguf::StageSpec spec,
+                                   int threads = 2, kv::ElemType kv = kv::ElemType::kF16) {
+  auto m = StageModel::FromFile(std::move(f), spec);
+  EXPECT_TRUE(m.ok()) << m.status();
+  EngineOptions o;
+  o.threads = threads;
+  o.kv_type = kv;
+  o.kv_capacity_tokens = 256;
+  auto e = Engine::Create(std::move(*m), o);
+  EXPECT_TRUE(e.ok()) << e.status();
+  EXPECT_TRUE((*e)->kv().OpenSession(1).ok());
+  return std::move(*e);
+}
+
+std::vector<int32_t> AllRows(size_t n) {
+  std::vector<int32_t> r(n);
+  for (size_t i = 0; i < n; ++i) r[i] = static_cast<int32_t>(i);
+  return r;
+}
+
+ForwardOutput RunTokens(Engine& e, std::span<const int32_t> tokens, std::span<const int32_t> rows,
+                        uint32_t part = 0, std::span<const int32_t> parents = {}) {
+  ForwardInput in;
+  in.session = 1;
+  in.partition = part;
+  in.tokens = tokens;
+  in.output_rows = rows;
+  in.parents = parents;
+  auto out = e.Forward(in);
+  EXPECT_TRUE(out.ok()) << out.status();
+  return out.ok() ? std::move(*out) : ForwardOutput{};
+}
+
+double MaxDiff(const std::vector<float>& a, const std::vector<float>& b) {
+  EXPECT_EQ(a.size(), b.size());
+  double m = 0;
+  for (size_t i = 0; i < std::min(a.size(), b.size()); ++i)
+    m = std::max<double>(m, std::abs(a[i] - b[i]));
+  return m;
+}
+
+TEST(EngineInvariance, LayerSplitIsBitIdentical) {
+  for (const char* model : {"tiny-f32", "tiny-q4_k_m"}) {
+    SCOPED_TRACE(model);
+    auto f = OpenShared(model);
+    auto full = MakeEngine(f, {0, 2, true, true});
+    auto s0 = MakeEngine(f, {0, 1, true, false});
+    auto s1 = MakeEngine(f, {1, 2, false, true});
+    const auto rows = AllRows(kPrompt.size());
+    const ForwardOutput ref = RunTokens(*full, kPrompt, rows);
+    ForwardInput a;
+    a.session = 1;
+    a.tokens = kPrompt;
+    auto h = s0->Forward(a);
+    ASSERT_TRUE(h.ok()) << h.status();
+    EXPECT_TRUE(h->logits.empty());
+    ASSERT_EQ(h->hidden.size(), kPrompt.size() * 256);
+    ForwardInput b;
+    b.session = 1;
+    b.hidden = h->hidden;
+    b.output_rows = rows;
+    auto o = s1->Forward(b);
+    ASSERT_TRUE(o.ok()) << o.status();
+    ASSERT_EQ(o->logits.size(), ref.logits.size());
+    EXPECT_EQ(std::memcmp(o->logits.data(), ref.logits.data(), ref.logits.size() * 4), 0);
+    // And the KV of each stage continues identically: one more token through both paths.
+    const int32_t tok = 42, row = 0;
+    const auto ref2 =
+        RunTokens(*full, std::span<const int32_t>(&tok, 1), std::span<const int32_t>(&row, 1));
+    a.tokens = std::span<const int32_t>(&tok, 1);
+    auto h2 = s0->Forward(a);
+    ASSERT_TRUE(h2.ok());
+    b.hidden = h2->hidden;
+    b.output_rows = std::span<const int32_t>(&row, 1);
+    auto o2 = s1->Forward(b);
+    ASSERT_TRUE(o2.ok());
+    EXPECT_EQ(std::memcmp(o2->logits.data(), ref2.logits.data(), ref2.logits.size() * 4), 0);
+  }
+}
+
+TEST(EngineInvariance, BatchedRunMatchesSingleTokenRuns) {
+  auto f = OpenShared("tiny-f32");
+  auto batched = MakeEngine(f, {0, 2, true, true});
+  auto single = MakeEngine(f, {0, 2, true, true});
+  const auto all = RunTokens(*batched, kPrompt, AllRows(kPrompt.size()));
+  std::vector<float> one_by_one;
+  for (int32_t t : kPrompt) {
+    const int32_t row = 0;
+    auto o = RunTokens(*single, std::span<const int32_t>(&t, 1), std::span<const int32_t>(&row, 1));
+    one_by_one.insert(one_by_one.end(), o.logits.begin(), o.logits.end());
+  }
+  EXPECT_LE(MaxDiff(all.logits, one_by_one), 1e-3);
+  for (size_t r = 0; r < kPrompt.size(); ++r) {
+    auto am = [&](const std::vector<float>& v) {
+      return std::max_element(v.begin() + r * 259, v.begin() + (r + 1) * 259) -
+             (v.begin() + r * 259);
+    };
+    EXPECT_EQ(am(all.logits), am(one_by_one)) << r;
+  }
+}
+
+TEST(EngineInvariance, PartitionsAndTreesMatchLinearSequences) {
+  auto f = OpenShared("tiny-f32");
+  auto e = MakeEngine(f, {0, 2, true, true}, 2, kv::ElemType::kF32);
+  auto lin = MakeEngine(f, {0, 2, true, true}, 2, kv::ElemType::kF32);
+  RunTokens(*e, kPrompt, {});
+  RunTokens(*lin, kPrompt, {});
+  // Fork a partition at the end of the prompt and run a tree in it:
+  //   t0=50 (root) -> t1=60 ; t2=70 (root, sibling of t0) -> t3=80
+  ASSERT_TRUE(e->kv().Fork(1, 5, 0, -1, static_cast<int32_t>(kPrompt.size())).ok());
+  const std::vector<int32_t> tree = {50, 60, 70, 80};
+  const std::vector<int32_t> parents = {-1, 0, -1, 2};
+  const auto t = RunTokens(*e, tree, AllRows(4), 5, parents);
+  EXPECT_EQ(t.positions, (std::vector<int32_t>{12, 13, 12, 13}));
+  // Branch A on a linear copy: [50, 60]; branch B: fork canonical, [70, 80].
+  ASSERT_TRUE(lin->kv().Fork(1, 1, 0, -1, static_cast<int32_t>(kPrompt.size())).ok());
+  ASSERT_TRUE(lin->kv().Fork(1, 2, 0, -1, static_cast<int32_t>(kPrompt.size())).ok());
+  const std::vector<int32_t> a = {50, 60}, b = {70, 80};
+  const auto la = RunTokens(*lin, a, AllRows(2), 1);
+  const auto lb = RunTokens(*lin, b, AllRows(2), 2);
+  std::vector<float> want(la.logits);
+  want.insert(want.end(), lb.logits.begin(), lb.logits.end());
+  EXPECT_LE(MaxDiff(t.logits, want), 1e-4);
+
+  // Commit branch B's two tokens; the canonical sequence then continues like a linear run.
+  ASSERT_TRUE(e->kv().Commit(1, 5, t.slots[3], 14).ok());
+  ASSERT_TRUE(e->kv().Release(1, 5).ok());
+  RunTokens(*lin, b, {});  // canonical of `lin` becomes prompt + [70, 80]
+  const int32_t nxt = 90, row = 0;
+  const auto c1 =
+      RunTokens(*e, std::span<const int32_t>(&nxt, 1), std::span<const int32_t>(&row, 1));
+  const auto c2 =
+      RunTokens(*lin, std::span<const int32_t>(&nxt, 1), std::span<const int32_t>(&row, 1));
+  EXPECT_EQ(c1.positions[0], 14);
+  EXPECT_LE(MaxDiff(c1.logits, c2.logits), 1e-4);
+  EXPECT_TRUE(e->kv().CheckInvariants().ok());
+}
+
+TEST(EngineInvariance, ThreadCountsAgree) {
+  auto f = OpenShared("tiny-q6_k");
+  auto one = MakeEngine(f, {0, 2, true, true}, 1);
+  auto three = MakeEngine(f, {0, 2, true, true}, 3);
+  const auto a = RunTokens(*one, kPrompt, AllRows(kPrompt.size()));
+  const auto b = RunTokens(*three, kPrompt, AllRows(kPrompt.size()));
+  EXPECT_LE(MaxDiff(a.logits, b.logits), 1e-4);
+}
+
+TEST(EngineInvariance, CancellationAndErrors) {
+  auto f = OpenShared("tiny-f32");
+  auto e = MakeEngine(f, {0, 2, true, true});
+  int polls = 0;
+  ForwardInput in;
+  in.session = 1;
+  in.tokens = kPrompt;
+  in.cancelled = [&] { return ++polls > 1; };  // stop before the second layer
+  auto o = e->Forward(in);
+  ASSERT_TRUE(o.ok());
+  EXPECT_TRUE(o->stopped);
+  EXPECT_EQ(o->layers_done, 1);
+
+  ForwardInput bad;
+  bad.session = 1;
+  const std::vector<int32_t> oob = {300};
+  bad.tokens = oob;
+  EXPECT_EQ(e->Forward(bad).status().code(), absl::StatusCode::kInvalidArgument);
+  bad.session = 99;
+  bad.tokens = kPrompt;
+  EXPECT_EQ(e->Forward(bad).status().code(), absl::StatusCode::kNotFound);
+
+  // Context: the model's 512 positions; a run crossing it is refused before touching the KV.
+  EngineOptions o2;
+  o2.kv_capacity_tokens = 2048;
+  o2.max_context = 20;
+  auto small = Engine::Create(*StageModel::FromFile(f, {0, 2, true, true}), o2);
+  ASSERT_TRUE(small.ok());
+  ASSERT_TRUE((*small)->kv().OpenSession(1).ok());
+  std::vector<int32_t> long_prompt(21, 5);
+  ForwardInput lp;
+  lp.session = 1;
+  lp.tokens = long_prompt;
+  auto r = (*small)->Forward(lp);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ((*small)->kv().Find(1, 0)->size(), 0);
+
+  // KV exhaustion: capacity 32 tokens.
+  EngineOptions o3;
+  o3.kv_capacity_tokens = 32;
+  auto tiny = Engine::Create(*StageModel::FromFile(f, {0, 2, true, true}), o3);
+  ASSERT_TRUE(tiny.ok());
+  ASSERT_TRUE((*tiny)->kv().OpenSession(1).ok());
+  std::vector<int32_t> p33(33, 5);
+  lp.tokens = p33;
+  EXPECT_EQ((*tiny)->Forward(lp).status().code(), absl::StatusCode::kResourceExhausted);
+
+  // A byte budget: tiny model, F16 KV: 2 layers x 2 (K,V) x 16 slots x 128 x 2 bytes per block.
+  EngineOptions o4;
+  o4.kv_capacity_bytes = 10 * 2 * 2 * 16 * 128 * 2 + 100;
+  auto budget = Engine::Create(*StageModel::FromFile(f, {0, 2, true, true}), o4);
+  ASSERT_TRUE(budget.ok());
+  EXPECT_EQ((*budget)->kv().Stats().blocks_total, 10);
+  o4.kv_capacity_bytes = 100;
+  EXPECT_EQ(Engine::Create(*StageModel::FromFile(f, {0, 2, true, true}), o4).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace pipeinfer::engine

@@ -1,0 +1,256 @@
+// Helpers shared by the kernel tests: the code paths to run, random weight data, and naive
+// per-element reference decoders written from the format descriptions (independently of the
+// library's decoders).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gguf/tensor_type.h"
+#include "kernels/kernels.h"
+#include "testing/fixtures.h"
+
+namespace pipeinfer::kernels::testing {
+
+using gguf::TensorType;
+
+// Every type the kernels are expected to implement.
+inline const std::vector<TensorType>& AllTypes() {
+  static const std::vector<TensorType> v = {
+      TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
+      TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K, TensorType::kQ3_K,
+      TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
+  return v;
+}
+
+inline std::string TypeName(TensorType t) { return gguf::TypeInfo(t).name; }
+
+// The paths to test: always the portable one, plus AVX2 when the CPU has it. Restores the
+// process-wide switch on destruction.
+struct Path {
+  bool simd;
+  const char* name;
+};
+inline std::vector<Path> Paths() {
+  std::vector<Path> p = {{false, "scalar"}};
+  if (CpuHasAvx2Fma()) p.push_back({true, "avx2"});
+  return p;
+}
+class ScopedPath {
+ public:
+  explicit ScopedPath(const Path& p) { SetForceScalar(!p.simd); }
+  ~ScopedPath() { SetForceScalar(false); }
+};
+
+inline uint16_t HalfBits(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, 2);
+  return h;
+}
+inline float Half(const uint8_t* p) { return pipeinfer::testing::HalfToFloat(HalfBits(p)); }
+
+// Offsets of the f16 scale fields inside one block of a quantized type.
+inline std::vector<int> HalfFieldOffsets(TensorType t) {
+  switch (t) {
+    case TensorType::kQ4_0:
+    case TensorType::kQ5_0:
+    case TensorType::kQ8_0:
+      return {0};
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_1:
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
+      return {0, 2};
+    case TensorType::kQ2_K:
+      return {80, 82};
+    case TensorType::kQ3_K:
+      return {108};
+    case TensorType::kQ6_K:
+      return {208};
+    default:
+      return {};
+  }
+}
+
+// Random rows of `t`. Quantized payload bytes are uniformly random. The f16 scales (and F16/BF16
+// /F32 elements) are random finite values: any finite bit pattern when `moderate` is false (for
+// bit-exact decoding tests), or values of magnitude ~[1/64, 1/8] (scales) / [-1, 1] (plain
+// elements) when true (for arithmetic tests).
+inline std::vector<uint8_t> RandomRows(TensorType t, int64_t rows, int64_t cols, std::mt19937& rng,
+                                       bool moderate) {
+  const auto& info = gguf::TypeInfo(t);
+  const size_t bytes = static_cast<size_t>(rows * (cols / info.block_size) * info.type_size);
+  std::vector<uint8_t> data(bytes);
+  for (auto& b : data) b = static_cast<uint8_t>(rng());
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  auto finite_half = [&]() -> uint16_t {
+    if (moderate) {
+      const float v = std::ldexp(1.0f + 0.5f * unit(rng), -3 - static_cast<int>(rng() % 4));
+      return FloatToHalf(rng() % 2 ? v : -v);
+    }
+    for (;;) {
+      const uint16_t h = static_cast<uint16_t>(rng());
+      if (((h >> 10) & 0x1f) != 0x1f) return h;
+    }
+  };
+  if (t == TensorType::kF16) {
+    for (size_t i = 0; i < bytes; i += 2) {
+      const uint16_t h = moderate ? FloatToHalf(unit(rng)) : finite_half();
+      std::memcpy(&data[i], &h, 2);
+    }
+  } else if (t == TensorType::kBF16) {
+    for (size_t i = 0; i < bytes; i += 2) {
+      uint16_t h;
+      if (moderate) {
+        const float f = unit(rng);
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        h = static_cast<uint16_t>(u >> 16);
+      } else {
+        do h = static_cast<uint16_t>(rng());
+        while (((h >> 7) & 0xff) == 0xff);
+      }
+      std::memcpy(&data[i], &h, 2);
+    }
+  } else if (t == TensorType::kF32) {
+    for (size_t i = 0; i < bytes; i += 4) {
+      float f;
+      if (moderate) {
+        f = unit(rng);
+      } else {
+        uint32_t u;
+        do u = static_cast<uint32_t>(rng());
+        while (((u >> 23) & 0xff) == 0xff);
+        std::memcpy(&f, &u, 4);
+      }
+      std::memcpy(&data[i], &f, 4);
+    }
+  } else {
+    for (size_t b = 0; b < bytes; b += info.type_size) {
+      for (int off : HalfFieldOffsets(t)) {
+        const uint16_t h = finite_half();
+        std::memcpy(&data[b + off], &h, 2);
+      }
+    }
+  }
+  return data;
+}
+
+// --- Naive references: element i of one block, straight from the format description. --------
+
+// 6-bit scale / min of sub-block j of a Q4_K/Q5_K block: sub-blocks 0-3 in the low 6 bits of
+// bytes j and j+4; sub-blocks 4-7 have their low 4 bits in byte j+4 (scale: low nibble, min:
+// high nibble) and their top 2 bits in the top bits of byte j-4 (scale) and byte j (min).
+inline void RefScaleMinK4(const uint8_t* s, int j, int* sc, int* m) {
+  if (j < 4) {
+    *sc = s[j] % 64;
+    *m = s[j + 4] % 64;
+  } else {
+    *sc = s[j + 4] % 16 + 16 * (s[j - 4] / 64);
+    *m = s[j + 4] / 16 + 16 * (s[j] / 64);
+  }
+}
+
+inline float RefWeight(TensorType t, const uint8_t* b, int i) {
+  switch (t) {
+    case TensorType::kF32: {
+      float f;
+      std::memcpy(&f, b + 4 * i, 4);
+      return f;
+    }
+    case TensorType::kF16:
+      return Half(b + 2 * i);
+    case TensorType::kBF16: {
+      const uint32_t u = static_cast<uint32_t>(HalfBits(b + 2 * i)) << 16;
+      float f;
+      std::memcpy(&f, &u, 4);
+      return f;
+    }
+    case TensorType::kQ8_0:
+      return static_cast<float>(static_cast<int8_t>(b[2 + i])) * Half(b);
+    case TensorType::kQ4_0: {
+      const uint8_t byte = b[2 + i % 16];
+      const int q = i < 16 ? byte % 16 : byte / 16;
+      return static_cast<float>(q - 8) * Half(b);
+    }
+    case TensorType::kQ4_1: {
+      const uint8_t byte = b[4 + i % 16];
+      const int q = i < 16 ? byte % 16 : byte / 16;
+      return static_cast<float>(q) * Half(b) + Half(b + 2);
+    }
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1: {
+      const bool q51 = t == TensorType::kQ5_1;
+      const uint8_t* qh = b + (q51 ? 4 : 2);
+      const uint8_t byte = b[(q51 ? 8 : 6) + i % 16];
+      const int fifth = (qh[i / 8] >> (i % 8)) & 1;  // bit i of the little-endian u32
+      const int q = (i < 16 ? byte % 16 : byte / 16) + 16 * fifth;
+      if (q51) return static_cast<float>(q) * Half(b) + Half(b + 2);
+      return static_cast<float>(q - 16) * Half(b);
+    }
+    case TensorType::kQ2_K: {
+      const int h = i / 128, j = (i % 128) / 32, l = i % 32, s = i / 16;
+      const int q = (b[16 + 32 * h + l] >> (2 * j)) & 3;
+      const float d = Half(b + 80), dmin = Half(b + 82);
+      return (d * static_cast<float>(b[s] % 16)) * static_cast<float>(q) -
+             dmin * static_cast<float>(b[s] / 16);
+    }
+    case TensorType::kQ3_K: {
+      const int h = i / 128, j = (i % 128) / 32, l = i % 32, s = i / 16;
+      const uint8_t* scales = b + 96;
+      const int low = s < 8 ? scales[s] % 16 : scales[s - 8] / 16;
+      const int high = (scales[8 + s % 4] >> (2 * (s / 4))) & 3;
+      const int sc = low + 16 * high - 32;
+      const int hbit = (b[l] >> (4 * h + j)) & 1;
+      const int q = ((b[32 + 32 * h + l] >> (2 * j)) & 3) - (hbit ? 0 : 4);
+      return (Half(b + 108) * static_cast<float>(sc)) * static_cast<float>(q);
+    }
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K: {
+      const bool q5 = t == TensorType::kQ5_K;
+      const int c = i / 64, r = i % 64, sub = i / 32;
+      const uint8_t byte = b[(q5 ? 48 : 16) + 32 * c + r % 32];
+      int q = r < 32 ? byte % 16 : byte / 16;
+      if (q5) q += 16 * ((b[16 + r % 32] >> sub) & 1);
+      int sc, m;
+      RefScaleMinK4(b + 4, sub, &sc, &m);
+      return (Half(b) * static_cast<float>(sc)) * static_cast<float>(q) -
+             Half(b + 2) * static_cast<float>(m);
+    }
+    case TensorType::kQ6_K: {
+      const int h = i / 128, g = (i % 128) / 32, l = i % 32, s = i / 16;
+      const uint8_t lbyte = b[64 * h + l + 32 * (g % 2)];
+      const int low = g < 2 ? lbyte % 16 : lbyte / 16;
+      const int high = (b[128 + 32 * h + l] >> (2 * g)) & 3;
+      const int sc = static_cast<int8_t>(b[192 + s]);
+      return (Half(b + 208) * static_cast<float>(sc)) * static_cast<float>(low + 16 * high - 32);
+    }
+    default:
+      return NAN;
+  }
+}
+
+// A whole row through RefWeight.
+inline std::vector<float> RefRow(TensorType t, const uint8_t* row, int64_t cols) {
+  const auto& info = gguf::TypeInfo(t);
+  std::vector<float> out(cols);
+  for (int64_t c = 0; c < cols; ++c) {
+    const int64_t blk = c / info.block_size;
+    out[c] = RefWeight(t, row + blk * info.type_size, static_cast<int>(c % info.block_size));
+  }
+  return out;
+}
+
+inline bool SameFloat(float a, float b) {
+  if (std::isnan(a) || std::isnan(b)) return std::isnan(a) && std::isnan(b);
+  uint32_t ua, ub;
+  std::memcpy(&ua, &a, 4);
+  std::memcpy(&ub, &b, 4);
+  return ua == ub;
+}
+
+}  // namespace pipeinfer::kernels::testing

@@ -1,0 +1,253 @@
+// Stage cores chained in process (no transport): plain decoding through 1-3 stages reproduces
+// llama.cpp's greedy ids; speculative runs in partitions with commits give the same tokens;
+// cancellation skips runs, poisons their positions, and dependent runs are skipped identically on
+// every stage.
+#include "stage/stage_core.h"
+
+#include <sstream>
+
+#include <gtest/gtest.h>
+
+#include "pipeinfer/v1/stage.pb.h"
+#include "testing/fixtures.h"
+
+namespace pipeinfer::stage {
+namespace {
+
+using pipeinfer::testing::FixturePath;
+using pipeinfer::testing::ReadText;
+
+std::vector<int32_t> ReadIds(const std::string& path) {
+  std::istringstream in(ReadText(path));
+  std::vector<int32_t> ids;
+  int32_t v;
+  while (in >> v) ids.push_back(v);
+  return ids;
+}
+
+// A chain of stage cores; Send() pushes one message through all of them and returns the outcomes
+// of the last stage.
+class Pipeline {
+ public:
+  Pipeline(const std::string& model, uint32_t n_stages) {
+    auto f = gguf::GgufFile::Open(FixturePath("models/" + model + ".gguf"));
+    EXPECT_TRUE(f.ok());
+    std::shared_ptr<gguf::GgufFile> file(std::move(*f));
+    auto hp = gguf::LlamaHParams::FromGguf(*file);
+    auto split = gguf::SplitLayers(hp->n_layer, n_stages);
+    EXPECT_TRUE(split.ok());
+    for (uint32_t i = 0; i < n_stages; ++i) {
+      auto m = engine::StageModel::FromFile(file, (*split)[i]);
+      EXPECT_TRUE(m.ok()) << m.status();
+      engine::EngineOptions o;
+      o.threads = 1;
+      o.kv_capacity_tokens = 1024;
+      auto e = engine::Engine::Create(std::move(*m), o);
+      EXPECT_TRUE(e.ok());
+      StageCoreConfig c;
+      c.stage_index = i;
+      c.n_stages = n_stages;
+      c.hidden_dtype_out = i % 2 ? v1::DTYPE_F32 : v1::DTYPE_F32;
+      stages_.push_back(std::make_unique<StageCore>(std::move(*e), c));
+    }
+  }
+
+  std::vector<v1::ResultsDownstream> Send(const v1::StageDownstream& msg) {
+    std::vector<v1::StageDownstream> cur = {msg};
+    std::vector<v1::ResultsDownstream> results;
+    for (auto& st : stages_) {
+      std::vector<v1::StageDownstream> next;
+      for (const auto& m : cur) {
+        StageOutput o = st->Handle(m);
+        for (auto& e : o.errors) errors_.push_back(*e);
+        for (auto& f : o.forward) next.push_back(*f);
+        for (auto& r : o.results) results.push_back(*r);
+      }
+      cur = std::move(next);
+    }
+    return results;
+  }
+
+  StageCore& stage(size_t i) { return *stages_[i]; }
+  size_t size() const { return stages_.size(); }
+  const std::vector<v1::ErrorDetail>& errors() const { return errors_; }
+
+ private:
+  std::vector<std::unique_ptr<StageCore>> stages_;
+  std::vector<v1::ErrorDetail> errors_;
+};
+
+v1::StageDownstream Open(uint64_t sid) {
+  v1::StageDownstream m;
+  auto* o = m.mutable_session_open();
+  o->set_session_id(sid);
+  o->set_max_context(512);
+  o->mutable_result()->set_kind(v1::RESULT_KIND_ARGMAX);
+  return m;
+}
+
+v1::StageDownstream PlainRun(uint64_t rid, uint64_t sid, const std::vector<int32_t>& toks,
+                             int32_t first_pos, bool last_row_only = true) {
+  v1::StageDownstream m;
+  auto* r = m.mutable_run();
+  r->set_run_id(rid);
+  r->set_session_id(sid);
+  r->set_kind(v1::RUN_KIND_PLAIN);
+  for (size_t i = 0; i < toks.size(); ++i) {
+    r->add_token_ids(toks[i]);
+    r->add_positions(first_pos + static_cast<int32_t>(i));
+  }
+  if (last_row_only) r->add_result_rows(static_cast<uint32_t>(toks.size() - 1));
+  return m;
+}
+
+v1::StageDownstream SpecRun(uint64_t rid, uint64_t sid, uint32_t part, uint32_t src,
+                            uint32_t n_prefix, const std::vector<int32_t>& toks) {
+  v1::StageDownstream m;
+  auto* r = m.mutable_run();
+  r->set_run_id(rid);
+  r->set_session_id(sid);
+  r->set_kind(v1::RUN_KIND_SPECULATIVE);
+  r->set_partition(part);
+  r->mutable_fork()->set_partition(part);
+  r->mutable_fork()->set_src_partition(src);
+  r->mutable_fork()->set_n_positions(n_prefix);
+  for (size_t i = 0; i < toks.size(); ++i) {
+    r->add_token_ids(toks[i]);
+    r->add_positions(n_prefix + static_cast<uint32_t>(i));
+    r->add_result_rows(static_cast<uint32_t>(i));
+  }
+  return m;
+}
+
+v1::StageDownstream Commit(uint64_t sid, uint32_t part, uint32_t n, bool release) {
+  v1::StageDownstream m;
+  m.mutable_kv()->set_session_id(sid);
+  auto* c = m.mutable_kv()->mutable_commit();
+  c->set_partition(part);
+  c->set_n_positions(n);
+  c->set_release(release);
+  return m;
+}
+
+class StageCoreTest : public ::testing::TestWithParam<uint32_t> {};
+
+TEST_P(StageCoreTest, PlainDecodingMatchesReference) {
+  Pipeline p("tiny-f32", GetParam());
+  const auto prompt = ReadIds(FixturePath("refs/tiny-f32.p1.prompt_ids.txt"));
+  const auto want = ReadIds(FixturePath("refs/tiny-f32.p1.greedy_ids.txt"));
+  ASSERT_TRUE(p.Send(Open(7)).empty());
+  // Prefill in two chunks; only the last row is needed.
+  std::vector<int32_t> a(prompt.begin(), prompt.begin() + 40), b(prompt.begin() + 40, prompt.end());
+  auto r1 = p.Send(PlainRun(1, 7, a, 0, false));
+  ASSERT_EQ(r1.size(), 1u);
+  EXPECT_EQ(r1[0].result().rows_size(), 0);
+  auto r2 = p.Send(PlainRun(2, 7, b, 40));
+  ASSERT_EQ(r2.size(), 1u);
+  ASSERT_EQ(r2[0].result().rows_size(), 1);
+  int32_t tok = static_cast<int32_t>(r2[0].result().rows(0).argmax().token_id());
+  std::vector<int32_t> got;
+  for (int s = 0; s < 32; ++s) {
+    got.push_back(tok);
+    auto r = p.Send(PlainRun(3 + s, 7, {tok}, static_cast<int32_t>(prompt.size()) + s));
+    ASSERT_EQ(r.size(), 1u);
+    ASSERT_TRUE(r[0].has_result());
+    EXPECT_EQ(r[0].result().trace_size(), static_cast<int>(p.size()));
+    tok = static_cast<int32_t>(r[0].result().rows(0).argmax().token_id());
+  }
+  EXPECT_EQ(got, want);
+  EXPECT_TRUE(p.errors().empty());
+  v1::StageDownstream close;
+  close.mutable_session_close()->set_session_id(7);
+  p.Send(close);
+  for (size_t i = 0; i < p.size(); ++i) {
+    EXPECT_EQ(p.stage(i).engine().kv().Stats().blocks_used, 0) << "stage " << i;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Stages, StageCoreTest, ::testing::Values(1u, 2u));
+
+TEST(StageCore, SpeculativeRunsCommitAndCancel) {
+  Pipeline p("tiny-f32", 2);
+  const auto prompt = ReadIds(FixturePath("refs/tiny-f32.p1.prompt_ids.txt"));
+  const auto want = ReadIds(FixturePath("refs/tiny-f32.p1.greedy_ids.txt"));
+  const uint32_t L = static_cast<uint32_t>(prompt.size());
+  p.Send(Open(1));
+  auto r = p.Send(PlainRun(1, 1, prompt, 0));
+  ASSERT_EQ(r[0].result().rows(0).argmax().token_id(), static_cast<uint32_t>(want[0]));
+  // Canonical has the prompt; g0 is known. Plain run for g0 and, speculatively, a draft of
+  // g1 g2 X (X wrong) in partition 1 forked from canonical after g0 is appended.
+  auto plain = p.Send(PlainRun(2, 1, {want[0]}, L));
+  ASSERT_EQ(plain[0].result().rows(0).argmax().token_id(), static_cast<uint32_t>(want[1]));
+  auto spec = p.Send(SpecRun(3, 1, 1, 0, L + 1, {want[1], want[2], 5}));
+  ASSERT_EQ(spec.size(), 1u);
+  ASSERT_TRUE(spec[0].has_result());
+  const auto& rows = spec[0].result().rows();
+  ASSERT_EQ(rows.size(), 3);
+  EXPECT_EQ(rows[0].argmax().token_id(), static_cast<uint32_t>(want[2]));  // verifies g2
+  EXPECT_EQ(rows[1].argmax().token_id(), static_cast<uint32_t>(want[3]));  // bonus g3
+  // Accept g1 g2: canonical = prompt + g0 g1 g2.
+  EXPECT_TRUE(p.Send(Commit(1, 1, L + 3, true)).empty());
+  // Continue plainly with g3: must predict g4.
+  auto cont = p.Send(PlainRun(4, 1, {want[3]}, L + 3));
+  EXPECT_EQ(cont[0].result().rows(0).argmax().token_id(), static_cast<uint32_t>(want[4]));
+
+  // Cancel run 5 before it is sent: every stage skips it; the dependent speculative run 6 (forked
+  // from partition 2 beyond its prefix) is skipped as DEPENDENCY; committing partition 2 fails.
+  for (size_t i = 0; i < p.size(); ++i) p.stage(i).Cancel({5});
+  auto c5 = p.Send(SpecRun(5, 1, 2, 0, L + 4, {want[4], want[5]}));
+  ASSERT_EQ(c5.size(), 1u);
+  ASSERT_TRUE(c5[0].has_tombstone());
+  EXPECT_EQ(c5[0].tombstone().reason(), v1::TOMBSTONE_REASON_CANCELLED);
+  EXPECT_EQ(c5[0].tombstone().stage_index(), 0u);
+  auto dep = p.Send(SpecRun(6, 1, 3, 2, L + 6, {want[6]}));
+  ASSERT_TRUE(dep[0].has_tombstone());
+  EXPECT_EQ(dep[0].tombstone().reason(), v1::TOMBSTONE_REASON_DEPENDENCY);
+  EXPECT_EQ(p.stage(0).counters().runs_skipped, 1u);
+  EXPECT_EQ(p.stage(0).counters().runs_dependency, 1u);
+  // Later stages see only the tombstones and pass them on.
+  EXPECT_EQ(p.stage(1).counters().runs_dependency, 0u);
+  EXPECT_EQ(p.stage(1).counters().tombstones_forwarded, 2u);
+  EXPECT_TRUE(p.errors().empty());
+  p.Send(Commit(1, 2, L + 5, false));
+  ASSERT_FALSE(p.errors().empty());
+  EXPECT_EQ(p.errors()[0].code(), v1::STATUS_CODE_FAILED_PRECONDITION);
+  EXPECT_NE(p.errors()[0].message().find("poisoned"), std::string::npos);
+  // The failed session's later runs are tombstones; closing clears everything.
+  auto after = p.Send(PlainRun(7, 1, {want[4]}, L + 4));
+  ASSERT_TRUE(after[0].has_tombstone());
+  EXPECT_EQ(after[0].tombstone().reason(), v1::TOMBSTONE_REASON_SESSION_FAILED);
+  v1::StageDownstream close;
+  close.mutable_session_close()->set_session_id(1);
+  p.Send(close);
+  EXPECT_EQ(p.stage(1).engine().kv().Stats().blocks_used, 0);
+}
+
+TEST(StageCore, MalformedRunsFailTheSessionWithPreciseCodes) {
+  Pipeline p("tiny-f32", 1);
+  p.Send(Open(1));
+  auto bad_pos = PlainRun(1, 1, {5, 6}, 3);  // canonical is empty: positions must start at 0
+  auto r = p.Send(bad_pos);
+  ASSERT_TRUE(r[0].has_tombstone());
+  ASSERT_EQ(p.errors().size(), 1u);
+  EXPECT_EQ(p.errors()[0].code(), v1::STATUS_CODE_INVALID_ARGUMENT);
+  EXPECT_NE(p.errors()[0].message().find("position"), std::string::npos);
+  EXPECT_EQ(p.errors()[0].run_id(), 1u);
+  EXPECT_EQ(p.errors()[0].origin(), "stage/0");
+
+  p.Send(Open(2));
+  auto oob = PlainRun(2, 2, {999}, 0);
+  p.Send(oob);
+  EXPECT_EQ(p.errors().back().code(), v1::STATUS_CODE_INVALID_ARGUMENT);
+  p.Send(Open(3));
+  p.Send(PlainRun(3, 99, {5}, 0));  // unknown session
+  EXPECT_EQ(p.errors().back().code(), v1::STATUS_CODE_FAILED_PRECONDITION);
+  p.Send(Open(3));  // already open
+  EXPECT_EQ(p.errors().back().code(), v1::STATUS_CODE_ALREADY_EXISTS);
+  std::vector<int32_t> long_run(600, 5);
+  p.Send(PlainRun(4, 3, long_run, 0));
+  EXPECT_EQ(p.errors().back().code(), v1::STATUS_CODE_INVALID_ARGUMENT);
+}
+
+}  // namespace
+}  // namespace pipeinfer::stage
