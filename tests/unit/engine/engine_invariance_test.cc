@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/engine.h"
+#include "engine/synth.h"
 #include "testing/fixtures.h"
 
 namespace pipeinfer::engine {
@@ -99,6 +100,55 @@ TEST(EngineInvariance, LayerSplitIsBitIdentical) {
     ASSERT_TRUE(o2.ok());
     EXPECT_EQ(std::memcmp(o2->logits.data(), ref2.logits.data(), ref2.logits.size() * 4), 0);
   }
+}
+
+// Several split points on a deeper (synthetic, random-weight) model: every partition of 6 layers
+// into 1..6 stages gives bit-identical logits.
+TEST(EngineInvariance, EverySplitOfADeeperModelIsBitIdentical) {
+  SynthSpec spec;
+  spec.n_layer = 6;
+  spec.n_embd = 128;
+  spec.n_ff = 256;
+  spec.n_head = 4;
+  spec.n_head_kv = 2;
+  spec.n_vocab = 300;
+  spec.type = gguf::TensorType::kQ8_0;
+  const std::string path = ::testing::TempDir() + "/split6.gguf";
+  ASSERT_TRUE(WriteSyntheticModel(spec, path).ok());
+  auto opened = gguf::GgufFile::Open(path);
+  ASSERT_TRUE(opened.ok());
+  std::shared_ptr<gguf::GgufFile> f(std::move(*opened));
+  const auto rows = AllRows(kPrompt.size());
+  auto full = MakeEngine(f, {0, 6, true, true});
+  const ForwardOutput ref = RunTokens(*full, kPrompt, rows);
+  for (const std::vector<uint32_t>& cuts :
+       std::vector<std::vector<uint32_t>>{{1}, {3}, {5}, {2, 4}, {1, 2, 3, 4, 5}}) {
+    std::vector<uint32_t> bounds = {0};
+    bounds.insert(bounds.end(), cuts.begin(), cuts.end());
+    bounds.push_back(6);
+    std::vector<float> hidden;
+    std::vector<float> logits;
+    for (size_t i = 0; i + 1 < bounds.size(); ++i) {
+      const bool first = i == 0, last = i + 2 == bounds.size();
+      auto e = MakeEngine(f, {bounds[i], bounds[i + 1], first, last});
+      ForwardInput in;
+      in.session = 1;
+      if (first) {
+        in.tokens = kPrompt;
+      } else {
+        in.hidden = hidden;
+      }
+      if (last) in.output_rows = rows;
+      auto o = e->Forward(in);
+      ASSERT_TRUE(o.ok()) << o.status();
+      hidden = o->hidden;
+      logits = o->logits;
+    }
+    ASSERT_EQ(logits.size(), ref.logits.size());
+    EXPECT_EQ(std::memcmp(logits.data(), ref.logits.data(), logits.size() * 4), 0)
+        << "cuts " << cuts.size();
+  }
+  std::remove(path.c_str());
 }
 
 TEST(EngineInvariance, BatchedRunMatchesSingleTokenRuns) {

@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Train one llama-architecture model on the Austen corpus (CPU, deterministic given seed + thread count).
+
+Resumable: state is checkpointed to <workdir>/ckpt.pt every --ckpt-every steps; rerunning the same command
+continues from the checkpoint.  To extend training, rerun with a larger --steps (the cosine schedule is
+recomputed for the new total; this is exact as long as the
+cooldown of the earlier run had not started, see lr_at).
+
+Example (the shipped target):
+  nice -n 19 python3 models/train/train.py --name target --n-embd 256 --n-layer 6 --n-head 8 --n-head-kv 4 \
+      --n-ff 704 --ctx 256 --batch 8 --steps N --lr 1.5e-3
+"""
+import argparse, json, math, os, sys, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import use_openblas  # noqa: E402,F401  (re-execs with OpenBLAS before torch is imported)
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from model import Config, Llama                      # noqa: E402
+import data                                          # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def get_args(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument('--name', required=True)
+    ap.add_argument('--workdir', default=None, help='default: models/train/work/<name>')
+    ap.add_argument('--corpus', default=os.path.join(HERE, 'work', 'corpus'))
+    ap.add_argument('--tokenizer', default=os.path.join(HERE, '..', 'demo-tokenizer.model'))
+    ap.add_argument('--n-embd', type=int, default=256)
+    ap.add_argument('--n-layer', type=int, default=6)
+    ap.add_argument('--n-head', type=int, default=8)
+    ap.add_argument('--n-head-kv', type=int, default=4)
+    ap.add_argument('--n-ff', type=int, default=704)
+    ap.add_argument('--ctx', type=int, default=512)
+    ap.add_argument('--tie', action='store_true', help='tie output head to token embedding')
+    ap.add_argument('--batch', type=int, default=6)
+    ap.add_argument('--steps', type=int, default=900)
+    ap.add_argument('--lr', type=float, default=2e-3)
+    ap.add_argument('--min-lr-frac', type=float, default=0.05)
+    ap.add_argument('--decay-frac', type=float, default=0.2)
+    ap.add_argument('--warmup', type=int, default=60)
+    ap.add_argument('--wd', type=float, default=0.1)
+    ap.add_argument('--clip', type=float, default=1.0)
+    ap.add_argument('--seed', type=int, default=1234)
+    ap.add_argument('--chat-every', type=int, default=3)
+    ap.add_argument('--eval-every', type=int, default=100)
+    ap.add_argument('--eval-windows', type=int, default=24, help='windows used for periodic evals')
+    ap.add_argument('--ckpt-every', type=int, default=50)
+    ap.add_argument('--threads', type=int, default=1,
+                    help='torch threads (1 is fastest on a shared 2-core box; results depend on it)')
+    return ap.parse_args(argv)
+
+
+def lr_at(step, a):
+    """Warmup-stable-decay: linear warmup, constant LR, then a linear cooldown over the last
+    decay_frac * steps steps down to min_lr_frac * lr.  The stable phase does not depend on --steps, so a run
+    started with a large --steps and resumed with a smaller one (before its cooldown begins) is bit-identical
+    to a run started with the smaller --steps."""
+    if step < a.warmup:
+        return a.lr * (step + 1) / a.warmup
+    d0 = a.steps - int(round(a.decay_frac * a.steps))
+    if step < d0:
+        return a.lr
+    p = (step - d0 + 1) / max(1, a.steps - d0)
+    return a.lr * (1.0 - (1.0 - a.min_lr_frac) * p)
+
+
+@torch.no_grad()
+def evaluate(model, val_ids, ctx, max_windows=None, batch=8):
+    """Sum of next-token NLL (nats) over non-overlapping windows, skipping BOS targets."""
+    model.eval()
+    n = (len(val_ids) - 1) // ctx
+    if max_windows:
+        n = min(n, max_windows)
+    tot, cnt = 0.0, 0
+    for w0 in range(0, n, batch):
+        ws = range(w0, min(n, w0 + batch))
+        x = torch.stack([torch.from_numpy(val_ids[w * ctx:w * ctx + ctx + 1]) for w in ws])
+        logits = model(x[:, :-1])
+        tgt = x[:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction='none')
+        keep = (tgt.reshape(-1) != data.BOS)
+        tot += nll[keep].double().sum().item()
+        cnt += int(keep.sum())
+    # the last partial window
+    if not max_windows:
+        rest = val_ids[n * ctx:]
+        if len(rest) > 1:
+            x = torch.from_numpy(rest)[None]
+            logits = model(x[:, :-1])
+            tgt = x[:, 1:]
+            nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction='none')
+            keep = (tgt.reshape(-1) != data.BOS)
+            tot += nll[keep].double().sum().item()
+            cnt += int(keep.sum())
+    model.train()
+    return tot, cnt
+
+
+def main(argv=None):
+    a = get_args(argv)
+    torch.set_num_threads(a.threads)
+    wd = a.workdir or os.path.join(HERE, 'work', a.name)
+    os.makedirs(wd, exist_ok=True)
+    logf = open(os.path.join(wd, 'log.jsonl'), 'a')
+
+    def log(**kw):
+        line = json.dumps(kw)
+        print(line, flush=True)
+        logf.write(line + '\n')
+        logf.flush()
+
+    sp = data.load_sp(a.tokenizer)
+    train_ids, n_pairs = data.build_train_stream(sp, a.corpus, a.seed, a.chat_every)
+    val_ids, val_bytes = data.build_val_stream(sp, a.corpus)
+    n_val_tok = int((val_ids != data.BOS).sum())
+    cfg = Config(n_vocab=sp.get_piece_size(), n_ctx=a.ctx, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
+                 n_head_kv=a.n_head_kv, n_ff=a.n_ff, tie_embeddings=a.tie)
+    torch.manual_seed(a.seed)
+    model = Llama(cfg)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{'params': decay, 'weight_decay': a.wd}, {'params': no_decay, 'weight_decay': 0.0}],
+                            lr=a.lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    step, elapsed = 0, 0.0
+    ck = os.path.join(wd, 'ckpt.pt')
+    if os.path.exists(ck):
+        st = torch.load(ck)
+        assert st['config'] == cfg.to_dict(), 'checkpoint has a different model config'
+        model.load_state_dict(st['model'])
+        opt.load_state_dict(st['opt'])
+        step, elapsed = st['step'], st['elapsed']
+        log(event='resume', step=step, steps=a.steps)
+    else:
+        log(event='start', params=model.n_params(), config=cfg.to_dict(), args=vars(a),
+            train_tokens=len(train_ids), chat_pairs=n_pairs, val_tokens=n_val_tok, val_bytes=val_bytes)
+
+    def save():
+        tmp = ck + '.tmp'
+        torch.save({'model': model.state_dict(), 'opt': opt.state_dict(), 'step': step, 'elapsed': elapsed,
+                    'config': cfg.to_dict(), 'args': vars(a)}, tmp)
+        os.replace(tmp, ck)
+
+    model.train()
+    t_last = time.time()
+    loss_acc, n_acc = 0.0, 0
+    while step < a.steps:
+        lr = lr_at(step, a)
+        for g in opt.param_groups:
+            g['lr'] = lr
+        rng = np.random.default_rng([a.seed, step])       # data order depends only on (seed, step)
+        starts = rng.integers(0, len(train_ids) - a.ctx - 1, size=a.batch)
+        x = torch.from_numpy(np.stack([train_ids[s:s + a.ctx + 1] for s in starts]))
+        logits = model(x[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, cfg.n_vocab), x[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
+        opt.step()
+        step += 1
+        loss_acc += loss.item()
+        n_acc += 1
+        now = time.time()
+        elapsed += now - t_last
+        t_last = now
+        if step % 10 == 0:
+            log(step=step, loss=round(loss_acc / n_acc, 4), lr=round(lr, 6), gnorm=round(float(gn), 3),
+                elapsed=round(elapsed, 1), tok_per_s=round(step * a.batch * a.ctx / max(elapsed, 1e-9), 1))
+            loss_acc, n_acc = 0.0, 0
+        if step % a.ckpt_every == 0 or step == a.steps:
+            save()
+        if step % a.eval_every == 0 and step < a.steps:
+            tot, cnt = evaluate(model, val_ids, a.ctx, a.eval_windows)
+            log(step=step, val_loss_partial=round(tot / cnt, 4))
+            t_last = time.time()            # do not count eval time as training time
+    # final full evaluation
+    tot, cnt = evaluate(model, val_ids, a.ctx)
+    vl = tot / cnt
+    bpb = tot / val_bytes / math.log(2)
+    res = {'step': step, 'val_loss': vl, 'val_tokens': cnt, 'val_bytes': val_bytes, 'val_bpb': bpb,
+           'train_seconds': elapsed, 'params': model.n_params(), 'config': cfg.to_dict(), 'args': vars(a),
+           'train_tokens_seen': step * a.batch * a.ctx}
+    with open(os.path.join(wd, 'result.json'), 'w') as f:
+        json.dump(res, f, indent=1)
+    log(event='done', val_loss=round(vl, 4), val_bpb=round(bpb, 4), elapsed=round(elapsed, 1))
+
+
+if __name__ == '__main__':
+    main()
