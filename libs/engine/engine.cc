@@ -54,8 +54,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<StageMode
   return e;
 }
 
-void Engine::Attention(const kv::Sequence& seq, int32_t layer, std::span<const int32_t> slots,
-                       const float* q, float* out, int32_t n_tokens) {
+void Engine::Attention(const kv::Sequence& seq, int32_t layer,
+                       const std::vector<std::vector<int32_t>>& visible, const float* q, float* out,
+                       int32_t n_tokens) {
   const auto& hp = model_->hparams();
   const int32_t n_head = static_cast<int32_t>(hp.n_head);
   const int32_t hd = static_cast<int32_t>(hp.head_dim());
@@ -68,15 +69,11 @@ void Engine::Attention(const kv::Sequence& seq, int32_t layer, std::span<const i
   pool_->ParallelFor(
       static_cast<int64_t>(n_tokens) * n_head, 1, [&](int64_t begin, int64_t end, int thread) {
         std::vector<float>& scores = scratch_[thread];
-        std::vector<int32_t> keys;
         for (int64_t task = begin; task < end; ++task) {
           const int32_t t = static_cast<int32_t>(task / n_head);
           const int32_t h = static_cast<int32_t>(task % n_head);
           const int32_t kvh = h / n_gqa;  // consecutive query heads share a KV head
-          const kv::Visibility vis = kv::KvCache::VisibilityOf(seq, slots[t]);
-          keys.clear();
-          for (int32_t s = 0; s < vis.linear_end; ++s) keys.push_back(s);
-          keys.insert(keys.end(), vis.extra.begin(), vis.extra.end());
+          const std::vector<int32_t>& keys = visible[t];
           const float* qv = q + t * n_embd + h * hd;
           scores.resize(keys.size());
           for (size_t j = 0; j < keys.size(); ++j) {
@@ -169,6 +166,15 @@ absl::StatusOr<ForwardOutput> Engine::Forward(const ForwardInput& in) {
     std::copy(in.hidden.begin(), in.hidden.end(), x.begin());
   }
 
+  // Keys visible to each token (its path): the same for every layer and head.
+  std::vector<std::vector<int32_t>> visible(n);
+  for (int32_t t = 0; t < n; ++t) {
+    const kv::Visibility vis = kv::KvCache::VisibilityOf(seq, slots[t]);
+    visible[t].reserve(vis.linear_end + vis.extra.size());
+    for (int32_t s = 0; s < vis.linear_end; ++s) visible[t].push_back(s);
+    visible[t].insert(visible[t].end(), vis.extra.begin(), vis.extra.end());
+  }
+
   const bool f16 = options_.kv_type == kv::ElemType::kF16;
   for (int32_t l = 0; l < model_->n_layers(); ++l) {
     if (in.cancelled && in.cancelled()) {
@@ -203,7 +209,7 @@ absl::StatusOr<ForwardOutput> Engine::Forward(const ForwardInput& in) {
         std::memcpy(vrow, v.data() + i * n_kv, n_kv * sizeof(float));
       }
     }
-    Attention(seq, l, slots, q.data(), attn.data(), n);
+    Attention(seq, l, visible, q.data(), attn.data(), n);
     kernels::MatMul(w.wo, attn.data(), n_embd, n, tmp.data(), n_embd, *pool_);
     for (int64_t j = 0; j < n * n_embd; ++j) x[j] += tmp[j];
 

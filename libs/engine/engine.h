@@ -65,8 +65,9 @@ class Engine {
 
  private:
   Engine() = default;
-  void Attention(const kv::Sequence& seq, int32_t layer, std::span<const int32_t> slots,
-                 const float* q, float* out, int32_t n_tokens);
+  void Attention(const kv::Sequence& seq, int32_t layer,
+                 const std::vector<std::vector<int32_t>>& visible, const float* q, float* out,
+                 int32_t n_tokens);
 
   std::unique_ptr<StageModel> model_;
   EngineOptions options_;

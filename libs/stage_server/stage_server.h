@@ -1,0 +1,58 @@
+// The gRPC transport of a stage: serves pipeinfer.v1.Stage (Pipeline, Results, GetStats, GetInfo)
+// around a StageCore, plus grpc.health.v1 and reflection.
+//
+// Threads (gRPC sync API, one thread per stream direction):
+//   * the Pipeline handler reads the upstream peer's messages into a bounded input queue (at most
+//     `window` messages, the credit window W);
+//   * a worker pops them strictly in order, calls StageCore::Handle and sends the outputs: forwards
+//     to the next stage (waiting for its credits), results to the Results stream (queued, at most
+//     W, while none is attached), errors upstream; it grants one credit upstream per message
+//     dequeued;
+//   * on non-last stages a downstream reader takes the next stage's Cancel (forwarded upstream
+//     first, then recorded), Credit and ErrorDetail messages;
+//   * on the last stage the Results handler reads Cancels (forwarded upstream first, then recorded)
+//     and a writer thread sends the queued outcomes.
+// gRPC includes stay in stage_server.cc.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "stage/stage_core.h"
+
+namespace pipeinfer::stage_server {
+
+struct StageServerOptions {
+  std::string listen_address = "127.0.0.1:0";  // host:port; port 0 picks a free one
+  std::string downstream_address;              // the next stage; empty on the last stage
+  uint32_t window = 8;                         // credit window W per upstream link, in messages
+  uint64_t max_message_bytes = 64ull << 20;    // gRPC max send/receive message size
+  int connect_timeout_ms = 5000;  // how long opening the downstream link may wait to connect
+};
+
+class StageServer {
+ public:
+  StageServer(std::unique_ptr<stage::StageCore> core, StageServerOptions options);
+  ~StageServer();  // shuts down if still running
+  StageServer(const StageServer&) = delete;
+  StageServer& operator=(const StageServer&) = delete;
+
+  // Binds and starts serving. Non-last stages report NOT_SERVING on the health service until the
+  // downstream address accepts a connection.
+  absl::Status Start();
+  // The bound port (after Start).
+  int port() const;
+  // Ends every stream and stops the server (idempotent; in-flight calls get ~0.5 s before they are
+  // cancelled).
+  void Shutdown();
+  // Blocks until the server has shut down.
+  void Wait();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pipeinfer::stage_server

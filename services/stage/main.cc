@@ -1,0 +1,175 @@
+// `pipeinfer-stage`: one stage server of a pipeline. Loads only its layer range of a GGUF llama
+// model and serves pipeinfer.v1.Stage (plus health and reflection) until SIGINT or SIGTERM.
+#include <signal.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "engine/engine.h"
+#include "gguf/llama.h"
+#include "gguf/reader.h"
+#include "stage/stage_core.h"
+#include "stage_server/stage_server.h"
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::cerr << "error: " << message << "\n";
+  return 1;
+}
+
+// "FIRST:LAST" (LAST exclusive).
+bool ParseLayers(const std::string& s, uint32_t* first, uint32_t* last) {
+  const auto colon = s.find(':');
+  if (colon == std::string::npos) return false;
+  try {
+    size_t n1 = 0, n2 = 0;
+    const long a = std::stol(s.substr(0, colon), &n1);
+    const long b = std::stol(s.substr(colon + 1), &n2);
+    if (n1 != colon || n2 != s.size() - colon - 1 || a < 0 || b < a) return false;
+    *first = static_cast<uint32_t>(a);
+    *last = static_cast<uint32_t>(b);
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"pipeinfer-stage: one stage server of a PipeInfer pipeline"};
+  std::string model, listen, downstream, layers, kv_type = "f16", wire = "f32", model_id;
+  int stage = -1, stages = 0, threads = 1;
+  std::vector<double> weights;
+  int64_t kv_tokens = 0;
+  uint64_t kv_bytes = 0;
+  uint32_t window = 8, max_run_tokens = 512;
+  app.add_option("--model,-m", model, "GGUF model file")->required();
+  app.add_option("--listen", listen, "Listen address HOST:PORT")->required();
+  app.add_option("--downstream", downstream, "The next stage's HOST:PORT (absent on the last)");
+  auto* layers_opt = app.add_option("--layers", layers, "Layer range FIRST:LAST (LAST exclusive)");
+  app.add_option("--stage", stage, "This stage's index")->check(CLI::NonNegativeNumber);
+  app.add_option("--stages", stages, "Number of stages")->check(CLI::PositiveNumber);
+  app.add_option("--weights", weights, "Relative layer weights per stage (with --stages)")
+      ->delimiter(',');
+  app.add_option("--threads,-t", threads, "Compute threads")->check(CLI::Range(1, 256));
+  auto* kvt = app.add_option("--kv-tokens", kv_tokens, "KV capacity in tokens (default n_ctx)")
+                  ->check(CLI::PositiveNumber);
+  app.add_option("--kv-bytes", kv_bytes, "KV capacity in bytes")
+      ->check(CLI::PositiveNumber)
+      ->excludes(kvt);
+  app.add_option("--kv-type", kv_type, "KV cache element type")
+      ->check(CLI::IsMember({"f16", "f32"}));
+  app.add_option("--wire-dtype", wire, "Hidden-state dtype sent downstream")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  app.add_option("--model-id", model_id,
+                 "Model id checked against PipelineOpen (default: file stem)");
+  app.add_option("--window", window, "Credit window W per link, in messages")
+      ->check(CLI::Range(1, 4096));
+  int connect_timeout_ms = 5000;
+  app.add_option("--connect-timeout-ms", connect_timeout_ms,
+                 "How long opening the downstream link waits for a connection")
+      ->check(CLI::Range(1, 600000));
+  app.add_option("--max-run-tokens", max_run_tokens, "Most tokens per run")
+      ->check(CLI::Range(1, 65536));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
+  }
+
+  // Signals are taken by sigwait below; block them before any thread exists.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  auto file = pipeinfer::gguf::GgufFile::Open(model);
+  if (!file.ok()) return Fail(std::string(file.status().message()));
+  std::shared_ptr<pipeinfer::gguf::GgufFile> shared(std::move(*file));
+  auto hp = pipeinfer::gguf::LlamaHParams::FromGguf(*shared);
+  if (!hp.ok()) return Fail(std::string(hp.status().message()));
+
+  pipeinfer::gguf::StageSpec spec;
+  if (!layers_opt->empty()) {
+    if (!ParseLayers(layers, &spec.first_layer, &spec.last_layer)) {
+      return Fail("--layers must be FIRST:LAST with FIRST <= LAST, e.g. 0:4");
+    }
+    if (spec.last_layer > hp->n_layer) {
+      return Fail("--layers " + layers + " goes beyond the model's " + std::to_string(hp->n_layer) +
+                  " layers");
+    }
+    spec.embedding = spec.first_layer == 0;
+    spec.head = spec.last_layer == hp->n_layer;
+    if (stage < 0) {
+      if (spec.first_layer != 0) return Fail("--layers not starting at 0 needs --stage I");
+      stage = 0;
+    }
+    if (stages == 0) stages = spec.head ? stage + 1 : stage + 2;
+    if (!weights.empty()) return Fail("--weights only goes with --stage/--stages");
+  } else {
+    if (stage < 0 || stages == 0) {
+      return Fail("give either --layers FIRST:LAST or --stage I --stages N");
+    }
+    if (stage >= stages) return Fail("--stage must be less than --stages");
+    if (!weights.empty() && weights.size() != static_cast<size_t>(stages)) {
+      return Fail("--weights needs one weight per stage");
+    }
+    auto split = pipeinfer::gguf::SplitLayers(hp->n_layer, stages, weights);
+    if (!split.ok()) return Fail(std::string(split.status().message()));
+    spec = (*split)[stage];
+  }
+  if (spec.head && !downstream.empty()) {
+    return Fail("the last stage (it holds the output head) takes no --downstream");
+  }
+  if (!spec.head && downstream.empty()) {
+    return Fail("a stage that is not last needs --downstream HOST:PORT");
+  }
+
+  auto sm = pipeinfer::engine::StageModel::FromFile(shared, spec, /*prefault=*/true);
+  if (!sm.ok()) return Fail(std::string(sm.status().message()));
+  pipeinfer::engine::EngineOptions eo;
+  eo.threads = threads;
+  eo.kv_type = kv_type == "f32" ? pipeinfer::kv::ElemType::kF32 : pipeinfer::kv::ElemType::kF16;
+  eo.kv_capacity_tokens = kv_tokens > 0 ? kv_tokens : hp->n_ctx_train;
+  eo.kv_capacity_bytes = kv_bytes;
+  auto engine = pipeinfer::engine::Engine::Create(std::move(*sm), eo);
+  if (!engine.ok()) return Fail(std::string(engine.status().message()));
+
+  pipeinfer::stage::StageCoreConfig cc;
+  cc.stage_index = static_cast<uint32_t>(stage);
+  cc.n_stages = static_cast<uint32_t>(stages);
+  cc.model_id = model_id.empty() ? std::filesystem::path(model).stem().string() : model_id;
+  cc.max_run_tokens = max_run_tokens;
+  cc.hidden_dtype_out = wire == "f16" ? 2 : wire == "bf16" ? 3 : 1;
+  auto core = std::make_unique<pipeinfer::stage::StageCore>(std::move(*engine), cc);
+
+  pipeinfer::stage_server::StageServerOptions so;
+  so.listen_address = listen;
+  so.downstream_address = downstream;
+  so.window = window;
+  so.connect_timeout_ms = connect_timeout_ms;
+  pipeinfer::stage_server::StageServer server(std::move(core), so);
+  if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
+  std::string addr = listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());
+  std::printf("stage %d listening on %s (layers %u:%u%s%s)\n", stage, addr.c_str(),
+              spec.first_layer, spec.last_layer, spec.embedding ? ", embedding" : "",
+              spec.head ? ", head" : "");
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  std::fprintf(stderr, "stage %d: signal %d, shutting down\n", stage, sig);
+  server.Shutdown();
+  server.Wait();
+  return 0;
+}

@@ -1,0 +1,630 @@
+// Two real pipeinfer-stage processes on loopback (tiny-f32: stage 0 = layer 0 + embedding, stage
+// 1 = layer 1 + head), driven by the test acting as the controller: greedy decoding through the
+// pipeline reproduces llama.cpp's ids, a run cancelled before it is sent comes back as a tombstone
+// and is skipped at stage 0, closing the session frees the KV on both stages, and bad opens are
+// refused with FAILED_PRECONDITION.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "pipeinfer/v1/stage.grpc.pb.h"
+#include "testing/fixtures.h"
+#include "testing/process.h"
+
+namespace pipeinfer {
+namespace {
+
+using pipeinfer::testing::BinPath;
+using pipeinfer::testing::ChildProcess;
+using pipeinfer::testing::FixturePath;
+using pipeinfer::testing::FreePort;
+using pipeinfer::testing::ReadText;
+using Clock = std::chrono::system_clock;
+
+std::vector<int32_t> ReadIds(const std::string& path) {
+  std::istringstream in(ReadText(path));
+  std::vector<int32_t> ids;
+  int32_t v;
+  while (in >> v) ids.push_back(v);
+  return ids;
+}
+
+std::unique_ptr<v1::Stage::Stub> StubFor(const std::string& addr) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  return v1::Stage::NewStub(
+      grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
+}
+
+// Waits until the process has printed its "listening" line, then until its health service reports
+// SERVING. A fresh channel per attempt avoids gRPC's reconnect backoff.
+bool WaitServing(const std::string& addr, const std::string& log, ChildProcess& p,
+                 std::chrono::seconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (ReadText(log).find("listening on") == std::string::npos) {
+    if (!p.Running() || std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  while (std::chrono::steady_clock::now() < end && p.Running()) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    auto stub = grpc::health::v1::Health::NewStub(
+        grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::milliseconds(500));
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    if (stub->Check(&ctx, req, &resp).ok() &&
+        resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return false;
+}
+
+std::map<std::string, double> Stats(v1::Stage::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+  v1::StatsRequest req;
+  v1::StatsResponse resp;
+  std::map<std::string, double> out;
+  if (!stub.GetStats(&ctx, req, &resp).ok() || resp.services_size() != 1) return out;
+  for (const auto& c : resp.services(0).counters()) out[c.name()] = c.value();
+  return out;
+}
+
+v1::StageInfo Info(v1::Stage::Stub& stub) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+  v1::StageInfoRequest req;
+  v1::StageInfo info;
+  EXPECT_TRUE(stub.GetInfo(&ctx, req, &info).ok());
+  return info;
+}
+
+v1::StageDownstream PlainRun(uint64_t rid, uint64_t sid, const std::vector<int32_t>& toks,
+                             uint32_t first_pos) {
+  v1::StageDownstream m;
+  auto* r = m.mutable_run();
+  r->set_run_id(rid);
+  r->set_session_id(sid);
+  r->set_kind(v1::RUN_KIND_PLAIN);
+  for (size_t i = 0; i < toks.size(); ++i) {
+    r->add_token_ids(static_cast<uint32_t>(toks[i]));
+    r->add_positions(first_pos + static_cast<uint32_t>(i));
+  }
+  r->add_result_rows(static_cast<uint32_t>(toks.size() - 1));
+  return m;
+}
+
+// The two stage processes, started once for the suite.
+struct Cluster {
+  std::string addr0, addr1;
+  std::unique_ptr<ChildProcess> s0, s1;
+  std::string log0, log1;
+};
+
+Cluster* cluster = nullptr;
+
+class StageServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    const std::string bin = BinPath("pipeinfer-stage");
+    const std::string model = FixturePath("models/tiny-f32.gguf");
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      auto c = std::make_unique<Cluster>();
+      c->addr0 = "127.0.0.1:" + std::to_string(FreePort());
+      c->addr1 = "127.0.0.1:" + std::to_string(FreePort());
+      const std::string dir = ::testing::TempDir();
+      const std::string tag = std::to_string(getpid()) + "." + std::to_string(attempt);
+      c->log0 = dir + "/stage_server_test." + tag + ".stage0.log";
+      c->log1 = dir + "/stage_server_test." + tag + ".stage1.log";
+      c->s1 = std::make_unique<ChildProcess>(
+          std::vector<std::string>{bin, "--model", model, "--listen", c->addr1, "--layers", "1:2",
+                                   "--stage", "1", "--stages", "2", "--kv-tokens", "1024"},
+          c->log1);
+      c->s0 = std::make_unique<ChildProcess>(
+          std::vector<std::string>{bin, "--model", model, "--listen", c->addr0, "--layers", "0:1",
+                                   "--stage", "0", "--stages", "2", "--kv-tokens", "1024",
+                                   "--downstream", c->addr1, "--connect-timeout-ms", "500"},
+          c->log0);
+      const bool ok1 = WaitServing(c->addr1, c->log1, *c->s1, std::chrono::seconds(30));
+      const bool ok0 = ok1 && WaitServing(c->addr0, c->log0, *c->s0, std::chrono::seconds(30));
+      if (ok1 && ok0) {
+        cluster = c.release();
+        return;
+      }
+      // Probably a port race: try again with new ports (the guards kill the processes).
+      std::fprintf(
+          stderr,
+          "stage processes did not become SERVING (attempt %d)\nstage 0:\n%s\nstage 1:\n%s\n",
+          attempt, ReadText(c->log0).c_str(), ReadText(c->log1).c_str());
+    }
+  }
+  static void TearDownTestSuite() {
+    if (!cluster) return;
+    // Both stages must exit cleanly on SIGTERM.
+    EXPECT_EQ(cluster->s0->Stop(), 0) << ReadText(cluster->log0);
+    EXPECT_EQ(cluster->s1->Stop(), 0) << ReadText(cluster->log1);
+    if (::testing::UnitTest::GetInstance()->failed_test_count() == 0) {
+      std::remove(cluster->log0.c_str());
+      std::remove(cluster->log1.c_str());
+    }
+    delete cluster;
+    cluster = nullptr;
+  }
+  void SetUp() override { ASSERT_NE(cluster, nullptr) << "the stage processes did not start"; }
+};
+
+TEST_F(StageServerTest, BadOpensAreRefused) {
+  {  // Wrong receiver index: stage 1 is told it is stage 0.
+    auto stub = StubFor(cluster->addr1);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+    auto s = stub->Pipeline(&ctx);
+    v1::StageDownstream open;
+    open.mutable_open()->set_epoch(1000);
+    open.mutable_open()->set_receiver_stage_index(0);
+    open.mutable_open()->set_n_stages(2);
+    s->Write(open);
+    v1::StageUpstream up;
+    EXPECT_FALSE(s->Read(&up));
+    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {  // n_stages inconsistent with stage 0 not being last.
+    auto stub = StubFor(cluster->addr0);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+    auto s = stub->Pipeline(&ctx);
+    v1::StageDownstream open;
+    open.mutable_open()->set_epoch(1000);
+    open.mutable_open()->set_receiver_stage_index(0);
+    open.mutable_open()->set_n_stages(1);
+    s->Write(open);
+    v1::StageUpstream up;
+    EXPECT_FALSE(s->Read(&up));
+    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {  // A run before the open.
+    auto stub = StubFor(cluster->addr0);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+    auto s = stub->Pipeline(&ctx);
+    s->Write(PlainRun(1, 1, {1}, 0));
+    v1::StageUpstream up;
+    EXPECT_FALSE(s->Read(&up));
+    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  {  // Results on a stage that is not last.
+    auto stub = StubFor(cluster->addr0);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+    auto s = stub->Results(&ctx);
+    v1::ResultsUpstream open;
+    open.mutable_open()->set_epoch(1);
+    s->Write(open);
+    v1::ResultsDownstream down;
+    EXPECT_FALSE(s->Read(&down));
+    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+  // None of this was accepted.
+  EXPECT_EQ(Info(*StubFor(cluster->addr0)).epoch(), 0u);
+  EXPECT_EQ(Info(*StubFor(cluster->addr1)).epoch(), 0u);
+}
+
+// Server reflection lists the Stage service (raw call: ServerReflectionRequest{list_services: ""}).
+TEST_F(StageServerTest, ReflectionListsTheStageService) {
+  grpc::GenericStub stub(grpc::CreateChannel(cluster->addr0, grpc::InsecureChannelCredentials()));
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+  auto call =
+      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  auto step = [&](intptr_t want) {
+    return cq.Next(&tag, &ok) && ok && reinterpret_cast<intptr_t>(tag) == want;
+  };
+  call->StartCall(reinterpret_cast<void*>(1));
+  ASSERT_TRUE(step(1));
+  const char request[] = {0x3a, 0x00};  // field 7 (list_services), empty string
+  grpc::Slice slice(request, sizeof(request));
+  grpc::ByteBuffer out(&slice, 1);
+  call->Write(out, reinterpret_cast<void*>(2));
+  ASSERT_TRUE(step(2));
+  grpc::ByteBuffer in;
+  call->Read(&in, reinterpret_cast<void*>(3));
+  ASSERT_TRUE(step(3));
+  std::vector<grpc::Slice> slices;
+  ASSERT_TRUE(in.Dump(&slices).ok());
+  std::string bytes;
+  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  EXPECT_NE(bytes.find("pipeinfer.v1.Stage"), std::string::npos);
+  EXPECT_NE(bytes.find("grpc.health.v1.Health"), std::string::npos);
+  call->WritesDone(reinterpret_cast<void*>(4));
+  ASSERT_TRUE(step(4));
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(5));
+  ASSERT_TRUE(step(5));
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+// The controller's side of one epoch: a Pipeline stream to stage 0 and a Results stream from the
+// last stage, each read by its own thread.
+class Controller {
+ public:
+  Controller(const std::string& first, const std::string& last, uint64_t epoch)
+      : stub0_(StubFor(first)), stub1_(StubFor(last)) {
+    pctx_.set_deadline(Clock::now() + std::chrono::seconds(60));
+    rctx_.set_deadline(Clock::now() + std::chrono::seconds(60));
+    res_ = stub1_->Results(&rctx_);
+    v1::ResultsUpstream ro;
+    ro.mutable_open()->set_controller_id("stage_server_test");
+    ro.mutable_open()->set_epoch(epoch);
+    res_->Write(ro);
+    res_reader_ = std::thread([this] {
+      v1::ResultsDownstream m;
+      while (res_->Read(&m)) {
+        std::lock_guard<std::mutex> l(mu_);
+        results_.push_back(m);
+        cv_.notify_all();
+      }
+    });
+    pipe_ = stub0_->Pipeline(&pctx_);
+    v1::StageDownstream po;
+    po.mutable_open()->set_controller_id("stage_server_test");
+    po.mutable_open()->set_epoch(epoch);
+    po.mutable_open()->set_receiver_stage_index(0);
+    po.mutable_open()->set_n_stages(2);
+    pipe_->Write(po);
+    pipe_reader_ = std::thread([this] {
+      v1::StageUpstream m;
+      while (pipe_->Read(&m)) {
+        std::lock_guard<std::mutex> l(mu_);
+        if (m.has_credit()) credit_ += m.credit().messages();
+        if (m.has_error()) errors_.push_back(m.error());
+        if (m.has_cancel()) ++cancels_seen_;
+        cv_.notify_all();
+      }
+      std::lock_guard<std::mutex> l(mu_);
+      pipe_ended_ = true;
+      cv_.notify_all();
+    });
+  }
+
+  ~Controller() {
+    pctx_.TryCancel();
+    rctx_.TryCancel();
+    if (pipe_reader_.joinable()) pipe_reader_.join();
+    if (res_reader_.joinable()) res_reader_.join();
+  }
+
+  // Waits for the initial credit.
+  bool WaitCredit() {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, std::chrono::seconds(10), [&] { return credit_ > 0 || pipe_ended_; }) &&
+           credit_ > 0;
+  }
+
+  bool Send(const v1::StageDownstream& m) {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      if (!cv_.wait_for(l, std::chrono::seconds(10), [&] { return credit_ > 0; })) return false;
+      --credit_;
+    }
+    return pipe_->Write(m);
+  }
+
+  bool Cancel(const std::vector<uint64_t>& ids) {
+    v1::ResultsUpstream m;
+    for (uint64_t id : ids) m.mutable_cancel()->add_run_ids(id);
+    return res_->Write(m);
+  }
+
+  std::optional<v1::ResultsDownstream> Next() {
+    std::unique_lock<std::mutex> l(mu_);
+    if (!cv_.wait_for(l, std::chrono::seconds(10), [&] { return !results_.empty(); })) {
+      return std::nullopt;
+    }
+    v1::ResultsDownstream m = results_.front();
+    results_.pop_front();
+    return m;
+  }
+
+  // Ends both streams gracefully and returns their statuses.
+  std::pair<grpc::Status, grpc::Status> Close() {
+    pipe_->WritesDone();
+    pipe_reader_.join();
+    grpc::Status p = pipe_->Finish();
+    res_->WritesDone();
+    res_reader_.join();
+    grpc::Status r = res_->Finish();
+    return {p, r};
+  }
+
+  std::vector<v1::ErrorDetail> errors() {
+    std::lock_guard<std::mutex> l(mu_);
+    return errors_;
+  }
+  // Waits for the Pipeline stream to end (by the stage) and returns its status.
+  std::optional<grpc::Status> WaitPipeEnded() {
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      if (!cv_.wait_for(l, std::chrono::seconds(10), [&] { return pipe_ended_; })) {
+        return std::nullopt;
+      }
+    }
+    pipe_reader_.join();
+    return pipe_->Finish();
+  }
+  int cancels_seen() {
+    std::lock_guard<std::mutex> l(mu_);
+    return cancels_seen_;
+  }
+
+ private:
+  std::unique_ptr<v1::Stage::Stub> stub0_, stub1_;
+  grpc::ClientContext pctx_, rctx_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::StageDownstream, v1::StageUpstream>> pipe_;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::ResultsUpstream, v1::ResultsDownstream>> res_;
+  std::thread pipe_reader_, res_reader_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t credit_ = 0;
+  bool pipe_ended_ = false;
+  int cancels_seen_ = 0;
+  std::deque<v1::ResultsDownstream> results_;
+  std::vector<v1::ErrorDetail> errors_;
+};
+
+TEST_F(StageServerTest, GreedyDecodingCancellationAndKvRelease) {
+  const auto prompt = ReadIds(FixturePath("refs/tiny-f32.p1.prompt_ids.txt"));
+  const auto want = ReadIds(FixturePath("refs/tiny-f32.p1.greedy_ids.txt"));
+  ASSERT_EQ(want.size(), 32u);
+  auto stub0 = StubFor(cluster->addr0);
+  auto stub1 = StubFor(cluster->addr1);
+
+  const uint64_t epoch = Info(*stub0).epoch() + 1;
+  Controller c(cluster->addr0, cluster->addr1, epoch);
+  ASSERT_TRUE(c.WaitCredit()) << ReadText(cluster->log0);
+
+  constexpr uint64_t kSession = 1;
+  v1::StageDownstream open;
+  open.mutable_session_open()->set_session_id(kSession);
+  open.mutable_session_open()->set_max_context(512);
+  open.mutable_session_open()->mutable_result()->set_kind(v1::RESULT_KIND_ARGMAX);
+  ASSERT_TRUE(c.Send(open));
+
+  // Prefill, then 32 greedy single-token runs feeding back the argmax.
+  ASSERT_TRUE(c.Send(PlainRun(1, kSession, prompt, 0)));
+  auto r = c.Next();
+  ASSERT_TRUE(r && r->has_result()) << (r ? r->DebugString() : "no outcome");
+  ASSERT_EQ(r->result().run_id(), 1u);
+  ASSERT_EQ(r->result().rows_size(), 1);
+  EXPECT_EQ(r->result().trace_size(), 2);
+  int32_t tok = static_cast<int32_t>(r->result().rows(0).argmax().token_id());
+  std::vector<int32_t> got;
+  const uint32_t L = static_cast<uint32_t>(prompt.size());
+  for (uint32_t s = 0; s < 32; ++s) {
+    got.push_back(tok);
+    if (s == 31) break;
+    ASSERT_TRUE(c.Send(PlainRun(2 + s, kSession, {tok}, L + s)));
+    r = c.Next();
+    ASSERT_TRUE(r && r->has_result()) << (r ? r->DebugString() : "no outcome");
+    ASSERT_EQ(r->result().run_id(), 2 + s);
+    tok = static_cast<int32_t>(r->result().rows(0).argmax().token_id());
+  }
+  EXPECT_EQ(got, want);
+
+  // Cancel run 100 on the Results stream before sending it. The cancel climbs to stage 0 (which
+  // does not forward it to the controller); wait until stage 0 has recorded it.
+  ASSERT_TRUE(c.Cancel({100}));
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (Stats(*stub0)["cancels_received_total"] < 1 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_GE(Stats(*stub0)["cancels_received_total"], 1);
+  EXPECT_GE(Stats(*stub1)["cancels_received_total"], 1);
+  ASSERT_TRUE(c.Send(PlainRun(100, kSession, {tok}, L + 31)));
+  r = c.Next();
+  ASSERT_TRUE(r && r->has_tombstone()) << (r ? r->DebugString() : "no outcome");
+  EXPECT_EQ(r->tombstone().run_id(), 100u);
+  EXPECT_EQ(r->tombstone().reason(), v1::TOMBSTONE_REASON_CANCELLED);
+  EXPECT_EQ(r->tombstone().stage_index(), 0u);
+  auto st0 = Stats(*stub0);
+  EXPECT_GE(st0["runs_skipped_total"], 1);
+  EXPECT_EQ(st0["runs_computed_total"], 32);
+  EXPECT_EQ(st0["sessions_open"], 1);
+  EXPECT_GT(st0["kv_blocks_in_use"], 0);
+  EXPECT_EQ(Stats(*stub1)["tombstones_total"], 1);
+  EXPECT_EQ(c.cancels_seen(), 0);  // stage 0 does not send cancels to the controller
+
+  // Close the session; a barrier echo proves every stage has applied the close.
+  v1::StageDownstream close;
+  close.mutable_session_close()->set_session_id(kSession);
+  ASSERT_TRUE(c.Send(close));
+  v1::StageDownstream barrier;
+  barrier.mutable_barrier()->set_barrier_id(77);
+  ASSERT_TRUE(c.Send(barrier));
+  r = c.Next();
+  ASSERT_TRUE(r && r->has_barrier()) << (r ? r->DebugString() : "no outcome");
+  EXPECT_EQ(r->barrier().barrier_id(), 77u);
+
+  const v1::StageInfo i0 = Info(*stub0), i1 = Info(*stub1);
+  EXPECT_EQ(i0.kv_blocks_in_use(), 0u);
+  EXPECT_EQ(i1.kv_blocks_in_use(), 0u);
+  EXPECT_EQ(i0.sessions_open(), 0u);
+  EXPECT_EQ(i1.sessions_open(), 0u);
+  EXPECT_EQ(i0.epoch(), epoch);
+  EXPECT_EQ(i1.epoch(), epoch);
+  EXPECT_TRUE(i0.is_first());
+  EXPECT_FALSE(i0.is_last());
+  EXPECT_TRUE(i1.is_last());
+  EXPECT_TRUE(i0.upstream_connected());
+  EXPECT_TRUE(i0.downstream_connected());
+  EXPECT_TRUE(i1.upstream_connected());
+  EXPECT_TRUE(i1.results_attached());
+  EXPECT_EQ(i0.link_window(), 8u);
+  EXPECT_EQ(i0.layer_begin(), 0u);
+  EXPECT_EQ(i0.layer_end(), 1u);
+  EXPECT_EQ(i1.layer_begin(), 1u);
+  EXPECT_EQ(i1.layer_end(), 2u);
+  EXPECT_TRUE(c.errors().empty());
+
+  // A stale epoch is refused.
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+    auto s = stub0->Pipeline(&ctx);
+    v1::StageDownstream po;
+    po.mutable_open()->set_epoch(epoch);
+    po.mutable_open()->set_receiver_stage_index(0);
+    po.mutable_open()->set_n_stages(2);
+    s->Write(po);
+    v1::StageUpstream up;
+    EXPECT_FALSE(s->Read(&up));
+    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  }
+
+  auto [ps, rs] = c.Close();
+  EXPECT_TRUE(ps.ok()) << ps.error_message();
+  EXPECT_TRUE(rs.ok()) << rs.error_message();
+}
+
+// A newer epoch supersedes the current one: the old controller's stream ends, every session of
+// the old epoch is dropped on both stages, and the new epoch works.
+TEST_F(StageServerTest, NewerEpochSupersedesTheOld) {
+  const auto prompt = ReadIds(FixturePath("refs/tiny-f32.p1.prompt_ids.txt"));
+  const auto want = ReadIds(FixturePath("refs/tiny-f32.p1.greedy_ids.txt"));
+  auto stub0 = StubFor(cluster->addr0);
+  auto stub1 = StubFor(cluster->addr1);
+  const uint64_t epoch = Info(*stub0).epoch() + 1;
+
+  v1::StageDownstream open;
+  open.mutable_session_open()->set_session_id(5);
+  open.mutable_session_open()->set_max_context(512);
+  open.mutable_session_open()->mutable_result()->set_kind(v1::RESULT_KIND_ARGMAX);
+
+  Controller old_c(cluster->addr0, cluster->addr1, epoch);
+  ASSERT_TRUE(old_c.WaitCredit());
+  ASSERT_TRUE(old_c.Send(open));
+  ASSERT_TRUE(old_c.Send(PlainRun(1, 5, prompt, 0)));
+  auto r = old_c.Next();
+  ASSERT_TRUE(r && r->has_result());
+  EXPECT_EQ(Info(*stub0).sessions_open(), 1u);
+  EXPECT_EQ(Info(*stub1).sessions_open(), 1u);
+
+  Controller c(cluster->addr0, cluster->addr1, epoch + 1);
+  ASSERT_TRUE(c.WaitCredit());
+  // The old stream was ended by the stage (the sync transport ends it by cancelling it, after an
+  // in-band ABORTED ErrorDetail).
+  auto st = old_c.WaitPipeEnded();
+  ASSERT_TRUE(st.has_value());
+  EXPECT_FALSE(st->ok());
+  // Every session of the old epoch is gone on both stages (stage 1 resets once stage 0 has opened
+  // its new downstream link, before stage 0 grants its first credit).
+  EXPECT_EQ(Info(*stub0).sessions_open(), 0u);
+  EXPECT_EQ(Info(*stub1).sessions_open(), 0u);
+  EXPECT_EQ(Info(*stub0).kv_blocks_in_use(), 0u);
+  EXPECT_EQ(Info(*stub1).kv_blocks_in_use(), 0u);
+  EXPECT_EQ(Info(*stub1).epoch(), epoch + 1);
+
+  // The same session id works again in the new epoch.
+  ASSERT_TRUE(c.Send(open));
+  ASSERT_TRUE(c.Send(PlainRun(1, 5, prompt, 0)));
+  r = c.Next();
+  ASSERT_TRUE(r && r->has_result()) << (r ? r->DebugString() : "no outcome");
+  EXPECT_EQ(static_cast<int32_t>(r->result().rows(0).argmax().token_id()), want[0]);
+  v1::StageDownstream close;
+  close.mutable_session_close()->set_session_id(5);
+  ASSERT_TRUE(c.Send(close));
+  auto [ps, rs] = c.Close();
+  EXPECT_TRUE(ps.ok()) << ps.error_message();
+  EXPECT_TRUE(rs.ok()) << rs.error_message();
+  // A graceful end of the link also drops every session.
+  EXPECT_EQ(Info(*stub0).sessions_open(), 0u);
+  EXPECT_EQ(Info(*stub1).sessions_open(), 0u);
+  EXPECT_TRUE(c.errors().empty());
+}
+
+// Runs last: stopping stage 1 (SIGTERM, with a link open) ends the controller's stream at stage 0,
+// drops stage 0's sessions, turns stage 0's health NOT_SERVING, and new opens fail with
+// UNAVAILABLE.
+TEST_F(StageServerTest, DownstreamLossEndsThePipeline) {
+  const auto prompt = ReadIds(FixturePath("refs/tiny-f32.p1.prompt_ids.txt"));
+  auto stub0 = StubFor(cluster->addr0);
+  const uint64_t epoch = Info(*stub0).epoch() + 1;
+  Controller c(cluster->addr0, cluster->addr1, epoch);
+  ASSERT_TRUE(c.WaitCredit());
+  v1::StageDownstream open;
+  open.mutable_session_open()->set_session_id(9);
+  open.mutable_session_open()->set_max_context(512);
+  open.mutable_session_open()->mutable_result()->set_kind(v1::RESULT_KIND_ARGMAX);
+  ASSERT_TRUE(c.Send(open));
+  ASSERT_TRUE(c.Send(PlainRun(1, 9, prompt, 0)));
+  auto r = c.Next();
+  ASSERT_TRUE(r && r->has_result());
+  EXPECT_EQ(Info(*stub0).sessions_open(), 1u);
+
+  // A stage with open streams still exits cleanly on SIGTERM.
+  EXPECT_EQ(cluster->s1->Stop(), 0) << ReadText(cluster->log1);
+  auto st = c.WaitPipeEnded();
+  ASSERT_TRUE(st.has_value());
+  EXPECT_FALSE(st->ok());
+
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  bool not_serving = false;
+  v1::StageInfo info;
+  while (std::chrono::steady_clock::now() < end) {
+    info = Info(*stub0);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(2));
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    auto health = grpc::health::v1::Health::NewStub(
+        grpc::CreateChannel(cluster->addr0, grpc::InsecureChannelCredentials()));
+    not_serving = health->Check(&ctx, req, &resp).ok() &&
+                  resp.status() == grpc::health::v1::HealthCheckResponse::NOT_SERVING;
+    if (not_serving && info.sessions_open() == 0 && !info.upstream_connected()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(not_serving);
+  EXPECT_EQ(info.sessions_open(), 0u);
+  EXPECT_EQ(info.kv_blocks_in_use(), 0u);
+  EXPECT_FALSE(info.upstream_connected());
+
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+  auto s = stub0->Pipeline(&ctx);
+  v1::StageDownstream po;
+  po.mutable_open()->set_epoch(epoch + 1);
+  po.mutable_open()->set_receiver_stage_index(0);
+  po.mutable_open()->set_n_stages(2);
+  s->Write(po);
+  v1::StageUpstream up;
+  EXPECT_FALSE(s->Read(&up));
+  EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+}  // namespace
+}  // namespace pipeinfer
