@@ -1,4 +1,6 @@
 #include <atomic>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/kernels.h"
 #include "kernels/simd.h"
@@ -18,7 +20,21 @@ bool DetectAvx2Fma() {
 #endif
 }
 
+QuantMath InitialQuantMath() {
+  const char* env = std::getenv("PIPEINFER_QUANT_MATH");
+  return env != nullptr && std::strcmp(env, "exact") == 0 ? QuantMath::kExact : QuantMath::kFast;
+}
+
+std::atomic<QuantMath>& QuantMathSetting() {
+  static std::atomic<QuantMath> math{InitialQuantMath()};
+  return math;
+}
+
 }  // namespace
+
+void SetQuantMath(QuantMath math) { QuantMathSetting().store(math, std::memory_order_relaxed); }
+
+QuantMath GetQuantMath() { return QuantMathSetting().load(std::memory_order_relaxed); }
 
 bool CpuHasAvx2Fma() {
   static const bool has = DetectAvx2Fma();

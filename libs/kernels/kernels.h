@@ -3,8 +3,10 @@
 //
 // Weights are used in their file layout (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, ...); a matrix
 // product dequantizes each weight block once and applies it to every token of the batch, so a
-// speculative run of k tokens reads the weights once. Activations stay F32 (the numerics match
-// llama.cpp run on exactly dequantized weights).
+// speculative run of k tokens reads the weights once. With QuantMath::kExact activations stay F32
+// (the numerics match llama.cpp run on exactly dequantized weights); with QuantMath::kFast (the
+// default) Q4_0/Q8_0/Q4_K/Q6_K products use llama.cpp's scheme: activations quantized to 8 bits
+// once per call, integer dot products (see SetQuantMath).
 //
 // Every kernel has a portable scalar implementation and, where the CPU has AVX2+FMA+F16C, a
 // vectorized one chosen at run time. SetForceScalar(true) selects the portable path (tests compare
@@ -24,6 +26,17 @@ bool CpuHasAvx2Fma();  // AVX2 + FMA + F16C, detected once
 // Forces the portable paths (process-wide; for tests and benchmarks).
 void SetForceScalar(bool force);
 bool UsingSimd();  // CpuHasAvx2Fma() && !forced scalar
+
+// --- Numerics of quantized weights ------------------------------------------------------------
+// kExact: F32 math on exactly dequantized weights (matches llama.cpp run on `-deq` copies).
+// kFast: like llama.cpp's CPU backend, MatMul quantizes each activation row once per call (Q8_0
+// blocks of 32 for Q4_0/Q8_0 weights, Q8_K blocks of 256 for Q4_K/Q6_K) and computes integer dot
+// products, scaled in float per block. Other weight types (F32/F16/BF16 included) are unaffected.
+// Process-wide; the default is kFast, or what the environment variable PIPEINFER_QUANT_MATH
+// (`exact` or `fast`) says when the process starts.
+enum class QuantMath { kExact, kFast };
+void SetQuantMath(QuantMath math);
+QuantMath GetQuantMath();
 
 // --- Conversions ------------------------------------------------------------------------------
 float HalfToFloat(uint16_t h);

@@ -7,6 +7,7 @@
 
 #include "kernels/formats.h"
 #include "kernels/kernels.h"
+#include "kernels/qdot.h"
 #include "kernels/simd.h"
 
 namespace pipeinfer::kernels {
@@ -50,6 +51,71 @@ void ScalarRows(const Matrix& w, const internal::Format& f, const float* x, int6
   }
 }
 
+// QuantMath::kFast for a type with an integer path: quantize every token's activations once, then
+// integer dot products per row.
+void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int64_t n_tokens,
+                 float* y, int64_t y_stride, ThreadPool& pool) {
+  thread_local std::vector<int8_t> qs;
+  thread_local std::vector<float> d;
+  thread_local std::vector<int16_t> bsums;
+  const int64_t nb = m.cols / ab;
+  qs.resize(static_cast<size_t>(n_tokens * m.cols));
+  d.resize(static_cast<size_t>(n_tokens * nb));
+  if (ab == 256) bsums.resize(static_cast<size_t>(n_tokens * nb * 16));
+  for (int64_t t = 0; t < n_tokens; ++t) {
+    if (ab == 32) {
+      internal::QuantizeQ8_0(x + t * x_stride, m.cols, qs.data() + t * m.cols, d.data() + t * nb);
+    } else {
+      internal::QuantizeQ8_K(x + t * x_stride, m.cols, qs.data() + t * m.cols, d.data() + t * nb,
+                             bsums.data() + t * nb * 16);
+    }
+  }
+  internal::QuantActs a;
+#if PIPEINFER_KERNELS_X86
+  thread_local std::vector<int8_t> qs_pairs;
+  thread_local std::vector<float> d_pairs;
+  if (UsingSimd() && m.type == gguf::TensorType::kQ4_0) {
+    const int64_t np = m.cols / 64;
+    qs_pairs.resize(static_cast<size_t>(n_tokens * m.cols));
+    d_pairs.resize(static_cast<size_t>(n_tokens * np * 8));
+    for (int64_t t = 0; t < n_tokens; ++t) {
+      for (int64_t p = 0; p < np; ++p) {
+        const int8_t* src = qs.data() + t * m.cols + 64 * p;
+        int8_t* dst = qs_pairs.data() + t * m.cols + 64 * p;
+        for (int i = 0; i < 16; ++i) {
+          dst[i] = src[i];
+          dst[16 + i] = src[32 + i];
+          dst[32 + i] = src[16 + i];
+          dst[48 + i] = src[48 + i];
+        }
+        float* dp = d_pairs.data() + (t * np + p) * 8;
+        for (int i = 0; i < 4; ++i) {
+          dp[i] = d[t * nb + 2 * p];
+          dp[4 + i] = d[t * nb + 2 * p + 1];
+        }
+      }
+    }
+    a.qs_pairs = qs_pairs.data();
+    a.d_pairs = d_pairs.data();
+  }
+#endif
+  a.qs = qs.data();
+  a.d = d.data();
+  a.bsums = ab == 256 ? bsums.data() : nullptr;
+  a.cols = m.cols;
+#if PIPEINFER_KERNELS_X86
+  if (UsingSimd()) {
+    pool.ParallelFor(m.rows, kRowGrain, [&](int64_t r0, int64_t r1, int) {
+      avx2::QuantMatMulRows(m, a, n_tokens, y, y_stride, r0, r1);
+    });
+    return;
+  }
+#endif
+  pool.ParallelFor(m.rows, kRowGrain, [&](int64_t r0, int64_t r1, int) {
+    internal::ScalarQuantRows(m, a, n_tokens, y, y_stride, r0, r1);
+  });
+}
+
 [[noreturn]] void BadMatrix(const Matrix& w, const char* why) {
   std::fprintf(stderr, "MatMul: %s (type %s, %lld x %lld)\n", why,
                gguf::TensorTypeName(static_cast<uint32_t>(w.type)).c_str(),
@@ -69,6 +135,12 @@ void MatMul(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
   const size_t min_row_bytes = static_cast<size_t>(w.cols / f->block * f->bytes);
   if (m.row_bytes == 0) m.row_bytes = min_row_bytes;
   if (m.row_bytes < min_row_bytes) BadMatrix(w, "row_bytes too small");
+  if (GetQuantMath() == QuantMath::kFast) {
+    const int ab = internal::QuantActBlock(w.type);
+    if (ab != 0 && w.cols % ab == 0) {
+      return QuantMatMul(m, ab, x, x_stride, n_tokens, y, y_stride, pool);
+    }
+  }
 #if PIPEINFER_KERNELS_X86
   if (UsingSimd()) {
     // Repack the activations once for all threads (buffer kept per calling thread).

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 #include <limits>
@@ -34,6 +35,25 @@ inline std::string ReadText(const std::string& path) {
   std::stringstream ss;
   ss << f.rdbuf();
   return ss.str();
+}
+
+// Decimal token ids separated by whitespace (the fixtures' *_ids.txt format).
+inline std::vector<int32_t> ParseIds(const std::string& text) {
+  std::istringstream in(text);
+  std::vector<int32_t> ids;
+  int32_t v;
+  while (in >> v) ids.push_back(v);
+  return ids;
+}
+
+inline std::vector<int32_t> ReadIds(const std::string& path) { return ParseIds(ReadText(path)); }
+
+// Raw little-endian float32 values (the fixtures' *.f32 format).
+inline std::vector<float> ReadF32(const std::string& path) {
+  const std::vector<uint8_t> b = ReadBytes(path);
+  std::vector<float> out(b.size() / sizeof(float));
+  std::memcpy(out.data(), b.data(), out.size() * sizeof(float));
+  return out;
 }
 
 // IEEE half -> float, written independently of the engine's conversion.

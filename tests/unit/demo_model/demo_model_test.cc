@@ -18,26 +18,13 @@ namespace pipeinfer {
 namespace {
 
 using testing::FixturePath;
-using testing::ReadBytes;
+using testing::ParseIds;
+using testing::ReadF32;
+using testing::ReadIds;
 using testing::ReadText;
 
 std::string ModelPath(const std::string& name) {
   return std::string(PIPEINFER_MODELS_DIR) + "/" + name;
-}
-
-std::vector<int32_t> Ids(const std::string& line) {
-  std::istringstream in(line);
-  std::vector<int32_t> ids;
-  int32_t v;
-  while (in >> v) ids.push_back(v);
-  return ids;
-}
-
-std::vector<float> F32(const std::string& path) {
-  auto b = ReadBytes(path);
-  std::vector<float> v(b.size() / 4);
-  std::memcpy(v.data(), b.data(), v.size() * 4);
-  return v;
 }
 
 class DemoModel : public ::testing::TestWithParam<const char*> {};
@@ -56,12 +43,12 @@ TEST_P(DemoModel, EngineMatchesTrainingCode) {
   const int64_t V = (*e)->model().hparams().n_vocab;
 
   const std::string base = FixturePath("demo/" + name + ".");
-  const auto prompt = Ids(ReadText(base + "prompt_ids.txt"));
+  const auto prompt = ReadIds(base + "prompt_ids.txt");
   // The tokenizer produces the same prompt ids as the training code.
   EXPECT_EQ(tok->get()->Encode(ReadText(FixturePath("demo/prompt.txt")), true, false), prompt);
-  const auto ref = F32(base + "prompt_logits.f32");
-  const auto greedy = Ids(ReadText(base + "greedy_ids.txt"));
-  const auto greedy_ref = F32(base + "greedy_logits.f32");
+  const auto ref = ReadF32(base + "prompt_logits.f32");
+  const auto greedy = ReadIds(base + "greedy_ids.txt");
+  const auto greedy_ref = ReadF32(base + "greedy_logits.f32");
   ASSERT_EQ(ref.size(), prompt.size() * V);
   ASSERT_EQ(greedy_ref.size(), greedy.size() * V);
 
@@ -121,7 +108,7 @@ TEST(DemoModel, TokenizerMatchesSpmEncode) {
   std::string s, line;
   int n = 0;
   while (std::getline(sentences, s) && std::getline(ids, line)) {
-    EXPECT_EQ((*tok)->Encode(s, /*add_bos=*/false, /*parse_special=*/false), Ids(line))
+    EXPECT_EQ((*tok)->Encode(s, /*add_bos=*/false, /*parse_special=*/false), ParseIds(line))
         << "sentence " << n << ": " << s;
     ++n;
   }

@@ -13,24 +13,18 @@ namespace {
 
 using pipeinfer::testing::BinPath;
 using pipeinfer::testing::FixturePath;
-using pipeinfer::testing::ReadBytes;
+using pipeinfer::testing::ReadF32;
 using pipeinfer::testing::ReadText;
 using pipeinfer::testing::RunCommand;
-
-std::vector<float> F32(const std::string& path) {
-  auto b = ReadBytes(path);
-  std::vector<float> v(b.size() / 4);
-  std::memcpy(v.data(), b.data(), v.size() * 4);
-  return v;
-}
 
 TEST(EngineCli, LogitsWritesFixtureFormats) {
   const std::string prefix = ::testing::TempDir() + "/cli-q6k";
   std::string out;
   ASSERT_EQ(
-      RunCommand(BinPath("pipeinfer") + " logits --model " + FixturePath("models/tiny-q6_k.gguf") +
-                     " --prompt-file " + FixturePath("prompts/p1.txt") + " --out-prefix " + prefix +
-                     " --greedy 32",
+      // The exact numerics match the `-deq` reference (the default, kFast, is llama.cpp-like).
+      RunCommand("PIPEINFER_QUANT_MATH=exact " + BinPath("pipeinfer") + " logits --model " +
+                     FixturePath("models/tiny-q6_k.gguf") + " --prompt-file " +
+                     FixturePath("prompts/p1.txt") + " --out-prefix " + prefix + " --greedy 32",
                  &out),
       0)
       << out;
@@ -38,8 +32,8 @@ TEST(EngineCli, LogitsWritesFixtureFormats) {
   EXPECT_EQ(ReadText(prefix + ".prompt_ids.txt"), ReadText(ref + "prompt_ids.txt"));
   EXPECT_EQ(ReadText(prefix + ".greedy_ids.txt"), ReadText(ref + "greedy_ids.txt"));
   for (const char* kind : {"prompt_logits.f32", "greedy_logits.f32"}) {
-    const auto got = F32(prefix + "." + kind);
-    const auto want = F32(ref + kind);
+    const auto got = ReadF32(prefix + "." + kind);
+    const auto want = ReadF32(ref + kind);
     ASSERT_EQ(got.size(), want.size()) << kind;
     double m = 0;
     for (size_t i = 0; i < got.size(); ++i) m = std::max<double>(m, std::abs(got[i] - want[i]));

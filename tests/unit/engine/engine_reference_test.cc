@@ -13,29 +13,15 @@
 #include <gtest/gtest.h>
 
 #include "engine/engine.h"
+#include "kernels/kernels.h"
 #include "testing/fixtures.h"
 
 namespace pipeinfer::engine {
 namespace {
 
 using pipeinfer::testing::FixturePath;
-using pipeinfer::testing::ReadBytes;
-using pipeinfer::testing::ReadText;
-
-std::vector<int32_t> ReadIds(const std::string& path) {
-  std::istringstream in(ReadText(path));
-  std::vector<int32_t> ids;
-  int32_t v;
-  while (in >> v) ids.push_back(v);
-  return ids;
-}
-
-std::vector<float> ReadF32(const std::string& path) {
-  auto b = ReadBytes(path);
-  std::vector<float> out(b.size() / 4);
-  std::memcpy(out.data(), b.data(), out.size() * 4);
-  return out;
-}
+using pipeinfer::testing::ReadF32;
+using pipeinfer::testing::ReadIds;
 
 int32_t Argmax(const float* x, int64_t n) {
   return static_cast<int32_t>(std::max_element(x, x + n) - x);
@@ -49,6 +35,13 @@ struct Case {
   // the measured prompt error (a smaller margin may legitimately flip).
   int greedy_must_match;
 };
+
+// The exact numerics (the fast, llama.cpp-like ones are checked by engine_fastmath_test).
+class ExactMath : public ::testing::Environment {
+ public:
+  void SetUp() override { kernels::SetQuantMath(kernels::QuantMath::kExact); }
+};
+const auto* const kExactMath = ::testing::AddGlobalTestEnvironment(new ExactMath);
 
 class EngineReference : public ::testing::TestWithParam<Case> {};
 

@@ -36,6 +36,13 @@ struct Data {
 
 constexpr float kYSentinel = -12345.0f;
 
+// These tests check the exact numerics (QuantMath::kExact); qdot_test.cc covers kFast.
+class ExactMath : public ::testing::Environment {
+ public:
+  void SetUp() override { SetQuantMath(QuantMath::kExact); }
+};
+const auto* const kExactMath = ::testing::AddGlobalTestEnvironment(new ExactMath);
+
 Data MakeData(const Case& c, std::mt19937& rng) {
   Data d;
   const auto& info = gguf::TypeInfo(c.type);

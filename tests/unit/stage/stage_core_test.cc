@@ -15,15 +15,7 @@ namespace pipeinfer::stage {
 namespace {
 
 using pipeinfer::testing::FixturePath;
-using pipeinfer::testing::ReadText;
-
-std::vector<int32_t> ReadIds(const std::string& path) {
-  std::istringstream in(ReadText(path));
-  std::vector<int32_t> ids;
-  int32_t v;
-  while (in >> v) ids.push_back(v);
-  return ids;
-}
+using pipeinfer::testing::ReadIds;
 
 // A chain of stage cores; Send() pushes one message through all of them and returns the outcomes
 // of the last stage.
