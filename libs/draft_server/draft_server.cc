@@ -1,0 +1,961 @@
+#include "draft_server/draft_server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "pipeinfer/v1/draft.grpc.pb.h"
+#include "pipeinfer/v1/stage.grpc.pb.h"
+#include "sampling/sampling.h"
+
+namespace pipeinfer::draft_server {
+namespace {
+
+using Clock = std::chrono::system_clock;
+using Steady = std::chrono::steady_clock;
+using PipeStream = grpc::ClientReaderWriter<v1::StageDownstream, v1::StageUpstream>;
+using ResStream = grpc::ClientReaderWriter<v1::ResultsUpstream, v1::ResultsDownstream>;
+
+constexpr const char kServiceName[] = "pipeinfer.v1.Draft";
+// How often a waiting Generate handler checks whether its caller cancelled.
+constexpr auto kPollInterval = std::chrono::milliseconds(20);
+
+uint64_t MicrosBetween(Steady::time_point a, Steady::time_point b) {
+  return b <= a ? 0
+                : static_cast<uint64_t>(
+                      std::chrono::duration_cast<std::chrono::microseconds>(b - a).count());
+}
+
+grpc::Status Err(grpc::StatusCode code, const std::string& message) {
+  return grpc::Status(code, message);
+}
+
+grpc::Status StatusFromDetail(const v1::ErrorDetail& e) {
+  auto code = static_cast<grpc::StatusCode>(e.code());
+  if (code == grpc::StatusCode::OK) code = grpc::StatusCode::INTERNAL;
+  const std::string origin = e.origin().empty() ? std::string("pipeline") : e.origin();
+  return grpc::Status(code, absl::StrCat(origin, ": ", e.message()));
+}
+
+// One incarnation (epoch) of the pipeline: the Pipeline stream to stage 0 and the Results stream
+// from the last stage, with their threads.
+struct Link {
+  uint64_t epoch = 0;
+  std::unique_ptr<grpc::ClientContext> pctx, rctx;
+  std::unique_ptr<PipeStream> pipe;
+  std::unique_ptr<ResStream> res;
+
+  std::mutex mu;  // guards the fields below (dead is also readable without it)
+  std::condition_variable cv;
+  int64_t credit = 0;
+  bool got_credit = false;
+  std::deque<v1::StageDownstream> out;  // waiting for credit
+  uint64_t next_run_id = 1;
+  std::atomic<bool> dead{false};
+  std::string dead_reason;
+
+  std::mutex res_write_mu;  // serializes writes on the Results stream
+  std::thread sender, pipe_reader, res_reader;
+};
+
+// One Generate call's session on the pipeline.
+struct Session {
+  uint64_t id = 0;
+  std::shared_ptr<Link> link;
+  std::mutex mu;  // guards outcomes and failure
+  std::condition_variable cv;
+  std::deque<v1::ResultsDownstream> outcomes;
+  std::optional<grpc::Status> failure;
+};
+
+void FailSession(Session& s, const grpc::Status& status) {
+  {
+    std::lock_guard<std::mutex> l(s.mu);
+    if (!s.failure) s.failure = status;
+  }
+  s.cv.notify_all();
+}
+
+void AddCounter(v1::ServiceStats* svc, const std::string& name, double value, bool gauge) {
+  auto* c = svc->add_counters();
+  c->set_name(name);
+  c->set_value(value);
+  c->set_gauge(gauge);
+}
+
+}  // namespace
+
+class DraftServer::Impl final : public v1::Draft::Service {
+ public:
+  explicit Impl(DraftServerOptions options) : opt_(std::move(options)) {
+    if (opt_.max_sessions == 0) opt_.max_sessions = 1;
+  }
+
+  ~Impl() override {
+    Shutdown();
+    if (server_) server_->Wait();
+  }
+
+  absl::Status Start() {
+    if (opt_.stage0_address.empty() || opt_.last_address.empty()) {
+      return absl::InvalidArgumentError("both the stage 0 and the last stage address are needed");
+    }
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(static_cast<int>(opt_.max_message_bytes));
+    args.SetMaxSendMessageSize(static_cast<int>(opt_.max_message_bytes));
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+    ch0_ = grpc::CreateCustomChannel(opt_.stage0_address, grpc::InsecureChannelCredentials(), args);
+    ch_last_ =
+        grpc::CreateCustomChannel(opt_.last_address, grpc::InsecureChannelCredentials(), args);
+    stub0_ = v1::Stage::NewStub(ch0_);
+    stub_last_ = v1::Stage::NewStub(ch_last_);
+
+    const auto deadline = Clock::now() + std::chrono::milliseconds(opt_.connect_timeout_ms);
+    if (!ch0_->WaitForConnected(deadline)) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot connect to stage 0 at ", opt_.stage0_address));
+    }
+    if (!ch_last_->WaitForConnected(deadline)) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot connect to the last stage at ", opt_.last_address));
+    }
+    for (int i = 0; i < 2; ++i) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+      v1::StageInfoRequest req;
+      auto& stub = i == 0 ? stub0_ : stub_last_;
+      const std::string& addr = i == 0 ? opt_.stage0_address : opt_.last_address;
+      grpc::Status st = stub->GetInfo(&ctx, req, i == 0 ? &info0_ : &info_last_);
+      if (!st.ok()) {
+        return absl::UnavailableError(
+            absl::StrCat("Stage.GetInfo on ", addr, " failed: ", st.error_message()));
+      }
+    }
+    if (info0_.stage_index() != 0 || !info0_.is_first()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          opt_.stage0_address, " is stage ", info0_.stage_index(), ", not the first stage"));
+    }
+    if (!info_last_.is_last()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat(opt_.last_address, " is stage ", info_last_.stage_index(),
+                       ", which does not hold the output head (it is not the last stage)"));
+    }
+    if (info0_.model_id() != info_last_.model_id() || info0_.n_vocab() != info_last_.n_vocab()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("stage 0 serves model '", info0_.model_id(), "' (n_vocab ", info0_.n_vocab(),
+                       ") but the last stage serves '", info_last_.model_id(), "' (n_vocab ",
+                       info_last_.n_vocab(), ")"));
+    }
+    n_stages_ = info_last_.stage_index() + 1;
+    n_vocab_ = info0_.n_vocab();
+    n_ctx_ = std::min(info0_.n_ctx(), info_last_.n_ctx());
+    max_run_tokens_ =
+        std::max<uint32_t>(1, std::min(info0_.max_run_tokens(), info_last_.max_run_tokens()));
+    if (n_vocab_ == 0 || n_ctx_ == 0) {
+      return absl::FailedPreconditionError("the stages report n_vocab or n_ctx 0");
+    }
+    if (opt_.expected_n_vocab != 0 && opt_.expected_n_vocab != n_vocab_) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the model file has ", opt_.expected_n_vocab,
+                       " tokens but the stages serve a model with n_vocab ", n_vocab_));
+    }
+    for (uint32_t id : opt_.eos_ids) {
+      if (id < n_vocab_) eos_ids_.push_back(id);
+    }
+    model_id_ = opt_.model_id.empty() ? info0_.model_id() : opt_.model_id;
+    created_ =
+        std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
+
+    grpc::EnableDefaultHealthCheckService(true);
+    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+    grpc::ServerBuilder b;
+    b.AddListeningPort(opt_.listen_address, grpc::InsecureServerCredentials(), &port_);
+    b.SetMaxReceiveMessageSize(static_cast<int>(opt_.max_message_bytes));
+    b.SetMaxSendMessageSize(static_cast<int>(opt_.max_message_bytes));
+    b.RegisterService(this);
+    server_ = b.BuildAndStart();
+    if (!server_ || port_ == 0) {
+      server_.reset();
+      return absl::UnavailableError(absl::StrCat("cannot listen on ", opt_.listen_address));
+    }
+    SetServing(false);
+
+    auto link = Connect(deadline);
+    if (!link.ok()) {
+      server_->Shutdown(Clock::now());
+      server_->Wait();
+      server_.reset();
+      return link.status();
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      link_ = *link;
+    }
+    SetServing(true);
+    supervisor_ = std::thread([this] { Supervise(); });
+    return absl::OkStatus();
+  }
+
+  int port() const { return port_; }
+
+  void Shutdown() {
+    std::vector<std::shared_ptr<Session>> sessions;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (shutdown_) return;
+      shutdown_ = true;
+      for (auto& [id, s] : sessions_) sessions.push_back(s);
+    }
+    cv_.notify_all();
+    for (auto& s : sessions) {
+      FailSession(*s, Err(grpc::StatusCode::UNAVAILABLE, "the draft service is shutting down"));
+    }
+    if (server_) server_->Shutdown(Clock::now() + std::chrono::seconds(1));
+    if (supervisor_.joinable()) supervisor_.join();
+    std::shared_ptr<Link> link;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      link = std::move(link_);
+    }
+    if (link) StopLink(link);
+  }
+
+  void Wait() {
+    if (server_) server_->Wait();
+  }
+
+  // ---- Draft service -------------------------------------------------------------------------
+  grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
+                        grpc::ServerWriter<v1::GenerateResponse>* writer) override {
+    const auto t_start = Steady::now();
+    ++requests_total_;
+    sampling::SamplingParams params;
+    uint32_t max_context = 0;
+    if (grpc::Status st = Validate(*req, &params, &max_context); !st.ok()) {
+      ++requests_failed_total_;
+      return st;
+    }
+    const uint32_t prompt_len = static_cast<uint32_t>(req->prompt_token_ids_size());
+    // ARGMAX rows suffice for greedy decoding without penalties; everything else needs the logits.
+    const bool argmax_only = params.temperature <= 0.0f &&
+                             (params.repetition_penalty == 1.0f || params.repeat_last_n == 0);
+
+    std::shared_ptr<Session> s;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      grpc::Status st;
+      if (shutdown_) {
+        st = Err(grpc::StatusCode::UNAVAILABLE, "the draft service is shutting down");
+      } else if (!link_ || link_->dead) {
+        st = Err(grpc::StatusCode::UNAVAILABLE, "the pipeline is not connected");
+      } else if (sessions_.size() >= opt_.max_sessions) {
+        st = Err(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                 absl::StrCat("the draft service is at its limit of ", opt_.max_sessions,
+                              " concurrent sessions"));
+      }
+      if (!st.ok()) {
+        ++requests_failed_total_;
+        return st;
+      }
+      s = std::make_shared<Session>();
+      s->id = next_session_id_++;
+      s->link = link_;
+      sessions_[s->id] = s;
+    }
+    prompt_tokens_total_ += prompt_len;
+    const auto t_open = Steady::now();
+
+    v1::SpecCounters counters;
+    counters.set_mode(v1::SPEC_MODE_PLAIN);
+    std::deque<uint64_t> inflight;  // run ids sent and not yet answered, in sending order
+    grpc::Status st;
+
+    {  // Session open and prefill, in chunks of max_run_tokens.
+      v1::StageDownstream open;
+      auto* o = open.mutable_session_open();
+      o->set_session_id(s->id);
+      o->set_request_id(req->request_id());
+      o->set_max_context(max_context);
+      o->mutable_result()->set_kind(argmax_only ? v1::RESULT_KIND_ARGMAX : v1::RESULT_KIND_FULL);
+      if (!Enqueue(*s->link, std::move(open), nullptr)) st = LinkLost(*s->link);
+      for (uint32_t off = 0; st.ok() && off < prompt_len; off += max_run_tokens_) {
+        const uint32_t n = std::min(max_run_tokens_, prompt_len - off);
+        v1::StageDownstream m;
+        auto* r = m.mutable_run();
+        r->set_session_id(s->id);
+        r->set_kind(v1::RUN_KIND_PLAIN);
+        for (uint32_t i = 0; i < n; ++i) {
+          r->add_token_ids(req->prompt_token_ids(off + i));
+          r->add_positions(off + i);
+        }
+        if (off + n == prompt_len) r->add_result_rows(n - 1);
+        uint64_t rid = 0;
+        if (!Enqueue(*s->link, std::move(m), &rid)) {
+          st = LinkLost(*s->link);
+          break;
+        }
+        inflight.push_back(rid);
+        counters.set_runs_plain(counters.runs_plain() + 1);
+      }
+    }
+    const auto t_prefill = Steady::now();
+
+    std::optional<sampling::Sampler> sampler;
+    if (!argmax_only) {
+      sampler.emplace(params);
+      for (uint32_t id : req->prompt_token_ids()) sampler->Accept(static_cast<int32_t>(id));
+    }
+    std::vector<float> logits;
+    const uint32_t max_tokens = req->has_max_tokens() ? req->max_tokens() : UINT32_MAX;
+    uint32_t completion = 0;
+    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+    Steady::time_point t_first{}, t_last{};
+
+    while (st.ok()) {
+      v1::ResultsDownstream out;
+      st = WaitOutcome(ctx, *s, inflight.front(), &out);
+      if (!st.ok()) break;
+      inflight.pop_front();
+      counters.set_verifications(counters.verifications() + (inflight.empty() ? 1 : 0));
+      if (!inflight.empty()) continue;  // an earlier prefill chunk (no rows)
+      if (out.result().rows_size() != 1) {
+        st = Err(grpc::StatusCode::INTERNAL,
+                 absl::StrCat("run ", out.result().run_id(), " returned ", out.result().rows_size(),
+                              " result rows, expected 1"));
+        break;
+      }
+      const v1::ResultRow& row = out.result().rows(0);
+      int32_t tok = -1;
+      if (argmax_only) {
+        if (!row.has_argmax()) {
+          st = Err(grpc::StatusCode::INTERNAL, "the last stage did not return an ARGMAX row");
+          break;
+        }
+        tok = static_cast<int32_t>(row.argmax().token_id());
+      } else {
+        if (!row.has_full() || row.full().logits_f32().size() != size_t{n_vocab_} * 4) {
+          st = Err(
+              grpc::StatusCode::INTERNAL,
+              absl::StrCat("the last stage did not return a FULL row of ", n_vocab_, " logits"));
+          break;
+        }
+        logits.resize(n_vocab_);
+        std::memcpy(logits.data(), row.full().logits_f32().data(), size_t{n_vocab_} * 4);
+        tok = sampler->Next(logits);
+        if (tok >= 0) sampler->Accept(tok);
+      }
+      if (tok < 0 || static_cast<uint32_t>(tok) >= n_vocab_) {
+        st = Err(grpc::StatusCode::INTERNAL, absl::StrCat("no valid next token (got ", tok,
+                                                          ") at completion index ", completion));
+        break;
+      }
+      const auto now = Steady::now();
+      if (completion == 0) t_first = now;
+      t_last = now;
+      v1::GenerateResponse ev;
+      auto* batch = ev.mutable_tokens();
+      batch->add_token_ids(static_cast<uint32_t>(tok));
+      batch->set_index(completion);
+      *batch->mutable_counters() = counters;
+      if (!writer->Write(ev)) {
+        st = Err(grpc::StatusCode::CANCELLED, "the caller went away");
+        break;
+      }
+      ++completion;
+      ++tokens_generated_total_;
+
+      const uint32_t t = static_cast<uint32_t>(tok);
+      const bool is_eos =
+          !req->ignore_eos() && std::find(eos_ids_.begin(), eos_ids_.end(), t) != eos_ids_.end();
+      const bool is_stop = std::find(req->stop_token_ids().begin(), req->stop_token_ids().end(),
+                                     t) != req->stop_token_ids().end();
+      if (is_eos || is_stop) {
+        finish = v1::FINISH_REASON_STOP;
+        break;
+      }
+      if (completion >= max_tokens || prompt_len + completion >= max_context) {
+        finish = v1::FINISH_REASON_LENGTH;
+        break;
+      }
+      v1::StageDownstream m;
+      auto* r = m.mutable_run();
+      r->set_session_id(s->id);
+      r->set_kind(v1::RUN_KIND_PLAIN);
+      r->add_token_ids(t);
+      r->add_positions(prompt_len + completion - 1);
+      r->add_result_rows(0);
+      uint64_t rid = 0;
+      if (!Enqueue(*s->link, std::move(m), &rid)) {
+        st = LinkLost(*s->link);
+        break;
+      }
+      inflight.push_back(rid);
+      counters.set_runs_plain(counters.runs_plain() + 1);
+    }
+
+    CloseSession(*s, inflight, &counters);
+
+    if (!st.ok()) {
+      if (st.error_code() == grpc::StatusCode::CANCELLED) {
+        ++requests_cancelled_total_;
+        return st;
+      }
+      ++requests_failed_total_;
+      if (completion > 0) {  // the stream already carried data: an in-band error first
+        v1::GenerateResponse ev;
+        auto* e = ev.mutable_error();
+        e->set_code(static_cast<v1::StatusCode>(st.error_code()));
+        e->set_message(st.error_message());
+        e->set_origin("draft");
+        e->set_request_id(req->request_id());
+        e->set_session_id(s->id);
+        e->set_retryable(st.error_code() == grpc::StatusCode::UNAVAILABLE ||
+                         st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+                         st.error_code() == grpc::StatusCode::ABORTED);
+        writer->Write(ev);
+      }
+      return st;
+    }
+
+    v1::GenerateResponse ev;
+    auto* f = ev.mutable_finished();
+    f->set_finish_reason(finish);
+    f->mutable_usage()->set_prompt_tokens(prompt_len);
+    f->mutable_usage()->set_completion_tokens(completion);
+    f->mutable_usage()->set_total_tokens(prompt_len + completion);
+    auto* tm = f->mutable_timings();
+    tm->set_queue_us(MicrosBetween(t_start, t_open));
+    tm->set_prefill_us(MicrosBetween(t_prefill, t_first));
+    tm->set_ttft_us(MicrosBetween(t_start, t_first));
+    tm->set_decode_us(MicrosBetween(t_first, t_last));
+    tm->set_total_us(MicrosBetween(t_start, Steady::now()));
+    *f->mutable_counters() = counters;
+    writer->Write(ev);
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetStats(grpc::ServerContext*, const v1::StatsRequest* req,
+                        v1::StatsResponse* resp) override {
+    auto* svc = resp->add_services();
+    svc->set_service("draft/0");
+    AddCounter(svc, "requests_total", static_cast<double>(requests_total_.load()), false);
+    AddCounter(svc, "requests_failed_total", static_cast<double>(requests_failed_total_.load()),
+               false);
+    AddCounter(svc, "requests_cancelled_total",
+               static_cast<double>(requests_cancelled_total_.load()), false);
+    AddCounter(svc, "prompt_tokens_total", static_cast<double>(prompt_tokens_total_.load()), false);
+    AddCounter(svc, "tokens_generated_total", static_cast<double>(tokens_generated_total_.load()),
+               false);
+    AddCounter(svc, "runs_launched_total", static_cast<double>(runs_launched_total_.load()), false);
+    AddCounter(svc, "pipeline_resets_total", static_cast<double>(pipeline_resets_total_.load()),
+               false);
+    bool ready = false;
+    size_t open = 0;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      open = sessions_.size();
+      ready = link_ && !link_->dead;
+    }
+    AddCounter(svc, "sessions_open", static_cast<double>(open), true);
+    AddCounter(svc, "pipeline_ready", ready ? 1.0 : 0.0, true);
+    if (req->include_pipeline()) {
+      CollectStageStats(*stub0_, opt_.stage0_address, 0, resp);
+      if (n_stages_ > 1) {
+        CollectStageStats(*stub_last_, opt_.last_address, n_stages_ - 1, resp);
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status GetInfo(grpc::ServerContext*, const v1::DraftInfoRequest*,
+                       v1::DraftInfo* info) override {
+    auto* m = info->mutable_model();
+    m->set_id(model_id_);
+    m->set_n_ctx(n_ctx_);
+    m->set_n_vocab(n_vocab_);
+    m->set_owned_by("pipeinfer");
+    m->set_created(created_);
+    m->set_n_stages(n_stages_);
+    m->set_replicas(1);
+    m->set_default_mode(v1::SPEC_MODE_PLAIN);
+    info->set_draft_n_vocab(0);  // plain mode has no draft model
+    info->mutable_defaults()->set_mode(v1::SPEC_MODE_PLAIN);
+    info->set_max_sessions(opt_.max_sessions);
+    info->add_stage_addresses(opt_.stage0_address);
+    if (n_stages_ > 1) info->add_stage_addresses(opt_.last_address);
+    std::lock_guard<std::mutex> l(mu_);
+    info->set_active_sessions(static_cast<uint32_t>(sessions_.size()));
+    info->set_pipeline_ready(link_ && !link_->dead);
+    info->set_epoch(link_ ? link_->epoch : 0);
+    return grpc::Status::OK;
+  }
+
+ private:
+  // Checks a Generate request; fills the sampling parameters and the session's max_context.
+  grpc::Status Validate(const v1::GenerateRequest& req, sampling::SamplingParams* params,
+                        uint32_t* max_context) const {
+    const auto invalid = [](const std::string& m) {
+      return Err(grpc::StatusCode::INVALID_ARGUMENT, m);
+    };
+    if (req.request_id().empty()) return invalid("request_id is required");
+    if (req.request_id().size() > 128) return invalid("request_id is longer than 128 characters");
+    for (unsigned char c : req.request_id()) {
+      if (c < 0x20 || c > 0x7e) return invalid("request_id must be printable ASCII");
+    }
+    if (!req.model().empty() && req.model() != model_id_) {
+      return Err(grpc::StatusCode::NOT_FOUND, absl::StrCat("model '", req.model(),
+                                                           "' is not served here (this draft "
+                                                           "service serves '",
+                                                           model_id_, "')"));
+    }
+    if (req.prompt_token_ids().empty()) return invalid("prompt_token_ids must not be empty");
+    for (int i = 0; i < req.prompt_token_ids_size(); ++i) {
+      if (req.prompt_token_ids(i) >= n_vocab_) {
+        return invalid(absl::StrCat("prompt_token_ids[", i, "] = ", req.prompt_token_ids(i),
+                                    " is not a valid token id (n_vocab is ", n_vocab_, ")"));
+      }
+    }
+    for (int i = 0; i < req.stop_token_ids_size(); ++i) {
+      if (req.stop_token_ids(i) >= n_vocab_) {
+        return invalid(absl::StrCat("stop_token_ids[", i, "] = ", req.stop_token_ids(i),
+                                    " is not a valid token id (n_vocab is ", n_vocab_, ")"));
+      }
+    }
+    const uint64_t prompt_len = static_cast<uint64_t>(req.prompt_token_ids_size());
+    if (prompt_len >= n_ctx_) {
+      return Err(grpc::StatusCode::OUT_OF_RANGE,
+                 absl::StrCat("the prompt has ", prompt_len,
+                              " tokens but must be shorter than the context window of ", n_ctx_,
+                              " tokens"));
+    }
+    if (req.has_max_tokens()) {
+      if (req.max_tokens() == 0) return invalid("max_tokens must be >= 1");
+      if (prompt_len + req.max_tokens() > n_ctx_) {
+        return Err(
+            grpc::StatusCode::OUT_OF_RANGE,
+            absl::StrCat("the prompt (", prompt_len, " tokens) plus max_tokens (", req.max_tokens(),
+                         ") exceeds the context window of ", n_ctx_, " tokens"));
+      }
+      *max_context = static_cast<uint32_t>(prompt_len + req.max_tokens());
+    } else {
+      *max_context = n_ctx_;
+    }
+    const v1::SpecMode mode = req.spec().mode();
+    if (mode != v1::SPEC_MODE_UNSPECIFIED && mode != v1::SPEC_MODE_PLAIN) {
+      return Err(grpc::StatusCode::UNIMPLEMENTED,
+                 absl::StrCat("speculation mode ", v1::SpecMode_Name(mode),
+                              " is not implemented yet; this draft service runs in plain mode"));
+    }
+
+    const v1::SamplingParams& sp = req.sampling();
+    sampling::SamplingParams p;
+    if (sp.has_temperature()) {
+      if (!std::isfinite(sp.temperature())) return invalid("temperature must be finite");
+      p.temperature = std::max(0.0f, sp.temperature());  // <= 0 means greedy
+    }
+    if (sp.has_top_k()) p.top_k = sp.top_k();
+    if (sp.has_top_p()) p.top_p = sp.top_p();
+    if (sp.has_min_p()) p.min_p = sp.min_p();
+    if (sp.has_repetition_penalty()) p.repetition_penalty = sp.repetition_penalty();
+    if (sp.has_repeat_last_n()) p.repeat_last_n = sp.repeat_last_n();
+    if (absl::Status v = sampling::Validate(p); !v.ok()) return invalid(std::string(v.message()));
+    for (const auto& [name, has, value] :
+         {std::tuple<const char*, bool, float>{"frequency_penalty", sp.has_frequency_penalty(),
+                                               sp.frequency_penalty()},
+          std::tuple<const char*, bool, float>{"presence_penalty", sp.has_presence_penalty(),
+                                               sp.presence_penalty()}}) {
+      if (!has) continue;
+      if (!(value >= -2.0f && value <= 2.0f)) {
+        return invalid(absl::StrCat(name, " must be in [-2, 2], got ", value));
+      }
+      if (value != 0.0f) {
+        return Err(grpc::StatusCode::UNIMPLEMENTED,
+                   absl::StrCat(name, " is not supported yet (only 0 is accepted)"));
+      }
+    }
+    if (sp.has_seed()) {
+      p.seed = sp.seed();
+    } else {
+      std::random_device rd;
+      p.seed = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+    }
+    *params = p;
+    return grpc::Status::OK;
+  }
+
+  // Queues a message for stage 0 (sent when credit allows). A Run gets its run id here, so that
+  // ids increase along the stream. False when the link is down.
+  bool Enqueue(Link& link, v1::StageDownstream m, uint64_t* run_id) {
+    {
+      std::lock_guard<std::mutex> l(link.mu);
+      if (link.dead) return false;
+      if (m.has_run()) {
+        const uint64_t id = link.next_run_id++;
+        m.mutable_run()->set_run_id(id);
+        if (run_id) *run_id = id;
+        ++runs_launched_total_;
+      }
+      link.out.push_back(std::move(m));
+    }
+    link.cv.notify_all();
+    return true;
+  }
+
+  grpc::Status LinkLost(Link& link) {
+    std::lock_guard<std::mutex> l(link.mu);
+    return Err(grpc::StatusCode::ABORTED,
+               absl::StrCat("the pipeline was reset while the request was in flight",
+                            link.dead_reason.empty() ? "" : " (", link.dead_reason,
+                            link.dead_reason.empty() ? "" : ")"));
+  }
+
+  // Waits for the outcome of `run_id` (outcomes of earlier runs are dropped). Fails when the
+  // session failed, the caller cancelled, or the run was skipped.
+  grpc::Status WaitOutcome(grpc::ServerContext* ctx, Session& s, uint64_t run_id,
+                           v1::ResultsDownstream* out) {
+    std::unique_lock<std::mutex> l(s.mu);
+    while (true) {
+      if (s.failure) return *s.failure;
+      if (ctx->IsCancelled()) {
+        return Err(grpc::StatusCode::CANCELLED, "the caller cancelled the request");
+      }
+      while (!s.outcomes.empty()) {
+        v1::ResultsDownstream m = std::move(s.outcomes.front());
+        s.outcomes.pop_front();
+        const uint64_t rid = m.has_result() ? m.result().run_id() : m.tombstone().run_id();
+        if (rid < run_id) continue;  // a stale outcome
+        if (rid > run_id) {
+          return Err(grpc::StatusCode::INTERNAL,
+                     absl::StrCat("expected the outcome of run ", run_id, " but got run ", rid));
+        }
+        if (m.has_tombstone()) {
+          // A stage skipped the run; its ErrorDetail (on the Pipeline stream) says why.
+          s.cv.wait_for(l, std::chrono::seconds(2), [&] { return s.failure.has_value(); });
+          if (s.failure) return *s.failure;
+          return Err(
+              grpc::StatusCode::ABORTED,
+              absl::StrCat("run ", rid, " was skipped by stage ", m.tombstone().stage_index(), " (",
+                           v1::TombstoneReason_Name(m.tombstone().reason()), ")"));
+        }
+        *out = std::move(m);
+        return grpc::Status::OK;
+      }
+      s.cv.wait_for(l, kPollInterval);
+    }
+  }
+
+  // Forgets the session and, if its link is still up, cancels its in-flight runs and closes it on
+  // every stage (freeing its KV).
+  void CloseSession(Session& s, const std::deque<uint64_t>& inflight, v1::SpecCounters* counters) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      sessions_.erase(s.id);
+    }
+    Link& link = *s.link;
+    if (link.dead) return;
+    if (!inflight.empty()) {
+      v1::ResultsUpstream c;
+      for (uint64_t id : inflight) c.mutable_cancel()->add_run_ids(id);
+      counters->set_runs_cancelled(counters->runs_cancelled() + inflight.size());
+      std::lock_guard<std::mutex> l(link.res_write_mu);
+      if (!link.dead) link.res->Write(c);
+    }
+    v1::StageDownstream close;
+    close.mutable_session_close()->set_session_id(s.id);
+    Enqueue(link, std::move(close), nullptr);
+  }
+
+  void CollectStageStats(v1::Stage::Stub& stub, const std::string& addr, uint32_t index,
+                         v1::StatsResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(Clock::now() + std::chrono::seconds(5));
+    v1::StatsRequest req;
+    v1::StatsResponse sr;
+    grpc::Status st = stub.GetStats(&ctx, req, &sr);
+    v1::ServiceStats* svc = resp->add_services();
+    if (st.ok() && sr.services_size() >= 1) {
+      *svc = sr.services(0);
+    } else {
+      svc->set_service(absl::StrCat("stage/", index));
+      auto* e = svc->mutable_error();
+      e->set_code(st.ok() ? v1::STATUS_CODE_INTERNAL
+                          : static_cast<v1::StatusCode>(st.error_code()));
+      e->set_message(st.ok() ? "the stage returned no statistics" : st.error_message());
+      e->set_origin(absl::StrCat("stage/", index));
+    }
+    svc->set_address(addr);
+  }
+
+  // ---- The pipeline link ---------------------------------------------------------------------
+  // Opens the Results stream, then the Pipeline stream with a fresh epoch, and waits for stage 0's
+  // first credit.
+  absl::StatusOr<std::shared_ptr<Link>> Connect(Clock::time_point deadline) {
+    auto link = std::make_shared<Link>();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      const uint64_t now_us = static_cast<uint64_t>(
+          std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch())
+              .count());
+      link->epoch = std::max(now_us, last_epoch_ + 1);
+      last_epoch_ = link->epoch;
+    }
+    link->rctx = std::make_unique<grpc::ClientContext>();
+    link->pctx = std::make_unique<grpc::ClientContext>();
+    link->res = stub_last_->Results(link->rctx.get());
+    v1::ResultsUpstream ro;
+    ro.mutable_open()->set_controller_id(opt_.controller_id);
+    ro.mutable_open()->set_epoch(link->epoch);
+    const bool res_ok = link->res->Write(ro);
+    link->pipe = stub0_->Pipeline(link->pctx.get());
+    v1::StageDownstream po;
+    po.mutable_open()->set_controller_id(opt_.controller_id);
+    po.mutable_open()->set_epoch(link->epoch);
+    po.mutable_open()->set_receiver_stage_index(0);
+    po.mutable_open()->set_n_stages(n_stages_);
+    po.mutable_open()->set_model_id(model_id_);
+    const bool pipe_ok = res_ok && link->pipe->Write(po);
+
+    link->res_reader = std::thread([this, link] { ResultsReadLoop(link); });
+    link->pipe_reader = std::thread([this, link] { PipeReadLoop(link); });
+    link->sender = std::thread([this, link] { SendLoop(link); });
+    if (!pipe_ok) LinkFailed(link, "cannot open the streams");
+    bool ok = false;
+    {
+      std::unique_lock<std::mutex> l(link->mu);
+      link->cv.wait_until(l, deadline, [&] { return link->got_credit || link->dead.load(); });
+      ok = link->got_credit && !link->dead;
+    }
+    if (ok) return link;
+    auto [ps, rs] = StopLink(link);
+    std::string why =
+        !ps.ok()   ? absl::StrCat("stage 0 refused the Pipeline stream: ", ps.error_message())
+        : !rs.ok() ? absl::StrCat("the last stage refused the Results stream: ", rs.error_message())
+                   : std::string("timed out waiting for stage 0's first credit");
+    return absl::UnavailableError(
+        absl::StrCat("cannot open the pipeline (epoch ", link->epoch, "): ", why));
+  }
+
+  void SendLoop(std::shared_ptr<Link> link) {
+    while (true) {
+      v1::StageDownstream m;
+      {
+        std::unique_lock<std::mutex> l(link->mu);
+        link->cv.wait(l, [&] { return link->dead || (!link->out.empty() && link->credit > 0); });
+        if (link->dead) return;
+        m = std::move(link->out.front());
+        link->out.pop_front();
+        --link->credit;
+      }
+      if (!link->pipe->Write(m)) {
+        LinkFailed(link, "writing to stage 0 failed");
+        return;
+      }
+    }
+  }
+
+  void PipeReadLoop(std::shared_ptr<Link> link) {
+    v1::StageUpstream m;
+    while (link->pipe->Read(&m)) {
+      if (m.has_credit()) {
+        {
+          std::lock_guard<std::mutex> l(link->mu);
+          link->credit += m.credit().messages();
+          link->got_credit = true;
+        }
+        link->cv.notify_all();
+      } else if (m.has_error()) {
+        const v1::ErrorDetail& e = m.error();
+        std::shared_ptr<Session> s;
+        if (e.session_id() != 0) {
+          std::lock_guard<std::mutex> l(mu_);
+          auto it = sessions_.find(e.session_id());
+          if (it != sessions_.end() && it->second->link == link) s = it->second;
+        }
+        if (s) {
+          FailSession(*s, StatusFromDetail(e));
+        } else if (e.session_id() == 0) {
+          std::fprintf(stderr, "draft: pipeline error: %s\n", e.ShortDebugString().c_str());
+        }
+      }
+      // Cancel: stage 0 never forwards cancels to the controller; nothing to do.
+    }
+    LinkFailed(link, "the Pipeline stream to stage 0 ended", /*cancel_pipe=*/false);
+  }
+
+  void ResultsReadLoop(std::shared_ptr<Link> link) {
+    v1::ResultsDownstream m;
+    while (link->res->Read(&m)) {
+      const uint64_t sid = m.has_result()      ? m.result().session_id()
+                           : m.has_tombstone() ? m.tombstone().session_id()
+                                               : 0;
+      if (sid == 0) continue;  // barrier echoes
+      std::shared_ptr<Session> s;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        auto it = sessions_.find(sid);
+        if (it != sessions_.end() && it->second->link == link) s = it->second;
+      }
+      if (!s) continue;  // a finished session's late outcome
+      {
+        std::lock_guard<std::mutex> l(s->mu);
+        s->outcomes.push_back(std::move(m));
+      }
+      s->cv.notify_all();
+      m.Clear();
+    }
+    LinkFailed(link, "the Results stream from the last stage ended", /*cancel_pipe=*/true,
+               /*cancel_results=*/false);
+  }
+
+  // Marks the link dead (once): wakes its threads, fails its sessions with ABORTED and lets the
+  // supervisor reconnect.
+  // A stream that the stage ended itself is not cancelled, so that Finish() returns the stage's
+  // status.
+  void LinkFailed(const std::shared_ptr<Link>& link, const std::string& reason,
+                  bool cancel_pipe = true, bool cancel_results = true) {
+    {
+      std::lock_guard<std::mutex> l(link->mu);
+      if (link->dead) return;
+      link->dead_reason = reason;
+      link->dead = true;
+    }
+    link->cv.notify_all();
+    if (cancel_pipe) link->pctx->TryCancel();
+    if (cancel_results) link->rctx->TryCancel();
+    std::vector<std::shared_ptr<Session>> victims;
+    bool current = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (auto& [id, s] : sessions_) {
+        if (s->link == link) victims.push_back(s);
+      }
+      current = link_ == link && !shutdown_;
+    }
+    for (auto& s : victims) {
+      FailSession(*s, Err(grpc::StatusCode::ABORTED,
+                          absl::StrCat("the pipeline was reset while the request was in flight (",
+                                       reason, ")")));
+    }
+    if (current) {
+      ++pipeline_resets_total_;
+      std::fprintf(stderr, "draft: pipeline epoch %llu lost: %s\n",
+                   static_cast<unsigned long long>(link->epoch), reason.c_str());
+      SetServing(false);
+    }
+    cv_.notify_all();
+  }
+
+  // Ends the link's streams, joins its threads and returns the streams' final statuses.
+  std::pair<grpc::Status, grpc::Status> StopLink(const std::shared_ptr<Link>& link) {
+    LinkFailed(link, "stopped");
+    if (link->sender.joinable()) link->sender.join();
+    if (link->pipe_reader.joinable()) link->pipe_reader.join();
+    if (link->res_reader.joinable()) link->res_reader.join();
+    grpc::Status ps = link->pipe ? link->pipe->Finish() : grpc::Status::OK;
+    grpc::Status rs = link->res ? link->res->Finish() : grpc::Status::OK;
+    return {ps, rs};
+  }
+
+  // Replaces a failed link with a new epoch, retrying until shutdown.
+  void Supervise() {
+    std::unique_lock<std::mutex> l(mu_);
+    while (!shutdown_) {
+      cv_.wait_for(l, std::chrono::seconds(1),
+                   [&] { return shutdown_ || !link_ || link_->dead.load(); });
+      if (shutdown_) break;
+      if (link_ && !link_->dead) continue;
+      std::shared_ptr<Link> old = std::move(link_);
+      l.unlock();
+      if (old) {
+        auto [ps, rs] = StopLink(old);
+        std::fprintf(stderr, "draft: epoch %llu ended (Pipeline: %s; Results: %s)\n",
+                     static_cast<unsigned long long>(old->epoch), ps.error_message().c_str(),
+                     rs.error_message().c_str());
+      }
+      auto fresh = Connect(Clock::now() + std::chrono::seconds(5));
+      l.lock();
+      if (!fresh.ok()) {
+        std::fprintf(stderr, "draft: reconnecting: %s\n",
+                     std::string(fresh.status().message()).c_str());
+        cv_.wait_for(l, std::chrono::seconds(1), [&] { return shutdown_; });
+        continue;
+      }
+      if (shutdown_) {
+        l.unlock();
+        StopLink(*fresh);
+        l.lock();
+        break;
+      }
+      link_ = *fresh;
+      std::fprintf(stderr, "draft: pipeline reconnected with epoch %llu\n",
+                   static_cast<unsigned long long>(link_->epoch));
+      l.unlock();
+      SetServing(true);
+      l.lock();
+    }
+  }
+
+  void SetServing(bool serving) {
+    if (!server_) return;
+    auto* health = server_->GetHealthCheckService();
+    if (!health) return;
+    health->SetServingStatus(serving);
+    health->SetServingStatus(kServiceName, serving);
+  }
+
+  DraftServerOptions opt_;
+  std::shared_ptr<grpc::Channel> ch0_, ch_last_;
+  std::unique_ptr<v1::Stage::Stub> stub0_, stub_last_;
+  v1::StageInfo info0_, info_last_;
+  uint32_t n_stages_ = 0, n_vocab_ = 0, n_ctx_ = 0, max_run_tokens_ = 1;
+  std::vector<uint32_t> eos_ids_;
+  std::string model_id_;
+  int64_t created_ = 0;
+
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+
+  std::mutex mu_;  // guards link_, sessions_, next_session_id_, last_epoch_, shutdown_
+  std::condition_variable cv_;
+  std::shared_ptr<Link> link_;
+  std::map<uint64_t, std::shared_ptr<Session>> sessions_;
+  uint64_t next_session_id_ = 1;
+  uint64_t last_epoch_ = 0;
+  bool shutdown_ = false;
+  std::thread supervisor_;
+
+  std::atomic<uint64_t> requests_total_{0}, requests_failed_total_{0}, requests_cancelled_total_{0},
+      prompt_tokens_total_{0}, tokens_generated_total_{0}, runs_launched_total_{0},
+      pipeline_resets_total_{0};
+};
+
+DraftServer::DraftServer(DraftServerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(options))) {}
+DraftServer::~DraftServer() = default;
+absl::Status DraftServer::Start() { return impl_->Start(); }
+int DraftServer::port() const { return impl_->port(); }
+void DraftServer::Shutdown() { impl_->Shutdown(); }
+void DraftServer::Wait() { impl_->Wait(); }
+
+}  // namespace pipeinfer::draft_server

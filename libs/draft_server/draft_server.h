@@ -1,0 +1,68 @@
+// The draft service in plain mode: serves pipeinfer.v1.Draft (Generate, GetStats, GetInfo) plus
+// grpc.health.v1 and reflection, and owns the controller of one pipeline of stage servers.
+//
+// The controller keeps ONE Pipeline stream to stage 0 and ONE Results stream from the last stage,
+// shared by every session (one session per Generate call):
+//   * a sender thread writes queued StageDownstream messages to stage 0 as credits allow (a
+//     message is queued, never dropped, while the link is out of credit); run ids are assigned
+//     when a message is queued, so they increase along the stream;
+//   * a pipeline reader takes Credit, Cancel and ErrorDetail messages from stage 0; an
+//     ErrorDetail naming a session fails that session;
+//   * a results reader dispatches each RunResult / Tombstone to its session by session_id (each
+//     session sees exactly one outcome per run, in sending order);
+//   * a supervisor reconnects with a new epoch when a link fails (in-flight requests then fail
+//     with ABORTED, new ones get UNAVAILABLE until the pipeline is back).
+// Each Generate handler prefills its prompt in chunks of max_run_tokens, then sends one plain
+// single-token run per generated token. Runs of different sessions interleave in the one stream.
+// gRPC includes stay in draft_server.cc.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace pipeinfer::draft_server {
+
+struct DraftServerOptions {
+  std::string listen_address = "127.0.0.1:0";  // host:port; port 0 picks a free one
+  std::string stage0_address;                  // the first stage (receives the Pipeline stream)
+  std::string last_address;                    // the last stage (serves the Results stream)
+  // The model id clients name and that PipelineOpen carries; empty = stage 0's model id.
+  std::string model_id;
+  // The model's end-of-generation token ids (from the GGUF); empty = none known.
+  std::vector<uint32_t> eos_ids;
+  // The vocabulary size the caller expects (from the GGUF); 0 = take the stages' value unchecked.
+  uint32_t expected_n_vocab = 0;
+  uint32_t max_sessions = 64;      // concurrent Generate calls; beyond: RESOURCE_EXHAUSTED
+  int connect_timeout_ms = 30000;  // how long Start() waits for the stages and the pipeline
+  uint64_t max_message_bytes = 64ull << 20;       // gRPC max send/receive message size
+  std::string controller_id = "pipeinfer-draft";  // for the stages' logs
+};
+
+class DraftServer {
+ public:
+  explicit DraftServer(DraftServerOptions options);
+  ~DraftServer();  // shuts down if still running
+  DraftServer(const DraftServer&) = delete;
+  DraftServer& operator=(const DraftServer&) = delete;
+
+  // Learns the pipeline's shape from both stages (Stage.GetInfo), opens the pipeline (Results and
+  // Pipeline streams, waiting for the first credit), then binds and starts serving with health
+  // SERVING. Fails with a readable message when a stage is unreachable or mis-wired.
+  absl::Status Start();
+  // The bound port (after Start).
+  int port() const;
+  // Fails every request in flight, ends the pipeline streams and stops the server (idempotent).
+  void Shutdown();
+  // Blocks until the server has shut down.
+  void Wait();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pipeinfer::draft_server

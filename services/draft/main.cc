@@ -1,0 +1,89 @@
+// `pipeinfer-draft`: the draft service. Drives one pipeline of pipeinfer-stage processes (stage 0
+// and the last stage are given; the middle stages are chained by the stages themselves) and serves
+// pipeinfer.v1.Draft (plus health and reflection) until SIGINT or SIGTERM.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "draft_server/draft_server.h"
+#include "gguf/llama.h"
+#include "gguf/reader.h"
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::cerr << "error: " << message << "\n";
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"pipeinfer-draft: the draft service (controller) of a PipeInfer pipeline"};
+  std::string listen, stage0, last, model, mode = "plain", model_id;
+  uint32_t max_sessions = 64;
+  int connect_timeout_ms = 30000;
+  app.add_option("--listen", listen, "Listen address HOST:PORT")->required();
+  app.add_option("--stage0", stage0, "Stage 0's HOST:PORT")->required();
+  app.add_option("--last", last, "The last stage's HOST:PORT (same as --stage0 with one stage)")
+      ->required();
+  app.add_option("--model,-m", model, "The target GGUF model (for its vocabulary and EOS id)")
+      ->required();
+  app.add_option("--mode", mode, "Speculation mode")
+      ->check(CLI::IsMember({"plain", "sync", "pipeinfer"}));
+  app.add_option("--model-id", model_id, "Model id served (default: the stages' model id)");
+  app.add_option("--max-sessions", max_sessions, "Most concurrent Generate calls")
+      ->check(CLI::Range(1, 65536));
+  app.add_option("--connect-timeout-ms", connect_timeout_ms,
+                 "How long to wait for the stages and the pipeline at startup")
+      ->check(CLI::Range(1, 600000));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
+  }
+  if (mode != "plain") return Fail("--mode " + mode + " is not implemented yet (use --mode plain)");
+
+  // Signals are taken by sigwait below; block them before any thread exists.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+
+  auto file = pipeinfer::gguf::GgufFile::Open(model);
+  if (!file.ok()) return Fail(std::string(file.status().message()));
+  auto tok = pipeinfer::gguf::TokenizerMetadata::FromGguf(**file);
+  if (!tok.ok()) return Fail(model + ": " + std::string(tok.status().message()));
+
+  pipeinfer::draft_server::DraftServerOptions o;
+  o.listen_address = listen;
+  o.stage0_address = stage0;
+  o.last_address = last;
+  o.model_id = model_id;
+  if (tok->eos_id >= 0) o.eos_ids.push_back(static_cast<uint32_t>(tok->eos_id));
+  o.expected_n_vocab = static_cast<uint32_t>(tok->tokens.size());
+  o.max_sessions = max_sessions;
+  o.connect_timeout_ms = connect_timeout_ms;
+  file->reset();  // the vocabulary is all the draft service needs from the file
+
+  pipeinfer::draft_server::DraftServer server(o);
+  if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
+  const std::string addr =
+      listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());
+  std::printf("draft listening on %s (plain mode, stage 0 %s, last stage %s)\n", addr.c_str(),
+              stage0.c_str(), last.c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  std::fprintf(stderr, "draft: signal %d, shutting down\n", sig);
+  server.Shutdown();
+  server.Wait();
+  return 0;
+}
