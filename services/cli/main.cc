@@ -1,6 +1,7 @@
-// `pipeinfer`: the project's command-line tool (model tools; cluster commands join later).
+// `pipeinfer`: the project's command-line tool: model tools and local-cluster commands.
 #include <CLI/CLI.hpp>
 
+#include "cli/cluster_commands.h"
 #include "cli/engine_commands.h"
 #include "cli/gguf_commands.h"
 #include "cli/tokenize_commands.h"
@@ -11,6 +12,7 @@ int main(int argc, char** argv) {
   pipeinfer::cli::RegisterGgufCommands(app);
   pipeinfer::cli::RegisterTokenizeCommands(app);
   pipeinfer::cli::RegisterEngineCommands(app);
+  pipeinfer::cli::RegisterClusterCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

@@ -1,0 +1,112 @@
+#include "cluster/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <filesystem>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace pipeinfer::cluster {
+namespace fs = std::filesystem;
+
+std::string ClusterConfig::StageAddress(int i) const {
+  return host + ":" + std::to_string(base_port + i);
+}
+std::string ClusterConfig::DraftAddress() const {
+  return host + ":" + std::to_string(base_port + stages);
+}
+std::string ClusterConfig::RouterGrpcAddress() const {
+  return host + ":" + std::to_string(grpc_port > 0 ? grpc_port : base_port + stages + 1);
+}
+std::string ClusterConfig::RouterHttpAddress() const {
+  return host + ":" + std::to_string(http_port);
+}
+
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
+  YAML::Node root;
+  try {
+    root = YAML::LoadFile(path);
+  } catch (const YAML::BadFile&) {
+    return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
+  }
+  if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(path, ": not a YAML mapping"));
+  const fs::path base = fs::absolute(fs::path(path)).parent_path().parent_path();
+  auto resolve = [&](const std::string& p) {
+    if (p.empty() || fs::path(p).is_absolute()) return p;
+    return (base / p).lexically_normal().string();
+  };
+  static const std::set<std::string> kKeys = {
+      "model", "draft_model", "stages",    "weights",   "mode",          "threads", "kv_tokens",
+      "host",  "base_port",   "http_port", "grpc_port", "chat_template", "model_id"};
+  ClusterConfig c;
+  try {
+    for (const auto& kv : root) {
+      const std::string key = kv.first.as<std::string>();
+      if (!kKeys.count(key)) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key '", key, "'"));
+      }
+    }
+    if (root["model"]) c.model = resolve(root["model"].as<std::string>());
+    if (root["draft_model"]) c.draft_model = resolve(root["draft_model"].as<std::string>());
+    if (root["stages"]) c.stages = root["stages"].as<int>();
+    if (root["weights"]) c.weights = root["weights"].as<std::vector<double>>();
+    if (root["mode"]) c.mode = root["mode"].as<std::string>();
+    if (root["threads"]) c.threads = root["threads"].as<int>();
+    if (root["kv_tokens"]) c.kv_tokens = root["kv_tokens"].as<int64_t>();
+    if (root["host"]) c.host = root["host"].as<std::string>();
+    if (root["base_port"]) c.base_port = root["base_port"].as<int>();
+    if (root["http_port"]) c.http_port = root["http_port"].as<int>();
+    if (root["grpc_port"]) c.grpc_port = root["grpc_port"].as<int>();
+    if (root["chat_template"]) c.chat_template = root["chat_template"].as<std::string>();
+    if (root["model_id"]) c.model_id = root["model_id"].as<std::string>();
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
+  }
+  return c;
+}
+
+absl::Status ValidateClusterConfig(const ClusterConfig& c) {
+  if (c.mode != "plain") {
+    if (c.mode == "sync" || c.mode == "pipeinfer") {
+      return absl::UnimplementedError(absl::StrCat(
+          "mode '", c.mode, "' is not implemented yet; only mode 'plain' is supported"));
+    }
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown mode '", c.mode, "' (expected plain, sync or pipeinfer)"));
+  }
+  if (c.model.empty()) {
+    return absl::InvalidArgumentError("no model given (set 'model' in the config or --model)");
+  }
+  std::error_code ec;
+  if (!fs::is_regular_file(c.model, ec)) {
+    return absl::NotFoundError(absl::StrCat("model file not found: ", c.model));
+  }
+  if (c.stages < 1 || c.stages > 64) {
+    return absl::InvalidArgumentError(absl::StrCat("stages must be in [1, 64], got ", c.stages));
+  }
+  if (!c.weights.empty() && c.weights.size() != static_cast<size_t>(c.stages)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("weights has ", c.weights.size(), " entries but stages is ", c.stages));
+  }
+  if (c.threads < 1 || c.threads > 256) {
+    return absl::InvalidArgumentError(absl::StrCat("threads must be in [1, 256], got ", c.threads));
+  }
+  if (c.kv_tokens < 0) return absl::InvalidArgumentError("kv_tokens must be >= 0");
+  auto port_ok = [](int p) { return p > 0 && p < 65536; };
+  if (!port_ok(c.base_port) || !port_ok(c.base_port + c.stages + 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("base_port out of range: ", c.base_port));
+  }
+  if (!port_ok(c.http_port)) {
+    return absl::InvalidArgumentError(absl::StrCat("http_port out of range: ", c.http_port));
+  }
+  if (c.grpc_port != 0 && !port_ok(c.grpc_port)) {
+    return absl::InvalidArgumentError(absl::StrCat("grpc_port out of range: ", c.grpc_port));
+  }
+  if (c.host.empty()) return absl::InvalidArgumentError("host must not be empty");
+  return absl::OkStatus();
+}
+
+}  // namespace pipeinfer::cluster

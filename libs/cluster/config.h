@@ -1,0 +1,43 @@
+// Configuration of a local cluster (`pipeinfer up`): read from a YAML file, then overridden by
+// command-line flags, then validated and completed with defaults.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace pipeinfer::cluster {
+
+struct ClusterConfig {
+  std::string model;               // target GGUF
+  std::string draft_model;         // optional; used by the speculative modes (later)
+  int stages = 1;                  // number of stage processes
+  std::vector<double> weights;     // optional relative layer weights, one per stage
+  std::string mode = "plain";      // plain | sync | pipeinfer (only plain for now)
+  int threads = 1;                 // compute threads per stage
+  int64_t kv_tokens = 0;           // KV capacity per stage in tokens (0 = the model's n_ctx)
+  std::string host = "127.0.0.1";  // every process listens here
+  int base_port = 50051;           // stages base_port.., then draft, then router gRPC
+  int http_port = 8080;            // router HTTP
+  int grpc_port = 0;               // router gRPC (0 = the port after the draft's)
+  std::string chat_template;       // router --chat-template (empty = the model's)
+  std::string model_id;            // optional served model id
+
+  std::string StageAddress(int i) const;
+  std::string DraftAddress() const;
+  std::string RouterGrpcAddress() const;
+  std::string RouterHttpAddress() const;
+};
+
+// Reads a YAML file. Relative paths in it (model, draft_model) are resolved against the parent of
+// the file's directory, i.e. the repository root for files under configs/. Unknown keys are an
+// error.
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
+
+// Checks ranges, the mode and that the model file exists.
+absl::Status ValidateClusterConfig(const ClusterConfig& c);
+
+}  // namespace pipeinfer::cluster

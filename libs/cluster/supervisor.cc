@@ -1,0 +1,432 @@
+#include "cluster/supervisor.h"
+
+#include <fcntl.h>
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace pipeinfer::cluster {
+namespace {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+std::string Tail(const std::string& path, int max_lines) {
+  std::ifstream f(path);
+  std::vector<std::string> lines;
+  std::string line;
+  while (std::getline(f, line)) {
+    lines.push_back(line);
+    if (lines.size() > static_cast<size_t>(max_lines)) lines.erase(lines.begin());
+  }
+  std::string out;
+  for (const auto& l : lines) out += "    " + l + "\n";
+  return out;
+}
+
+std::string DescribeWait(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exited with status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("was killed by signal ", WTERMSIG(status));
+  return "stopped";
+}
+
+bool HealthServing(const std::string& address) {
+  // A fresh channel per attempt avoids gRPC's reconnect backoff.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  return stub->Check(&ctx, req, &resp).ok() &&
+         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+}  // namespace
+
+std::string DefaultRuntimeDir() { return absl::StrCat("/tmp/pipeinfer-", getuid()); }
+
+std::string SelfExeDir() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return ".";
+  return exe.parent_path().string();
+}
+
+uint64_t ProcessStartTime(pid_t pid) {
+  if (pid <= 0) return 0;
+  std::ifstream f(absl::StrCat("/proc/", pid, "/stat"));
+  std::string stat;
+  if (!std::getline(f, stat)) return 0;
+  const size_t paren = stat.rfind(')');
+  if (paren == std::string::npos) return 0;
+  std::istringstream in(stat.substr(paren + 1));
+  // Fields after the command: 3 state, 4 ppid, ... 22 starttime.
+  std::string state;
+  in >> state;
+  if (state == "Z" || state == "X") return 0;
+  std::string field;
+  for (int i = 4; i < 22; ++i) in >> field;
+  uint64_t start = 0;
+  in >> start;
+  return start;
+}
+
+bool ProcessAlive(pid_t pid, uint64_t start_time) {
+  const uint64_t t = ProcessStartTime(pid);
+  if (t == 0) return false;
+  return start_time == 0 || t == start_time;
+}
+
+Supervisor::Supervisor(ClusterConfig config, SupervisorOptions options)
+    : config_(std::move(config)), options_(std::move(options)) {}
+
+Supervisor::~Supervisor() { StopAll(); }
+
+absl::Status Supervisor::Spawn(const std::string& name, const std::string& address,
+                               const std::vector<std::string>& argv) {
+  std::string file = name;
+  for (char& ch : file) {
+    if (ch == ' ') ch = '-';
+  }
+  const std::string log = options_.log_dir + "/" + file + ".log";
+  const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat("cannot open log file ", log));
+  std::vector<char*> args;
+  for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
+  args.push_back(nullptr);
+  const pid_t parent = getpid();
+  const bool detach = options_.detach;
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fd);
+    return absl::InternalError(absl::StrCat("fork failed for ", name));
+  }
+  if (pid == 0) {
+    if (detach) {
+      setsid();  // outlives us and gets no terminal signals
+    } else {
+      // Dies with the supervisor even if it is killed without a chance to clean up.
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      if (getppid() != parent) _exit(1);
+      setpgid(0, 0);  // Ctrl-C reaches the supervisor only; it stops the children in order
+    }
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    const int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) dup2(devnull, 0);
+    dup2(fd, 1);
+    dup2(fd, 2);
+    execv(args[0], args.data());
+    dprintf(2, "exec %s failed\n", args[0]);
+    _exit(127);
+  }
+  close(fd);
+  ProcessInfo p;
+  p.name = name;
+  p.pid = pid;
+  p.start_time = ProcessStartTime(pid);
+  p.address = address;
+  p.log = log;
+  procs_.push_back(p);
+  reaped_.push_back(false);
+  std::printf("started %s (pid %d), log %s\n", name.c_str(), pid, log.c_str());
+  std::fflush(stdout);
+  return absl::OkStatus();
+}
+
+absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* stop_requested) {
+  const auto end = Clock::now() + std::chrono::seconds(options_.health_timeout_s);
+  const size_t index = &p - procs_.data();
+  while (true) {
+    if (stop_requested && *stop_requested) return absl::CancelledError("interrupted");
+    int status = 0;
+    if (waitpid(p.pid, &status, WNOHANG) == p.pid) {
+      reaped_[index] = true;
+      return absl::UnavailableError(
+          absl::StrCat(p.name, " (pid ", p.pid, ") ", DescribeWait(status),
+                       " before becoming SERVING; see its log ", p.log, ":\n", Tail(p.log, 15)));
+    }
+    if (HealthServing(p.address)) return absl::OkStatus();
+    if (Clock::now() > end) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          p.name, " (pid ", p.pid, ") did not become SERVING at ", p.address, " within ",
+          options_.health_timeout_s, " s; see its log ", p.log, ":\n", Tail(p.log, 15)));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+absl::Status Supervisor::Start(const volatile int* stop_requested) {
+  const ClusterConfig& c = config_;
+  const std::string stage_bin = options_.bin_dir + "/pipeinfer-stage";
+  const std::string draft_bin = options_.bin_dir + "/pipeinfer-draft";
+  const std::string router_bin = options_.bin_dir + "/pipeinfer-router";
+  for (const auto& [bin, needed] : {std::pair{stage_bin, true}, std::pair{draft_bin, true},
+                                    std::pair{router_bin, options_.router}}) {
+    if (needed && access(bin.c_str(), X_OK) != 0) {
+      return absl::NotFoundError(
+          absl::StrCat(bin, " not found or not executable",
+                       bin == router_bin ? " (build pipeinfer-router, or pass --no-router)" : ""));
+    }
+  }
+  std::error_code ec;
+  fs::create_directories(options_.log_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create log dir ", options_.log_dir));
+
+  auto fail = [&](absl::Status st) {
+    StopAll();
+    return st;
+  };
+  // The last stage first: a stage reports SERVING only once its downstream link is up.
+  for (int i = c.stages - 1; i >= 0; --i) {
+    std::vector<std::string> argv = {stage_bin,
+                                     "--model",
+                                     c.model,
+                                     "--listen",
+                                     c.StageAddress(i),
+                                     "--stage",
+                                     std::to_string(i),
+                                     "--stages",
+                                     std::to_string(c.stages),
+                                     "--threads",
+                                     std::to_string(c.threads)};
+    if (i + 1 < c.stages) {
+      argv.insert(argv.end(), {"--downstream", c.StageAddress(i + 1)});
+    }
+    if (c.kv_tokens > 0) argv.insert(argv.end(), {"--kv-tokens", std::to_string(c.kv_tokens)});
+    if (!c.weights.empty()) {
+      std::vector<std::string> w;
+      for (double x : c.weights) w.push_back(absl::StrCat(x));
+      argv.insert(argv.end(), {"--weights", absl::StrJoin(w, ",")});
+    }
+    if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
+    if (auto st = Spawn(absl::StrCat("stage ", i), c.StageAddress(i), argv); !st.ok()) {
+      return fail(st);
+    }
+    if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
+  }
+  {
+    std::vector<std::string> argv = {draft_bin,
+                                     "--listen",
+                                     c.DraftAddress(),
+                                     "--stage0",
+                                     c.StageAddress(0),
+                                     "--last",
+                                     c.StageAddress(c.stages - 1),
+                                     "--model",
+                                     c.model,
+                                     "--mode",
+                                     c.mode};
+    if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
+    if (auto st = Spawn("draft", c.DraftAddress(), argv); !st.ok()) return fail(st);
+    if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
+  }
+  if (options_.router) {
+    std::vector<std::string> argv = {router_bin,
+                                     "--http",
+                                     c.RouterHttpAddress(),
+                                     "--grpc",
+                                     c.RouterGrpcAddress(),
+                                     "--draft",
+                                     c.DraftAddress(),
+                                     "--model",
+                                     c.model};
+    if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
+    if (!c.chat_template.empty()) argv.insert(argv.end(), {"--chat-template", c.chat_template});
+    if (auto st = Spawn("router", c.RouterGrpcAddress(), argv); !st.ok()) return fail(st);
+    if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
+  }
+  return absl::OkStatus();
+}
+
+std::string Supervisor::ExitedProcess() {
+  for (size_t i = 0; i < procs_.size(); ++i) {
+    if (reaped_[i]) continue;
+    int status = 0;
+    if (waitpid(procs_[i].pid, &status, WNOHANG) == procs_[i].pid) {
+      reaped_[i] = true;
+      return absl::StrCat(procs_[i].name, " (pid ", procs_[i].pid, ") ", DescribeWait(status),
+                          "; see its log ", procs_[i].log);
+    }
+  }
+  return "";
+}
+
+void Supervisor::StopAll() {
+  for (size_t i = procs_.size(); i-- > 0;) {
+    if (!reaped_[i]) kill(procs_[i].pid, SIGTERM);
+  }
+  const auto end = Clock::now() + std::chrono::milliseconds(options_.stop_grace_ms);
+  while (true) {
+    bool all = true;
+    for (size_t i = 0; i < procs_.size(); ++i) {
+      if (reaped_[i]) continue;
+      int status = 0;
+      const pid_t r = waitpid(procs_[i].pid, &status, WNOHANG);
+      if (r == procs_[i].pid || r < 0) {
+        reaped_[i] = true;
+      } else {
+        all = false;
+      }
+    }
+    if (all) break;
+    if (Clock::now() > end) {
+      for (size_t i = 0; i < procs_.size(); ++i) {
+        if (reaped_[i]) continue;
+        std::fprintf(stderr, "%s (pid %d) did not stop within %d ms; killing it\n",
+                     procs_[i].name.c_str(), procs_[i].pid, options_.stop_grace_ms);
+        kill(procs_[i].pid, SIGKILL);
+        waitpid(procs_[i].pid, nullptr, 0);
+        reaped_[i] = true;
+      }
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  procs_.clear();
+  reaped_.clear();
+}
+
+void Supervisor::Release() {
+  procs_.clear();
+  reaped_.clear();
+}
+
+ClusterState Supervisor::State() const {
+  ClusterState s;
+  s.processes = procs_;
+  s.log_dir = options_.log_dir;
+  for (int i = 0; i < config_.stages; ++i) s.endpoints.stages.push_back(config_.StageAddress(i));
+  s.endpoints.draft = config_.DraftAddress();
+  if (options_.router) {
+    s.endpoints.router_http = config_.RouterHttpAddress();
+    s.endpoints.router_grpc = config_.RouterGrpcAddress();
+  }
+  return s;
+}
+
+absl::Status WriteState(const ClusterState& state, const std::string& path) {
+  nlohmann::json j;
+  j["version"] = 1;
+  j["log_dir"] = state.log_dir;
+  j["processes"] = nlohmann::json::array();
+  for (const auto& p : state.processes) {
+    j["processes"].push_back({{"name", p.name},
+                              {"pid", p.pid},
+                              {"start_time", p.start_time},
+                              {"address", p.address},
+                              {"log", p.log}});
+  }
+  j["endpoints"] = {{"stages", state.endpoints.stages},
+                    {"draft", state.endpoints.draft},
+                    {"router_http", state.endpoints.router_http},
+                    {"router_grpc", state.endpoints.router_grpc}};
+  std::error_code ec;
+  const fs::path parent = fs::path(path).parent_path();
+  if (!parent.empty()) fs::create_directories(parent, ec);
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    f << j.dump(2) << "\n";
+    if (!f) return absl::InternalError(absl::StrCat("cannot write state file ", path));
+  }
+  fs::rename(tmp, path, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot write state file ", path));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ClusterState> ReadState(const std::string& path) {
+  std::ifstream f(path);
+  if (!f) return absl::NotFoundError(absl::StrCat("no cluster state file at ", path));
+  ClusterState s;
+  try {
+    nlohmann::json j = nlohmann::json::parse(f);
+    s.log_dir = j.value("log_dir", "");
+    for (const auto& p : j.at("processes")) {
+      ProcessInfo info;
+      info.name = p.at("name").get<std::string>();
+      info.pid = p.at("pid").get<pid_t>();
+      info.start_time = p.at("start_time").get<uint64_t>();
+      info.address = p.value("address", "");
+      info.log = p.value("log", "");
+      s.processes.push_back(info);
+    }
+    const auto& e = j.at("endpoints");
+    s.endpoints.stages = e.value("stages", std::vector<std::string>{});
+    s.endpoints.draft = e.value("draft", "");
+    s.endpoints.router_http = e.value("router_http", "");
+    s.endpoints.router_grpc = e.value("router_grpc", "");
+  } catch (const nlohmann::json::exception& e) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": bad state file: ", e.what()));
+  }
+  return s;
+}
+
+absl::Status StopState(const ClusterState& state, int grace_ms, std::vector<std::string>* report) {
+  std::vector<const ProcessInfo*> stopping;
+  for (auto it = state.processes.rbegin(); it != state.processes.rend(); ++it) {
+    if (!ProcessAlive(it->pid, it->start_time)) {
+      if (report) {
+        report->push_back(absl::StrCat(it->name, " (pid ", it->pid,
+                                       ") is not running any more (or the pid was reused); "
+                                       "left alone"));
+      }
+      continue;
+    }
+    kill(it->pid, SIGTERM);
+    stopping.push_back(&*it);
+  }
+  const auto end = Clock::now() + std::chrono::milliseconds(grace_ms);
+  while (true) {
+    bool all = true;
+    for (const ProcessInfo* p : stopping) all = all && !ProcessAlive(p->pid, p->start_time);
+    if (all) break;
+    if (Clock::now() > end) {
+      for (const ProcessInfo* p : stopping) {
+        if (ProcessAlive(p->pid, p->start_time)) {
+          if (report) {
+            report->push_back(absl::StrCat(p->name, " (pid ", p->pid, ") did not stop within ",
+                                           grace_ms, " ms; killed"));
+          }
+          kill(p->pid, SIGKILL);
+        }
+      }
+      const auto kill_end = Clock::now() + std::chrono::seconds(5);
+      while (Clock::now() < kill_end) {
+        bool gone = true;
+        for (const ProcessInfo* p : stopping) gone = gone && !ProcessAlive(p->pid, p->start_time);
+        if (gone) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (const ProcessInfo* p : stopping) {
+    if (ProcessAlive(p->pid, p->start_time)) {
+      return absl::InternalError(absl::StrCat(p->name, " (pid ", p->pid, ") could not be stopped"));
+    }
+    if (report) report->push_back(absl::StrCat("stopped ", p->name, " (pid ", p->pid, ")"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace pipeinfer::cluster

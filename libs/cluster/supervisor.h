@@ -1,0 +1,103 @@
+// A process supervisor for a local cluster: starts the stage, draft and router binaries (last
+// stage first), waits until each one's gRPC health check reports SERVING, and stops them again
+// (SIGTERM, then SIGKILL). A detached cluster is described by a state file that `pipeinfer down`
+// uses to stop exactly the processes that were started.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "cluster/config.h"
+
+namespace pipeinfer::cluster {
+
+// One supervised process.
+struct ProcessInfo {
+  std::string name;  // "stage 0", "draft", "router"
+  pid_t pid = -1;
+  uint64_t start_time = 0;  // /proc/<pid>/stat field 22 (clock ticks since boot)
+  std::string address;      // its gRPC address (health checked)
+  std::string log;          // stdout + stderr
+};
+
+// The endpoints of a running cluster.
+struct Endpoints {
+  std::vector<std::string> stages;
+  std::string draft;
+  std::string router_http;  // empty without a router
+  std::string router_grpc;  // empty without a router
+};
+
+struct ClusterState {
+  std::vector<ProcessInfo> processes;  // in start order
+  Endpoints endpoints;
+  std::string log_dir;
+};
+
+struct SupervisorOptions {
+  std::string bin_dir;  // where pipeinfer-stage, pipeinfer-draft, pipeinfer-router live
+  std::string log_dir;  // one <name>.log per process
+  bool router = true;   // also start pipeinfer-router
+  bool detach = false;  // children must outlive us: no PDEATHSIG, own session
+  int health_timeout_s = 60;
+  int stop_grace_ms = 10000;
+};
+
+// /tmp/pipeinfer-<uid>, the default home of logs/ and cluster.json.
+std::string DefaultRuntimeDir();
+// The directory of the running executable (/proc/self/exe).
+std::string SelfExeDir();
+// Field 22 of /proc/<pid>/stat, or 0 when the process does not exist or is a zombie.
+uint64_t ProcessStartTime(pid_t pid);
+// True when `pid` exists, is not a zombie, and (when start_time != 0) started at start_time.
+bool ProcessAlive(pid_t pid, uint64_t start_time);
+
+class Supervisor {
+ public:
+  Supervisor(ClusterConfig config, SupervisorOptions options);
+  ~Supervisor();  // stops whatever is still running unless Release() was called
+  Supervisor(const Supervisor&) = delete;
+  Supervisor& operator=(const Supervisor&) = delete;
+
+  // Starts every process and waits until all are SERVING. `stop_requested` is polled while
+  // waiting (set from a signal handler); when it becomes non-zero, Start stops and returns
+  // CANCELLED. On failure everything started so far is stopped.
+  absl::Status Start(const volatile int* stop_requested);
+
+  // The name of a started process that has exited, or empty when all are running. Reaps it.
+  std::string ExitedProcess();
+
+  // Stops every started process, newest first.
+  void StopAll();
+
+  // Forgets the processes (they keep running; used after --detach).
+  void Release();
+
+  ClusterState State() const;
+
+ private:
+  absl::Status Spawn(const std::string& name, const std::string& address,
+                     const std::vector<std::string>& argv);
+  absl::Status WaitServing(const ProcessInfo& p, const volatile int* stop_requested);
+
+  ClusterConfig config_;
+  SupervisorOptions options_;
+  std::vector<ProcessInfo> procs_;
+  std::vector<bool> reaped_;
+};
+
+// Writes / reads the state file (JSON).
+absl::Status WriteState(const ClusterState& state, const std::string& path);
+absl::StatusOr<ClusterState> ReadState(const std::string& path);
+
+// Stops the processes of a state file that still are the processes that were started (same pid
+// and start time), newest first: SIGTERM, then SIGKILL after `grace_ms`. Processes that are gone
+// or were replaced are reported on `report` lines and left alone.
+absl::Status StopState(const ClusterState& state, int grace_ms, std::vector<std::string>* report);
+
+}  // namespace pipeinfer::cluster

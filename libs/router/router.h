@@ -1,0 +1,67 @@
+// The router of a PipeInfer cluster: an OpenAI-compatible HTTP gateway (cpp-httplib) and the
+// pipeinfer.v1.Router gRPC service (plus health and reflection), both in front of one draft
+// service (Draft.Generate).
+//
+// For each request the router renders the chat template (or takes a raw prompt), tokenizes,
+// enforces the context limit, admits the request (at most max_inflight generating, at most
+// max_queue waiting; beyond: HTTP 429 with Retry-After / RESOURCE_EXHAUSTED), calls
+// Draft.Generate, detokenizes incrementally (UTF-8 safe), matches text stop sequences (holding
+// back text that may be the start of one) and cancels the draft call when the client goes away
+// or a stop sequence matched.
+//
+// HTTP error statuses (OpenAI-style body {"error": {"message", "type", "param", "code"}}):
+//   malformed JSON, invalid UTF-8 -> 400; a field of the wrong JSON type -> 400 (not 422);
+//   out-of-range parameter, n != 1, > 4 stop sequences -> 400; unknown model -> 404;
+//   prompt (+ max_tokens) longer than the context -> 400 with code "context_length_exceeded"
+//   (not 413); admission full -> 429 + Retry-After; draft service unavailable -> 503.
+// HTTP defaults follow OpenAI: temperature 1 when absent. Over gRPC, unset sampling fields take
+// the draft service's defaults and a max_tokens beyond the context is clamped (router.proto);
+// over HTTP it is an error.
+// gRPC includes stay in router.cc.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace pipeinfer::router {
+
+struct RouterOptions {
+  std::string http_address = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one
+  std::string grpc_address = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one
+  std::string draft_address;                 // the draft service (Draft.Generate)
+  std::string model_path;                    // the target GGUF (tokenizer, template, n_ctx)
+  std::string model_id;                      // empty = the file name without ".gguf"
+  std::string chat_template;                 // template name override; empty = detect
+  int max_inflight = 8;                      // requests generating at once
+  int max_queue = 16;                        // requests waiting for a slot
+  int retry_after_s = 1;                     // Retry-After of a 429
+};
+
+class Router {
+ public:
+  explicit Router(RouterOptions options);
+  ~Router();  // shuts down if still running
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+
+  // Loads the tokenizer and template from the model, asks the draft service for n_ctx (falls
+  // back to the GGUF's context length), then starts the gRPC and HTTP servers.
+  absl::Status Start();
+  int http_port() const;
+  int grpc_port() const;
+  // The model id served.
+  const std::string& model_id() const;
+  // Stops both servers (idempotent).
+  void Shutdown();
+  // Blocks until Shutdown() has run.
+  void Wait();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pipeinfer::router

@@ -1,0 +1,68 @@
+// `pipeinfer-router`: the cluster's front door. Serves the OpenAI-compatible HTTP API and the
+// pipeinfer.v1.Router gRPC service in front of one draft service, until SIGINT or SIGTERM.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+#include <thread>
+
+#include <CLI/CLI.hpp>
+
+#include "router/router.h"
+
+namespace {
+
+int Fail(const std::string& message) {
+  std::cerr << "error: " << message << "\n";
+  return 1;
+}
+
+std::string Host(const std::string& addr) { return addr.substr(0, addr.rfind(':')); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"pipeinfer-router: OpenAI-compatible HTTP + gRPC router of a PipeInfer cluster"};
+  pipeinfer::router::RouterOptions o;
+  app.add_option("--http", o.http_address, "HTTP listen address HOST:PORT")->required();
+  app.add_option("--grpc", o.grpc_address, "gRPC listen address HOST:PORT")->required();
+  app.add_option("--draft", o.draft_address, "The draft service's HOST:PORT")->required();
+  app.add_option("--model,-m", o.model_path, "The target GGUF model (tokenizer, chat template)")
+      ->required()
+      ->check(CLI::ExistingFile);
+  app.add_option("--model-id", o.model_id, "Model id served (default: file name without .gguf)");
+  app.add_option("--chat-template", o.chat_template,
+                 "Chat template override (chatml, llama2, mistral, zephyr, llama3, plain)")
+      ->check(CLI::IsMember({"chatml", "llama2", "mistral", "zephyr", "llama3", "plain"}));
+  app.add_option("--max-inflight", o.max_inflight, "Most requests generating at once")
+      ->check(CLI::Range(1, 4096));
+  app.add_option("--max-queue", o.max_queue, "Most requests waiting for a slot (beyond: 429)")
+      ->check(CLI::Range(0, 65536));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
+  }
+
+  // Signals are taken by sigwait below; block them before any thread exists.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGINT);
+  sigaddset(&sigs, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  pipeinfer::router::Router router(o);
+  if (auto st = router.Start(); !st.ok()) return Fail(std::string(st.message()));
+  std::printf("router listening on http://%s:%d (gRPC %s:%d), model %s, draft %s\n",
+              Host(o.http_address).c_str(), router.http_port(), Host(o.grpc_address).c_str(),
+              router.grpc_port(), router.model_id().c_str(), o.draft_address.c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  std::fprintf(stderr, "router: signal %d, shutting down\n", sig);
+  router.Shutdown();
+  return 0;
+}

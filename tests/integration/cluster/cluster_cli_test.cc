@@ -1,0 +1,374 @@
+// The `pipeinfer` cluster commands against real processes on loopback: `up --detach` brings every
+// process to SERVING and `down` stops exactly those; a foreground `up` stopped by SIGTERM (or
+// killed) leaves no process behind; bad configurations fail with a readable error; and, when the
+// router binary is built, `chat` streams text and `complete --print-ids` reproduces llama.cpp's
+// greedy ids.
+#include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cluster/supervisor.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "testing/fixtures.h"
+#include "testing/process.h"
+
+namespace pipeinfer {
+namespace {
+
+namespace fs = std::filesystem;
+using pipeinfer::testing::BinPath;
+using pipeinfer::testing::ChildProcess;
+using pipeinfer::testing::FixturePath;
+using pipeinfer::testing::ReadText;
+
+struct CommandResult {
+  int exit_code = -1;  // -1 when killed or timed out
+  std::string output;  // stdout + stderr
+};
+
+// Runs argv to completion (killing it after `timeout`), capturing stdout and stderr.
+CommandResult RunCmd(std::vector<std::string> argv, std::chrono::seconds timeout) {
+  static int counter = 0;
+  const std::string log = ::testing::TempDir() + "/cluster_cli_test." + std::to_string(getpid()) +
+                          "." + std::to_string(counter++) + ".out";
+  CommandResult r;
+  int status = 0;
+  {
+    ChildProcess p(argv, log);
+    const auto end = std::chrono::steady_clock::now() + timeout;
+    while (p.Running() && std::chrono::steady_clock::now() < end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    status = p.Stop();
+  }
+  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
+  r.output = ReadText(log);
+  std::remove(log.c_str());
+  return r;
+}
+
+bool PortFree(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
+  close(fd);
+  return ok;
+}
+
+// A base port with `n` free consecutive ports after it.
+int FreePortRange(int n) {
+  static std::mt19937 rng(std::random_device{}());
+  for (int attempt = 0; attempt < 200; ++attempt) {
+    const int base = std::uniform_int_distribution<int>(20000, 60000)(rng);
+    bool ok = true;
+    for (int i = 0; i < n && ok; ++i) ok = PortFree(base + i);
+    if (ok) return base;
+  }
+  return 0;
+}
+
+bool Serving(const std::string& addr) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  auto stub = grpc::health::v1::Health::NewStub(
+      grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  return stub->Check(&ctx, req, &resp).ok() &&
+         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+// Waits until none of `pids` is a live (non-zombie) process.
+bool AllGone(const std::vector<pid_t>& pids, std::chrono::seconds timeout) {
+  const auto end = std::chrono::steady_clock::now() + timeout;
+  while (true) {
+    bool gone = true;
+    for (pid_t p : pids) gone = gone && !cluster::ProcessAlive(p, 0);
+    if (gone) return true;
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
+class ClusterCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/cluster_cli_test." + std::to_string(getpid()) + "." +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    fs::create_directories(dir_);
+    state_ = dir_ + "/cluster.json";
+  }
+  void TearDown() override {
+    // Never leave a detached cluster behind, even when an assertion failed half-way.
+    if (fs::exists(state_)) {
+      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(30));
+    }
+    if (!HasFailure()) fs::remove_all(dir_);
+  }
+
+  // `pipeinfer up --detach` for the tiny model on 2 stages (retrying on a port race).
+  CommandResult UpDetached(const std::vector<std::string>& extra, int ports) {
+    CommandResult r;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      base_port_ = FreePortRange(ports);
+      std::vector<std::string> argv = {BinPath("pipeinfer"),
+                                       "up",
+                                       "--model",
+                                       FixturePath("models/tiny-f32.gguf"),
+                                       "--stages",
+                                       "2",
+                                       "--kv-tokens",
+                                       "2048",
+                                       "--base-port",
+                                       std::to_string(base_port_),
+                                       "--detach",
+                                       "--state",
+                                       state_,
+                                       "--log-dir",
+                                       dir_ + "/logs"};
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      r = RunCmd(argv, std::chrono::seconds(90));
+      if (r.exit_code == 0) return r;
+      std::fprintf(stderr, "up failed (attempt %d):\n%s\n", attempt, r.output.c_str());
+    }
+    return r;
+  }
+
+  std::string dir_, state_;
+  int base_port_ = 0;
+};
+
+TEST_F(ClusterCliTest, DetachedUpStatsDown) {
+  const CommandResult up = UpDetached({"--no-router"}, 3);
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_NE(up.output.find("cluster is up"), std::string::npos) << up.output;
+  auto state = cluster::ReadState(state_);
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_EQ(state->processes.size(), 3u);
+  ASSERT_EQ(state->endpoints.stages.size(), 2u);
+  EXPECT_TRUE(state->endpoints.router_http.empty());
+  std::vector<pid_t> pids;
+  for (const auto& p : state->processes) {
+    pids.push_back(p.pid);
+    EXPECT_TRUE(cluster::ProcessAlive(p.pid, p.start_time)) << p.name;
+    EXPECT_TRUE(Serving(p.address)) << p.name << " at " << p.address;
+  }
+
+  for (const auto& addr : state->endpoints.stages) {
+    const CommandResult stats =
+        RunCmd({BinPath("pipeinfer"), "stats", "--stage", addr}, std::chrono::seconds(30));
+    EXPECT_EQ(stats.exit_code, 0) << stats.output;
+    EXPECT_TRUE(std::regex_search(stats.output, std::regex("(^|\n)runs_computed_total [0-9]+\n")))
+        << stats.output;
+  }
+  const CommandResult dstats = RunCmd(
+      {BinPath("pipeinfer"), "stats", "--draft", state->endpoints.draft}, std::chrono::seconds(30));
+  EXPECT_EQ(dstats.exit_code, 0) << dstats.output;
+  EXPECT_TRUE(std::regex_search(dstats.output, std::regex("(^|\n)[a-z_]+ [0-9.e+-]+\n")))
+      << dstats.output;
+
+  // A second detached cluster on the same state file is refused.
+  const CommandResult again =
+      RunCmd({BinPath("pipeinfer"), "up", "--model", FixturePath("models/tiny-f32.gguf"),
+              "--no-router", "--detach", "--state", state_},
+             std::chrono::seconds(30));
+  EXPECT_EQ(again.exit_code, 1) << again.output;
+  EXPECT_NE(again.output.find("already running"), std::string::npos) << again.output;
+
+  const CommandResult down =
+      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(60));
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  EXPECT_TRUE(AllGone(pids, std::chrono::seconds(10)));
+  EXPECT_FALSE(fs::exists(state_));
+
+  // Nothing left to stop.
+  const CommandResult down2 =
+      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(30));
+  EXPECT_EQ(down2.exit_code, 1) << down2.output;
+  EXPECT_NE(down2.output.find("no cluster state file"), std::string::npos) << down2.output;
+}
+
+// Starts a foreground `up` and returns the pids it reports once the cluster is up.
+std::vector<pid_t> StartForeground(ChildProcess& up, const std::string& log) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(90);
+  while (ReadText(log).find("running in the foreground") == std::string::npos) {
+    if (!up.Running() || std::chrono::steady_clock::now() > end) {
+      ADD_FAILURE() << "foreground up did not come up:\n" << ReadText(log);
+      return {};
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::vector<pid_t> pids;
+  const std::string text = ReadText(log);
+  const std::regex re("started [a-z0-9 ]+ \\(pid ([0-9]+)\\)");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), re); it != std::sregex_iterator();
+       ++it) {
+    pids.push_back(std::stoi((*it)[1]));
+  }
+  return pids;
+}
+
+TEST_F(ClusterCliTest, ForegroundStopsChildrenOnSigterm) {
+  for (int sig : {SIGTERM, SIGKILL}) {
+    SCOPED_TRACE(sig == SIGTERM ? "SIGTERM" : "SIGKILL");
+    const std::string log = dir_ + "/up." + std::to_string(sig) + ".log";
+    ChildProcess up({BinPath("pipeinfer"), "up", "--model", FixturePath("models/tiny-f32.gguf"),
+                     "--stages", "2", "--no-router", "--base-port",
+                     std::to_string(FreePortRange(3)), "--log-dir", dir_ + "/logs"},
+                    log);
+    const std::vector<pid_t> pids = StartForeground(up, log);
+    ASSERT_EQ(pids.size(), 3u) << ReadText(log);
+    for (pid_t p : pids) EXPECT_TRUE(cluster::ProcessAlive(p, 0));
+    kill(up.pid(), sig);
+    const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (up.Running() && std::chrono::steady_clock::now() < end) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    const int status = up.Stop();
+    if (sig == SIGTERM) {
+      EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << ReadText(log);
+      EXPECT_NE(ReadText(log).find("stopped"), std::string::npos) << ReadText(log);
+    }
+    // With SIGTERM the supervisor stops them; with SIGKILL their parent-death signal does.
+    EXPECT_TRUE(AllGone(pids, std::chrono::seconds(15))) << ReadText(log);
+  }
+}
+
+TEST_F(ClusterCliTest, BadConfigurationsFailReadably) {
+  const std::string model = FixturePath("models/tiny-f32.gguf");
+  {
+    const std::string cfg = dir_ + "/sync.yaml";
+    std::ofstream(cfg) << "model: " << model << "\nstages: 2\nmode: sync\n";
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: mode 'sync' is not implemented yet"), std::string::npos)
+        << r.output;
+  }
+  {
+    // The flag overrides the config key, so the mode error comes from the flag here.
+    const CommandResult r =
+        RunCmd({BinPath("pipeinfer"), "up", "--model", model, "--mode", "pipeinfer", "--no-router"},
+               std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("only mode 'plain' is supported"), std::string::npos) << r.output;
+  }
+  {
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--model", dir_ + "/missing.gguf",
+                                    "--stages", "2", "--no-router"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: model file not found: " + dir_ + "/missing.gguf"),
+              std::string::npos)
+        << r.output;
+  }
+  {
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", dir_ + "/none.yaml"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: cannot read config file " + dir_ + "/none.yaml"),
+              std::string::npos)
+        << r.output;
+  }
+  {
+    const std::string cfg = dir_ + "/badyaml.yaml";
+    std::ofstream(cfg) << "model: [unclosed\n";
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: " + cfg), std::string::npos) << r.output;
+  }
+  {
+    const std::string cfg = dir_ + "/nomodel.yaml";
+    std::ofstream(cfg) << "stages: 2\nmode: plain\n";
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: no model given"), std::string::npos) << r.output;
+  }
+  {
+    const std::string cfg = dir_ + "/typo.yaml";
+    std::ofstream(cfg) << "model: " << model << "\nstagez: 2\n";
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("unknown key 'stagez'"), std::string::npos) << r.output;
+  }
+  {
+    // A process that cannot start is named together with its log file.
+    const std::string cfg = dir_ + "/toomany.yaml";
+    std::ofstream(cfg) << "model: " << model << "\nstages: 40\nbase_port: " << FreePortRange(42)
+                       << "\n";
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router",
+                                    "--log-dir", dir_ + "/logs", "--health-timeout", "20"},
+                                   std::chrono::seconds(60));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: stage 39 (pid "), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find(dir_ + "/logs/stage-39.log"), std::string::npos) << r.output;
+  }
+}
+
+TEST_F(ClusterCliTest, RouterChatAndComplete) {
+  if (!fs::exists(BinPath("pipeinfer-router"))) {
+    GTEST_SKIP() << BinPath("pipeinfer-router") << " is not built; the router path is not tested";
+  }
+  const int http_port = FreePortRange(1);
+  const CommandResult up = UpDetached({"--http-port", std::to_string(http_port)}, 4);
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  auto state = cluster::ReadState(state_);
+  ASSERT_TRUE(state.ok()) << state.status();
+  ASSERT_EQ(state->processes.size(), 4u);
+  EXPECT_EQ(state->endpoints.router_http, "127.0.0.1:" + std::to_string(http_port));
+  EXPECT_TRUE(Serving(state->endpoints.router_grpc));
+
+  const CommandResult chat = RunCmd({BinPath("pipeinfer"), "chat", "Hello there.", "--state",
+                                     state_, "--max-tokens", "16", "--temperature", "0"},
+                                    std::chrono::seconds(60));
+  ASSERT_EQ(chat.exit_code, 0) << chat.output;
+  EXPECT_NE(chat.output.find("tokens/s, TTFT"), std::string::npos) << chat.output;
+  const std::string text = chat.output.substr(0, chat.output.rfind("\n["));
+  EXPECT_GT(text.size(), 1u) << chat.output;  // more than the final newline
+
+  const std::string meta = ReadText(FixturePath("refs/tiny-f32.p1.meta.txt"));
+  const std::string key = "prompt_bytes ";
+  const size_t at = meta.find(key);
+  ASSERT_NE(at, std::string::npos);
+  const std::string prompt = meta.substr(at + key.size(), meta.find('\n', at) - at - key.size());
+  ASSERT_EQ(prompt, "The quick brown fox jumps over the lazy dog.");
+  const CommandResult complete =
+      RunCmd({BinPath("pipeinfer"), "complete", "--router", state->endpoints.router_grpc,
+              "--prompt", prompt, "--max-tokens", "32", "--temperature", "0", "--print-ids"},
+             std::chrono::seconds(60));
+  ASSERT_EQ(complete.exit_code, 0) << complete.output;
+  const auto want = pipeinfer::testing::ReadIds(FixturePath("refs/tiny-f32.p1.greedy_ids.txt"));
+  ASSERT_EQ(want.size(), 32u);
+  EXPECT_EQ(pipeinfer::testing::ParseIds(complete.output), want) << complete.output;
+
+  std::vector<pid_t> pids;
+  for (const auto& p : state->processes) pids.push_back(p.pid);
+  const CommandResult down =
+      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(60));
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  EXPECT_TRUE(AllGone(pids, std::chrono::seconds(10)));
+}
+
+}  // namespace
+}  // namespace pipeinfer
