@@ -12,6 +12,7 @@
 #include <fstream>
 #include <random>
 #include <regex>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -126,15 +127,20 @@ class ClusterCliTest : public ::testing::Test {
 
   // `pipeinfer up --detach` for the tiny model on 2 stages (retrying on a port race).
   CommandResult UpDetached(const std::vector<std::string>& extra, int ports) {
+    return UpModel(FixturePath("models/tiny-f32.gguf"), 2, extra, ports);
+  }
+
+  CommandResult UpModel(const std::string& model, int stages, const std::vector<std::string>& extra,
+                        int ports) {
     CommandResult r;
     for (int attempt = 0; attempt < 3; ++attempt) {
       base_port_ = FreePortRange(ports);
       std::vector<std::string> argv = {BinPath("pipeinfer"),
                                        "up",
                                        "--model",
-                                       FixturePath("models/tiny-f32.gguf"),
+                                       model,
                                        "--stages",
-                                       "2",
+                                       std::to_string(stages),
                                        "--kv-tokens",
                                        "2048",
                                        "--base-port",
@@ -368,6 +374,47 @@ TEST_F(ClusterCliTest, RouterChatAndComplete) {
       RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(60));
   EXPECT_EQ(down.exit_code, 0) << down.output;
   EXPECT_TRUE(AllGone(pids, std::chrono::seconds(10)));
+}
+
+// For 1, 2 and 3 stages (the demo target has 6 layers), the cluster's greedy tokens equal the
+// single-process reference path `pipeinfer generate`.
+TEST_F(ClusterCliTest, GreedyTokensEqualGenerateForOneTwoThreeStages) {
+  if (!fs::exists(BinPath("pipeinfer-router"))) {
+    GTEST_SKIP() << BinPath("pipeinfer-router") << " is not built";
+  }
+  const std::string model = std::string(PIPEINFER_MODELS_DIR) + "/demo-target-q8_0.gguf";
+  const std::string prompt = "It is a truth universally acknowledged, that";
+  const CommandResult ref = RunCmd({BinPath("pipeinfer"), "generate", "-m", model, "-p", prompt,
+                                    "-n", "24", "--ignore-eos", "--print-ids"},
+                                   std::chrono::seconds(60));
+  ASSERT_EQ(ref.exit_code, 0) << ref.output;
+  // stdout (the ids) and stderr (a timing summary) share the capture: keep the ids line.
+  std::vector<int32_t> want;
+  std::istringstream lines(ref.output);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find("prompt") == std::string::npos && !line.empty()) {
+      want = pipeinfer::testing::ParseIds(line);
+    }
+  }
+  ASSERT_EQ(want.size(), 24u) << ref.output;
+  for (int stages : {1, 2, 3}) {
+    SCOPED_TRACE(stages);
+    const int http_port = FreePortRange(1);
+    const CommandResult up =
+        UpModel(model, stages, {"--http-port", std::to_string(http_port)}, stages + 2);
+    ASSERT_EQ(up.exit_code, 0) << up.output;
+    auto state = cluster::ReadState(state_);
+    ASSERT_TRUE(state.ok()) << state.status();
+    const CommandResult got = RunCmd(
+        {BinPath("pipeinfer"), "complete", "--router", state->endpoints.router_grpc, "--prompt",
+         prompt, "--max-tokens", "24", "--temperature", "0", "--ignore-eos", "--print-ids"},
+        std::chrono::seconds(60));
+    ASSERT_EQ(got.exit_code, 0) << got.output;
+    EXPECT_EQ(pipeinfer::testing::ParseIds(got.output), want) << got.output;
+    const CommandResult down =
+        RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(60));
+    ASSERT_EQ(down.exit_code, 0) << down.output;
+  }
 }
 
 }  // namespace
