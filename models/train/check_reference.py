@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Self-checks of the training/export code against llama.cpp reference data in /work/shared/fixtures
+"""Self-checks of the training/export code against llama.cpp reference data in tests/fixtures
 (if present): the PyTorch model run on the fixture "tiny" GGUF models reproduces llama.cpp's logits, and our
 Q8_0 quantizer reproduces the bytes of llama.cpp's `quantize` output."""
 import os, sys
@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from make_fixtures import load_model                 # noqa: E402
 import gguf_writer as G                              # noqa: E402
 
-F = sys.argv[1] if len(sys.argv) > 1 else '/work/shared/fixtures/'
+F = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), '../../tests/fixtures/')
 
 
 def main():

@@ -22,6 +22,7 @@
 #include "cluster/supervisor.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "testing/fixtures.h"
+#include "testing/grpc_health.h"
 #include "testing/process.h"
 
 namespace pipeinfer {
@@ -85,16 +86,7 @@ int FreePortRange(int n) {
 }
 
 bool Serving(const std::string& addr) {
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  grpc::health::v1::HealthCheckRequest req;
-  grpc::health::v1::HealthCheckResponse resp;
-  return stub->Check(&ctx, req, &resp).ok() &&
-         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+  return pipeinfer::testing::HealthServing(addr, std::chrono::seconds(2));
 }
 
 // Waits until none of `pids` is a live (non-zombie) process.

@@ -20,6 +20,7 @@
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
 #include "testing/fixtures.h"
+#include "testing/grpc_health.h"
 #include "testing/process.h"
 
 namespace pipeinfer {
@@ -30,6 +31,7 @@ using pipeinfer::testing::ChildProcess;
 using pipeinfer::testing::FixturePath;
 using pipeinfer::testing::FreePort;
 using pipeinfer::testing::ReadText;
+using pipeinfer::testing::WaitServing;
 using Clock = std::chrono::system_clock;
 
 std::vector<uint32_t> ReadIds(const std::string& path) {
@@ -44,33 +46,6 @@ std::shared_ptr<grpc::Channel> ChannelFor(const std::string& addr) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
-}
-
-// Waits until the process has printed its "listening" line, then until its health service reports
-// SERVING. A fresh channel per attempt avoids gRPC's reconnect backoff.
-bool WaitServing(const std::string& addr, const std::string& log, ChildProcess& p,
-                 std::chrono::seconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (ReadText(log).find("listening on") == std::string::npos) {
-    if (!p.Running() || std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  while (std::chrono::steady_clock::now() < end && p.Running()) {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto stub = grpc::health::v1::Health::NewStub(
-        grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Clock::now() + std::chrono::milliseconds(500));
-    grpc::health::v1::HealthCheckRequest req;
-    grpc::health::v1::HealthCheckResponse resp;
-    if (stub->Check(&ctx, req, &resp).ok() &&
-        resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-      return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
 }
 
 v1::StageInfo StageInfo(const std::string& addr) {

@@ -31,6 +31,7 @@
 #include "pipeinfer/v1/router.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
 #include "testing/fixtures.h"
+#include "testing/grpc_health.h"
 #include "testing/process.h"
 #include "tokenizer/tokenizer.h"
 
@@ -44,32 +45,8 @@ using pipeinfer::testing::FixturePath;
 using pipeinfer::testing::FreePort;
 using pipeinfer::testing::ReadIds;
 using pipeinfer::testing::ReadText;
+using pipeinfer::testing::WaitServing;
 using Clock = std::chrono::system_clock;
-
-bool WaitServing(const std::string& addr, const std::string& log, ChildProcess& p,
-                 std::chrono::seconds timeout) {
-  const auto end = std::chrono::steady_clock::now() + timeout;
-  while (ReadText(log).find("listening on") == std::string::npos) {
-    if (!p.Running() || std::chrono::steady_clock::now() > end) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  while (std::chrono::steady_clock::now() < end && p.Running()) {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    auto stub = grpc::health::v1::Health::NewStub(
-        grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args));
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Clock::now() + std::chrono::milliseconds(500));
-    grpc::health::v1::HealthCheckRequest req;
-    grpc::health::v1::HealthCheckResponse resp;
-    if (stub->Check(&ctx, req, &resp).ok() &&
-        resp.status() == grpc::health::v1::HealthCheckResponse::SERVING) {
-      return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return false;
-}
 
 v1::StageInfo StageInfo(const std::string& addr) {
   auto stub = v1::Stage::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
