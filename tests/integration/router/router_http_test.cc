@@ -67,6 +67,10 @@ int StartStream(int port, const json& body, size_t events) {
       std::to_string(payload.size()) + "\r\n\r\n" + payload;
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return -1;
+  // A small receive buffer: a client that stops reading soon blocks the router's writes, so the
+  // request keeps its admission slot for as long as the test holds the connection.
+  const int rcvbuf = 1024;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(static_cast<uint16_t>(port));
@@ -438,7 +442,7 @@ TEST_F(RouterHttpTest, AdmissionLimitGives429) {
       log);
   ASSERT_TRUE(WaitServing(grpc_addr, log, router, std::chrono::seconds(30))) << ReadText(log);
   const int fd = StartStream(
-      http_port, json{{"prompt", PromptText()}, {"max_tokens", 400}, {"stream", true}}, 2);
+      http_port, json{{"prompt", PromptText()}, {"max_tokens", 440}, {"stream", true}}, 2);
   ASSERT_GE(fd, 0) << ReadText(log);
   httplib::Client c("127.0.0.1", http_port);
   auto r = c.Post("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 2}}.dump(),
