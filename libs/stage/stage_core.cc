@@ -81,6 +81,64 @@ void EncodeHidden(const std::vector<float>& h, int64_t n_tokens, int64_t n_embd,
   }
 }
 
+// SPARSE reduction as specified in common.proto (ResultSpec): candidates = the highest raw logits
+// (bounded), optionally filtered by top-k / top-p / min-p on full-vocabulary temperature-1
+// probabilities, then re-weighted by softmax(logit / temperature) over the survivors.
+void SparseRow(const float* logits, int64_t n_vocab, const v1::ResultSpec& spec, uint32_t cap,
+               v1::SparseRow* out) {
+  double m = logits[0];
+  for (int64_t i = 1; i < n_vocab; ++i) m = std::max<double>(m, logits[i]);
+  double z = 0;
+  for (int64_t i = 0; i < n_vocab; ++i) z += std::exp(static_cast<double>(logits[i]) - m);
+  const double log_z = m + std::log(z);
+  uint32_t bound = spec.max_candidates();
+  if (bound == 0)
+    bound = spec.has_filter() && spec.filter().top_k() > 0 ? spec.filter().top_k() : cap;
+  bound = static_cast<uint32_t>(std::min<int64_t>(std::max<uint32_t>(bound, 1), n_vocab));
+  std::vector<int32_t> ids(n_vocab);
+  for (int64_t i = 0; i < n_vocab; ++i) ids[i] = static_cast<int32_t>(i);
+  auto by_logit = [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  };
+  std::partial_sort(ids.begin(), ids.begin() + bound, ids.end(), by_logit);
+  ids.resize(bound);
+  std::vector<double> probs;
+  if (spec.has_filter()) {
+    const v1::LogitsFilter& f = spec.filter();
+    if (f.top_k() > 0 && f.top_k() < ids.size()) ids.resize(f.top_k());
+    if (f.top_p() > 0 && f.top_p() < 1) {
+      double cum = 0;
+      size_t keep = 0;
+      while (keep < ids.size() && cum < f.top_p()) cum += std::exp(logits[ids[keep++]] - log_z);
+      ids.resize(std::max<size_t>(keep, 1));
+    }
+    if (f.min_p() > 0) {
+      const double floor = f.min_p() * std::exp(logits[ids[0]] - log_z);
+      size_t keep = 1;
+      while (keep < ids.size() && std::exp(logits[ids[keep]] - log_z) >= floor) ++keep;
+      ids.resize(keep);
+    }
+    if (f.temperature() <= 0) {
+      ids.resize(1);
+      probs = {1.0};
+    } else {
+      double zt = 0;
+      for (int32_t id : ids) zt += std::exp((logits[id] - logits[ids[0]]) / f.temperature());
+      for (int32_t id : ids)
+        probs.push_back(std::exp((logits[id] - logits[ids[0]]) / f.temperature()) / zt);
+    }
+  } else {
+    for (int32_t id : ids) probs.push_back(std::exp(logits[id] - log_z));
+  }
+  // Survivors are already in descending logit order, hence descending probability.
+  for (size_t i = 0; i < ids.size(); ++i) {
+    out->add_token_ids(static_cast<uint32_t>(ids[i]));
+    out->add_probs(static_cast<float>(probs[i]));
+    if (spec.include_logits()) out->add_logits(logits[ids[i]]);
+  }
+  if (spec.include_logits()) out->set_log_z(static_cast<float>(log_z));
+}
+
 void ReduceRow(const float* logits, int64_t n_vocab, int kind, v1::ResultRow* row) {
   if (kind == v1::RESULT_KIND_FULL) {
     row->mutable_full()->set_logits_f32(logits, n_vocab * 4);
@@ -314,8 +372,6 @@ StageOutput StageCore::Handle(const v1::StageDownstream& msg) {
                                                      " outside [1, ", engine_->max_context(), "]"));
       } else if (o.result().kind() == v1::RESULT_KIND_UNSPECIFIED) {
         st = absl::InvalidArgumentError("SessionOpen.result.kind is unspecified");
-      } else if (o.result().kind() == v1::RESULT_KIND_SPARSE) {
-        st = absl::UnimplementedError("SPARSE results are not implemented by this stage yet");
       }
       if (st.ok()) st = engine_->kv().OpenSession(sid);
       if (!st.ok()) {
@@ -327,6 +383,7 @@ StageOutput StageCore::Handle(const v1::StageDownstream& msg) {
         s.request_id = o.request_id();
         s.result_kind = o.result().kind();
         s.max_candidates = o.result().max_candidates();
+        s.result = std::make_shared<v1::ResultSpec>(o.result());
         sessions_[sid] = std::move(s);
       }
       Forward(msg, out);
@@ -665,14 +722,18 @@ void StageCore::HandleRun(const v1::StageDownstream& msg, StageOutput& out) {
     v1::RunResult* rr = r->mutable_result();
     rr->set_run_id(rid);
     rr->set_session_id(sid);
-    int kind = s.result_kind;
-    if (run.has_result() && run.result().kind() != v1::RESULT_KIND_UNSPECIFIED) {
-      kind = run.result().kind();
-    }
+    const v1::ResultSpec& spec =
+        (run.has_result() && run.result().kind() != v1::RESULT_KIND_UNSPECIFIED) ? run.result()
+                                                                                 : *s.result;
     for (size_t i = 0; i < rows.size(); ++i) {
       v1::ResultRow* row = rr->add_rows();
       row->set_index(static_cast<uint32_t>(rows[i]));
-      ReduceRow(res->logits.data() + i * hp.n_vocab, hp.n_vocab, kind, row);
+      const float* lg = res->logits.data() + i * hp.n_vocab;
+      if (spec.kind() == v1::RESULT_KIND_SPARSE) {
+        SparseRow(lg, hp.n_vocab, spec, config_.max_sparse_candidates, row->mutable_sparse());
+      } else {
+        ReduceRow(lg, hp.n_vocab, spec.kind(), row);
+      }
     }
     *rr->mutable_trace() = run.trace();
     *rr->add_trace() = timing;

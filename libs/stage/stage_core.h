@@ -24,6 +24,7 @@ class StageDownstream;
 class ResultsDownstream;
 class ErrorDetail;
 class StageInfo;
+class ResultSpec;
 }  // namespace pipeinfer::v1
 
 namespace pipeinfer::stage {
@@ -33,7 +34,8 @@ struct StageCoreConfig {
   uint32_t n_stages = 1;
   std::string model_id;
   uint32_t max_run_tokens = 512;
-  int hidden_dtype_out = 1;  // v1::DType of hidden states sent downstream (F32)
+  uint32_t max_sparse_candidates = 256;  // SPARSE rows: cap when the spec gives no bound
+  int hidden_dtype_out = 1;              // v1::DType of hidden states sent downstream (F32)
 };
 
 struct StageCounters {
@@ -91,6 +93,7 @@ class StageCore {
     std::string request_id;
     int result_kind = 1;
     uint32_t max_candidates = 0;
+    std::shared_ptr<const v1::ResultSpec> result;  // the session's default reduction
     bool failed = false;
     int32_t canonical_valid = 0;
     std::map<uint32_t, Partition> parts;

@@ -4,6 +4,9 @@
 // every stage.
 #include "stage/stage_core.h"
 
+#include <algorithm>
+#include <cmath>
+#include <cstring>
 #include <sstream>
 
 #include <gtest/gtest.h>
@@ -213,6 +216,78 @@ TEST(StageCore, SpeculativeRunsCommitAndCancel) {
   close.mutable_session_close()->set_session_id(1);
   p.Send(close);
   EXPECT_EQ(p.stage(1).engine().kv().Stats().blocks_used, 0);
+}
+
+// SPARSE rows against a naive reduction of the FULL logits of the same run (common.proto,
+// ResultSpec): candidates by raw logit, top-k, top-p and min-p on full-vocabulary probabilities,
+// then softmax(logit / temperature) over the survivors.
+TEST(StageCore, SparseRowsMatchANaiveReductionOfFullLogits) {
+  Pipeline p("tiny-f32", 2);
+  const auto prompt = ReadIds(FixturePath("refs/tiny-f32.p1.prompt_ids.txt"));
+  auto open = [&](uint64_t sid, const v1::ResultSpec& spec) {
+    v1::StageDownstream m = Open(sid);
+    *m.mutable_session_open()->mutable_result() = spec;
+    p.Send(m);
+  };
+  v1::ResultSpec full;
+  full.set_kind(v1::RESULT_KIND_FULL);
+  v1::ResultSpec filtered;
+  filtered.set_kind(v1::RESULT_KIND_SPARSE);
+  filtered.set_include_logits(true);
+  filtered.mutable_filter()->set_temperature(0.7f);
+  filtered.mutable_filter()->set_top_k(8);
+  filtered.mutable_filter()->set_top_p(0.9f);
+  filtered.mutable_filter()->set_min_p(0.05f);
+  v1::ResultSpec plain;
+  plain.set_kind(v1::RESULT_KIND_SPARSE);
+  plain.set_max_candidates(5);
+  open(1, full);
+  open(2, filtered);
+  open(3, plain);
+  auto rf = p.Send(PlainRun(1, 1, prompt, 0));
+  auto rs = p.Send(PlainRun(2, 2, prompt, 0));
+  auto rp = p.Send(PlainRun(3, 3, prompt, 0));
+  ASSERT_TRUE(p.errors().empty()) << p.errors()[0].message();
+  const std::string& bytes = rf[0].result().rows(0).full().logits_f32();
+  std::vector<float> logits(bytes.size() / 4);
+  std::memcpy(logits.data(), bytes.data(), bytes.size());
+  ASSERT_EQ(logits.size(), 259u);
+
+  std::vector<int> order(logits.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return logits[a] > logits[b]; });
+  double z = 0;
+  for (float l : logits) z += std::exp(static_cast<double>(l));
+  auto p1 = [&](int id) { return std::exp(static_cast<double>(logits[id])) / z; };
+  // Unfiltered: the 5 highest logits with their temperature-1 probabilities.
+  const auto& sp = rp[0].result().rows(0).sparse();
+  ASSERT_EQ(sp.token_ids_size(), 5);
+  for (int i = 0; i < 5; ++i) {
+    EXPECT_EQ(sp.token_ids(i), static_cast<uint32_t>(order[i]));
+    EXPECT_NEAR(sp.probs(i), p1(order[i]), 1e-5);
+  }
+  // Filtered.
+  std::vector<int> keep(order.begin(), order.begin() + 8);
+  double cum = 0;
+  size_t n = 0;
+  while (n < keep.size() && cum < 0.9) cum += p1(keep[n++]);
+  keep.resize(n);
+  const double floor = 0.05 * p1(keep[0]);
+  while (keep.size() > 1 && p1(keep.back()) < floor) keep.pop_back();
+  double zt = 0;
+  for (int id : keep) zt += std::exp(logits[id] / 0.7);
+  const auto& sf = rs[0].result().rows(0).sparse();
+  ASSERT_EQ(sf.token_ids_size(), static_cast<int>(keep.size()));
+  ASSERT_GT(keep.size(), 1u);  // the row is not degenerate: the filter did something to test
+  double sum = 0;
+  for (size_t i = 0; i < keep.size(); ++i) {
+    EXPECT_EQ(sf.token_ids(i), static_cast<uint32_t>(keep[i]));
+    EXPECT_NEAR(sf.probs(i), std::exp(logits[keep[i]] / 0.7) / zt, 1e-5);
+    EXPECT_FLOAT_EQ(sf.logits(i), logits[keep[i]]);
+    sum += sf.probs(i);
+  }
+  EXPECT_NEAR(sum, 1.0, 1e-5);
+  EXPECT_NEAR(sf.log_z(), std::log(z), 1e-4);
 }
 
 TEST(StageCore, MalformedRunsFailTheSessionWithPreciseCodes) {
