@@ -260,6 +260,10 @@ class DraftServer::Impl final : public v1::Draft::Service {
     // ARGMAX rows suffice for greedy decoding without penalties; everything else needs the logits.
     const bool argmax_only = params.temperature <= 0.0f &&
                              (params.repetition_penalty == 1.0f || params.repeat_last_n == 0);
+    // Sampling without penalties and with a top-k bound: SPARSE rows (a few candidates) instead of
+    // the full vocabulary's logits.
+    const bool sparse = !argmax_only && params.temperature > 0.0f && params.top_k > 0 &&
+                        (params.repetition_penalty == 1.0f || params.repeat_last_n == 0);
 
     std::shared_ptr<Session> s;
     {
@@ -297,7 +301,21 @@ class DraftServer::Impl final : public v1::Draft::Service {
       o->set_session_id(s->id);
       o->set_request_id(req->request_id());
       o->set_max_context(max_context);
-      o->mutable_result()->set_kind(argmax_only ? v1::RESULT_KIND_ARGMAX : v1::RESULT_KIND_FULL);
+      if (argmax_only) {
+        o->mutable_result()->set_kind(v1::RESULT_KIND_ARGMAX);
+      } else if (sparse) {
+        // The last stage applies the history-free part of the sampler; top_k bounds the
+        // candidates, so the filtered distribution is exact.
+        auto* spec = o->mutable_result();
+        spec->set_kind(v1::RESULT_KIND_SPARSE);
+        spec->set_max_candidates(static_cast<uint32_t>(params.top_k));
+        spec->mutable_filter()->set_temperature(params.temperature);
+        spec->mutable_filter()->set_top_k(static_cast<uint32_t>(params.top_k));
+        spec->mutable_filter()->set_top_p(params.top_p);
+        spec->mutable_filter()->set_min_p(params.min_p);
+      } else {
+        o->mutable_result()->set_kind(v1::RESULT_KIND_FULL);
+      }
       if (!Enqueue(*s->link, std::move(open), nullptr)) st = LinkLost(*s->link);
       for (uint32_t off = 0; st.ok() && off < prompt_len; off += max_run_tokens_) {
         const uint32_t n = std::min(max_run_tokens_, prompt_len - off);
@@ -353,6 +371,19 @@ class DraftServer::Impl final : public v1::Draft::Service {
           break;
         }
         tok = static_cast<int32_t>(row.argmax().token_id());
+      } else if (sparse) {
+        if (!row.has_sparse() || row.sparse().token_ids_size() == 0 ||
+            row.sparse().probs_size() != row.sparse().token_ids_size()) {
+          st = Err(grpc::StatusCode::INTERNAL, "the last stage did not return a SPARSE row");
+          break;
+        }
+        sampling::SparseDist dist;
+        for (int i = 0; i < row.sparse().token_ids_size(); ++i) {
+          dist.ids.push_back(static_cast<int32_t>(row.sparse().token_ids(i)));
+          dist.probs.push_back(row.sparse().probs(i));
+        }
+        tok = sampling::Sample(dist, sampler->rng());
+        if (tok >= 0) sampler->Accept(tok);
       } else {
         if (!row.has_full() || row.full().logits_f32().size() != size_t{n_vocab_} * 4) {
           st = Err(

@@ -323,7 +323,8 @@ TEST_F(DraftServerTest, BadRequestsAreRefused) {
   EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
 }
 
-// Sampling with a seed is reproducible (FULL logits through the pipeline).
+// Sampling with a seed is reproducible (SPARSE rows through the pipeline: top_k > 0, no penalty),
+// and a repetition penalty (FULL logits, filtered at the draft) is reproducible too.
 TEST_F(DraftServerTest, SeededSamplingIsReproducible) {
   const auto prompt = ReadIds(FixturePath("refs/tiny-f32.p1.prompt_ids.txt"));
   auto req = GreedyRequest("sample", prompt, 16);
@@ -337,6 +338,13 @@ TEST_F(DraftServerTest, SeededSamplingIsReproducible) {
   ASSERT_TRUE(b.status.ok()) << b.status.error_message();
   EXPECT_EQ(a.ids.size(), 16u);
   EXPECT_EQ(a.ids, b.ids);
+  for (int32_t id : a.ids) EXPECT_LT(id, 259);
+  req.mutable_sampling()->set_repetition_penalty(1.3f);
+  Generation c = Generate(req);
+  Generation d = Generate(req);
+  ASSERT_TRUE(c.status.ok()) << c.status.error_message();
+  EXPECT_EQ(c.ids.size(), 16u);
+  EXPECT_EQ(c.ids, d.ids);
 }
 
 bool DraftServing() {
