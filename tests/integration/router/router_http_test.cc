@@ -442,7 +442,8 @@ TEST_F(RouterHttpTest, AdmissionLimitGives429) {
       log);
   ASSERT_TRUE(WaitServing(grpc_addr, log, router, std::chrono::seconds(30))) << ReadText(log);
   const int fd = StartStream(
-      http_port, json{{"prompt", PromptText()}, {"max_tokens", 440}, {"stream", true}}, 2);
+      http_port,
+      json{{"prompt", PromptText()}, {"max_tokens", 440}, {"temperature", 0}, {"stream", true}}, 2);
   ASSERT_GE(fd, 0) << ReadText(log);
   httplib::Client c("127.0.0.1", http_port);
   auto r = c.Post("/v1/completions", json{{"prompt", "a"}, {"max_tokens", 2}}.dump(),
