@@ -35,17 +35,10 @@ using pipeinfer::testing::BinPath;
 using pipeinfer::testing::ChildProcess;
 using pipeinfer::testing::FixturePath;
 using pipeinfer::testing::FreePort;
+using pipeinfer::testing::ReadIds;
 using pipeinfer::testing::ReadText;
 using pipeinfer::testing::WaitServing;
 using Clock = std::chrono::system_clock;
-
-std::vector<int32_t> ReadIds(const std::string& path) {
-  std::istringstream in(ReadText(path));
-  std::vector<int32_t> ids;
-  int32_t v;
-  while (in >> v) ids.push_back(v);
-  return ids;
-}
 
 std::unique_ptr<v1::Stage::Stub> StubFor(const std::string& addr) {
   grpc::ChannelArguments args;
