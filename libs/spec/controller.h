@@ -1,0 +1,221 @@
+// The speculation controller of one request (DESIGN.md §2.3): transport-free and engine-free. It
+// decides which runs and KV operations go into the pipeline, verifies results, commits accepted
+// tokens and cancels runs built on rejected ones. The caller (the draft service) gives it a
+// PipelineSink to send through, a Drafter for draft-model logits, and feeds it the pipeline's
+// outcomes in the order they arrive (which is the order the runs were sent).
+//
+// Model of the request. C = committed tokens (prompt, then generated). A = C followed by guesses:
+// draft tokens at positions >= |C| that in-flight runs assume. F = the fed frontier: positions
+// < F are (or will be, in stream order) in the KV cache of the tip of the run chain. Every run
+// writes a contiguous range [s, e) of A, the next run starts at e, and a run's rows predict the
+// tokens after its positions. A guess at position x is verified by the row that predicts x (a row
+// of the run that fed x - 1): greedy = exact match, sampling = rejection sampling against the
+// target's filtered distribution (sampling/speculative.h), which keeps the output distributed
+// exactly as the target's. The first rejection commits the target's token instead, invalidates
+// every later run (cancelled, partitions released) and the next plain run feeds the correction.
+//
+// Modes: plain (one plain run at a time), sync (draft a chain, send [last committed token,
+// drafts...] as one run, wait, verify, repeat), pipeinfer (after each result a plain run for the
+// newest committed token unless a valid in-flight run covers it; Speculate() launches draft
+// micro-batches on top of the newest guess, each in a fresh partition forked from the tip, while
+// runs in flight < max_inflight and the draft's confidence >= p_accept + adjust).
+//
+// Token trees (max_branches > 1) are not implemented: micro-batches are chains. Validate() in the
+// draft service refuses max_branches > 1 with a clear message.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "sampling/sampling.h"
+#include "spec/params.h"
+
+namespace pipeinfer::spec {
+
+struct ForkSpec {
+  uint32_t partition = 0;
+  uint32_t src_partition = 0;
+  uint32_t src_branch = 0;
+  uint32_t n_positions = 0;
+};
+
+// One run for the pipeline (stage.proto Run without transport fields). Chains only: parents and
+// branches are implied (linear, branch 0).
+struct RunSpec {
+  bool speculative = false;
+  uint32_t partition = 0;  // 0 = canonical (plain runs)
+  std::optional<ForkSpec> fork;
+  std::vector<int32_t> tokens;
+  std::vector<uint32_t> positions;
+  std::vector<uint32_t> result_rows;
+};
+
+// A KV operation sent in-band after the runs already sent.
+struct KvOpSpec {
+  enum class Kind { kCommit, kRelease };
+  Kind kind = Kind::kRelease;
+  uint32_t partition = 0;  // kCommit: the source partition (branch 0)
+  uint32_t n_positions = 0;
+  bool release = false;              // kCommit: also release the partition
+  std::vector<uint32_t> partitions;  // kRelease
+};
+
+class PipelineSink {
+ public:
+  virtual ~PipelineSink() = default;
+  // Queues a run behind everything sent before; returns its run id (increasing per stream).
+  virtual absl::StatusOr<uint64_t> SendRun(const RunSpec& run) = 0;
+  virtual absl::Status SendKvOp(const KvOpSpec& op) = 0;
+  // Asks the stages to skip these runs (best effort; their outcomes still arrive).
+  virtual void Cancel(std::span<const uint64_t> run_ids) = 0;
+};
+
+class Drafter {
+ public:
+  virtual ~Drafter() = default;
+  // The draft model's logits (n_vocab values) for the token after `sequence`; valid until the next
+  // call. The drafter keeps its own KV and rolls back to the longest common prefix as needed.
+  virtual absl::StatusOr<std::span<const float>> NextLogits(std::span<const int32_t> sequence) = 0;
+};
+
+// One result row of the last stage, in the reduction the session asked for.
+struct TargetRow {
+  enum class Kind { kArgmax, kSparse, kFull };
+  Kind kind = Kind::kArgmax;
+  int32_t argmax = -1;          // kArgmax
+  sampling::SparseDist sparse;  // kSparse: already filtered (temperature/top-k/top-p/min-p)
+  std::vector<float> logits;    // kFull: raw logits; the controller applies the sampler
+};
+
+struct Outcome {
+  uint64_t run_id = 0;
+  bool tombstone = false;
+  std::string tombstone_reason;  // for messages
+  std::vector<TargetRow> rows;
+};
+
+struct StopRules {
+  std::vector<int32_t> eos_ids;  // ignored when ignore_eos
+  std::vector<int32_t> stop_ids;
+  bool ignore_eos = false;
+  uint32_t max_new_tokens = UINT32_MAX;
+  uint32_t max_context = 0;  // positions < max_context; total length never exceeds it
+};
+
+enum class Finish { kNone, kStop, kLength };
+
+struct Counters {
+  uint64_t runs_plain = 0;
+  uint64_t runs_speculative = 0;
+  uint64_t runs_cancelled = 0;   // invalidated runs (cancel sent unless no_cancel)
+  uint64_t runs_tombstoned = 0;  // outcomes of invalidated runs that came back as tombstones
+  uint64_t tokens_drafted = 0;
+  uint64_t tokens_accepted = 0;  // guesses confirmed by verification
+  uint64_t verifications = 0;    // outcomes with rows that were verified
+  uint64_t draft_failures = 0;   // drafter errors (speculation then stops for the request)
+};
+
+struct ControllerOptions {
+  SpecParams spec;
+  sampling::SamplingParams sampling;
+  StopRules stop;
+  uint32_t n_stages = 1;
+  uint32_t max_run_tokens = 512;  // prefill chunk size; runs never exceed it
+};
+
+class Controller {
+ public:
+  // `drafter` may be null (then every mode behaves as plain). Both pointers must outlive this.
+  Controller(ControllerOptions options, PipelineSink* sink, Drafter* drafter);
+
+  // Sends the prefill (plain runs of at most max_run_tokens tokens).
+  absl::Status Start(std::span<const int32_t> prompt);
+  // Handles the next outcome of this request (outcomes arrive in sending order). Verifies,
+  // commits, cancels invalidated runs and launches the next plain (or sync) run.
+  absl::Status OnOutcome(const Outcome& outcome);
+  // pipeinfer only: launches draft micro-batches while the pipeline has room, the draft is
+  // confident enough and `result_waiting()` is false. Returns how many were launched.
+  absl::StatusOr<int> Speculate(const std::function<bool()>& result_waiting);
+
+  bool finished() const { return finish_ != Finish::kNone; }
+  Finish finish_reason() const { return finish_; }
+  // Generated tokens committed since the previous call, in order (the stop token included).
+  std::vector<int32_t> TakeEmitted();
+  const std::vector<int32_t>& committed() const { return committed_; }
+  uint32_t prompt_length() const { return prompt_len_; }
+  uint32_t generated() const { return static_cast<uint32_t>(committed_.size()) - prompt_len_; }
+  // Run ids whose outcome has not been handled yet, valid or invalidated (for closing).
+  std::vector<uint64_t> OutstandingRunIds() const;
+  const Counters& counters() const { return counters_; }
+  Mode mode() const { return mode_; }
+  uint32_t max_inflight() const { return max_inflight_; }
+  // Live non-canonical partitions right now (for tests: nothing leaks at the end).
+  size_t live_partitions() const { return live_partitions_.size(); }
+  size_t runs_in_flight() const { return ledger_.size(); }
+
+ private:
+  struct InFlight {
+    uint64_t id = 0;
+    bool speculative = false;
+    uint32_t partition = 0;
+    uint32_t start = 0, end = 0;    // positions [start, end) written
+    std::vector<uint32_t> row_pos;  // predicted position of each result row
+  };
+  struct Guess {
+    int32_t token = -1;
+    sampling::SparseDist q;  // sampling: the distribution the token was drawn from
+  };
+
+  bool greedy() const { return options_.sampling.temperature <= 0.0f; }
+  uint32_t limit() const { return limit_; }
+  uint32_t fed() const { return fed_; }
+  absl::Status SendPlain();
+  absl::Status SendSync();
+  absl::Status Launch(RunSpec run, uint32_t start, uint32_t end, std::vector<uint32_t> row_pos,
+                      bool speculative);
+  // Drafts up to `max_tokens` guesses after the current assumed sequence, stopping when the
+  // draft's top-1 probability drops below `cutoff`.
+  std::vector<Guess> DraftChain(float cutoff, uint32_t max_tokens);
+  // Appends a committed token and applies the stop rules.
+  void CommitToken(int32_t token);
+  absl::Status Invalidate(size_t from_index);
+  uint32_t AllocPartition();
+  void FreePartition(uint32_t p);
+  std::vector<int32_t> Assumed() const;
+
+  ControllerOptions options_;
+  PipelineSink* sink_;
+  Drafter* drafter_;
+  Mode mode_;
+  uint32_t max_inflight_ = 2;
+  sampling::Sampler sampler_;
+
+  std::vector<int32_t> committed_;
+  std::deque<Guess> guesses_;  // guesses_[i] is the assumed token at position |C| + i
+  uint32_t prompt_len_ = 0;
+  uint32_t fed_ = 0;
+  uint32_t limit_ = 0;  // no token at a position >= limit_ is ever needed
+  size_t emitted_ = 0;  // committed_ index up to which TakeEmitted has returned
+  Finish finish_ = Finish::kNone;
+
+  std::deque<InFlight> ledger_;  // valid runs in flight, in sending order
+  std::set<uint64_t> dropped_;   // invalidated runs whose outcome is still to come
+  std::set<uint32_t> live_partitions_;
+  std::set<uint32_t> free_partitions_;
+  uint32_t next_partition_ = 1;
+
+  uint32_t n_failed_ = 0;   // consecutive failed drafting attempts
+  uint32_t allowance_ = 0;  // no_continuous: micro-batches still allowed before the next result
+  bool drafting_broken_ = false;
+  Counters counters_;
+};
+
+}  // namespace pipeinfer::spec
