@@ -23,9 +23,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "draft_server/draft_model.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
 #include "sampling/sampling.h"
+#include "spec/controller.h"
 
 namespace pipeinfer::draft_server {
 namespace {
@@ -251,19 +253,19 @@ class DraftServer::Impl final : public v1::Draft::Service {
     const auto t_start = Steady::now();
     ++requests_total_;
     sampling::SamplingParams params;
+    spec::SpecParams spec;
     uint32_t max_context = 0;
-    if (grpc::Status st = Validate(*req, &params, &max_context); !st.ok()) {
+    if (grpc::Status st = Validate(*req, &params, &spec, &max_context); !st.ok()) {
       ++requests_failed_total_;
       return st;
     }
     const uint32_t prompt_len = static_cast<uint32_t>(req->prompt_token_ids_size());
     // ARGMAX rows suffice for greedy decoding without penalties; everything else needs the logits.
-    const bool argmax_only = params.temperature <= 0.0f &&
-                             (params.repetition_penalty == 1.0f || params.repeat_last_n == 0);
+    const bool no_penalty = params.repetition_penalty == 1.0f || params.repeat_last_n == 0;
+    const bool argmax_only = params.temperature <= 0.0f && no_penalty;
     // Sampling without penalties and with a top-k bound: SPARSE rows (a few candidates) instead of
     // the full vocabulary's logits.
-    const bool sparse = !argmax_only && params.temperature > 0.0f && params.top_k > 0 &&
-                        (params.repetition_penalty == 1.0f || params.repeat_last_n == 0);
+    const bool sparse = !argmax_only && params.temperature > 0.0f && params.top_k > 0 && no_penalty;
 
     std::shared_ptr<Session> s;
     {
@@ -290,162 +292,107 @@ class DraftServer::Impl final : public v1::Draft::Service {
     prompt_tokens_total_ += prompt_len;
     const auto t_open = Steady::now();
 
-    v1::SpecCounters counters;
-    counters.set_mode(v1::SPEC_MODE_PLAIN);
-    std::deque<uint64_t> inflight;  // run ids sent and not yet answered, in sending order
+    spec::ControllerOptions copt;
+    copt.spec = spec;
+    copt.sampling = params;
+    copt.n_stages = n_stages_;
+    copt.max_run_tokens = max_run_tokens_;
+    copt.stop.ignore_eos = req->ignore_eos();
+    for (uint32_t id : eos_ids_) copt.stop.eos_ids.push_back(static_cast<int32_t>(id));
+    for (uint32_t id : req->stop_token_ids())
+      copt.stop.stop_ids.push_back(static_cast<int32_t>(id));
+    copt.stop.max_new_tokens = req->has_max_tokens() ? req->max_tokens() : UINT32_MAX;
+    copt.stop.max_context = max_context;
+    std::unique_ptr<SessionDrafter> drafter;
+    if (spec.mode != spec::Mode::kPlain) {
+      drafter = std::make_unique<SessionDrafter>(opt_.draft_model.get(), s->id);
+    }
+    SessionSink sink(this, s.get());
+    spec::Controller ctl(copt, &sink, drafter.get());
     grpc::Status st;
 
-    {  // Session open and prefill, in chunks of max_run_tokens.
+    {  // Session open.
       v1::StageDownstream open;
       auto* o = open.mutable_session_open();
       o->set_session_id(s->id);
       o->set_request_id(req->request_id());
       o->set_max_context(max_context);
+      o->set_max_partitions(ctl.max_inflight() + 1);
       if (argmax_only) {
         o->mutable_result()->set_kind(v1::RESULT_KIND_ARGMAX);
       } else if (sparse) {
         // The last stage applies the history-free part of the sampler; top_k bounds the
         // candidates, so the filtered distribution is exact.
-        auto* spec = o->mutable_result();
-        spec->set_kind(v1::RESULT_KIND_SPARSE);
-        spec->set_max_candidates(static_cast<uint32_t>(params.top_k));
-        spec->mutable_filter()->set_temperature(params.temperature);
-        spec->mutable_filter()->set_top_k(static_cast<uint32_t>(params.top_k));
-        spec->mutable_filter()->set_top_p(params.top_p);
-        spec->mutable_filter()->set_min_p(params.min_p);
+        auto* rs = o->mutable_result();
+        rs->set_kind(v1::RESULT_KIND_SPARSE);
+        rs->set_max_candidates(static_cast<uint32_t>(params.top_k));
+        rs->mutable_filter()->set_temperature(params.temperature);
+        rs->mutable_filter()->set_top_k(static_cast<uint32_t>(params.top_k));
+        rs->mutable_filter()->set_top_p(params.top_p);
+        rs->mutable_filter()->set_min_p(params.min_p);
       } else {
         o->mutable_result()->set_kind(v1::RESULT_KIND_FULL);
       }
       if (!Enqueue(*s->link, std::move(open), nullptr)) st = LinkLost(*s->link);
-      for (uint32_t off = 0; st.ok() && off < prompt_len; off += max_run_tokens_) {
-        const uint32_t n = std::min(max_run_tokens_, prompt_len - off);
-        v1::StageDownstream m;
-        auto* r = m.mutable_run();
-        r->set_session_id(s->id);
-        r->set_kind(v1::RUN_KIND_PLAIN);
-        for (uint32_t i = 0; i < n; ++i) {
-          r->add_token_ids(req->prompt_token_ids(off + i));
-          r->add_positions(off + i);
-        }
-        if (off + n == prompt_len) r->add_result_rows(n - 1);
-        uint64_t rid = 0;
-        if (!Enqueue(*s->link, std::move(m), &rid)) {
-          st = LinkLost(*s->link);
-          break;
-        }
-        inflight.push_back(rid);
-        counters.set_runs_plain(counters.runs_plain() + 1);
-      }
     }
+    std::vector<int32_t> prompt(req->prompt_token_ids().begin(), req->prompt_token_ids().end());
+    if (st.ok()) st = FromAbsl(ctl.Start(prompt));
     const auto t_prefill = Steady::now();
 
-    std::optional<sampling::Sampler> sampler;
-    if (!argmax_only) {
-      sampler.emplace(params);
-      for (uint32_t id : req->prompt_token_ids()) sampler->Accept(static_cast<int32_t>(id));
-    }
-    std::vector<float> logits;
-    const uint32_t max_tokens = req->has_max_tokens() ? req->max_tokens() : UINT32_MAX;
     uint32_t completion = 0;
-    v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
     Steady::time_point t_first{}, t_last{};
-
-    while (st.ok()) {
-      v1::ResultsDownstream out;
-      st = WaitOutcome(ctx, *s, inflight.front(), &out);
+    const auto outcome_waiting = [&s] {
+      std::lock_guard<std::mutex> l(s->mu);
+      return !s->outcomes.empty() || s->failure.has_value();
+    };
+    while (st.ok() && !ctl.finished()) {
+      if (ctl.mode() == spec::Mode::kPipeInfer) {
+        absl::StatusOr<int> launched = ctl.Speculate(outcome_waiting);
+        if (!launched.ok()) {
+          st = FromAbsl(launched.status());
+          break;
+        }
+      }
+      v1::ResultsDownstream raw;
+      st = WaitNext(ctx, *s, &raw);
       if (!st.ok()) break;
-      inflight.pop_front();
-      counters.set_verifications(counters.verifications() + (inflight.empty() ? 1 : 0));
-      if (!inflight.empty()) continue;  // an earlier prefill chunk (no rows)
-      if (out.result().rows_size() != 1) {
-        st = Err(grpc::StatusCode::INTERNAL,
-                 absl::StrCat("run ", out.result().run_id(), " returned ", out.result().rows_size(),
-                              " result rows, expected 1"));
+      spec::Outcome out;
+      st = ToOutcome(raw, &out);
+      if (!st.ok()) break;
+      if (absl::Status cs = ctl.OnOutcome(out); !cs.ok()) {
+        st = FromAbsl(cs);
+        if (out.tombstone) {
+          // A stage skipped a run the controller still needed; its ErrorDetail (on the Pipeline
+          // stream) says why.
+          std::unique_lock<std::mutex> l(s->mu);
+          s->cv.wait_for(l, std::chrono::seconds(2), [&] { return s->failure.has_value(); });
+          if (s->failure) st = *s->failure;
+        }
         break;
       }
-      const v1::ResultRow& row = out.result().rows(0);
-      int32_t tok = -1;
-      if (argmax_only) {
-        if (!row.has_argmax()) {
-          st = Err(grpc::StatusCode::INTERNAL, "the last stage did not return an ARGMAX row");
-          break;
-        }
-        tok = static_cast<int32_t>(row.argmax().token_id());
-      } else if (sparse) {
-        if (!row.has_sparse() || row.sparse().token_ids_size() == 0 ||
-            row.sparse().probs_size() != row.sparse().token_ids_size()) {
-          st = Err(grpc::StatusCode::INTERNAL, "the last stage did not return a SPARSE row");
-          break;
-        }
-        sampling::SparseDist dist;
-        for (int i = 0; i < row.sparse().token_ids_size(); ++i) {
-          dist.ids.push_back(static_cast<int32_t>(row.sparse().token_ids(i)));
-          dist.probs.push_back(row.sparse().probs(i));
-        }
-        tok = sampling::Sample(dist, sampler->rng());
-        if (tok >= 0) sampler->Accept(tok);
-      } else {
-        if (!row.has_full() || row.full().logits_f32().size() != size_t{n_vocab_} * 4) {
-          st = Err(
-              grpc::StatusCode::INTERNAL,
-              absl::StrCat("the last stage did not return a FULL row of ", n_vocab_, " logits"));
-          break;
-        }
-        logits.resize(n_vocab_);
-        std::memcpy(logits.data(), row.full().logits_f32().data(), size_t{n_vocab_} * 4);
-        tok = sampler->Next(logits);
-        if (tok >= 0) sampler->Accept(tok);
-      }
-      if (tok < 0 || static_cast<uint32_t>(tok) >= n_vocab_) {
-        st = Err(grpc::StatusCode::INTERNAL, absl::StrCat("no valid next token (got ", tok,
-                                                          ") at completion index ", completion));
-        break;
-      }
+      std::vector<int32_t> toks = ctl.TakeEmitted();
+      if (toks.empty()) continue;
       const auto now = Steady::now();
       if (completion == 0) t_first = now;
       t_last = now;
       v1::GenerateResponse ev;
       auto* batch = ev.mutable_tokens();
-      batch->add_token_ids(static_cast<uint32_t>(tok));
+      for (int32_t t : toks) batch->add_token_ids(static_cast<uint32_t>(t));
       batch->set_index(completion);
-      *batch->mutable_counters() = counters;
+      *batch->mutable_counters() = ToProto(ctl);
       if (!writer->Write(ev)) {
         st = Err(grpc::StatusCode::CANCELLED, "the caller went away");
         break;
       }
-      ++completion;
-      ++tokens_generated_total_;
-
-      const uint32_t t = static_cast<uint32_t>(tok);
-      const bool is_eos =
-          !req->ignore_eos() && std::find(eos_ids_.begin(), eos_ids_.end(), t) != eos_ids_.end();
-      const bool is_stop = std::find(req->stop_token_ids().begin(), req->stop_token_ids().end(),
-                                     t) != req->stop_token_ids().end();
-      if (is_eos || is_stop) {
-        finish = v1::FINISH_REASON_STOP;
-        break;
-      }
-      if (completion >= max_tokens || prompt_len + completion >= max_context) {
-        finish = v1::FINISH_REASON_LENGTH;
-        break;
-      }
-      v1::StageDownstream m;
-      auto* r = m.mutable_run();
-      r->set_session_id(s->id);
-      r->set_kind(v1::RUN_KIND_PLAIN);
-      r->add_token_ids(t);
-      r->add_positions(prompt_len + completion - 1);
-      r->add_result_rows(0);
-      uint64_t rid = 0;
-      if (!Enqueue(*s->link, std::move(m), &rid)) {
-        st = LinkLost(*s->link);
-        break;
-      }
-      inflight.push_back(rid);
-      counters.set_runs_plain(counters.runs_plain() + 1);
+      completion += static_cast<uint32_t>(toks.size());
+      tokens_generated_total_ += toks.size();
     }
 
-    CloseSession(*s, inflight, &counters);
+    const uint64_t closed_runs = CloseSession(*s, ctl.OutstandingRunIds());
+    v1::SpecCounters counters = ToProto(ctl);
+    counters.set_runs_cancelled(counters.runs_cancelled() + closed_runs);
+    AddUp(ctl.counters());
+    drafter.reset();  // frees the session's draft KV
 
     if (!st.ok()) {
       if (st.error_code() == grpc::StatusCode::CANCELLED) {
@@ -471,7 +418,8 @@ class DraftServer::Impl final : public v1::Draft::Service {
 
     v1::GenerateResponse ev;
     auto* f = ev.mutable_finished();
-    f->set_finish_reason(finish);
+    f->set_finish_reason(ctl.finish_reason() == spec::Finish::kStop ? v1::FINISH_REASON_STOP
+                                                                    : v1::FINISH_REASON_LENGTH);
     f->mutable_usage()->set_prompt_tokens(prompt_len);
     f->mutable_usage()->set_completion_tokens(completion);
     f->mutable_usage()->set_total_tokens(prompt_len + completion);
@@ -501,6 +449,17 @@ class DraftServer::Impl final : public v1::Draft::Service {
     AddCounter(svc, "runs_launched_total", static_cast<double>(runs_launched_total_.load()), false);
     AddCounter(svc, "pipeline_resets_total", static_cast<double>(pipeline_resets_total_.load()),
                false);
+    for (const auto& [name, value] :
+         {std::pair<const char*, uint64_t>{"runs_plain_total", runs_plain_total_.load()},
+          {"runs_speculative_total", runs_speculative_total_.load()},
+          {"runs_cancelled_total", runs_cancelled_total_.load()},
+          {"runs_tombstoned_total", runs_tombstoned_total_.load()},
+          {"tokens_drafted_total", tokens_drafted_total_.load()},
+          {"tokens_accepted_total", tokens_accepted_total_.load()},
+          {"verifications_total", verifications_total_.load()},
+          {"draft_failures_total", draft_failures_total_.load()}}) {
+      AddCounter(svc, name, static_cast<double>(value), false);
+    }
     bool ready = false;
     size_t open = 0;
     {
@@ -529,9 +488,22 @@ class DraftServer::Impl final : public v1::Draft::Service {
     m->set_created(created_);
     m->set_n_stages(n_stages_);
     m->set_replicas(1);
-    m->set_default_mode(v1::SPEC_MODE_PLAIN);
-    info->set_draft_n_vocab(0);  // plain mode has no draft model
-    info->mutable_defaults()->set_mode(v1::SPEC_MODE_PLAIN);
+    m->set_default_mode(ToProto(opt_.spec_defaults.mode));
+    if (opt_.draft_model) m->set_draft_model(opt_.draft_model->name());
+    info->set_draft_n_vocab(opt_.draft_model ? opt_.draft_model->n_vocab() : 0);
+    const spec::SpecParams& d = opt_.spec_defaults;
+    auto* def = info->mutable_defaults();
+    def->set_mode(ToProto(d.mode));
+    def->set_draft_max(d.draft_max);
+    def->set_p_accept(d.p_accept);
+    def->set_p_split(d.p_split);
+    def->set_p_recovery(d.p_recovery);
+    def->set_p_decay(d.p_decay);
+    def->set_max_branches(d.max_branches);
+    def->set_max_inflight(d.max_inflight != 0 ? d.max_inflight
+                                              : spec::DefaultMaxInflight(n_stages_));
+    def->set_no_cancel(d.no_cancel);
+    def->set_no_continuous(d.no_continuous);
     info->set_max_sessions(opt_.max_sessions);
     info->add_stage_addresses(opt_.stage0_address);
     if (n_stages_ > 1) info->add_stage_addresses(opt_.last_address);
@@ -545,7 +517,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
  private:
   // Checks a Generate request; fills the sampling parameters and the session's max_context.
   grpc::Status Validate(const v1::GenerateRequest& req, sampling::SamplingParams* params,
-                        uint32_t* max_context) const {
+                        spec::SpecParams* spec, uint32_t* max_context) const {
     const auto invalid = [](const std::string& m) {
       return Err(grpc::StatusCode::INVALID_ARGUMENT, m);
     };
@@ -592,12 +564,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
     } else {
       *max_context = n_ctx_;
     }
-    const v1::SpecMode mode = req.spec().mode();
-    if (mode != v1::SPEC_MODE_UNSPECIFIED && mode != v1::SPEC_MODE_PLAIN) {
-      return Err(grpc::StatusCode::UNIMPLEMENTED,
-                 absl::StrCat("speculation mode ", v1::SpecMode_Name(mode),
-                              " is not implemented yet; this draft service runs in plain mode"));
-    }
+    if (grpc::Status st = ValidateSpec(req.spec(), spec); !st.ok()) return st;
 
     const v1::SamplingParams& sp = req.sampling();
     sampling::SamplingParams p;
@@ -635,6 +602,206 @@ class DraftServer::Impl final : public v1::Draft::Service {
     return grpc::Status::OK;
   }
 
+  // Resolves the request's SpecConfig against the service defaults.
+  grpc::Status ValidateSpec(const v1::SpecConfig& c, spec::SpecParams* out) const {
+    spec::SpecParams p = opt_.spec_defaults;
+    switch (c.mode()) {
+      case v1::SPEC_MODE_UNSPECIFIED:
+        break;
+      case v1::SPEC_MODE_PLAIN:
+        p.mode = spec::Mode::kPlain;
+        break;
+      case v1::SPEC_MODE_SYNC:
+        p.mode = spec::Mode::kSync;
+        break;
+      case v1::SPEC_MODE_PIPEINFER:
+        p.mode = spec::Mode::kPipeInfer;
+        break;
+      default:
+        return Err(grpc::StatusCode::INVALID_ARGUMENT,
+                   absl::StrCat("unknown speculation mode ", static_cast<int>(c.mode())));
+    }
+    if (c.has_draft_max()) p.draft_max = c.draft_max();
+    if (c.has_p_accept()) p.p_accept = c.p_accept();
+    if (c.has_p_split()) p.p_split = c.p_split();
+    if (c.has_p_recovery()) p.p_recovery = c.p_recovery();
+    if (c.has_p_decay()) p.p_decay = c.p_decay();
+    if (c.has_max_branches()) p.max_branches = c.max_branches();
+    if (c.has_max_inflight()) {
+      if (c.max_inflight() == 0) {
+        return Err(grpc::StatusCode::INVALID_ARGUMENT, "max_inflight must be in [1, 256]");
+      }
+      p.max_inflight = c.max_inflight();
+    }
+    if (c.has_no_cancel()) p.no_cancel = c.no_cancel();
+    if (c.has_no_continuous()) p.no_continuous = c.no_continuous();
+    if (absl::Status st = spec::Validate(p); !st.ok()) {
+      return Err(grpc::StatusCode::INVALID_ARGUMENT, std::string(st.message()));
+    }
+    if (p.max_branches > 1) {
+      return Err(grpc::StatusCode::UNIMPLEMENTED,
+                 "token trees (max_branches > 1) are not implemented; speculation uses chains "
+                 "(max_branches 1)");
+    }
+    if (p.mode != spec::Mode::kPlain && !opt_.draft_model) {
+      return Err(grpc::StatusCode::FAILED_PRECONDITION,
+                 absl::StrCat("speculation mode ", std::string(spec::ModeName(p.mode)),
+                              " needs a draft model, and this draft service has none (start it "
+                              "with --draft-model); use mode plain"));
+    }
+    *out = p;
+    return grpc::Status::OK;
+  }
+
+  static grpc::Status FromAbsl(const absl::Status& st) {
+    if (st.ok()) return grpc::Status::OK;
+    return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
+  }
+
+  static v1::SpecMode ToProto(spec::Mode m) {
+    switch (m) {
+      case spec::Mode::kPlain:
+        return v1::SPEC_MODE_PLAIN;
+      case spec::Mode::kSync:
+        return v1::SPEC_MODE_SYNC;
+      case spec::Mode::kPipeInfer:
+        return v1::SPEC_MODE_PIPEINFER;
+    }
+    return v1::SPEC_MODE_UNSPECIFIED;
+  }
+
+  static v1::SpecCounters ToProto(const spec::Controller& ctl) {
+    const spec::Counters& c = ctl.counters();
+    v1::SpecCounters p;
+    p.set_mode(ToProto(ctl.mode()));
+    p.set_runs_plain(c.runs_plain);
+    p.set_runs_speculative(c.runs_speculative);
+    p.set_runs_cancelled(c.runs_cancelled);
+    p.set_runs_tombstoned(c.runs_tombstoned);
+    p.set_tokens_drafted(c.tokens_drafted);
+    p.set_tokens_accepted(c.tokens_accepted);
+    p.set_verifications(c.verifications);
+    return p;
+  }
+
+  void AddUp(const spec::Counters& c) {
+    runs_plain_total_ += c.runs_plain;
+    runs_speculative_total_ += c.runs_speculative;
+    runs_cancelled_total_ += c.runs_cancelled;
+    runs_tombstoned_total_ += c.runs_tombstoned;
+    tokens_drafted_total_ += c.tokens_drafted;
+    tokens_accepted_total_ += c.tokens_accepted;
+    verifications_total_ += c.verifications;
+    draft_failures_total_ += c.draft_failures;
+  }
+
+  // Converts a pipeline outcome into the controller's terms.
+  grpc::Status ToOutcome(const v1::ResultsDownstream& m, spec::Outcome* out) const {
+    if (m.has_tombstone()) {
+      out->run_id = m.tombstone().run_id();
+      out->tombstone = true;
+      out->tombstone_reason = absl::StrCat("stage ", m.tombstone().stage_index(), " ",
+                                           v1::TombstoneReason_Name(m.tombstone().reason()));
+      return grpc::Status::OK;
+    }
+    const v1::RunResult& r = m.result();
+    out->run_id = r.run_id();
+    out->rows.resize(static_cast<size_t>(r.rows_size()));
+    for (int i = 0; i < r.rows_size(); ++i) {
+      const v1::ResultRow& row = r.rows(i);
+      spec::TargetRow& t = out->rows[static_cast<size_t>(i)];
+      if (row.has_argmax()) {
+        t.kind = spec::TargetRow::Kind::kArgmax;
+        t.argmax = static_cast<int32_t>(row.argmax().token_id());
+      } else if (row.has_sparse()) {
+        if (row.sparse().token_ids_size() == 0 ||
+            row.sparse().probs_size() != row.sparse().token_ids_size()) {
+          return Err(grpc::StatusCode::INTERNAL,
+                     absl::StrCat("run ", r.run_id(), ": malformed SPARSE row"));
+        }
+        t.kind = spec::TargetRow::Kind::kSparse;
+        for (int j = 0; j < row.sparse().token_ids_size(); ++j) {
+          t.sparse.ids.push_back(static_cast<int32_t>(row.sparse().token_ids(j)));
+          t.sparse.probs.push_back(row.sparse().probs(j));
+        }
+      } else if (row.has_full()) {
+        if (row.full().logits_f32().size() != size_t{n_vocab_} * 4) {
+          return Err(
+              grpc::StatusCode::INTERNAL,
+              absl::StrCat("run ", r.run_id(), ": a FULL row must hold ", n_vocab_, " logits"));
+        }
+        t.kind = spec::TargetRow::Kind::kFull;
+        t.logits.resize(n_vocab_);
+        std::memcpy(t.logits.data(), row.full().logits_f32().data(), size_t{n_vocab_} * 4);
+      } else {
+        return Err(grpc::StatusCode::INTERNAL,
+                   absl::StrCat("run ", r.run_id(), ": a result row without a value"));
+      }
+    }
+    return grpc::Status::OK;
+  }
+
+  // The controller's link to the shared pipeline streams, for one session.
+  class SessionSink : public spec::PipelineSink {
+   public:
+    SessionSink(Impl* impl, Session* s) : impl_(impl), s_(s) {}
+
+    absl::StatusOr<uint64_t> SendRun(const spec::RunSpec& run) override {
+      v1::StageDownstream m;
+      auto* r = m.mutable_run();
+      r->set_session_id(s_->id);
+      r->set_kind(run.speculative ? v1::RUN_KIND_SPECULATIVE : v1::RUN_KIND_PLAIN);
+      r->set_partition(run.partition);
+      if (run.fork) {
+        auto* f = r->mutable_fork();
+        f->set_partition(run.fork->partition);
+        f->set_src_partition(run.fork->src_partition);
+        f->set_src_branch(run.fork->src_branch);
+        f->set_n_positions(run.fork->n_positions);
+      }
+      for (int32_t t : run.tokens) r->add_token_ids(static_cast<uint32_t>(t));
+      for (uint32_t p : run.positions) r->add_positions(p);
+      for (uint32_t i : run.result_rows) r->add_result_rows(i);
+      uint64_t id = 0;
+      if (!impl_->Enqueue(*s_->link, std::move(m), &id)) return Lost();
+      return id;
+    }
+
+    absl::Status SendKvOp(const spec::KvOpSpec& op) override {
+      v1::StageDownstream m;
+      auto* k = m.mutable_kv();
+      k->set_session_id(s_->id);
+      if (op.kind == spec::KvOpSpec::Kind::kCommit) {
+        auto* c = k->mutable_commit();
+        c->set_partition(op.partition);
+        c->set_branch(0);
+        c->set_n_positions(op.n_positions);
+        c->set_release(op.release);
+      } else {
+        for (uint32_t p : op.partitions) k->mutable_release()->add_partitions(p);
+      }
+      if (!impl_->Enqueue(*s_->link, std::move(m), nullptr)) return Lost();
+      return absl::OkStatus();
+    }
+
+    void Cancel(std::span<const uint64_t> ids) override {
+      if (ids.empty()) return;
+      v1::ResultsUpstream c;
+      for (uint64_t id : ids) c.mutable_cancel()->add_run_ids(id);
+      Link& link = *s_->link;
+      std::lock_guard<std::mutex> l(link.res_write_mu);
+      if (!link.dead) link.res->Write(c);
+    }
+
+   private:
+    absl::Status Lost() {
+      grpc::Status st = impl_->LinkLost(*s_->link);
+      return absl::Status(static_cast<absl::StatusCode>(st.error_code()), st.error_message());
+    }
+    Impl* impl_;
+    Session* s_;
+  };
+
   // Queues a message for stage 0 (sent when credit allows). A Run gets its run id here, so that
   // ids increase along the stream. False when the link is down.
   bool Enqueue(Link& link, v1::StageDownstream m, uint64_t* run_id) {
@@ -661,60 +828,42 @@ class DraftServer::Impl final : public v1::Draft::Service {
                             link.dead_reason.empty() ? "" : ")"));
   }
 
-  // Waits for the outcome of `run_id` (outcomes of earlier runs are dropped). Fails when the
-  // session failed, the caller cancelled, or the run was skipped.
-  grpc::Status WaitOutcome(grpc::ServerContext* ctx, Session& s, uint64_t run_id,
-                           v1::ResultsDownstream* out) {
+  // Waits for the session's next outcome. Fails when the session failed or the caller cancelled.
+  grpc::Status WaitNext(grpc::ServerContext* ctx, Session& s, v1::ResultsDownstream* out) {
     std::unique_lock<std::mutex> l(s.mu);
     while (true) {
       if (s.failure) return *s.failure;
       if (ctx->IsCancelled()) {
         return Err(grpc::StatusCode::CANCELLED, "the caller cancelled the request");
       }
-      while (!s.outcomes.empty()) {
-        v1::ResultsDownstream m = std::move(s.outcomes.front());
+      if (!s.outcomes.empty()) {
+        *out = std::move(s.outcomes.front());
         s.outcomes.pop_front();
-        const uint64_t rid = m.has_result() ? m.result().run_id() : m.tombstone().run_id();
-        if (rid < run_id) continue;  // a stale outcome
-        if (rid > run_id) {
-          return Err(grpc::StatusCode::INTERNAL,
-                     absl::StrCat("expected the outcome of run ", run_id, " but got run ", rid));
-        }
-        if (m.has_tombstone()) {
-          // A stage skipped the run; its ErrorDetail (on the Pipeline stream) says why.
-          s.cv.wait_for(l, std::chrono::seconds(2), [&] { return s.failure.has_value(); });
-          if (s.failure) return *s.failure;
-          return Err(
-              grpc::StatusCode::ABORTED,
-              absl::StrCat("run ", rid, " was skipped by stage ", m.tombstone().stage_index(), " (",
-                           v1::TombstoneReason_Name(m.tombstone().reason()), ")"));
-        }
-        *out = std::move(m);
         return grpc::Status::OK;
       }
       s.cv.wait_for(l, kPollInterval);
     }
   }
 
-  // Forgets the session and, if its link is still up, cancels its in-flight runs and closes it on
-  // every stage (freeing its KV).
-  void CloseSession(Session& s, const std::deque<uint64_t>& inflight, v1::SpecCounters* counters) {
+  // Forgets the session and, if its link is still up, cancels its outstanding runs and closes it
+  // on every stage (freeing its KV). Returns how many runs it cancelled.
+  uint64_t CloseSession(Session& s, const std::vector<uint64_t>& outstanding) {
     {
       std::lock_guard<std::mutex> l(mu_);
       sessions_.erase(s.id);
     }
     Link& link = *s.link;
-    if (link.dead) return;
-    if (!inflight.empty()) {
+    if (link.dead) return 0;
+    if (!outstanding.empty()) {
       v1::ResultsUpstream c;
-      for (uint64_t id : inflight) c.mutable_cancel()->add_run_ids(id);
-      counters->set_runs_cancelled(counters->runs_cancelled() + inflight.size());
+      for (uint64_t id : outstanding) c.mutable_cancel()->add_run_ids(id);
       std::lock_guard<std::mutex> l(link.res_write_mu);
       if (!link.dead) link.res->Write(c);
     }
     v1::StageDownstream close;
     close.mutable_session_close()->set_session_id(s.id);
     Enqueue(link, std::move(close), nullptr);
+    return outstanding.size();
   }
 
   void CollectStageStats(v1::Stage::Stub& stub, const std::string& addr, uint32_t index,
@@ -978,7 +1127,9 @@ class DraftServer::Impl final : public v1::Draft::Service {
 
   std::atomic<uint64_t> requests_total_{0}, requests_failed_total_{0}, requests_cancelled_total_{0},
       prompt_tokens_total_{0}, tokens_generated_total_{0}, runs_launched_total_{0},
-      pipeline_resets_total_{0};
+      pipeline_resets_total_{0}, runs_plain_total_{0}, runs_speculative_total_{0},
+      runs_cancelled_total_{0}, runs_tombstoned_total_{0}, tokens_drafted_total_{0},
+      tokens_accepted_total_{0}, verifications_total_{0}, draft_failures_total_{0};
 };
 
 DraftServer::DraftServer(DraftServerOptions options)

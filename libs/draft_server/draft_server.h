@@ -1,4 +1,4 @@
-// The draft service in plain mode: serves pipeinfer.v1.Draft (Generate, GetStats, GetInfo) plus
+// The draft service: serves pipeinfer.v1.Draft (Generate, GetStats, GetInfo) plus
 // grpc.health.v1 and reflection, and owns the controller of one pipeline of stage servers.
 //
 // The controller keeps ONE Pipeline stream to stage 0 and ONE Results stream from the last stage,
@@ -12,8 +12,11 @@
 //     session sees exactly one outcome per run, in sending order);
 //   * a supervisor reconnects with a new epoch when a link fails (in-flight requests then fail
 //     with ABORTED, new ones get UNAVAILABLE until the pipeline is back).
-// Each Generate handler prefills its prompt in chunks of max_run_tokens, then sends one plain
-// single-token run per generated token. Runs of different sessions interleave in the one stream.
+// Each Generate handler runs one spec::Controller (plain, sync or pipeinfer) over the shared
+// stream: the controller prefills in chunks of max_run_tokens, then verifies results, commits,
+// cancels and launches runs; in pipeinfer mode the handler also lets it draft micro-batches
+// whenever no outcome is waiting (the results reader keeps receiving meanwhile). Runs of
+// different sessions interleave in the one stream.
 // gRPC includes stay in draft_server.cc.
 #pragma once
 
@@ -23,8 +26,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "spec/params.h"
 
 namespace pipeinfer::draft_server {
+
+class DraftModel;
 
 struct DraftServerOptions {
   std::string listen_address = "127.0.0.1:0";  // host:port; port 0 picks a free one
@@ -40,6 +46,11 @@ struct DraftServerOptions {
   int connect_timeout_ms = 30000;  // how long Start() waits for the stages and the pipeline
   uint64_t max_message_bytes = 64ull << 20;       // gRPC max send/receive message size
   std::string controller_id = "pipeinfer-draft";  // for the stages' logs
+  // Speculation settings for requests that leave SpecConfig fields unset.
+  spec::SpecParams spec_defaults;
+  // The draft model (shared by all sessions). Null: only plain mode is served; sync and pipeinfer
+  // requests fail with FAILED_PRECONDITION.
+  std::shared_ptr<DraftModel> draft_model;
 };
 
 class DraftServer {

@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "draft_server/draft_model.h"
 #include "draft_server/draft_server.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
@@ -25,7 +26,10 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   CLI::App app{"pipeinfer-draft: the draft service (controller) of a PipeInfer pipeline"};
-  std::string listen, stage0, last, model, mode = "plain", model_id;
+  std::string listen, stage0, last, model, mode, model_id, draft_model;
+  int draft_threads = 1;
+  int64_t draft_kv_tokens = 0;
+  pipeinfer::spec::SpecParams sp;
   uint32_t max_sessions = 64;
   int connect_timeout_ms = 30000;
   app.add_option("--listen", listen, "Listen address HOST:PORT")->required();
@@ -34,8 +38,44 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--model,-m", model, "The target GGUF model (for its vocabulary and EOS id)")
       ->required();
-  app.add_option("--mode", mode, "Speculation mode")
+  app.add_option("--draft-model", draft_model,
+                 "The draft GGUF (same vocabulary as the target); needed by sync and pipeinfer");
+  app.add_option("--draft-threads", draft_threads, "Threads of the draft model's forward pass")
+      ->check(CLI::Range(1, 256));
+  app.add_option("--draft-kv-tokens", draft_kv_tokens,
+                 "Draft KV capacity in tokens over all sessions (default: 8 contexts)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--mode", mode,
+                 "Default speculation mode (default: pipeinfer with a draft model, else plain)")
       ->check(CLI::IsMember({"plain", "sync", "pipeinfer"}));
+  app.add_option("--draft-max", sp.draft_max, "Most draft tokens per micro-batch")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--p-accept", sp.p_accept,
+                 "Base draft confidence cutoff (keep drafting while top-1 p >= cutoff)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--p-split", sp.p_split, "Base split threshold for token trees")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--p-recovery", sp.p_recovery,
+                 "Cutoff increase per micro-batch already launched in a burst")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--p-decay", sp.p_decay, "Cutoff decrease per consecutive failed drafting attempt")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  app.add_option("--max-branches", sp.max_branches,
+                 "Most branches per micro-batch (only 1, chains, is implemented)")
+      ->check(CLI::Range(1, 1))
+      ->capture_default_str();
+  app.add_option("--max-inflight", sp.max_inflight,
+                 "Most runs of one request in flight (0 = number of stages + 1)")
+      ->check(CLI::Range(0, 256))
+      ->capture_default_str();
+  app.add_flag("--no-cancel", sp.no_cancel, "Ablation: never cancel mis-speculated runs");
+  app.add_flag("--no-continuous", sp.no_continuous,
+               "Ablation: at most one micro-batch per verification");
   app.add_option("--model-id", model_id, "Model id served (default: the stages' model id)");
   app.add_option("--max-sessions", max_sessions, "Most concurrent Generate calls")
       ->check(CLI::Range(1, 65536));
@@ -47,7 +87,11 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
   }
-  if (mode != "plain") return Fail("--mode " + mode + " is not implemented yet (use --mode plain)");
+  if (mode.empty()) mode = draft_model.empty() ? "plain" : "pipeinfer";
+  if (mode != "plain" && draft_model.empty()) {
+    return Fail("--mode " + mode + " needs --draft-model");
+  }
+  sp.mode = *pipeinfer::spec::ParseMode(mode);
 
   // Signals are taken by sigwait below; block them before any thread exists.
   sigset_t sigs;
@@ -70,13 +114,25 @@ int main(int argc, char** argv) {
   o.expected_n_vocab = static_cast<uint32_t>(tok->tokens.size());
   o.max_sessions = max_sessions;
   o.connect_timeout_ms = connect_timeout_ms;
+  o.spec_defaults = sp;
+  if (!draft_model.empty()) {
+    pipeinfer::draft_server::DraftModelOptions dmo;
+    dmo.path = draft_model;
+    dmo.target_path = model;
+    dmo.threads = draft_threads;
+    dmo.kv_tokens = draft_kv_tokens;
+    auto dm = pipeinfer::draft_server::DraftModel::Load(dmo);
+    if (!dm.ok()) return Fail(std::string(dm.status().message()));
+    o.draft_model = std::move(*dm);
+  }
   file->reset();  // the vocabulary is all the draft service needs from the file
 
   pipeinfer::draft_server::DraftServer server(o);
   if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
   const std::string addr =
       listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());
-  std::printf("draft listening on %s (plain mode, stage 0 %s, last stage %s)\n", addr.c_str(),
+  std::printf("draft listening on %s (%s mode, draft model %s, stage 0 %s, last stage %s)\n",
+              addr.c_str(), mode.c_str(), draft_model.empty() ? "none" : draft_model.c_str(),
               stage0.c_str(), last.c_str());
   std::fflush(stdout);
 

@@ -211,8 +211,8 @@ TEST_F(DraftServerTest, GreedyMatchesReference) {
   EXPECT_GE(counters["tokens_generated_total"], 32 + stop_at + 1);
   EXPECT_GE(counters["runs_launched_total"], 35);
   EXPECT_EQ(counters["sessions_open"], 0);
-  EXPECT_EQ(sresp.services(1).service(), "stage/0");
-  EXPECT_EQ(sresp.services(2).service(), "stage/1");
+  EXPECT_EQ(sresp.services(1).service(), "stage0");
+  EXPECT_EQ(sresp.services(2).service(), "stage1");
 
   grpc::ClientContext ictx;
   ictx.set_deadline(Clock::now() + std::chrono::seconds(10));
@@ -318,8 +318,24 @@ TEST_F(DraftServerTest, BadRequestsAreRefused) {
   req.set_model("no-such-model");
   EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::NOT_FOUND);
 
-  req = GreedyRequest("bad-mode", prompt, 4);
+  // This service has no draft model: the speculative modes are refused with a precise reason.
+  req = GreedyRequest("no-draft", prompt, 4);
   req.mutable_spec()->set_mode(v1::SPEC_MODE_PIPEINFER);
+  Generation nd = Generate(req);
+  EXPECT_EQ(nd.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_NE(nd.status.error_message().find("draft model"), std::string::npos)
+      << nd.status.error_message();
+
+  req = GreedyRequest("bad-draft-max", prompt, 4);
+  req.mutable_spec()->set_draft_max(0);
+  EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  req = GreedyRequest("bad-p-accept", prompt, 4);
+  req.mutable_spec()->set_p_accept(2.0f);
+  EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  req = GreedyRequest("trees", prompt, 4);
+  req.mutable_spec()->set_max_branches(4);
   EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
 }
 

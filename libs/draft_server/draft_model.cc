@@ -1,0 +1,117 @@
+#include "draft_server/draft_model.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "gguf/llama.h"
+#include "gguf/reader.h"
+
+namespace pipeinfer::draft_server {
+
+absl::StatusOr<std::unique_ptr<DraftModel>> DraftModel::Load(const DraftModelOptions& o) {
+  PI_ASSIGN_OR_RETURN(auto target_file, gguf::GgufFile::Open(o.target_path));
+  PI_ASSIGN_OR_RETURN(auto target_vocab, gguf::TokenizerMetadata::FromGguf(*target_file));
+  PI_ASSIGN_OR_RETURN(auto model, engine::StageModel::LoadFull(o.path));
+  absl::StatusOr<gguf::TokenizerMetadata> draft_vocab =
+      gguf::TokenizerMetadata::FromGguf(model->file());
+  if (!draft_vocab.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("draft model ", o.path, ": ", draft_vocab.status().message()));
+  }
+  if (draft_vocab->tokens.size() != target_vocab.tokens.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the draft model ", o.path, " has ", draft_vocab->tokens.size(),
+                     " tokens but the target ", o.target_path, " has ", target_vocab.tokens.size(),
+                     ": the draft must use the target's vocabulary"));
+  }
+  for (size_t i = 0; i < target_vocab.tokens.size(); ++i) {
+    if (draft_vocab->tokens[i] != target_vocab.tokens[i]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the draft model ", o.path, " and the target ", o.target_path,
+          " have different vocabularies (token ", i, " is '", draft_vocab->tokens[i], "' vs '",
+          target_vocab.tokens[i], "'): the draft must use the target's vocabulary"));
+    }
+  }
+  if (static_cast<size_t>(model->hparams().n_vocab) != target_vocab.tokens.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the draft model ", o.path, " has an output head of ", model->hparams().n_vocab,
+        " rows for ", target_vocab.tokens.size(), " tokens"));
+  }
+  auto d = std::unique_ptr<DraftModel>(new DraftModel());
+  absl::StatusOr<std::string> name = model->file().GetString("general.name");
+  d->name_ = name.ok() ? *name : o.path;
+  d->n_vocab_ = static_cast<uint32_t>(model->hparams().n_vocab);
+  engine::EngineOptions eo;
+  eo.threads = std::max(1, o.threads);
+  const int64_t n_ctx = model->hparams().n_ctx_train;
+  eo.kv_capacity_tokens = o.kv_tokens > 0 ? o.kv_tokens : 8 * n_ctx;
+  PI_ASSIGN_OR_RETURN(d->engine_, engine::Engine::Create(std::move(model), eo));
+  return d;
+}
+
+absl::StatusOr<std::vector<float>> DraftModel::Feed(uint64_t session, int32_t start,
+                                                    std::span<const int32_t> tokens) {
+  if (tokens.empty()) return absl::InvalidArgumentError("nothing to feed the draft model");
+  std::lock_guard<std::mutex> l(mu_);
+  kv::KvCache& kv = engine_->kv();
+  if (!kv.HasSession(session)) PI_RETURN_IF_ERROR(kv.OpenSession(session));
+  PI_ASSIGN_OR_RETURN(const kv::Sequence* seq, kv.Get(session, kv::KvCache::kCanonical));
+  if (seq->size() < start) {
+    return absl::InternalError(absl::StrCat("draft session ", session, " holds ", seq->size(),
+                                            " positions, cannot feed at ", start));
+  }
+  if (seq->size() > start) {
+    PI_RETURN_IF_ERROR(kv.Commit(session, kv::KvCache::kCanonical, -1, start));
+  }
+  if (start + static_cast<int64_t>(tokens.size()) > engine_->max_context()) {
+    return absl::OutOfRangeError(
+        absl::StrCat("the draft model's context (", engine_->max_context(), " tokens) is full"));
+  }
+  std::vector<float> logits;
+  for (size_t off = 0; off < tokens.size(); off += static_cast<size_t>(max_run_tokens_)) {
+    const size_t n = std::min(tokens.size() - off, static_cast<size_t>(max_run_tokens_));
+    engine::ForwardInput in;
+    in.session = session;
+    in.tokens = tokens.subspan(off, n);
+    const int32_t last = static_cast<int32_t>(n) - 1;
+    const bool final_chunk = off + n == tokens.size();
+    if (final_chunk) in.output_rows = std::span<const int32_t>(&last, 1);
+    PI_ASSIGN_OR_RETURN(engine::ForwardOutput out, engine_->Forward(in));
+    if (final_chunk) logits = std::move(out.logits);
+  }
+  return logits;
+}
+
+void DraftModel::CloseSession(uint64_t session) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (engine_->kv().HasSession(session)) (void)engine_->kv().CloseSession(session);
+}
+
+SessionDrafter::~SessionDrafter() { model_->CloseSession(session_); }
+
+absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
+    std::span<const int32_t> sequence) {
+  if (sequence.empty()) return absl::InvalidArgumentError("empty sequence");
+  size_t common = 0;
+  while (common < fed_.size() && common < sequence.size() && fed_[common] == sequence[common]) {
+    ++common;
+  }
+  if (common == sequence.size() && common == fed_.size()) return std::span<const float>(logits_);
+  // At least the last token is fed again, so that its logits come out.
+  if (common == sequence.size()) --common;
+  absl::StatusOr<std::vector<float>> l =
+      model_->Feed(session_, static_cast<int32_t>(common), sequence.subspan(common));
+  if (!l.ok()) {
+    fed_.clear();
+    logits_.clear();
+    return l.status();
+  }
+  tokens_fed_ += sequence.size() - common;
+  fed_.assign(sequence.begin(), sequence.end());
+  logits_ = std::move(*l);
+  return std::span<const float>(logits_);
+}
+
+}  // namespace pipeinfer::draft_server

@@ -1,0 +1,72 @@
+// The draft model of the draft service: a whole llama model on this process's CPU, shared by all
+// sessions (one KV cache with one sequence per session, forward passes serialized by a mutex),
+// and the per-session spec::Drafter over it. No gRPC.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "engine/engine.h"
+#include "spec/controller.h"
+
+namespace pipeinfer::draft_server {
+
+struct DraftModelOptions {
+  std::string path;         // the draft GGUF
+  std::string target_path;  // the target GGUF, whose vocabulary the draft must share
+  int32_t threads = 1;
+  int64_t kv_tokens = 0;  // KV slots over all sessions; 0 = 8 contexts' worth
+};
+
+class DraftModel {
+ public:
+  // Loads the draft and checks that its vocabulary is the target's, token for token (same
+  // pieces, same count); refuses with a readable message otherwise.
+  static absl::StatusOr<std::unique_ptr<DraftModel>> Load(const DraftModelOptions& options);
+
+  const std::string& name() const { return name_; }
+  uint32_t n_vocab() const { return n_vocab_; }
+  int32_t n_ctx() const { return engine_->max_context(); }
+
+  // Runs `tokens` at positions [start, start + n) of `session`'s sequence after truncating it to
+  // `start` positions, and returns the logits of the last token. Opens the session on first use.
+  absl::StatusOr<std::vector<float>> Feed(uint64_t session, int32_t start,
+                                          std::span<const int32_t> tokens);
+  void CloseSession(uint64_t session);
+
+ private:
+  DraftModel() = default;
+  std::mutex mu_;
+  std::unique_ptr<engine::Engine> engine_;
+  std::string name_;
+  uint32_t n_vocab_ = 0;
+  int32_t max_run_tokens_ = 64;
+};
+
+// A session's drafter: remembers which tokens its KV holds and feeds only the new suffix,
+// rolling back to the longest common prefix when the assumed sequence changed (a rejection).
+class SessionDrafter : public spec::Drafter {
+ public:
+  SessionDrafter(DraftModel* model, uint64_t session) : model_(model), session_(session) {}
+  ~SessionDrafter() override;
+  SessionDrafter(const SessionDrafter&) = delete;
+  SessionDrafter& operator=(const SessionDrafter&) = delete;
+
+  absl::StatusOr<std::span<const float>> NextLogits(std::span<const int32_t> sequence) override;
+  uint64_t tokens_fed() const { return tokens_fed_; }
+
+ private:
+  DraftModel* model_;
+  uint64_t session_;
+  std::vector<int32_t> fed_;   // tokens whose K/V are in the draft KV, in order
+  std::vector<float> logits_;  // logits after fed_ (valid when !fed_.empty())
+  uint64_t tokens_fed_ = 0;
+};
+
+}  // namespace pipeinfer::draft_server
