@@ -1,6 +1,7 @@
 // `pipeinfer`: the project's command-line tool: model tools and local-cluster commands.
 #include <CLI/CLI.hpp>
 
+#include "cli/bench_commands.h"
 #include "cli/cluster_commands.h"
 #include "cli/engine_commands.h"
 #include "cli/gguf_commands.h"
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
   pipeinfer::cli::RegisterTokenizeCommands(app);
   pipeinfer::cli::RegisterEngineCommands(app);
   pipeinfer::cli::RegisterClusterCommands(app);
+  pipeinfer::cli::RegisterBenchCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }
