@@ -453,6 +453,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
          {std::pair<const char*, uint64_t>{"runs_plain_total", runs_plain_total_.load()},
           {"runs_speculative_total", runs_speculative_total_.load()},
           {"runs_cancelled_total", runs_cancelled_total_.load()},
+          {"runs_invalidated_total", runs_invalidated_total_.load()},
           {"runs_tombstoned_total", runs_tombstoned_total_.load()},
           {"tokens_drafted_total", tokens_drafted_total_.load()},
           {"tokens_accepted_total", tokens_accepted_total_.load()},
@@ -638,11 +639,6 @@ class DraftServer::Impl final : public v1::Draft::Service {
     if (absl::Status st = spec::Validate(p); !st.ok()) {
       return Err(grpc::StatusCode::INVALID_ARGUMENT, std::string(st.message()));
     }
-    if (p.max_branches > 1) {
-      return Err(grpc::StatusCode::UNIMPLEMENTED,
-                 "token trees (max_branches > 1) are not implemented; speculation uses chains "
-                 "(max_branches 1)");
-    }
     if (p.mode != spec::Mode::kPlain && !opt_.draft_model) {
       return Err(grpc::StatusCode::FAILED_PRECONDITION,
                  absl::StrCat("speculation mode ", std::string(spec::ModeName(p.mode)),
@@ -681,6 +677,8 @@ class DraftServer::Impl final : public v1::Draft::Service {
     p.set_tokens_drafted(c.tokens_drafted);
     p.set_tokens_accepted(c.tokens_accepted);
     p.set_verifications(c.verifications);
+    p.set_runs_invalidated(c.runs_invalidated);
+    p.set_tokens_accepted_sibling(c.sibling_accepts);
     return p;
   }
 
@@ -688,6 +686,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
     runs_plain_total_ += c.runs_plain;
     runs_speculative_total_ += c.runs_speculative;
     runs_cancelled_total_ += c.runs_cancelled;
+    runs_invalidated_total_ += c.runs_invalidated;
     runs_tombstoned_total_ += c.runs_tombstoned;
     tokens_drafted_total_ += c.tokens_drafted;
     tokens_accepted_total_ += c.tokens_accepted;
@@ -761,6 +760,8 @@ class DraftServer::Impl final : public v1::Draft::Service {
       }
       for (int32_t t : run.tokens) r->add_token_ids(static_cast<uint32_t>(t));
       for (uint32_t p : run.positions) r->add_positions(p);
+      for (int32_t p : run.parents) r->add_parents(p);
+      for (uint32_t b : run.branches) r->add_branches(b);
       for (uint32_t i : run.result_rows) r->add_result_rows(i);
       uint64_t id = 0;
       if (!impl_->Enqueue(*s_->link, std::move(m), &id)) return Lost();
@@ -774,7 +775,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
       if (op.kind == spec::KvOpSpec::Kind::kCommit) {
         auto* c = k->mutable_commit();
         c->set_partition(op.partition);
-        c->set_branch(0);
+        c->set_branch(op.branch);
         c->set_n_positions(op.n_positions);
         c->set_release(op.release);
       } else {
@@ -1128,8 +1129,9 @@ class DraftServer::Impl final : public v1::Draft::Service {
   std::atomic<uint64_t> requests_total_{0}, requests_failed_total_{0}, requests_cancelled_total_{0},
       prompt_tokens_total_{0}, tokens_generated_total_{0}, runs_launched_total_{0},
       pipeline_resets_total_{0}, runs_plain_total_{0}, runs_speculative_total_{0},
-      runs_cancelled_total_{0}, runs_tombstoned_total_{0}, tokens_drafted_total_{0},
-      tokens_accepted_total_{0}, verifications_total_{0}, draft_failures_total_{0};
+      runs_cancelled_total_{0}, runs_invalidated_total_{0}, runs_tombstoned_total_{0},
+      tokens_drafted_total_{0}, tokens_accepted_total_{0}, verifications_total_{0},
+      draft_failures_total_{0};
 };
 
 DraftServer::DraftServer(DraftServerOptions options)

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <numeric>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -11,23 +12,31 @@
 namespace pipeinfer::spec {
 namespace {
 
-// Top-1 token of raw logits and its softmax probability (temperature 1): the greedy draft's pick
-// and its confidence.
-std::pair<int32_t, float> Top1(std::span<const float> logits) {
-  int32_t best = -1;
+// Softmax (temperature 1) of raw logits as a distribution sorted by probability, truncated to the
+// `k` most likely tokens: the greedy draft's picks and their confidence.
+sampling::SparseDist TopK(std::span<const float> logits, size_t k) {
+  sampling::SparseDist d;
+  if (logits.empty()) return d;
   float max_l = -INFINITY;
-  for (size_t i = 0; i < logits.size(); ++i) {
-    if (logits[i] > max_l) {
-      max_l = logits[i];
-      best = static_cast<int32_t>(i);
-    }
-  }
-  if (best < 0) return {-1, 0.0f};
+  for (float l : logits) max_l = std::max(max_l, l);
   double sum = 0.0;
   for (float l : logits) {
     if (std::isfinite(l)) sum += std::exp(static_cast<double>(l) - max_l);
   }
-  return {best, sum > 0.0 ? static_cast<float>(1.0 / sum) : 0.0f};
+  if (!(sum > 0.0)) return d;
+  std::vector<int32_t> idx(logits.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  k = std::min(k, idx.size());
+  std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
+                    [&](int32_t a, int32_t b) {
+                      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+                    });
+  for (size_t i = 0; i < k; ++i) {
+    d.ids.push_back(idx[i]);
+    d.probs.push_back(
+        static_cast<float>(std::exp(static_cast<double>(logits[idx[i]]) - max_l) / sum));
+  }
+  return d;
 }
 
 }  // namespace
@@ -44,10 +53,31 @@ Controller::Controller(ControllerOptions options, PipelineSink* sink, Drafter* d
   if (options_.max_run_tokens == 0) options_.max_run_tokens = 1;
 }
 
+float Controller::Adjust(uint32_t iter) const {
+  return static_cast<float>(iter) * options_.spec.p_recovery -
+         static_cast<float>(n_failed_) * options_.spec.p_decay;
+}
+
 std::vector<int32_t> Controller::Assumed() const {
   std::vector<int32_t> a = committed_;
-  for (const Guess& g : guesses_) a.push_back(g.token);
+  if (line_ < 0) return a;
+  for (int32_t n = line_; n != tip_;) {
+    n = nodes_[n].children.front();
+    a.push_back(nodes_[n].token);
+  }
   return a;
+}
+
+int32_t Controller::NewNode(int32_t token, uint32_t pos, int32_t parent, uint32_t branch) {
+  Node n;
+  n.token = token;
+  n.pos = pos;
+  n.parent = parent;
+  n.branch = branch;
+  nodes_.push_back(std::move(n));
+  const int32_t id = static_cast<int32_t>(nodes_.size()) - 1;
+  if (parent >= 0) nodes_[parent].children.push_back(id);
+  return id;
 }
 
 absl::Status Controller::Start(std::span<const int32_t> prompt) {
@@ -68,92 +98,66 @@ absl::Status Controller::Start(std::span<const int32_t> prompt) {
   for (uint32_t off = 0; off < prompt_len_; off += options_.max_run_tokens) {
     const uint32_t n = std::min(options_.max_run_tokens, prompt_len_ - off);
     RunSpec run;
-    std::vector<uint32_t> row_pos;
     for (uint32_t i = 0; i < n; ++i) {
       run.tokens.push_back(committed_[off + i]);
       run.positions.push_back(off + i);
     }
-    if (off + n == prompt_len_) {
-      run.result_rows.push_back(n - 1);
-      row_pos.push_back(prompt_len_);
+    const bool last = off + n == prompt_len_;
+    if (last) run.result_rows.push_back(n - 1);
+    absl::StatusOr<uint64_t> id = sink_->SendRun(run);
+    if (!id.ok()) return id.status();
+    InFlight f;
+    f.id = *id;
+    f.start = off;
+    if (last) {
+      const int32_t node = NewNode(committed_.back(), prompt_len_ - 1, -1, 0);
+      nodes_[node].run = f.id;
+      nodes_[node].row = 0;
+      f.nodes.push_back(node);
+      f.rows = 1;
+      line_ = tip_ = node;
     }
-    if (absl::Status st = Launch(std::move(run), off, off + n, std::move(row_pos), false);
-        !st.ok()) {
-      return st;
-    }
+    ledger_.push_back(std::move(f));
+    ++counters_.runs_plain;
   }
   allowance_ = 1;
   return absl::OkStatus();
 }
 
-absl::Status Controller::Launch(RunSpec run, uint32_t start, uint32_t end,
-                                std::vector<uint32_t> row_pos, bool speculative) {
-  run.speculative = speculative;
+absl::Status Controller::SendPlain() {
+  // Feeds the newest committed token into canonical.
+  const uint32_t pos = static_cast<uint32_t>(committed_.size()) - 1;
+  RunSpec run;
+  run.tokens.push_back(committed_.back());
+  run.positions.push_back(pos);
+  run.result_rows.push_back(0);
   absl::StatusOr<uint64_t> id = sink_->SendRun(run);
   if (!id.ok()) return id.status();
+  const int32_t node = NewNode(committed_.back(), pos, -1, 0);
+  nodes_[node].run = *id;
+  nodes_[node].row = 0;
   InFlight f;
   f.id = *id;
-  f.speculative = speculative;
-  f.partition = run.partition;
-  f.start = start;
-  f.end = end;
-  f.row_pos = std::move(row_pos);
+  f.start = pos;
+  f.nodes.push_back(node);
+  f.rows = 1;
   ledger_.push_back(std::move(f));
-  fed_ = end;
-  if (speculative) {
-    ++counters_.runs_speculative;
-  } else {
-    ++counters_.runs_plain;
-  }
+  line_ = tip_ = node;
+  ++counters_.runs_plain;
   return absl::OkStatus();
 }
 
-absl::Status Controller::SendPlain() {
-  // Feeds the newest committed token (at position fed_) into canonical.
-  RunSpec run;
-  run.tokens.push_back(committed_[fed_]);
-  run.positions.push_back(fed_);
-  run.result_rows.push_back(0);
-  return Launch(std::move(run), fed_, fed_ + 1, {fed_ + 1}, false);
-}
-
-absl::Status Controller::SendSync() {
-  // One run: the newest committed token plus a drafted chain, all rows verified by this run.
-  const uint32_t base = fed_;  // committed_.size() == fed_ + 1
-  const uint32_t room = limit_ > base + 1 ? limit_ - (base + 1) : 0;
-  std::vector<Guess> chain;
-  if (room > 0 && !drafting_broken_) {
-    chain = DraftChain(options_.spec.p_accept,
-                       std::min({options_.spec.draft_max, room, options_.max_run_tokens - 1}));
-  }
-  if (chain.empty()) return SendPlain();
-  RunSpec run;
-  run.partition = AllocPartition();
-  run.fork = ForkSpec{run.partition, 0, 0, base};
-  run.tokens.push_back(committed_[base]);
-  run.positions.push_back(base);
-  std::vector<uint32_t> row_pos{base + 1};
-  run.result_rows.push_back(0);
-  for (size_t i = 0; i < chain.size(); ++i) {
-    run.tokens.push_back(chain[i].token);
-    run.positions.push_back(base + 1 + static_cast<uint32_t>(i));
-    run.result_rows.push_back(static_cast<uint32_t>(i + 1));
-    row_pos.push_back(base + 2 + static_cast<uint32_t>(i));
-  }
-  counters_.tokens_drafted += chain.size();
-  const uint32_t end = base + 1 + static_cast<uint32_t>(chain.size());
-  for (Guess& g : chain) guesses_.push_back(std::move(g));
-  return Launch(std::move(run), base, end, std::move(row_pos), true);
-}
-
-std::vector<Controller::Guess> Controller::DraftChain(float cutoff, uint32_t max_tokens) {
-  std::vector<Guess> out;
-  if (!drafter_ || drafting_broken_ || max_tokens == 0) return out;
-  std::vector<int32_t> seq = Assumed();
-  std::vector<int32_t> pending;  // guesses not yet committed, for the sampler's history
-  for (const Guess& g : guesses_) pending.push_back(g.token);
-  while (out.size() < max_tokens) {
-    absl::StatusOr<std::span<const float>> logits = drafter_->NextLogits(seq);
+Controller::Draft Controller::DraftTree(std::vector<int32_t> context, float cutoff, float split,
+                                        uint32_t budget, uint32_t max_branches) {
+  Draft d;
+  if (!drafter_ || drafting_broken_ || budget == 0) return d;
+  // Guesses not yet committed, for the sampler's history (penalties).
+  std::vector<int32_t> pending(context.begin() + static_cast<std::ptrdiff_t>(committed_.size()),
+                               context.end());
+  uint32_t branches = 1;
+  int32_t prev_main = -1;  // run-local index of the previous main-chain token
+  while (d.tokens.size() < budget) {
+    absl::StatusOr<std::span<const float>> logits = drafter_->NextLogits(context);
     if (!logits.ok()) {
       ++counters_.draft_failures;
       drafting_broken_ = true;
@@ -161,24 +165,132 @@ std::vector<Controller::Guess> Controller::DraftChain(float cutoff, uint32_t max
                    std::string(logits.status().message()).c_str());
       break;
     }
-    Guess g;
-    float confidence = 0.0f;
+    sampling::SparseDist q;
+    std::vector<int32_t> picks;
     if (greedy()) {
-      auto [tok, p] = Top1(*logits);
-      g.token = tok;
-      confidence = p;
+      q = TopK(*logits, 1 + std::max<uint32_t>(max_branches, 1));
+      if (q.empty() || q.probs[0] < cutoff) break;
+      picks.push_back(q.ids[0]);
+      for (size_t i = 1; i < q.size() && branches + (picks.size() - 1) < max_branches; ++i) {
+        if (q.probs[i] > split) picks.push_back(q.ids[i]);
+      }
     } else {
-      g.q = sampler_.DistributionAfter(*logits, pending);
-      if (g.q.empty()) break;
-      confidence = *std::max_element(g.q.probs.begin(), g.q.probs.end());
-      if (confidence >= cutoff) g.token = sampling::Sample(g.q, sampler_.rng());
+      q = sampler_.DistributionAfter(*logits, pending);
+      if (q.empty()) break;
+      const float top = *std::max_element(q.probs.begin(), q.probs.end());
+      if (top < cutoff) break;
+      // How many siblings is decided from q alone, before drawing, so that the candidates are
+      // plain draws without replacement from q.
+      uint32_t k = 1;
+      for (float p : q.probs) {
+        if (p > split && branches + (k - 1) < max_branches) ++k;
+      }
+      k = std::min<uint32_t>(k, static_cast<uint32_t>(q.size()));
+      picks = sampling::DraftCandidates(q, static_cast<int32_t>(std::max<uint32_t>(k, 1)),
+                                        sampler_.rng());
+      if (picks.empty()) break;
     }
-    if (g.token < 0 || confidence < cutoff) break;
-    seq.push_back(g.token);
-    pending.push_back(g.token);
-    out.push_back(std::move(g));
+    // Siblings never push the batch past the budget: keep room for the main token.
+    const size_t room = budget - d.tokens.size();
+    if (picks.size() > room) picks.resize(room);
+    if (prev_main < 0) {
+      d.root_q = q;
+    } else {
+      d.child_q[static_cast<size_t>(prev_main)] = q;
+    }
+    const int32_t main_index = static_cast<int32_t>(d.tokens.size());
+    for (size_t i = 0; i < picks.size(); ++i) {
+      d.tokens.push_back(picks[i]);
+      d.parents.push_back(prev_main);
+      d.branches.push_back(i == 0 ? 0 : branches++);
+      d.child_q.emplace_back();
+    }
+    ++d.main_len;
+    prev_main = main_index;
+    context.push_back(picks[0]);
+    pending.push_back(picks[0]);
   }
-  return out;
+  return d;
+}
+
+absl::Status Controller::LaunchTree(RunSpec run, const Draft& d, int32_t attach, int32_t lead) {
+  // Run layout: [lead?] then the draft's tokens; parents are run-local.
+  const int32_t off = lead >= 0 ? 1 : 0;
+  const uint32_t base = nodes_[attach].pos + 1;
+  bool linear = true;
+  std::vector<uint32_t> pos(d.tokens.size());
+  for (size_t i = 0; i < d.tokens.size(); ++i) {
+    pos[i] = d.parents[i] < 0 ? base : pos[static_cast<size_t>(d.parents[i])] + 1;
+    if (d.parents[i] != static_cast<int32_t>(i) - 1 || d.branches[i] != 0) linear = false;
+  }
+  for (size_t i = 0; i < d.tokens.size(); ++i) {
+    run.tokens.push_back(d.tokens[i]);
+    run.positions.push_back(pos[i]);
+  }
+  if (!linear) {
+    if (lead >= 0) {
+      run.parents.push_back(-1);
+      run.branches.push_back(0);
+    }
+    for (size_t i = 0; i < d.tokens.size(); ++i) {
+      // Roots hang off the lead token when there is one, else off the partition's prefix.
+      run.parents.push_back(d.parents[i] < 0 ? (lead >= 0 ? 0 : -1) : d.parents[i] + off);
+      run.branches.push_back(d.branches[i]);
+    }
+  }
+  for (size_t i = 0; i < run.tokens.size(); ++i)
+    run.result_rows.push_back(static_cast<uint32_t>(i));
+  run.speculative = true;
+  absl::StatusOr<uint64_t> id = sink_->SendRun(run);
+  if (!id.ok()) return id.status();
+
+  InFlight f;
+  f.id = *id;
+  f.speculative = true;
+  f.partition = run.partition;
+  f.start = run.positions.front();
+  if (lead >= 0) {
+    nodes_[lead].run = *id;
+    nodes_[lead].row = 0;
+    f.nodes.push_back(lead);
+  }
+  std::vector<int32_t> ids(d.tokens.size());
+  nodes_[attach].child_q = d.root_q;
+  for (size_t i = 0; i < d.tokens.size(); ++i) {
+    const int32_t parent = d.parents[i] < 0 ? attach : ids[static_cast<size_t>(d.parents[i])];
+    ids[i] = NewNode(d.tokens[i], pos[i], parent, d.branches[i]);
+    nodes_[ids[i]].run = *id;
+    nodes_[ids[i]].row = static_cast<int32_t>(i) + off;
+    f.nodes.push_back(ids[i]);
+  }
+  for (size_t i = 0; i < d.tokens.size(); ++i) nodes_[ids[i]].child_q = d.child_q[i];
+  f.rows = f.nodes.size();
+  ledger_.push_back(std::move(f));
+  counters_.tokens_drafted += d.tokens.size();
+  ++counters_.runs_speculative;
+  RecomputeTip();
+  return absl::OkStatus();
+}
+
+absl::Status Controller::SendSync() {
+  // One run: the newest committed token plus a drafted tree, all rows verified by this run.
+  const uint32_t base = static_cast<uint32_t>(committed_.size()) - 1;
+  const uint32_t room = limit_ > base + 1 ? limit_ - (base + 1) : 0;
+  Draft d;
+  if (room > 0 && !drafting_broken_) {
+    d = DraftTree(committed_, options_.spec.p_accept, options_.spec.p_split,
+                  std::min({options_.spec.draft_max, room, options_.max_run_tokens - 1}),
+                  options_.spec.max_branches);
+  }
+  if (d.tokens.empty()) return SendPlain();
+  RunSpec run;
+  run.partition = AllocPartition();
+  run.fork = ForkSpec{run.partition, 0, 0, base};
+  run.tokens.push_back(committed_.back());
+  run.positions.push_back(base);
+  const int32_t lead = NewNode(committed_.back(), base, -1, 0);
+  line_ = tip_ = lead;
+  return LaunchTree(std::move(run), d, lead, lead);
 }
 
 absl::StatusOr<int> Controller::Speculate(const std::function<bool()>& result_waiting) {
@@ -189,40 +301,33 @@ absl::StatusOr<int> Controller::Speculate(const std::function<bool()>& result_wa
     if (ledger_.size() >= max_inflight_) break;
     if (options_.spec.no_continuous && allowance_ == 0) break;
     if (result_waiting && result_waiting()) break;
-    const uint32_t base = fed_;
-    if (committed_.size() + guesses_.size() != base) break;  // a committed token awaits its run
+    if (tip_ < 0) break;  // a committed token awaits its plain run
+    const uint32_t base = nodes_[tip_].pos + 1;
     if (base >= limit_) break;
-    const float cutoff = options_.spec.p_accept +
-                         static_cast<float>(iter) * options_.spec.p_recovery -
-                         static_cast<float>(n_failed_) * options_.spec.p_decay;
+    const float adjust = Adjust(iter);
+    const float cutoff = options_.spec.p_accept + adjust;
     if (cutoff >= 1.0f) break;
-    std::vector<Guess> chain = DraftChain(
-        cutoff, std::min({options_.spec.draft_max, limit_ - base, options_.max_run_tokens}));
-    if (chain.empty()) {
+    Draft d = DraftTree(Assumed(), cutoff, options_.spec.p_split + adjust,
+                        std::min({options_.spec.draft_max, limit_ - base, options_.max_run_tokens}),
+                        options_.spec.max_branches);
+    if (d.tokens.empty()) {
       ++n_failed_;
       break;
     }
     RunSpec run;
     run.partition = AllocPartition();
-    // Fork from the tip of the chain: the newest in-flight speculative run's partition (its path
-    // is exactly A[0, base)), else canonical, which holds A[0, base) once the runs before this one
-    // have been applied.
-    uint32_t src = 0;
-    if (!ledger_.empty() && ledger_.back().speculative) src = ledger_.back().partition;
-    run.fork = ForkSpec{run.partition, src, 0, base};
-    std::vector<uint32_t> row_pos;
-    for (size_t i = 0; i < chain.size(); ++i) {
-      run.tokens.push_back(chain[i].token);
-      run.positions.push_back(base + static_cast<uint32_t>(i));
-      run.result_rows.push_back(static_cast<uint32_t>(i));
-      row_pos.push_back(base + 1 + static_cast<uint32_t>(i));
+    // Fork from the partition that holds the tip's path: the tip's run's partition (on the tip's
+    // branch), or canonical when the tip came from a plain run (canonical holds it once the runs
+    // before this one have been applied).
+    uint32_t src = 0, src_branch = 0;
+    for (const InFlight& f : ledger_) {
+      if (f.id == nodes_[tip_].run && f.speculative) {
+        src = f.partition;
+        src_branch = nodes_[tip_].branch;
+      }
     }
-    const uint32_t end = base + static_cast<uint32_t>(chain.size());
-    counters_.tokens_drafted += chain.size();
-    for (Guess& g : chain) guesses_.push_back(std::move(g));
-    if (absl::Status st = Launch(std::move(run), base, end, std::move(row_pos), true); !st.ok()) {
-      return st;
-    }
+    run.fork = ForkSpec{run.partition, src, src_branch, base};
+    if (absl::Status st = LaunchTree(std::move(run), d, tip_, -1); !st.ok()) return st;
     ++launched;
     ++iter;
     if (allowance_ > 0) --allowance_;
@@ -230,9 +335,10 @@ absl::StatusOr<int> Controller::Speculate(const std::function<bool()>& result_wa
   return launched;
 }
 
-void Controller::CommitToken(int32_t token) {
+void Controller::CommitToken(int32_t token, int32_t node) {
   committed_.push_back(token);
   sampler_.Accept(token);
+  line_ = node;
   const StopRules& sr = options_.stop;
   const bool eos =
       !sr.ignore_eos && std::find(sr.eos_ids.begin(), sr.eos_ids.end(), token) != sr.eos_ids.end();
@@ -244,23 +350,55 @@ void Controller::CommitToken(int32_t token) {
   }
 }
 
-absl::Status Controller::Invalidate(size_t from_index) {
+void Controller::RecomputeTip() {
+  if (line_ < 0) {
+    tip_ = -1;
+    return;
+  }
+  int32_t n = line_;
+  while (!nodes_[n].children.empty()) n = nodes_[n].children.front();
+  tip_ = n;
+}
+
+absl::Status Controller::InvalidateStale() {
+  // Runs that still matter hold descendants of line_.
+  std::set<uint64_t> keep;
+  if (line_ >= 0) {
+    std::vector<int32_t> stack{line_};
+    while (!stack.empty()) {
+      const int32_t n = stack.back();
+      stack.pop_back();
+      keep.insert(nodes_[n].run);
+      for (int32_t c : nodes_[n].children) stack.push_back(c);
+    }
+  }
   std::vector<uint64_t> ids;
   std::vector<uint32_t> parts;
-  for (size_t i = from_index; i < ledger_.size(); ++i) {
-    const InFlight& f = ledger_[i];
-    if (!f.speculative) {
-      // Plain runs only follow a verified result, so nothing can invalidate them.
-      return absl::InternalError(absl::StrCat("plain run ", f.id, " was invalidated"));
+  std::deque<InFlight> kept;
+  for (InFlight& f : ledger_) {
+    // Plain runs feed committed tokens only, so nothing can invalidate them.
+    if (keep.count(f.id) || !f.speculative) {
+      kept.push_back(std::move(f));
+      continue;
     }
     ids.push_back(f.id);
     dropped_.insert(f.id);
     parts.push_back(f.partition);
+    for (int32_t n : f.nodes) {
+      nodes_[n].dead = true;
+      if (const int32_t p = nodes_[n].parent; p >= 0) {
+        auto& ch = nodes_[p].children;
+        ch.erase(std::remove(ch.begin(), ch.end(), n), ch.end());
+      }
+    }
   }
-  ledger_.erase(ledger_.begin() + static_cast<std::ptrdiff_t>(from_index), ledger_.end());
+  ledger_ = std::move(kept);
   if (ids.empty()) return absl::OkStatus();
-  counters_.runs_cancelled += ids.size();
-  if (!options_.spec.no_cancel) sink_->Cancel(ids);
+  counters_.runs_invalidated += ids.size();
+  if (!options_.spec.no_cancel) {
+    sink_->Cancel(ids);
+    counters_.runs_cancelled += ids.size();
+  }
   KvOpSpec rel;
   rel.kind = KvOpSpec::Kind::kRelease;
   rel.partitions = parts;
@@ -282,27 +420,23 @@ absl::Status Controller::OnOutcome(const Outcome& o) {
   InFlight r = std::move(ledger_.front());
   ledger_.pop_front();
   if (o.tombstone) {
+    ++counters_.runs_tombstoned;
     return absl::AbortedError(
         absl::StrCat("run ", r.id, " was skipped by the pipeline (", o.tombstone_reason, ")"));
   }
-  if (o.rows.size() != r.row_pos.size()) {
-    return absl::InternalError(absl::StrCat("run ", r.id, " returned ", o.rows.size(),
-                                            " result rows, expected ", r.row_pos.size()));
+  if (o.rows.size() != r.rows) {
+    return absl::InternalError(
+        absl::StrCat("run ", r.id, " returned ", o.rows.size(), " result rows, expected ", r.rows));
   }
   if (finished()) return absl::OkStatus();
   if (!o.rows.empty()) ++counters_.verifications;
 
-  bool mismatch = false;
+  // Walk down the tree from the committed line while this run holds the row that predicts the
+  // next position.
   bool emitted = false;
-  for (size_t i = 0; i < o.rows.size() && !finished(); ++i) {
-    const uint32_t x = r.row_pos[i];
-    if (x < committed_.size()) continue;  // already decided (cannot happen for a valid run)
-    if (x > committed_.size()) {
-      return absl::InternalError(absl::StrCat("run ", r.id, " row predicts position ", x,
-                                              " but only ", committed_.size(),
-                                              " tokens are committed"));
-    }
-    const TargetRow& row = o.rows[i];
+  while (!finished() && line_ >= 0 && nodes_[line_].run == r.id) {
+    const Node& u = nodes_[line_];
+    const TargetRow& row = o.rows[static_cast<size_t>(u.row)];
     sampling::SparseDist p;
     switch (row.kind) {
       case TargetRow::Kind::kArgmax:
@@ -318,48 +452,47 @@ absl::Status Controller::OnOutcome(const Outcome& o) {
         p = sampler_.Distribution(row.logits);
         break;
     }
-    if (p.empty()) return absl::InternalError(absl::StrCat("run ", r.id, " row ", i, " is empty"));
-    const bool has_guess = !guesses_.empty();
-    int32_t token = -1;
-    bool accepted = false;
+    if (p.empty()) return absl::InternalError(absl::StrCat("run ", r.id, ": an empty row"));
+    std::vector<int32_t> cand;
+    for (int32_t c : u.children) cand.push_back(nodes_[c].token);
+    int32_t token = -1, chosen = -1;
     if (greedy()) {
       token = p.ids[static_cast<size_t>(std::max_element(p.probs.begin(), p.probs.end()) -
                                         p.probs.begin())];
-      accepted = has_guess && guesses_.front().token == token;
-    } else if (has_guess) {
-      sampling::AcceptResult a =
-          sampling::AcceptDraftToken(p, guesses_.front().q, guesses_.front().token, sampler_.rng());
+      for (size_t i = 0; i < cand.size(); ++i) {
+        if (cand[i] == token) chosen = static_cast<int32_t>(i);
+      }
+    } else if (!cand.empty()) {
+      const sampling::CandidatesResult a =
+          sampling::AcceptDraftCandidates(p, u.child_q, cand, sampler_.rng());
       token = a.token;
-      accepted = a.accepted;
+      chosen = a.accepted_index;
     } else {
       token = sampling::Sample(p, sampler_.rng());
     }
     if (token < 0) return absl::InternalError(absl::StrCat("run ", r.id, ": no token sampled"));
     emitted = true;
-    if (accepted) {
-      guesses_.pop_front();
+    if (nodes_[line_].run == r.id) r.deepest = line_;
+    if (chosen >= 0) {
       ++counters_.tokens_accepted;
-      CommitToken(token);
-      continue;
+      if (chosen > 0) ++counters_.sibling_accepts;
+      CommitToken(token, u.children[static_cast<size_t>(chosen)]);
+      if (nodes_[line_].run == r.id) r.deepest = line_;
+    } else {
+      CommitToken(token, -1);  // a correction or a bonus token: not fed yet
     }
-    // A correction (rejected guess) or a bonus token (no guess): everything assumed from here on
-    // is gone.
-    mismatch = has_guess;
-    guesses_.clear();
-    CommitToken(token);
-    break;
   }
   if (emitted) n_failed_ = 0;
   if (finished()) return absl::OkStatus();
 
   // Adopt the verified part of a speculative run's partition into canonical.
   if (r.speculative) {
-    const uint32_t n = std::min<uint32_t>(r.end, static_cast<uint32_t>(committed_.size()) - 1);
     KvOpSpec op;
-    if (n > r.start) {
+    if (r.deepest >= 0) {
       op.kind = KvOpSpec::Kind::kCommit;
       op.partition = r.partition;
-      op.n_positions = n;
+      op.branch = nodes_[r.deepest].branch;
+      op.n_positions = nodes_[r.deepest].pos + 1;
       op.release = true;
     } else {
       op.kind = KvOpSpec::Kind::kRelease;
@@ -368,16 +501,13 @@ absl::Status Controller::OnOutcome(const Outcome& o) {
     FreePartition(r.partition);
     if (absl::Status st = sink_->SendKvOp(op); !st.ok()) return st;
   }
-  if (mismatch) {
-    // Every later run assumed a token that is not committed now; the correction is fed next.
-    if (absl::Status st = Invalidate(0); !st.ok()) return st;
-    fed_ = static_cast<uint32_t>(committed_.size()) - 1;
-  }
+  if (absl::Status st = InvalidateStale(); !st.ok()) return st;
+  RecomputeTip();
   allowance_ = 1;
-  if (!ledger_.empty()) return absl::OkStatus();  // a valid run covers the next position
-  if (committed_.size() != static_cast<size_t>(fed_) + 1) {
-    return absl::InternalError(absl::StrCat("after run ", r.id, ": ", committed_.size(),
-                                            " committed tokens but ", fed_, " fed"));
+  if (line_ >= 0) return absl::OkStatus();  // a valid run already feeds the newest token
+  if (!ledger_.empty()) {
+    return absl::InternalError(absl::StrCat("after run ", r.id, ": ", ledger_.size(),
+                                            " runs in flight but the newest token is not fed"));
   }
   if (mode_ == Mode::kSync) return SendSync();
   return SendPlain();

@@ -20,8 +20,15 @@
 // micro-batches on top of the newest guess, each in a fresh partition forked from the tip, while
 // runs in flight < max_inflight and the draft's confidence >= p_accept + adjust).
 //
-// Token trees (max_branches > 1) are not implemented: micro-batches are chains. Validate() in the
-// draft service refuses max_branches > 1 with a clear message.
+// Token trees (max_branches > 1): while drafting a micro-batch's main chain, an alternative whose
+// draft probability is > p_split + adjust becomes a sibling leaf of the main token (a branch of its
+// own, one token long), up to max_branches branches per micro-batch. For a sampled request the
+// number of siblings is decided from q alone and the siblings are drawn from q without
+// replacement, as the multi-candidate rejection sampling requires. Verification walks the tree
+// along the accepted path; later micro-batches extend the main chain, so accepting a sibling
+// invalidates them. The assumed tokens therefore form a tree of nodes (nodes_): the committed line
+// ends at line_ (the node of the newest committed token when it has been fed), and the tip_, where
+// the next micro-batch attaches, is reached from line_ through first children.
 #pragma once
 
 #include <cstdint>
@@ -47,14 +54,17 @@ struct ForkSpec {
   uint32_t n_positions = 0;
 };
 
-// One run for the pipeline (stage.proto Run without transport fields). Chains only: parents and
-// branches are implied (linear, branch 0).
+// One run for the pipeline (stage.proto Run without transport fields). `parents` and `branches`
+// are empty for a linear chain on branch 0; otherwise one entry per token (parent = run-local
+// index or -1 for a root hanging off the partition's prefix).
 struct RunSpec {
   bool speculative = false;
   uint32_t partition = 0;  // 0 = canonical (plain runs)
   std::optional<ForkSpec> fork;
   std::vector<int32_t> tokens;
   std::vector<uint32_t> positions;
+  std::vector<int32_t> parents;
+  std::vector<uint32_t> branches;
   std::vector<uint32_t> result_rows;
 };
 
@@ -62,7 +72,8 @@ struct RunSpec {
 struct KvOpSpec {
   enum class Kind { kCommit, kRelease };
   Kind kind = Kind::kRelease;
-  uint32_t partition = 0;  // kCommit: the source partition (branch 0)
+  uint32_t partition = 0;  // kCommit: the source partition
+  uint32_t branch = 0;     // kCommit: the branch whose path is adopted
   uint32_t n_positions = 0;
   bool release = false;              // kCommit: also release the partition
   std::vector<uint32_t> partitions;  // kRelease
@@ -115,10 +126,12 @@ enum class Finish { kNone, kStop, kLength };
 struct Counters {
   uint64_t runs_plain = 0;
   uint64_t runs_speculative = 0;
-  uint64_t runs_cancelled = 0;   // invalidated runs (cancel sent unless no_cancel)
-  uint64_t runs_tombstoned = 0;  // outcomes of invalidated runs that came back as tombstones
+  uint64_t runs_invalidated = 0;  // runs built on a rejected token (cancelled unless no_cancel)
+  uint64_t runs_cancelled = 0;    // invalidated runs the stages were asked to skip
+  uint64_t runs_tombstoned = 0;   // outcomes of invalidated runs that came back as tombstones
   uint64_t tokens_drafted = 0;
   uint64_t tokens_accepted = 0;  // guesses confirmed by verification
+  uint64_t sibling_accepts = 0;  // of which were not the main draft token (token trees)
   uint64_t verifications = 0;    // outcomes with rows that were verified
   uint64_t draft_failures = 0;   // drafter errors (speculation then stops for the request)
 };
@@ -162,33 +175,58 @@ class Controller {
   size_t runs_in_flight() const { return ledger_.size(); }
 
  private:
+  struct Node {
+    int32_t token = -1;
+    uint32_t pos = 0;
+    uint64_t run = 0;               // the run that feeds it (its K/V and its result row)
+    int32_t row = -1;               // its row in that run's result
+    uint32_t branch = 0;            // its branch label in that run
+    int32_t parent = -1;            // node id
+    bool dead = false;              // its run was invalidated
+    std::vector<int32_t> children;  // node ids; the main child first
+    sampling::SparseDist child_q;   // sampling: the draft distribution the children were drawn from
+  };
   struct InFlight {
     uint64_t id = 0;
     bool speculative = false;
     uint32_t partition = 0;
-    uint32_t start = 0, end = 0;    // positions [start, end) written
-    std::vector<uint32_t> row_pos;  // predicted position of each result row
+    uint32_t start = 0;          // position of its first (root) token
+    std::vector<int32_t> nodes;  // its nodes, row order
+    size_t rows = 0;             // result rows expected
+    int32_t deepest = -1;        // its deepest committed node
   };
-  struct Guess {
-    int32_t token = -1;
-    sampling::SparseDist q;  // sampling: the distribution the token was drawn from
+  // A drafted micro-batch before launch: tokens in run order with run-local parents (-1 = the
+  // attach node) and branch labels; child_q for each token that received children.
+  struct Draft {
+    std::vector<int32_t> tokens;
+    std::vector<int32_t> parents;
+    std::vector<uint32_t> branches;
+    std::vector<sampling::SparseDist> child_q;  // per token (empty when no children drafted)
+    sampling::SparseDist root_q;                // distribution of the roots
+    size_t main_len = 0;
   };
 
   bool greedy() const { return options_.sampling.temperature <= 0.0f; }
-  uint32_t limit() const { return limit_; }
-  uint32_t fed() const { return fed_; }
+  float Adjust(uint32_t iter) const;
   absl::Status SendPlain();
   absl::Status SendSync();
-  absl::Status Launch(RunSpec run, uint32_t start, uint32_t end, std::vector<uint32_t> row_pos,
-                      bool speculative);
-  // Drafts up to `max_tokens` guesses after the current assumed sequence, stopping when the
-  // draft's top-1 probability drops below `cutoff`.
-  std::vector<Guess> DraftChain(float cutoff, uint32_t max_tokens);
-  // Appends a committed token and applies the stop rules.
-  void CommitToken(int32_t token);
-  absl::Status Invalidate(size_t from_index);
+  // Drafts a micro-batch after the assumed sequence `context` (main chain with sibling leaves),
+  // at most `budget` tokens, with the given confidence cutoff and split threshold.
+  Draft DraftTree(std::vector<int32_t> context, float cutoff, float split, uint32_t budget,
+                  uint32_t max_branches);
+  // Sends `run` (tokens already filled in) and records its nodes: `lead` is the node id of a
+  // leading committed token already created (sync runs) or -1; the draft's roots hang off
+  // `attach`.
+  absl::Status LaunchTree(RunSpec run, const Draft& d, int32_t attach, int32_t lead);
+  int32_t NewNode(int32_t token, uint32_t pos, int32_t parent, uint32_t branch);
+  // Appends a committed token (the node that carried it, or -1) and applies the stop rules.
+  void CommitToken(int32_t token, int32_t node);
+  // Drops every in-flight run that no longer descends from line_.
+  absl::Status InvalidateStale();
+  void RecomputeTip();
   uint32_t AllocPartition();
   void FreePartition(uint32_t p);
+  // C followed by the tokens from line_ to tip_ (the assumed sequence the tip extends).
   std::vector<int32_t> Assumed() const;
 
   ControllerOptions options_;
@@ -199,9 +237,10 @@ class Controller {
   sampling::Sampler sampler_;
 
   std::vector<int32_t> committed_;
-  std::deque<Guess> guesses_;  // guesses_[i] is the assumed token at position |C| + i
+  std::vector<Node> nodes_;
+  int32_t line_ = -1;  // node of the newest committed token, if it has been fed
+  int32_t tip_ = -1;   // where the next micro-batch attaches (-1: a plain run is due)
   uint32_t prompt_len_ = 0;
-  uint32_t fed_ = 0;
   uint32_t limit_ = 0;  // no token at a position >= limit_ is ever needed
   size_t emitted_ = 0;  // committed_ index up to which TakeEmitted has returned
   Finish finish_ = Finish::kNone;

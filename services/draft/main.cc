@@ -66,8 +66,8 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 1.0))
       ->capture_default_str();
   app.add_option("--max-branches", sp.max_branches,
-                 "Most branches per micro-batch (only 1, chains, is implemented)")
-      ->check(CLI::Range(1, 1))
+                 "Most branches per micro-batch (1 = chains; more = sibling leaves)")
+      ->check(CLI::Range(1, 16))
       ->capture_default_str();
   app.add_option("--max-inflight", sp.max_inflight,
                  "Most runs of one request in flight (0 = number of stages + 1)")

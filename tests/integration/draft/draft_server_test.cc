@@ -334,9 +334,9 @@ TEST_F(DraftServerTest, BadRequestsAreRefused) {
   req.mutable_spec()->set_p_accept(2.0f);
   EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 
-  req = GreedyRequest("trees", prompt, 4);
-  req.mutable_spec()->set_max_branches(4);
-  EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  req = GreedyRequest("bad-max-branches", prompt, 4);
+  req.mutable_spec()->set_max_branches(17);
+  EXPECT_EQ(Generate(req).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 // Sampling with a seed is reproducible (SPARSE rows through the pipeline: top_k > 0, no penalty),

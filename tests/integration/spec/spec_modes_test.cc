@@ -68,6 +68,8 @@ const std::vector<ModeRun>& Modes() {
       {"pipeinfer", {"--mode", "pipeinfer"}},
       {"pipeinfer --no-cancel", {"--mode", "pipeinfer", "--no-cancel"}},
       {"pipeinfer --no-continuous", {"--mode", "pipeinfer", "--no-continuous"}},
+      {"sync trees", {"--mode", "sync", "--max-branches", "3", "--p-split", "0.05"}},
+      {"pipeinfer trees", {"--mode", "pipeinfer", "--max-branches", "3", "--p-split", "0.05"}},
   };
   return kModes;
 }

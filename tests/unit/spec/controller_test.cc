@@ -61,10 +61,13 @@ TargetRow ArgmaxRow(const std::vector<int32_t>& path) {
 FakeDrafter::Fn GreedyDraft(double agree) {
   return [agree](const std::vector<int32_t>& seq) {
     const uint64_t h = HashPath(seq, 99);
-    int32_t tok = TargetNext(seq);
+    const int32_t target = TargetNext(seq);
+    int32_t tok = target;
     if (static_cast<double>(h % 1000) >= agree * 1000.0) tok = (tok + 1 + (h >> 20) % 3) % kVocab;
     std::vector<float> logits(kVocab, 0.0f);
     logits[tok] = 1.0f + static_cast<float>((h >> 10) % 6);  // top-1 probability 0.15 .. 0.91
+    // A wrong draft often has the target's token as its runner-up (what token trees exploit).
+    if (tok != target && (h >> 30) % 2 == 0) logits[target] = 0.6f * logits[tok];
     return logits;
   };
 }
@@ -127,6 +130,26 @@ std::vector<Case> Cases() {
   one_stage.n_stages = 1;
   one_stage.name = "pipeinfer_one_stage";
   out.push_back(one_stage);
+  for (Mode mode : {Mode::kSync, Mode::kPipeInfer}) {
+    for (uint32_t branches : {2u, 4u}) {
+      Case t;
+      t.spec.mode = mode;
+      t.spec.max_branches = branches;
+      t.spec.p_split = 0.03f;
+      t.spec.p_accept = 0.1f;
+      t.spec.draft_max = 6;
+      t.agree = 0.5;
+      t.name = std::string(ModeName(mode)) + "_tree" + std::to_string(branches);
+      out.push_back(t);
+    }
+  }
+  Case tree_nc;
+  tree_nc.spec.max_branches = 3;
+  tree_nc.spec.p_split = 0.03f;
+  tree_nc.spec.no_cancel = true;
+  tree_nc.agree = 0.4;
+  tree_nc.name = "pipeinfer_tree3_no_cancel";
+  out.push_back(tree_nc);
   Case small_runs;
   small_runs.max_run_tokens = 3;  // prefill in chunks, micro-batches capped
   small_runs.spec.draft_max = 6;
@@ -139,7 +162,7 @@ class GreedyIdentity : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GreedyIdentity, CommittedEqualsTargetGreedyInEveryInterleaving) {
   const Case& cs = GetParam();
-  uint64_t cancels = 0, skipped = 0, accepted = 0;
+  uint64_t cancels = 0, skipped = 0, accepted = 0, sibling_accepts = 0;
   for (uint64_t trial = 0; trial < 300; ++trial) {
     std::vector<int32_t> prompt;
     for (uint64_t i = 0; i < 1 + trial % 7; ++i) {
@@ -169,6 +192,7 @@ TEST_P(GreedyIdentity, CommittedEqualsTargetGreedyInEveryInterleaving) {
     cancels += pipe.cancels();
     skipped += pipe.skipped();
     accepted += c.counters().tokens_accepted;
+    sibling_accepts += c.counters().sibling_accepts;
     if (cs.spec.mode == Mode::kPlain) {
       EXPECT_EQ(c.counters().runs_speculative, 0u);
     }
@@ -177,6 +201,9 @@ TEST_P(GreedyIdentity, CommittedEqualsTargetGreedyInEveryInterleaving) {
     }
   }
   const bool speculates = cs.spec.mode != Mode::kPlain;
+  if (cs.spec.max_branches > 1) {
+    EXPECT_GT(sibling_accepts, 0u) << cs.name << ": no sibling branch was ever accepted";
+  }
   if (speculates && cs.agree > 0.0) {
     EXPECT_GT(accepted, 0u) << cs.name;
   }
@@ -321,7 +348,8 @@ std::vector<float> Logits(const std::vector<double>& p) {
   return l;
 }
 
-void CheckSampledDistribution(Mode mode, bool close_draft, bool full_rows) {
+void CheckSampledDistribution(Mode mode, bool close_draft, bool full_rows,
+                              uint32_t max_branches = 1) {
   const std::vector<int32_t> prompt{0, 2};
   std::map<int32_t, int64_t> counts;
   constexpr int64_t kRequests = 12000;
@@ -330,6 +358,8 @@ void CheckSampledDistribution(Mode mode, bool close_draft, bool full_rows) {
     opt.spec.mode = mode;
     opt.spec.p_accept = 0.0f;
     opt.spec.draft_max = 3;
+    opt.spec.max_branches = max_branches;
+    opt.spec.p_split = 0.2f;
     opt.sampling.temperature = 1.0f;
     opt.sampling.top_k = 0;
     opt.sampling.seed = static_cast<uint64_t>(i) * 2654435761u + 7;
@@ -391,6 +421,13 @@ TEST(Sampling, PipeInferCloseDraftSparseRows) {
 }
 TEST(Sampling, PipeInferFarDraftFullRows) {
   CheckSampledDistribution(Mode::kPipeInfer, false, true);
+}
+TEST(Sampling, SyncTreeFarDraft) { CheckSampledDistribution(Mode::kSync, false, false, 3); }
+TEST(Sampling, PipeInferTreeCloseDraft) {
+  CheckSampledDistribution(Mode::kPipeInfer, true, true, 2);
+}
+TEST(Sampling, PipeInferTreeFarDraft) {
+  CheckSampledDistribution(Mode::kPipeInfer, false, false, 3);
 }
 
 }  // namespace

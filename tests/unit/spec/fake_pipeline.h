@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -28,6 +29,16 @@ namespace pipeinfer::spec::testing {
 struct Cell {
   int32_t token = -1;
   bool poisoned = false;
+  int32_t parent = -1;  // index of the previous cell of its path (-1: position 0)
+  uint32_t pos = 0;
+  uint32_t branch = 0;
+};
+
+// A partition (or canonical): a linear prefix, then the cells of the one run that wrote it.
+struct Seq {
+  std::vector<Cell> cells;
+  size_t prefix = 0;  // cells [0, prefix) are the linear prefix
+  bool written = false;
 };
 
 // The target: given the path (all tokens up to and including the last one), the row.
@@ -77,7 +88,6 @@ class FakePipeline : public PipelineSink {
   uint64_t runs_sent() const { return runs_sent_; }
   uint64_t cancels() const { return cancels_; }
   uint64_t skipped() const { return skipped_; }
-  const std::vector<Cell>& canonical() const { return canonical_; }
 
  private:
   struct Msg {
@@ -86,16 +96,50 @@ class FakePipeline : public PipelineSink {
     KvOpSpec op;
   };
 
+  static void AppendLinear(Seq& seq, const Cell& c) {
+    Cell n = c;
+    n.parent = static_cast<int32_t>(seq.cells.size()) - 1;
+    n.pos = static_cast<uint32_t>(seq.cells.size());
+    n.branch = 0;
+    seq.cells.push_back(n);
+  }
+
+  // The cells of path(seq, branch), in position order.
+  static std::vector<Cell> PathOf(const Seq& seq, uint32_t branch) {
+    int32_t last = -1;
+    if (seq.written) {
+      for (size_t i = seq.prefix; i < seq.cells.size(); ++i) {
+        if (seq.cells[i].branch == branch) last = static_cast<int32_t>(i);
+      }
+    }
+    if (last < 0) {
+      EXPECT_EQ(branch, 0u) << "branch " << branch << " not in the partition";
+      if (seq.written) {
+        // A tombstoned run: every cell is poisoned anyway; take the linear prefix.
+        return std::vector<Cell>(seq.cells.begin(), seq.cells.begin() + seq.prefix);
+      }
+      return seq.cells;
+    }
+    std::vector<Cell> path;
+    for (int32_t i = last; i >= 0; i = seq.cells[i].parent) path.push_back(seq.cells[i]);
+    std::reverse(path.begin(), path.end());
+    return path;
+  }
+
   void ApplyKv(const KvOpSpec& op) {
     if (op.kind == KvOpSpec::Kind::kCommit) {
       auto it = parts_.find(op.partition);
       ASSERT_NE(it, parts_.end()) << "commit of unknown partition " << op.partition;
-      ASSERT_LE(op.n_positions, it->second.size());
+      const std::vector<Cell> path = PathOf(it->second, op.branch);
+      ASSERT_LE(op.n_positions, path.size());
       ASSERT_GE(op.n_positions, 1u);
+      Seq c;
       for (uint32_t i = 0; i < op.n_positions; ++i) {
-        ASSERT_FALSE(it->second[i].poisoned) << "commit adopts poisoned position " << i;
+        ASSERT_FALSE(path[i].poisoned) << "commit adopts poisoned position " << i;
+        AppendLinear(c, path[i]);
       }
-      canonical_.assign(it->second.begin(), it->second.begin() + op.n_positions);
+      c.prefix = c.cells.size();
+      canonical_ = std::move(c);
       if (op.release) parts_.erase(it);
     } else {
       for (uint32_t p : op.partitions) {
@@ -105,52 +149,73 @@ class FakePipeline : public PipelineSink {
   }
 
   void ApplyRun(uint64_t id, const RunSpec& run) {
-    std::vector<Cell>* seq = &canonical_;
+    Seq* seq = &canonical_;
     if (run.speculative) {
       ASSERT_NE(run.partition, 0u);
       ASSERT_TRUE(run.fork.has_value()) << "speculative run without fork";
       ASSERT_EQ(parts_.count(run.partition), 0u) << "fork into live partition " << run.partition;
-      const std::vector<Cell>& src =
+      const Seq& src =
           run.fork->src_partition == 0 ? canonical_ : parts_.at(run.fork->src_partition);
-      ASSERT_LE(run.fork->n_positions, src.size());
-      parts_[run.partition].assign(src.begin(), src.begin() + run.fork->n_positions);
+      const std::vector<Cell> path = PathOf(src, run.fork->src_branch);
+      ASSERT_LE(run.fork->n_positions, path.size());
+      Seq fresh;
+      for (uint32_t i = 0; i < run.fork->n_positions; ++i) AppendLinear(fresh, path[i]);
+      fresh.prefix = fresh.cells.size();
+      parts_[run.partition] = std::move(fresh);
       seq = &parts_[run.partition];
+      ASSERT_FALSE(seq->written);
     } else {
       ASSERT_EQ(run.partition, 0u);
+      ASSERT_TRUE(run.parents.empty());
+      seq->prefix = seq->cells.size();
     }
-    ASSERT_FALSE(run.tokens.empty());
-    ASSERT_EQ(run.positions.size(), run.tokens.size());
-    for (size_t i = 0; i < run.tokens.size(); ++i) {
-      ASSERT_EQ(run.positions[i], seq->size() + i) << "run " << id << " token " << i;
-    }
+    const size_t n = run.tokens.size();
+    ASSERT_GT(n, 0u);
+    ASSERT_EQ(run.positions.size(), n);
+    ASSERT_TRUE(run.parents.empty() || run.parents.size() == n);
+    ASSERT_TRUE(run.branches.empty() || run.branches.size() == n);
     bool skip =
         cancelled_.count(id) > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < p_skip_;
     std::string reason = "CANCELLED";
     if (!skip) {
-      for (const Cell& c : *seq) {
-        if (c.poisoned) {
+      for (size_t i = 0; i < seq->prefix; ++i) {
+        if (seq->cells[i].poisoned) {
           skip = true;
           reason = "DEPENDENCY";
           break;
         }
       }
     }
+    const size_t base = seq->cells.size();
+    const int32_t prefix_end = static_cast<int32_t>(seq->prefix) - 1;
+    for (size_t i = 0; i < n; ++i) {
+      Cell c;
+      c.token = run.tokens[i];
+      c.poisoned = skip;
+      const int32_t p = run.parents.empty() ? static_cast<int32_t>(i) - 1 : run.parents[i];
+      ASSERT_LT(p, static_cast<int32_t>(i));
+      c.parent = p < 0 ? prefix_end : static_cast<int32_t>(base) + p;
+      c.pos = c.parent < 0 ? 0 : seq->cells[c.parent].pos + 1;
+      c.branch = run.branches.empty() ? 0 : run.branches[i];
+      ASSERT_EQ(run.positions[i], c.pos) << "run " << id << " token " << i;
+      seq->cells.push_back(c);
+    }
+    if (run.speculative) seq->written = true;
     Outcome o;
     o.run_id = id;
     if (skip) {
       ++skipped_;
-      for (int32_t t : run.tokens) seq->push_back(Cell{t, true});
       o.tombstone = true;
       o.tombstone_reason = reason;
     } else {
-      ASSERT_EQ(cancelled_.count(id) == 0 || true, true);
-      std::vector<int32_t> path;
-      for (const Cell& c : *seq) path.push_back(c.token);
       size_t next_row = 0;
-      for (size_t i = 0; i < run.tokens.size(); ++i) {
-        seq->push_back(Cell{run.tokens[i], false});
-        path.push_back(run.tokens[i]);
+      for (size_t i = 0; i < n; ++i) {
         if (next_row < run.result_rows.size() && run.result_rows[next_row] == i) {
+          std::vector<int32_t> path;
+          for (int32_t k = static_cast<int32_t>(base + i); k >= 0; k = seq->cells[k].parent) {
+            path.push_back(seq->cells[k].token);
+          }
+          std::reverse(path.begin(), path.end());
           o.rows.push_back(target_(path));
           ++next_row;
         }
@@ -167,8 +232,8 @@ class FakePipeline : public PipelineSink {
   std::deque<Msg> queue_;
   std::deque<Outcome> outcomes_;
   std::set<uint64_t> cancelled_;
-  std::vector<Cell> canonical_;
-  std::map<uint32_t, std::vector<Cell>> parts_;
+  Seq canonical_;
+  std::map<uint32_t, Seq> parts_;
   uint64_t runs_sent_ = 0, cancels_ = 0, skipped_ = 0;
 };
 
