@@ -51,6 +51,7 @@ struct UpArgs {
   std::optional<int> http_port;
   std::optional<int> grpc_port;
   std::optional<int> base_port;
+  std::optional<int> metrics_base_port;
   std::optional<int> threads;
   std::optional<int64_t> kv_tokens;
   std::optional<std::string> host;
@@ -75,6 +76,7 @@ int RunUp(const UpArgs& a) {
   if (a.http_port) c.http_port = *a.http_port;
   if (a.grpc_port) c.grpc_port = *a.grpc_port;
   if (a.base_port) c.base_port = *a.base_port;
+  if (a.metrics_base_port) c.metrics_base_port = *a.metrics_base_port;
   if (a.threads) c.threads = *a.threads;
   if (a.kv_tokens) c.kv_tokens = *a.kv_tokens;
   if (a.host) c.host = *a.host;
@@ -127,6 +129,14 @@ int RunUp(const UpArgs& a) {
     std::printf("  router http    http://%s  (OpenAI API: /v1/chat/completions)\n",
                 state.endpoints.router_http.c_str());
     std::printf("  router grpc    %s\n", state.endpoints.router_grpc.c_str());
+  }
+  for (size_t i = 0; i < state.endpoints.stage_metrics.size(); ++i) {
+    std::printf("  metrics        http://%s/metrics  (stage %zu)\n",
+                state.endpoints.stage_metrics[i].c_str(), i);
+  }
+  if (!state.endpoints.router_http.empty()) {
+    std::printf("  metrics        http://%s/metrics  (router)\n",
+                state.endpoints.router_http.c_str());
   }
   std::printf("  logs           %s\n", state.log_dir.c_str());
   std::fflush(stdout);
@@ -417,26 +427,68 @@ std::string FormatValue(double v) {
   return buf;
 }
 
-int RunStats(const std::string& stage, const std::string& draft) {
-  v1::StatsRequest req;
-  v1::StatsResponse resp;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::Status st;
-  const std::string addr = stage.empty() ? draft : stage;
-  if (!stage.empty()) {
-    st = v1::Stage::NewStub(ChannelFor(stage))->GetStats(&ctx, req, &resp);
-  } else {
-    st = v1::Draft::NewStub(ChannelFor(draft))->GetStats(&ctx, req, &resp);
+struct StatsArgs {
+  std::string stage, draft, router;
+  bool pipeline = false;
+};
+
+// Prints `name value` lines of one service, or `service.name value` lines with `qualified`.
+// A service that could not be reached is reported on stderr; returns false then.
+bool PrintService(const v1::ServiceStats& s, bool qualified) {
+  if (s.has_error()) {
+    std::fprintf(stderr, "error: %s%s%s: %s\n", s.service().c_str(),
+                 s.address().empty() ? "" : " at ", s.address().c_str(),
+                 s.error().message().c_str());
+    return false;
   }
-  if (!st.ok()) return Fail("GetStats at " + addr + " failed: " + st.error_message());
-  if (resp.services_size() == 0) return Fail("GetStats at " + addr + " returned no statistics");
-  const auto& s = resp.services(0);
-  if (s.has_error()) return Fail("GetStats at " + addr + ": " + s.error().message());
   for (const auto& c : s.counters()) {
-    std::printf("%s %s\n", c.name().c_str(), FormatValue(c.value()).c_str());
+    if (qualified) {
+      std::printf("%s.%s %s\n", s.service().c_str(), c.name().c_str(),
+                  FormatValue(c.value()).c_str());
+    } else {
+      std::printf("%s %s\n", c.name().c_str(), FormatValue(c.value()).c_str());
+    }
   }
-  return 0;
+  return true;
+}
+
+int RunStats(const StatsArgs& a) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
+  grpc::Status st;
+  google::protobuf::RepeatedPtrField<v1::ServiceStats> services;
+  const std::string addr = !a.router.empty() ? a.router : !a.stage.empty() ? a.stage : a.draft;
+  const std::string what = !a.router.empty() ? "GetClusterStats" : "GetStats";
+  if (!a.router.empty()) {
+    v1::ClusterStatsRequest req;
+    req.set_include_stages(true);
+    v1::ClusterStatsResponse resp;
+    st = v1::Router::NewStub(ChannelFor(a.router))->GetClusterStats(&ctx, req, &resp);
+    services = std::move(*resp.mutable_services());
+  } else {
+    v1::StatsRequest req;
+    req.set_include_pipeline(a.pipeline);
+    v1::StatsResponse resp;
+    if (!a.stage.empty()) {
+      st = v1::Stage::NewStub(ChannelFor(a.stage))->GetStats(&ctx, req, &resp);
+    } else {
+      st = v1::Draft::NewStub(ChannelFor(a.draft))->GetStats(&ctx, req, &resp);
+    }
+    services = std::move(*resp.mutable_services());
+  }
+  if (!st.ok()) return Fail(what + " at " + addr + " failed: " + st.error_message());
+  if (services.empty()) return Fail(what + " at " + addr + " returned no statistics");
+  const bool qualified = !a.router.empty() || a.pipeline;
+  if (!qualified) {
+    if (services[0].has_error()) {
+      return Fail(what + " at " + addr + ": " + services[0].error().message());
+    }
+    PrintService(services[0], false);
+    return 0;
+  }
+  bool all_ok = true;
+  for (const auto& s : services) all_ok = PrintService(s, true) && all_ok;
+  return all_ok ? 0 : 1;
 }
 
 }  // namespace
@@ -455,6 +507,9 @@ void RegisterClusterCommands(CLI::App& app) {
   up->add_option("--base-port", u.base_port,
                  "First stage port (stages use base.., then the draft service, then router gRPC)")
       ->check(CLI::Range(1, 65535));
+  up->add_option("--metrics-base-port", u.metrics_base_port,
+                 "First stage /metrics port (stage i: +i; 0 = base port + stages + 2; -1 = none)")
+      ->check(CLI::Range(-1, 65535));
   up->add_option("--threads,-t", u.threads, "Compute threads per stage")->check(CLI::Range(1, 256));
   up->add_option("--kv-tokens", u.kv_tokens, "KV capacity per stage, in tokens");
   up->add_option("--host", u.host, "Listen host for every process");
@@ -522,15 +577,26 @@ void RegisterClusterCommands(CLI::App& app) {
   });
 
   // stats
-  auto stage_addr = std::make_shared<std::string>();
-  auto draft_addr = std::make_shared<std::string>();
-  auto* stats = app.add_subcommand("stats", "Print a stage's or the draft service's counters");
-  auto* so = stats->add_option("--stage", *stage_addr, "Stage HOST:PORT");
-  auto* dop = stats->add_option("--draft", *draft_addr, "Draft service HOST:PORT");
+  auto sargs = std::make_shared<StatsArgs>();
+  auto* stats = app.add_subcommand(
+      "stats",
+      "Print counters: `name value` per line for one --stage or --draft; `service.name value` "
+      "for --router (router, draft service and every stage) or with --pipeline");
+  auto* so = stats->add_option("--stage", sargs->stage, "Stage HOST:PORT");
+  auto* dop = stats->add_option("--draft", sargs->draft, "Draft service HOST:PORT");
+  auto* rop = stats->add_option("--router", sargs->router,
+                                "Router gRPC HOST:PORT (Router.GetClusterStats with every stage)");
   so->excludes(dop);
-  stats->final_callback([stage_addr, draft_addr, so, dop] {
-    if (so->count() == 0 && dop->count() == 0) throw CLI::RequiredError("--stage or --draft");
-    if (int rc = RunStats(*stage_addr, *draft_addr)) throw CLI::RuntimeError(rc);
+  so->excludes(rop);
+  dop->excludes(rop);
+  auto* pop = stats->add_flag("--pipeline", sargs->pipeline,
+                              "With --stage or --draft: also every stage after it");
+  pop->excludes(rop);
+  stats->final_callback([sargs, so, dop, rop] {
+    if (so->count() == 0 && dop->count() == 0 && rop->count() == 0) {
+      throw CLI::RequiredError("--stage, --draft or --router");
+    }
+    if (int rc = RunStats(*sargs)) throw CLI::RuntimeError(rc);
   });
 }
 

@@ -3,7 +3,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include <filesystem>
+#include <map>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -22,6 +25,11 @@ std::string ClusterConfig::RouterGrpcAddress() const {
 std::string ClusterConfig::RouterHttpAddress() const {
   return host + ":" + std::to_string(http_port);
 }
+std::string ClusterConfig::StageMetricsAddress(int i) const {
+  if (metrics_base_port < 0) return "";
+  const int base = metrics_base_port > 0 ? metrics_base_port : base_port + stages + 2;
+  return host + ":" + std::to_string(base + i);
+}
 
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
   YAML::Node root;
@@ -39,8 +47,9 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     return (base / p).lexically_normal().string();
   };
   static const std::set<std::string> kKeys = {
-      "model", "draft_model", "stages",    "weights",   "mode",          "threads", "kv_tokens",
-      "host",  "base_port",   "http_port", "grpc_port", "chat_template", "model_id"};
+      "model",     "draft_model",   "stages",   "weights",          "mode",
+      "threads",   "kv_tokens",     "host",     "base_port",        "http_port",
+      "grpc_port", "chat_template", "model_id", "metrics_base_port"};
   ClusterConfig c;
   try {
     for (const auto& kv : root) {
@@ -60,6 +69,7 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     if (root["base_port"]) c.base_port = root["base_port"].as<int>();
     if (root["http_port"]) c.http_port = root["http_port"].as<int>();
     if (root["grpc_port"]) c.grpc_port = root["grpc_port"].as<int>();
+    if (root["metrics_base_port"]) c.metrics_base_port = root["metrics_base_port"].as<int>();
     if (root["chat_template"]) c.chat_template = root["chat_template"].as<std::string>();
     if (root["model_id"]) c.model_id = root["model_id"].as<std::string>();
   } catch (const YAML::Exception& e) {
@@ -105,7 +115,33 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
   if (c.grpc_port != 0 && !port_ok(c.grpc_port)) {
     return absl::InvalidArgumentError(absl::StrCat("grpc_port out of range: ", c.grpc_port));
   }
+  if (c.metrics_base_port < -1 || c.metrics_base_port >= 65536 ||
+      (c.metrics_base_port != -1 &&
+       !port_ok((c.metrics_base_port > 0 ? c.metrics_base_port : c.base_port + c.stages + 2) +
+                c.stages - 1))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics_base_port out of range: ", c.metrics_base_port, " (-1 = none, 0 = derived)"));
+  }
   if (c.host.empty()) return absl::InvalidArgumentError("host must not be empty");
+  // Every process listens on its own port(s).
+  std::map<std::string, std::string> used;  // address -> what listens there
+  std::vector<std::pair<std::string, std::string>> listeners;
+  for (int i = 0; i < c.stages; ++i) {
+    listeners.emplace_back(c.StageAddress(i), absl::StrCat("stage ", i));
+    const std::string m = c.StageMetricsAddress(i);
+    if (!m.empty()) listeners.emplace_back(m, absl::StrCat("stage ", i, " metrics"));
+  }
+  listeners.emplace_back(c.DraftAddress(), "the draft service");
+  listeners.emplace_back(c.RouterGrpcAddress(), "router gRPC");
+  listeners.emplace_back(c.RouterHttpAddress(), "router HTTP");
+  for (const auto& [addr, what] : listeners) {
+    auto [it, fresh] = used.emplace(addr, what);
+    if (!fresh) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(what, " and ", it->second, " would both listen on ", addr,
+                       " (check base_port, grpc_port, http_port and metrics_base_port)"));
+    }
+  }
   return absl::OkStatus();
 }
 

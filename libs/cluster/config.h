@@ -23,13 +23,18 @@ struct ClusterConfig {
   int base_port = 50051;           // stages base_port.., then draft, then router gRPC
   int http_port = 8080;            // router HTTP
   int grpc_port = 0;               // router gRPC (0 = the port after the draft's)
-  std::string chat_template;       // router --chat-template (empty = the model's)
-  std::string model_id;            // optional served model id
+  // First stage /metrics port; stage i serves Prometheus metrics on metrics_base_port + i.
+  // 0 = derived: base_port + stages + 2 (right after the router's default gRPC port); -1 = none.
+  int metrics_base_port = 0;
+  std::string chat_template;  // router --chat-template (empty = the model's)
+  std::string model_id;       // optional served model id
 
   std::string StageAddress(int i) const;
   std::string DraftAddress() const;
   std::string RouterGrpcAddress() const;
   std::string RouterHttpAddress() const;
+  // HOST:PORT of stage i's /metrics endpoint; empty when metrics_base_port is -1.
+  std::string StageMetricsAddress(int i) const;
 };
 
 // Reads a YAML file. Relative paths in it (model, draft_model) are resolved against the parent of

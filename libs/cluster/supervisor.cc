@@ -218,6 +218,9 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
       argv.insert(argv.end(), {"--weights", absl::StrJoin(w, ",")});
     }
     if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
+    if (const std::string m = c.StageMetricsAddress(i); !m.empty()) {
+      argv.insert(argv.end(), {"--metrics-listen", m});
+    }
     if (auto st = Spawn(absl::StrCat("stage ", i), c.StageAddress(i), argv); !st.ok()) {
       return fail(st);
     }
@@ -314,7 +317,11 @@ ClusterState Supervisor::State() const {
   ClusterState s;
   s.processes = procs_;
   s.log_dir = options_.log_dir;
-  for (int i = 0; i < config_.stages; ++i) s.endpoints.stages.push_back(config_.StageAddress(i));
+  for (int i = 0; i < config_.stages; ++i) {
+    s.endpoints.stages.push_back(config_.StageAddress(i));
+    const std::string m = config_.StageMetricsAddress(i);
+    if (!m.empty()) s.endpoints.stage_metrics.push_back(m);
+  }
   s.endpoints.draft = config_.DraftAddress();
   if (options_.router) {
     s.endpoints.router_http = config_.RouterHttpAddress();
@@ -336,6 +343,7 @@ absl::Status WriteState(const ClusterState& state, const std::string& path) {
                               {"log", p.log}});
   }
   j["endpoints"] = {{"stages", state.endpoints.stages},
+                    {"stage_metrics", state.endpoints.stage_metrics},
                     {"draft", state.endpoints.draft},
                     {"router_http", state.endpoints.router_http},
                     {"router_grpc", state.endpoints.router_grpc}};
@@ -371,6 +379,7 @@ absl::StatusOr<ClusterState> ReadState(const std::string& path) {
     }
     const auto& e = j.at("endpoints");
     s.endpoints.stages = e.value("stages", std::vector<std::string>{});
+    s.endpoints.stage_metrics = e.value("stage_metrics", std::vector<std::string>{});
     s.endpoints.draft = e.value("draft", "");
     s.endpoints.router_http = e.value("router_http", "");
     s.endpoints.router_grpc = e.value("router_grpc", "");

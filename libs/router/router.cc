@@ -9,7 +9,6 @@
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
-#include <prometheus/text_serializer.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,6 +19,7 @@
 #include <mutex>
 #include <optional>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -33,8 +33,10 @@
 #include "gguf/llama.h"
 #include "gguf/reader.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "metrics/metrics.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/router.grpc.pb.h"
+#include "pipeinfer/v1/stage.grpc.pb.h"
 #include "sampling/sampling.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
@@ -463,24 +465,8 @@ class Router::Impl final : public v1::Router::Service {
   grpc::Status GetClusterStats(grpc::ServerContext* sctx, const v1::ClusterStatsRequest* req,
                                v1::ClusterStatsResponse* resp) override {
     auto* me = resp->add_services();
-    me->set_service("router");
+    metrics_->FillServiceStats(me);
     me->set_address(absl::StrCat(opt_.grpc_address));
-    for (const auto& fam : registry_->Collect()) {
-      for (const auto& m : fam.metric) {
-        if (!m.label.empty()) continue;
-        auto* c = me->add_counters();
-        c->set_name(fam.name);
-        if (fam.type == prometheus::MetricType::Counter) {
-          c->set_value(m.counter.value);
-        } else if (fam.type == prometheus::MetricType::Gauge) {
-          c->set_value(m.gauge.value);
-          c->set_gauge(true);
-        } else if (fam.type == prometheus::MetricType::Histogram) {
-          c->set_name(fam.name + "_count");
-          c->set_value(static_cast<double>(m.histogram.sample_count));
-        }
-      }
-    }
     grpc::ClientContext ctx;
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
     v1::StatsRequest sreq;
@@ -488,6 +474,7 @@ class Router::Impl final : public v1::Router::Service {
     v1::StatsResponse sresp;
     const grpc::Status st = draft_->GetStats(&ctx, sreq, &sresp);
     if (st.ok()) {
+      if (req->include_stages()) CompleteStageChain(sctx, &sresp);
       for (auto& s : *sresp.mutable_services()) *resp->add_services() = std::move(s);
     } else {
       auto* d = resp->add_services();
@@ -503,6 +490,43 @@ class Router::Impl final : public v1::Router::Service {
   }
 
  private:
+  // A draft service that asks stage 0 and the last stage separately (not stage 0 with
+  // include_pipeline) lists no middle stage. When the stage indices it lists ("stage<i>") have
+  // gaps, the chain is taken from stage 0 instead: Stage.GetStats with include_pipeline returns
+  // every stage in pipeline order.
+  void CompleteStageChain(grpc::ServerContext* sctx, v1::StatsResponse* draft_resp) {
+    std::set<int> indices;
+    std::string stage0;
+    for (const auto& s : draft_resp->services()) {
+      const std::string& n = s.service();
+      if (n.size() <= 5 || n.compare(0, 5, "stage") != 0) continue;
+      const std::string digits = n.substr(n[5] == '/' ? 6 : 5);
+      if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      const int i = std::stoi(digits);
+      indices.insert(i);
+      if (i == 0 && !s.has_error()) stage0 = s.address();
+    }
+    if (indices.empty() || stage0.empty() ||
+        static_cast<int>(indices.size()) == *indices.rbegin() + 1) {
+      return;
+    }
+    auto stub = v1::Stage::NewStub(grpc::CreateChannel(stage0, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(
+        std::min(sctx->deadline(), std::chrono::system_clock::now() + std::chrono::seconds(5)));
+    v1::StatsRequest req;
+    req.set_include_pipeline(true);
+    v1::StatsResponse chain;
+    if (!stub->GetStats(&ctx, req, &chain).ok() || chain.services_size() == 0) return;
+    if (chain.services(0).address().empty()) chain.mutable_services(0)->set_address(stage0);
+    v1::StatsResponse out;
+    for (auto& s : *draft_resp->mutable_services()) {
+      if (s.service().compare(0, 5, "stage") != 0) *out.add_services() = std::move(s);
+    }
+    for (auto& s : *chain.mutable_services()) *out.add_services() = std::move(s);
+    *draft_resp = std::move(out);
+  }
+
   // -------------------------------------------------------------------------------------------
   // Request building
 
@@ -1172,8 +1196,7 @@ class Router::Impl final : public v1::Router::Service {
     });
     http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
       CountRequest("/metrics", 200);
-      prometheus::TextSerializer ser;
-      r.set_content(ser.Serialize(registry_->Collect()), "text/plain; version=0.0.4");
+      r.set_content(metrics_->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
     });
     http_->set_error_handler([](const httplib::Request&, httplib::Response& r) {
       if (!r.body.empty()) return;
@@ -1197,45 +1220,20 @@ class Router::Impl final : public v1::Router::Service {
   // Metrics
 
   void SetUpMetrics() {
-    registry_ = std::make_shared<prometheus::Registry>();
-    requests_ = &prometheus::BuildCounter()
-                     .Name("pipeinfer_router_requests_total")
-                     .Help("Requests by endpoint and status code (HTTP status, or gRPC code)")
-                     .Register(*registry_);
-    prompt_tokens_ = &prometheus::BuildCounter()
-                          .Name("pipeinfer_router_prompt_tokens_total")
-                          .Help("Prompt tokens of admitted requests")
-                          .Register(*registry_)
-                          .Add({});
-    generated_tokens_ = &prometheus::BuildCounter()
-                             .Name("pipeinfer_router_generated_tokens_total")
-                             .Help("Completion tokens received from the draft service")
-                             .Register(*registry_)
-                             .Add({});
-    const prometheus::Histogram::BucketBoundaries ttft_b{0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                                         0.5,   1,    2.5,   5,    10,  30};
-    ttft_ = &prometheus::BuildHistogram()
-                 .Name("pipeinfer_router_time_to_first_token_seconds")
-                 .Help("Time from the draft call to the first generated token")
-                 .Register(*registry_)
-                 .Add({}, ttft_b);
-    const prometheus::Histogram::BucketBoundaries itl_b{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                                        0.1,   0.25,   0.5,   1,    2.5};
-    itl_ = &prometheus::BuildHistogram()
-                .Name("pipeinfer_router_inter_token_latency_seconds")
-                .Help("Time between consecutive generated tokens")
-                .Register(*registry_)
-                .Add({}, itl_b);
-    auto* inflight = &prometheus::BuildGauge()
-                          .Name("pipeinfer_router_requests_in_flight")
-                          .Help("Requests generating now")
-                          .Register(*registry_)
-                          .Add({});
-    auto* queue = &prometheus::BuildGauge()
-                       .Name("pipeinfer_router_queue_depth")
-                       .Help("Requests waiting for an admission slot")
-                       .Register(*registry_)
-                       .Add({});
+    metrics_ = std::make_shared<metrics::Metrics>("router", "router");
+    metrics::Metrics& m = *metrics_;
+    requests_ = &m.CounterFamily(
+        "requests_total", "Requests by endpoint and status code (HTTP status, or gRPC code)");
+    prompt_tokens_ = &m.Counter("prompt_tokens_total", "Prompt tokens of admitted requests");
+    generated_tokens_ =
+        &m.Counter("generated_tokens_total", "Completion tokens received from the draft service");
+    ttft_ = &m.Histogram("time_to_first_token_seconds",
+                         "Time from the draft call to the first generated token",
+                         {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30});
+    itl_ = &m.Histogram("inter_token_latency_seconds", "Time between consecutive generated tokens",
+                        {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5});
+    auto* inflight = &m.Gauge("requests_in_flight", "Requests generating now");
+    auto* queue = &m.Gauge("queue_depth", "Requests waiting for an admission slot");
     admission_ = std::make_unique<Admission>(opt_.max_inflight, opt_.max_queue, inflight, queue);
   }
 
@@ -1257,7 +1255,7 @@ class Router::Impl final : public v1::Router::Service {
   std::thread http_thread_;
   int http_port_ = 0;
 
-  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<metrics::Metrics> metrics_;
   prometheus::Family<prometheus::Counter>* requests_ = nullptr;
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generated_tokens_ = nullptr;

@@ -9,6 +9,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/kernels.h"
+#include "metrics/metrics.h"
 #include "pipeinfer/v1/stage.pb.h"
 
 namespace pipeinfer::stage {
@@ -161,8 +162,36 @@ StageOutput::~StageOutput() = default;
 StageOutput::StageOutput(StageOutput&&) noexcept = default;
 StageOutput& StageOutput::operator=(StageOutput&&) noexcept = default;
 
-StageCore::StageCore(std::unique_ptr<engine::Engine> engine, StageCoreConfig config)
-    : engine_(std::move(engine)), config_(std::move(config)) {}
+StageCore::StageCore(std::unique_ptr<engine::Engine> engine, StageCoreConfig config,
+                     std::shared_ptr<metrics::Metrics> metrics)
+    : engine_(std::move(engine)), config_(std::move(config)), metrics_(std::move(metrics)) {
+  if (!metrics_) {
+    metrics_ =
+        std::make_shared<metrics::Metrics>(absl::StrCat("stage", config_.stage_index), "stage");
+  }
+  metrics::Metrics& m = *metrics_;
+  m_.runs_computed = &m.Counter("runs_computed_total", "Runs computed completely");
+  m_.runs_skipped =
+      &m.Counter("runs_skipped_total", "Runs cancelled before compute (tombstoned at dequeue)");
+  m_.runs_stopped =
+      &m.Counter("runs_stopped_total", "Runs cancelled between layers (stopped early)");
+  m_.runs_dependency = &m.Counter(
+      "runs_dependency_total", "Runs skipped because they would read positions of a skipped run");
+  m_.tombstones_forwarded =
+      &m.Counter("tombstones_forwarded_total",
+                 "Tombstones sent on (downstream, or to the controller by the last stage)");
+  m_.tokens_computed = &m.Counter("tokens_computed_total", "Tokens of the runs computed");
+  m_.session_errors = &m.Counter("session_errors_total", "Sessions failed by this stage");
+  m_.compute_seconds =
+      &m.Counter("compute_seconds_total", "Time spent in forward passes of computed runs");
+  m_.forward_seconds =
+      &m.Histogram("forward_seconds", "Forward pass time of one computed run on this stage",
+                   metrics::LatencyBuckets());
+  m_.kv_blocks_in_use = &m.Gauge("kv_blocks_in_use", "KV cache blocks referenced");
+  m_.kv_blocks_capacity = &m.Gauge("kv_blocks_capacity", "KV cache capacity in blocks");
+  m_.sessions_open = &m.Gauge("sessions_open", "Sessions open on this stage");
+  UpdateKvGauges();
+}
 
 StageCore::~StageCore() = default;
 
@@ -185,13 +214,30 @@ void StageCore::ForgetCancelledUpTo(uint64_t run_id) {
 void StageCore::Reset() {
   for (auto& [sid, s] : sessions_) (void)engine_->kv().CloseSession(sid);
   sessions_.clear();
+  UpdateKvGauges();
   std::lock_guard<std::mutex> l(cancel_mu_);
   cancelled_.clear();
 }
 
+void StageCore::UpdateKvGauges() {
+  const kv::KvStats st = engine_->kv().Stats();
+  m_.kv_blocks_in_use->Set(static_cast<double>(st.blocks_used));
+  m_.kv_blocks_capacity->Set(static_cast<double>(st.blocks_total));
+  m_.sessions_open->Set(static_cast<double>(st.sessions));
+}
+
 StageCounters StageCore::counters() const {
-  std::lock_guard<std::mutex> l(counters_mu_);
-  return counters_;
+  auto u = [](const prometheus::Counter* c) { return static_cast<uint64_t>(c->Value()); };
+  StageCounters c;
+  c.runs_computed = u(m_.runs_computed);
+  c.runs_skipped = u(m_.runs_skipped);
+  c.runs_stopped = u(m_.runs_stopped);
+  c.runs_dependency = u(m_.runs_dependency);
+  c.tombstones_forwarded = u(m_.tombstones_forwarded);
+  c.tokens_computed = u(m_.tokens_computed);
+  c.session_errors = u(m_.session_errors);
+  c.compute_us = static_cast<uint64_t>(std::llround(m_.compute_seconds->Value() * 1e6));
+  return c;
 }
 
 void StageCore::FillInfo(v1::StageInfo* info) const {
@@ -240,8 +286,7 @@ void StageCore::FailSession(uint64_t sid, Session* s, absl::Status status, uint6
   e->set_run_id(run_id);
   e->set_stage_index(config_.stage_index);
   out.errors.push_back(std::move(e));
-  std::lock_guard<std::mutex> l(counters_mu_);
-  ++counters_.session_errors;
+  m_.session_errors->Increment();
 }
 
 void StageCore::EmitTombstone(const v1::StageDownstream& original, int reason, StageOutput& out) {
@@ -259,10 +304,7 @@ void StageCore::EmitTombstone(const v1::StageDownstream& original, int reason, S
   } else {
     t = original.tombstone();
   }
-  {
-    std::lock_guard<std::mutex> l(counters_mu_);
-    ++counters_.tombstones_forwarded;
-  }
+  m_.tombstones_forwarded->Increment();
   if (engine_->model().is_last()) {
     auto r = std::make_unique<v1::ResultsDownstream>();
     *r->mutable_tombstone() = t;
@@ -356,6 +398,12 @@ absl::Status StageCore::PoisonRun(uint64_t sid, Session& s, int kind, uint32_t p
 }
 
 StageOutput StageCore::Handle(const v1::StageDownstream& msg) {
+  StageOutput out = HandleMessage(msg);
+  UpdateKvGauges();
+  return out;
+}
+
+StageOutput StageCore::HandleMessage(const v1::StageDownstream& msg) {
   StageOutput out;
   switch (msg.msg_case()) {
     case v1::StageDownstream::kSessionOpen: {
@@ -619,10 +667,7 @@ void StageCore::HandleRun(const v1::StageDownstream& msg, StageOutput& out) {
     EmitTombstone(msg, reason, out);
   };
   if (IsCancelled(rid)) {
-    {
-      std::lock_guard<std::mutex> l(counters_mu_);
-      ++counters_.runs_skipped;
-    }
+    m_.runs_skipped->Increment();
     return skip(v1::TOMBSTONE_REASON_CANCELLED);
   }
 
@@ -631,10 +676,9 @@ void StageCore::HandleRun(const v1::StageDownstream& msg, StageOutput& out) {
   const int32_t before = seq->size();
   const int32_t valid = plain ? s.canonical_valid : s.parts[part].valid_len;
   if (valid != kAllValid && valid < before) {
-    std::lock_guard<std::mutex> l(counters_mu_);
-    ++counters_.runs_dependency;
+    m_.runs_dependency->Increment();
+    return skip(v1::TOMBSTONE_REASON_DEPENDENCY);
   }
-  if (valid != kAllValid && valid < before) return skip(v1::TOMBSTONE_REASON_DEPENDENCY);
   const int32_t root = before == 0 ? 0 : seq->position.back() + 1;
   std::vector<int32_t> pos(n);
   std::map<int32_t, int32_t> last_of_branch;
@@ -690,10 +734,7 @@ void StageCore::HandleRun(const v1::StageDownstream& msg, StageOutput& out) {
       s.parts[part].written = true;
       s.parts[part].valid_len = std::min(s.parts[part].valid_len, s.parts[part].prefix_len);
     }
-    {
-      std::lock_guard<std::mutex> l(counters_mu_);
-      ++counters_.runs_stopped;
-    }
+    m_.runs_stopped->Increment();
     ForgetCancelledUpTo(rid);
     EmitTombstone(msg, v1::TOMBSTONE_REASON_CANCELLED, out);
     return;
@@ -705,12 +746,10 @@ void StageCore::HandleRun(const v1::StageDownstream& msg, StageOutput& out) {
     p.written = true;
     for (int32_t i = 0; i < n; ++i) p.branch_leaf[branches[i]] = res->slots[i];
   }
-  {
-    std::lock_guard<std::mutex> l(counters_mu_);
-    ++counters_.runs_computed;
-    counters_.tokens_computed += n;
-    counters_.compute_us += us;
-  }
+  m_.runs_computed->Increment();
+  m_.tokens_computed->Increment(static_cast<double>(n));
+  m_.compute_seconds->Increment(static_cast<double>(us) * 1e-6);
+  m_.forward_seconds->Observe(static_cast<double>(us) * 1e-6);
   ForgetCancelledUpTo(rid);
 
   v1::StageTiming timing;

@@ -19,6 +19,16 @@
 
 #include "engine/engine.h"
 
+namespace prometheus {
+class Counter;
+class Gauge;
+class Histogram;
+}  // namespace prometheus
+
+namespace pipeinfer::metrics {
+class Metrics;
+}  // namespace pipeinfer::metrics
+
 namespace pipeinfer::v1 {
 class StageDownstream;
 class ResultsDownstream;
@@ -38,6 +48,7 @@ struct StageCoreConfig {
   int hidden_dtype_out = 1;              // v1::DType of hidden states sent downstream (F32)
 };
 
+// A snapshot of the stage's counters (read from its metrics registry, the one source of truth).
 struct StageCounters {
   uint64_t runs_computed = 0;
   uint64_t runs_skipped = 0;     // cancelled before compute (tombstoned at dequeue)
@@ -62,7 +73,11 @@ struct StageOutput {
 
 class StageCore {
  public:
-  StageCore(std::unique_ptr<engine::Engine> engine, StageCoreConfig config);
+  // `metrics`: the registry of the stage process (null: a private one, named "stage<index>").
+  // Counters, the forward-time histogram and the KV gauges are registered there as
+  // pipeinfer_stage_*.
+  StageCore(std::unique_ptr<engine::Engine> engine, StageCoreConfig config,
+            std::shared_ptr<metrics::Metrics> metrics = nullptr);
   ~StageCore();
 
   // Applies one message (never PipelineOpen) in order. Session-level problems become ErrorDetails
@@ -77,6 +92,7 @@ class StageCore {
   void Reset();
 
   StageCounters counters() const;
+  const std::shared_ptr<metrics::Metrics>& metrics() const { return metrics_; }
   void FillInfo(v1::StageInfo* info) const;
   engine::Engine& engine() { return *engine_; }
   const StageCoreConfig& config() const { return config_; }
@@ -99,6 +115,9 @@ class StageCore {
     std::map<uint32_t, Partition> parts;
   };
 
+  StageOutput HandleMessage(const v1::StageDownstream& msg);
+  // kv_blocks_in_use, kv_blocks_capacity, sessions_open from the KV cache.
+  void UpdateKvGauges();
   void HandleRun(const v1::StageDownstream& msg, StageOutput& out);
   void HandleTombstone(const v1::StageDownstream& msg, StageOutput& out);
   void HandleKvOp(const v1::StageDownstream& msg, StageOutput& out);
@@ -118,8 +137,13 @@ class StageCore {
   std::map<uint64_t, Session> sessions_;
   mutable std::mutex cancel_mu_;
   std::set<uint64_t> cancelled_;
-  mutable std::mutex counters_mu_;
-  StageCounters counters_;
+  std::shared_ptr<metrics::Metrics> metrics_;
+  struct Instruments {
+    prometheus::Counter *runs_computed, *runs_skipped, *runs_stopped, *runs_dependency,
+        *tombstones_forwarded, *tokens_computed, *session_errors, *compute_seconds;
+    prometheus::Histogram* forward_seconds;
+    prometheus::Gauge *kv_blocks_in_use, *kv_blocks_capacity, *sessions_open;
+  } m_{};
 };
 
 }  // namespace pipeinfer::stage

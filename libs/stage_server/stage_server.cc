@@ -4,6 +4,7 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "metrics/metrics.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
 
 namespace pipeinfer::stage_server {
@@ -72,8 +74,18 @@ struct ResultsSink {
 class StageServer::Impl final : public v1::Stage::Service {
  public:
   Impl(std::unique_ptr<stage::StageCore> core, StageServerOptions options)
-      : core_(std::move(core)), opt_(std::move(options)) {
+      : core_(std::move(core)), opt_(std::move(options)), metrics_(core_->metrics()) {
     if (opt_.window == 0) opt_.window = 1;
+    metrics::Metrics& m = *metrics_;
+    cancels_received_ =
+        &m.Counter("cancels_received_total", "Cancel messages received from downstream");
+    queue_depth_ = &m.Gauge("input_queue_depth",
+                            "Messages received from upstream and not yet dequeued (at most W)");
+    received_bytes_ = &m.Counter("received_bytes_total",
+                                 "Serialized bytes of the messages received from upstream");
+    sent_bytes_ = &m.Counter(
+        "sent_bytes_total",
+        "Serialized bytes of the messages sent downstream (or as results by the last stage)");
   }
 
   ~Impl() override {
@@ -108,12 +120,22 @@ class StageServer::Impl final : public v1::Stage::Service {
       server_.reset();
       return absl::UnavailableError(absl::StrCat("cannot listen on ", opt_.listen_address));
     }
+    if (!opt_.metrics_address.empty()) {
+      metrics_http_ = std::make_unique<metrics::MetricsHttpServer>(metrics_);
+      absl::StatusOr<int> mp = metrics_http_->Start(opt_.metrics_address);
+      if (!mp.ok()) {
+        server_->Shutdown();
+        server_.reset();
+        return mp.status();
+      }
+    }
     SetServing(is_last());
     if (!is_last()) health_thread_ = std::thread([this] { HealthMonitor(); });
     return absl::OkStatus();
   }
 
   int port() const { return port_; }
+  int metrics_port() const { return metrics_http_ ? metrics_http_->port() : 0; }
 
   void Shutdown() {
     std::shared_ptr<Link> cur;
@@ -134,6 +156,7 @@ class StageServer::Impl final : public v1::Stage::Service {
     // cancelled.
     server_->Shutdown(Clock::now() + std::chrono::milliseconds(500));
     if (health_thread_.joinable()) health_thread_.join();
+    if (metrics_http_) metrics_http_->Stop();
   }
 
   void Wait() {
@@ -207,6 +230,7 @@ class StageServer::Impl final : public v1::Stage::Service {
       std::lock_guard<std::mutex> l(mu_);
       current_ = link;
     }
+    queue_depth_->Set(0);
     cv_.notify_all();
     link->worker = std::thread([this, link] { Worker(link); });
     if (link->down) link->down_reader = std::thread([this, link] { DownReader(link); });
@@ -220,6 +244,7 @@ class StageServer::Impl final : public v1::Stage::Service {
         AbortLink(*link, grpc::StatusCode::FAILED_PRECONDITION, "a second PipelineOpen");
         break;
       }
+      received_bytes_->Increment(static_cast<double>(m->ByteSizeLong()));
       bool overflow = false;
       {
         std::lock_guard<std::mutex> l(link->mu);
@@ -228,6 +253,7 @@ class StageServer::Impl final : public v1::Stage::Service {
           overflow = true;
         } else {
           link->input.push_back(std::move(m));
+          queue_depth_->Set(static_cast<double>(link->input.size()));
         }
       }
       if (overflow) {
@@ -269,6 +295,7 @@ class StageServer::Impl final : public v1::Stage::Service {
         if (was_current) current_.reset();
       }
       if (was_current) {
+        queue_depth_->Set(0);  // an aborted link drops what was queued
         std::lock_guard<std::mutex> l(core_mu_);
         core_->Reset();
       }
@@ -342,45 +369,10 @@ class StageServer::Impl final : public v1::Stage::Service {
   }
 
   // ---- GetStats / GetInfo -----------------------------------------------------------------
-  grpc::Status GetStats(grpc::ServerContext*, const v1::StatsRequest*,
+  grpc::Status GetStats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
                         v1::StatsResponse* resp) override {
-    const stage::StageCounters c = core_->counters();
-    kv::KvStats ks;
-    {
-      std::lock_guard<std::mutex> l(core_mu_);
-      ks = core_->engine().kv().Stats();
-    }
-    v1::ServiceStats* s = resp->add_services();
-    s->set_service(absl::StrCat("stage/", index()));
-    auto add = [&](const char* name, double v, bool gauge) {
-      v1::Counter* k = s->add_counters();
-      k->set_name(name);
-      k->set_value(v);
-      k->set_gauge(gauge);
-    };
-    add("runs_computed_total", c.runs_computed, false);
-    add("runs_skipped_total", c.runs_skipped, false);
-    add("runs_stopped_total", c.runs_stopped, false);
-    add("runs_dependency_total", c.runs_dependency, false);
-    add("tombstones_total", c.tombstones_forwarded, false);
-    add("tokens_computed_total", c.tokens_computed, false);
-    add("session_errors_total", c.session_errors, false);
-    add("compute_seconds_total", c.compute_us * 1e-6, false);
-    add("cancels_received_total", static_cast<double>(cancels_received_.load()), false);
-    add("kv_blocks_in_use", static_cast<double>(ks.blocks_used), true);
-    add("kv_blocks_total", static_cast<double>(ks.blocks_total), true);
-    add("sessions_open", static_cast<double>(ks.sessions), true);
-    std::shared_ptr<Link> cur;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      cur = current_;
-    }
-    size_t depth = 0;
-    if (cur) {
-      std::lock_guard<std::mutex> l(cur->mu);
-      depth = cur->input.size();
-    }
-    add("input_queue_depth", static_cast<double>(depth), true);
+    metrics_->FillServiceStats(resp->add_services());
+    if (req->include_pipeline() && !is_last()) CollectDownstreamStats(ctx, resp);
     return grpc::Status::OK;
   }
 
@@ -432,6 +424,33 @@ class StageServer::Impl final : public v1::Stage::Service {
       }
     }
     return grpc::Status::OK;
+  }
+
+  // Appends the statistics of the next stage and, through it, of every stage after it. A stage
+  // that cannot be reached is listed with `error` set.
+  void CollectDownstreamStats(grpc::ServerContext* sctx, v1::StatsResponse* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::min(sctx->deadline(), Clock::now() + std::chrono::seconds(5)));
+    v1::StatsRequest req;
+    req.set_include_pipeline(true);
+    v1::StatsResponse down;
+    const grpc::Status st = down_stub_->GetStats(&ctx, req, &down);
+    if (st.ok() && down.services_size() > 0) {
+      for (int i = 0; i < down.services_size(); ++i) {
+        v1::ServiceStats* s = resp->add_services();
+        *s = std::move(*down.mutable_services(i));
+        if (i == 0 && s->address().empty()) s->set_address(opt_.downstream_address);
+      }
+      return;
+    }
+    v1::ServiceStats* s = resp->add_services();
+    s->set_service(absl::StrCat("stage", index() + 1));
+    s->set_address(opt_.downstream_address);
+    v1::ErrorDetail* e = s->mutable_error();
+    e->set_code(st.ok() ? v1::STATUS_CODE_INTERNAL : static_cast<v1::StatusCode>(st.error_code()));
+    e->set_message(st.ok() ? "the next stage returned no statistics" : st.error_message());
+    e->set_origin(absl::StrCat("stage/", index()));
+    e->set_stage_index(index() + 1);
   }
 
   // Opens the link to the next stage and waits for its initial credit.
@@ -496,7 +515,7 @@ class StageServer::Impl final : public v1::Stage::Service {
   // A Cancel from downstream (or, on the last stage, from the controller): forwarded upstream
   // first (not by stage 0, whose upstream peer is the controller), then recorded.
   void HandleCancel(const v1::Cancel& c, Link* link) {
-    cancels_received_.fetch_add(1);
+    cancels_received_->Increment();
     if (index() > 0) {
       std::shared_ptr<Link> cur;
       if (!link) {
@@ -524,6 +543,7 @@ class StageServer::Impl final : public v1::Stage::Service {
         if (l.stop || l.input.empty()) break;
         m = std::move(l.input.front());
         l.input.pop_front();
+        queue_depth_->Set(static_cast<double>(l.input.size()));
       }
       v1::StageUpstream credit;
       credit.mutable_credit()->set_messages(1);
@@ -546,6 +566,7 @@ class StageServer::Impl final : public v1::Stage::Service {
           if (l.stop) break;
           --l.down_credit;
         }
+        sent_bytes_->Increment(static_cast<double>(f->ByteSizeLong()));
         if (!l.down->Write(*f)) {
           AbortLink(
               l, grpc::StatusCode::UNAVAILABLE,
@@ -558,6 +579,7 @@ class StageServer::Impl final : public v1::Stage::Service {
         for (auto& r : out.results) {
           cv_.wait(lk, [&] { return l.stop || shutdown_ || results_.size() < window; });
           if (l.stop || shutdown_) break;
+          sent_bytes_->Increment(static_cast<double>(r->ByteSizeLong()));
           results_.push_back(std::move(r));
         }
         lk.unlock();
@@ -652,7 +674,12 @@ class StageServer::Impl final : public v1::Stage::Service {
   std::shared_ptr<Link> current_;
   std::shared_ptr<ResultsSink> sink_;
   std::deque<std::unique_ptr<v1::ResultsDownstream>> results_;  // last stage, at most W
-  std::atomic<uint64_t> cancels_received_{0};
+  std::shared_ptr<metrics::Metrics> metrics_;
+  std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
+  prometheus::Counter* cancels_received_ = nullptr;
+  prometheus::Gauge* queue_depth_ = nullptr;
+  prometheus::Counter* received_bytes_ = nullptr;
+  prometheus::Counter* sent_bytes_ = nullptr;
 };
 
 StageServer::StageServer(std::unique_ptr<stage::StageCore> core, StageServerOptions options)
@@ -662,6 +689,7 @@ StageServer::~StageServer() = default;
 
 absl::Status StageServer::Start() { return impl_->Start(); }
 int StageServer::port() const { return impl_->port(); }
+int StageServer::metrics_port() const { return impl_->metrics_port(); }
 void StageServer::Shutdown() { impl_->Shutdown(); }
 void StageServer::Wait() { impl_->Wait(); }
 

@@ -12,6 +12,12 @@
 //     first, then recorded), Credit and ErrorDetail messages;
 //   * on the last stage the Results handler reads Cancels (forwarded upstream first, then recorded)
 //     and a writer thread sends the queued outcomes.
+//
+// Metrics: every counter lives in the StageCore's metrics registry (pipeinfer_stage_*), plus the
+// transport's own (cancels received, input queue depth, bytes received / sent). GetStats reads
+// that registry (service "stage<index>"); with include_pipeline a non-last stage also asks its
+// downstream stage (with include_pipeline) and appends what it returns, so stage 0 answers for
+// the whole chain in pipeline order. /metrics serves the same registry.
 // gRPC includes stay in stage_server.cc.
 #pragma once
 
@@ -30,6 +36,8 @@ struct StageServerOptions {
   uint32_t window = 8;                         // credit window W per upstream link, in messages
   uint64_t max_message_bytes = 64ull << 20;    // gRPC max send/receive message size
   int connect_timeout_ms = 5000;  // how long opening the downstream link may wait to connect
+  // HOST:PORT of the Prometheus /metrics endpoint (port 0 picks a free one); empty = none.
+  std::string metrics_address;
 };
 
 class StageServer {
@@ -44,6 +52,8 @@ class StageServer {
   absl::Status Start();
   // The bound port (after Start).
   int port() const;
+  // The bound /metrics port (after Start), 0 without one.
+  int metrics_port() const;
   // Ends every stream and stops the server (idempotent; in-flight calls get ~0.5 s before they are
   // cancelled).
   void Shutdown();

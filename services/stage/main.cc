@@ -80,6 +80,9 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 600000));
   app.add_option("--max-run-tokens", max_run_tokens, "Most tokens per run")
       ->check(CLI::Range(1, 65536));
+  std::string metrics_listen;
+  app.add_option("--metrics-listen", metrics_listen,
+                 "Serve Prometheus /metrics on HOST:PORT (port 0 picks a free one; absent: none)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -158,12 +161,18 @@ int main(int argc, char** argv) {
   so.downstream_address = downstream;
   so.window = window;
   so.connect_timeout_ms = connect_timeout_ms;
+  so.metrics_address = metrics_listen;
   pipeinfer::stage_server::StageServer server(std::move(core), so);
   if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
   std::string addr = listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());
   std::printf("stage %d listening on %s (layers %u:%u%s%s)\n", stage, addr.c_str(),
               spec.first_layer, spec.last_layer, spec.embedding ? ", embedding" : "",
               spec.head ? ", head" : "");
+  if (server.metrics_port() > 0) {
+    const std::string maddr = metrics_listen.substr(0, metrics_listen.rfind(':')) + ":" +
+                              std::to_string(server.metrics_port());
+    std::printf("stage %d metrics on http://%s/metrics\n", stage, maddr.c_str());
+  }
   std::fflush(stdout);
 
   int sig = 0;

@@ -424,7 +424,7 @@ TEST_F(StageServerTest, GreedyDecodingCancellationAndKvRelease) {
   EXPECT_EQ(st0["runs_computed_total"], 32);
   EXPECT_EQ(st0["sessions_open"], 1);
   EXPECT_GT(st0["kv_blocks_in_use"], 0);
-  EXPECT_EQ(Stats(*stub1)["tombstones_total"], 1);
+  EXPECT_EQ(Stats(*stub1)["tombstones_forwarded_total"], 1);
   EXPECT_EQ(c.cancels_seen(), 0);  // stage 0 does not send cancels to the controller
 
   // Close the session; a barrier echo proves every stage has applied the close.
@@ -592,6 +592,60 @@ TEST_F(StageServerTest, DownstreamLossEndsThePipeline) {
   v1::StageUpstream up;
   EXPECT_FALSE(s->Read(&up));
   EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::UNAVAILABLE);
+}
+
+// GetStats with include_pipeline asks the downstream stage too; one that cannot be reached is
+// listed with its address and an error. --metrics-listen HOST:0 binds a free port and prints it;
+// a metrics port that is taken makes the stage exit with an error.
+TEST(StageServerStandaloneTest, PipelineStatsAndMetricsListen) {
+  const std::string bin = BinPath("pipeinfer-stage");
+  const std::string model = FixturePath("models/tiny-f32.gguf");
+  const std::string dir = ::testing::TempDir();
+  const std::string addr = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string nowhere = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string log = dir + "/stage_server_test." + std::to_string(getpid()) + ".alone.log";
+  ChildProcess s0({bin, "--model", model, "--listen", addr, "--layers", "0:1", "--stage", "0",
+                   "--stages", "2", "--downstream", nowhere, "--metrics-listen", "127.0.0.1:0"},
+                  log);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (ReadText(log).find("metrics on http://") == std::string::npos && s0.Running() &&
+         std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const std::string text = ReadText(log);
+  const size_t at = text.find("metrics on http://127.0.0.1:");
+  ASSERT_NE(at, std::string::npos) << text;
+  const int mport = std::stoi(text.substr(at + 28));
+  EXPECT_GT(mport, 0);
+
+  auto stub = StubFor(addr);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
+  v1::StatsRequest req;
+  req.set_include_pipeline(true);
+  v1::StatsResponse resp;
+  ASSERT_TRUE(stub->GetStats(&ctx, req, &resp).ok());
+  ASSERT_EQ(resp.services_size(), 2) << resp.DebugString();
+  EXPECT_EQ(resp.services(0).service(), "stage0");
+  EXPECT_FALSE(resp.services(0).has_error());
+  EXPECT_GT(resp.services(0).counters_size(), 0);
+  EXPECT_EQ(resp.services(1).service(), "stage1");
+  EXPECT_EQ(resp.services(1).address(), nowhere);
+  EXPECT_TRUE(resp.services(1).has_error());
+  EXPECT_EQ(resp.services(1).counters_size(), 0);
+
+  // The metrics port is taken now: a second stage asking for it fails to start.
+  const std::string log2 = log + ".2";
+  ChildProcess s1({bin, "--model", model, "--listen", "127.0.0.1:0", "--layers", "1:2", "--stage",
+                   "1", "--stages", "2", "--metrics-listen", "127.0.0.1:" + std::to_string(mport)},
+                  log2);
+  const auto end2 = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (s1.Running() && std::chrono::steady_clock::now() < end2) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const int status = s1.Stop();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << ReadText(log2);
+  EXPECT_NE(ReadText(log2).find("/metrics"), std::string::npos) << ReadText(log2);
 }
 
 }  // namespace
