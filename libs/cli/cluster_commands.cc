@@ -4,6 +4,8 @@
 #include <httplib.h>
 #include <signal.h>
 #include <unistd.h>
+#include <algorithm>
+#include <map>
 
 #include <chrono>
 #include <cmath>
@@ -48,12 +50,15 @@ struct UpArgs {
   std::optional<std::string> model;
   std::optional<int> stages;
   std::optional<std::string> mode;
+  std::optional<std::string> draft_model;
+  std::map<std::string, std::string> spec;  // speculation knobs given as flags
   std::optional<int> http_port;
   std::optional<int> grpc_port;
   std::optional<int> base_port;
   std::optional<int> metrics_base_port;
   std::optional<int> threads;
   std::optional<int64_t> kv_tokens;
+  std::optional<int64_t> emulate_run_us, emulate_token_us;
   std::optional<std::string> host;
   std::optional<std::string> chat_template;
   bool detach = false;
@@ -73,12 +78,16 @@ int RunUp(const UpArgs& a) {
   if (a.model) c.model = *a.model;
   if (a.stages) c.stages = *a.stages;
   if (a.mode) c.mode = *a.mode;
+  if (a.draft_model) c.draft_model = *a.draft_model;
+  for (const auto& [key, value] : a.spec) c.spec[key] = value;
   if (a.http_port) c.http_port = *a.http_port;
   if (a.grpc_port) c.grpc_port = *a.grpc_port;
   if (a.base_port) c.base_port = *a.base_port;
   if (a.metrics_base_port) c.metrics_base_port = *a.metrics_base_port;
   if (a.threads) c.threads = *a.threads;
   if (a.kv_tokens) c.kv_tokens = *a.kv_tokens;
+  if (a.emulate_run_us) c.emulate_run_us = *a.emulate_run_us;
+  if (a.emulate_token_us) c.emulate_token_us = *a.emulate_token_us;
   if (a.host) c.host = *a.host;
   if (a.chat_template) c.chat_template = *a.chat_template;
   if (auto st = cluster::ValidateClusterConfig(c); !st.ok()) {
@@ -365,6 +374,11 @@ struct CompleteArgs {
   std::optional<uint64_t> seed;
   bool print_ids = false;
   bool ignore_eos = false;
+  std::string mode;  // empty = the draft service's default
+  bool no_cancel = false, no_continuous = false;
+  bool show_counters = false;
+  std::optional<uint32_t> draft_max, max_inflight, max_branches;
+  std::optional<float> p_accept, p_recovery, p_decay, p_split;
 };
 
 int RunComplete(const CompleteArgs& a) {
@@ -382,6 +396,19 @@ int RunComplete(const CompleteArgs& a) {
   req.mutable_options()->mutable_sampling()->set_temperature(static_cast<float>(a.temperature));
   if (a.seed) req.mutable_options()->mutable_sampling()->set_seed(*a.seed);
   req.mutable_options()->set_ignore_eos(a.ignore_eos);
+  v1::SpecConfig* spec = req.mutable_options()->mutable_spec();
+  if (a.mode == "plain") spec->set_mode(v1::SPEC_MODE_PLAIN);
+  if (a.mode == "sync") spec->set_mode(v1::SPEC_MODE_SYNC);
+  if (a.mode == "pipeinfer") spec->set_mode(v1::SPEC_MODE_PIPEINFER);
+  if (a.no_cancel) spec->set_no_cancel(true);
+  if (a.no_continuous) spec->set_no_continuous(true);
+  if (a.draft_max) spec->set_draft_max(*a.draft_max);
+  if (a.max_inflight) spec->set_max_inflight(*a.max_inflight);
+  if (a.p_accept) spec->set_p_accept(*a.p_accept);
+  if (a.p_recovery) spec->set_p_recovery(*a.p_recovery);
+  if (a.p_decay) spec->set_p_decay(*a.p_decay);
+  if (a.p_split) spec->set_p_split(*a.p_split);
+  if (a.max_branches) spec->set_max_branches(*a.max_branches);
 
   auto stub = v1::Router::NewStub(ChannelFor(a.router));
   grpc::ClientContext ctx;
@@ -399,6 +426,23 @@ int RunComplete(const CompleteArgs& a) {
       }
     } else if (ev.has_error()) {
       error = ev.error().message();
+    } else if (ev.has_finished() && a.show_counters) {
+      const v1::SpecCounters& c = ev.finished().spec();
+      std::fprintf(
+          stderr,
+          "mode %s: runs plain %llu, speculative %llu, invalidated %llu, cancelled %llu, "
+          "tombstoned %llu; tokens drafted %llu, accepted %llu (siblings %llu); "
+          "verifications %llu; ttft %.1f ms, total %.1f ms\n",
+          v1::SpecMode_Name(c.mode()).c_str(), static_cast<unsigned long long>(c.runs_plain()),
+          static_cast<unsigned long long>(c.runs_speculative()),
+          static_cast<unsigned long long>(c.runs_invalidated()),
+          static_cast<unsigned long long>(c.runs_cancelled()),
+          static_cast<unsigned long long>(c.runs_tombstoned()),
+          static_cast<unsigned long long>(c.tokens_drafted()),
+          static_cast<unsigned long long>(c.tokens_accepted()),
+          static_cast<unsigned long long>(c.tokens_accepted_sibling()),
+          static_cast<unsigned long long>(c.verifications()),
+          ev.finished().timings().ttft_us() / 1000.0, ev.finished().timings().total_us() / 1000.0);
     }
   }
   const grpc::Status st = reader->Finish();
@@ -501,7 +545,24 @@ void RegisterClusterCommands(CLI::App& app) {
   up->add_option("--config,-c", u.config, "Cluster YAML file (flags override its keys)");
   up->add_option("--model,-m", u.model, "Target GGUF model");
   up->add_option("--stages,-n", u.stages, "Number of stage processes")->check(CLI::Range(1, 64));
-  up->add_option("--mode", u.mode, "Speculation mode (only plain for now)");
+  up->add_option("--mode", u.mode, "Speculation mode: plain, sync or pipeinfer")
+      ->check(CLI::IsMember({"plain", "sync", "pipeinfer"}));
+  up->add_option("--draft-model", u.draft_model, "Draft GGUF (needed by sync and pipeinfer)");
+  for (const char* key : {"draft_max", "p_accept", "p_split", "p_recovery", "p_decay",
+                          "max_inflight", "draft_threads"}) {
+    std::string flag = std::string("--") + key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    up->add_option_function<std::string>(
+        flag, [up_args, k = std::string(key)](const std::string& v) { up_args->spec[k] = v; },
+        "Speculation knob passed to the draft service (see pipeinfer-draft --help)");
+  }
+  for (const char* key : {"no_cancel", "no_continuous"}) {
+    std::string flag = std::string("--") + key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    up->add_flag_callback(
+        flag, [up_args, k = std::string(key)] { up_args->spec[k] = "true"; },
+        "Ablation passed to the draft service");
+  }
   up->add_option("--http-port", u.http_port, "Router HTTP port")->check(CLI::Range(1, 65535));
   up->add_option("--grpc-port", u.grpc_port, "Router gRPC port")->check(CLI::Range(1, 65535));
   up->add_option("--base-port", u.base_port,
@@ -512,6 +573,10 @@ void RegisterClusterCommands(CLI::App& app) {
       ->check(CLI::Range(-1, 65535));
   up->add_option("--threads,-t", u.threads, "Compute threads per stage")->check(CLI::Range(1, 256));
   up->add_option("--kv-tokens", u.kv_tokens, "KV capacity per stage, in tokens");
+  up->add_option("--emulate-run-us", u.emulate_run_us,
+                 "Benchmarks: stages pad each forward to this many microseconds (+ per token)");
+  up->add_option("--emulate-token-us", u.emulate_token_us,
+                 "Benchmarks: padding per run token (see --emulate-run-us)");
   up->add_option("--host", u.host, "Listen host for every process");
   up->add_option("--chat-template", u.chat_template, "Router chat template override");
   up->add_flag("--detach,-d", u.detach, "Return once healthy (stop with `pipeinfer down`)");
@@ -567,6 +632,20 @@ void RegisterClusterCommands(CLI::App& app) {
   complete->add_option("--temperature", cargs->temperature, "Sampling temperature (0 = greedy)");
   complete->add_option("--seed", cargs->seed, "Sampling seed");
   complete->add_flag("--ignore-eos", cargs->ignore_eos, "Keep generating past EOS");
+  complete->add_option("--mode", cargs->mode, "Speculation mode (default: the service's)")
+      ->check(CLI::IsMember({"plain", "sync", "pipeinfer"}));
+  complete->add_flag("--no-cancel", cargs->no_cancel, "Ablation: never cancel runs");
+  complete->add_flag("--no-continuous", cargs->no_continuous,
+                     "Ablation: one micro-batch per verification");
+  complete->add_option("--draft-max", cargs->draft_max, "Most draft tokens per micro-batch");
+  complete->add_option("--max-inflight", cargs->max_inflight, "Most runs in flight per request");
+  complete->add_option("--p-accept", cargs->p_accept, "Draft confidence cutoff");
+  complete->add_option("--p-recovery", cargs->p_recovery, "Cutoff increase per micro-batch");
+  complete->add_option("--p-decay", cargs->p_decay, "Cutoff decrease per failed attempt");
+  complete->add_option("--p-split", cargs->p_split, "Token-tree split threshold");
+  complete->add_option("--max-branches", cargs->max_branches, "Most token-tree branches");
+  complete->add_flag("--show-counters", cargs->show_counters,
+                     "Print the request's speculation counters and timings to stderr");
   complete->add_flag("--print-ids", cargs->print_ids,
                      "Print the generated token ids (decimal, space separated) instead of text");
   complete->final_callback([cargs, p, pf] {

@@ -11,6 +11,13 @@
 #include "absl/strings/str_cat.h"
 
 namespace pipeinfer::cluster {
+
+bool IsSpecKey(const std::string& key) {
+  static const std::set<std::string> kSpecKeys = {"draft_max",  "p_accept",      "p_split",
+                                                  "p_recovery", "p_decay",       "max_inflight",
+                                                  "no_cancel",  "no_continuous", "draft_threads"};
+  return kSpecKeys.count(key) > 0;
+}
 namespace fs = std::filesystem;
 
 std::string ClusterConfig::StageAddress(int i) const {
@@ -47,9 +54,11 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     return (base / p).lexically_normal().string();
   };
   static const std::set<std::string> kKeys = {
-      "model",     "draft_model",   "stages",   "weights",          "mode",
-      "threads",   "kv_tokens",     "host",     "base_port",        "http_port",
-      "grpc_port", "chat_template", "model_id", "metrics_base_port"};
+      "model",     "draft_model",    "stages",           "weights",
+      "mode",      "emulate_run_us", "emulate_token_us", "threads",
+      "kv_tokens", "host",           "base_port",        "http_port",
+      "grpc_port", "chat_template",  "model_id",         "metrics_base_port",
+      "spec"};
   ClusterConfig c;
   try {
     for (const auto& kv : root) {
@@ -65,6 +74,8 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     if (root["mode"]) c.mode = root["mode"].as<std::string>();
     if (root["threads"]) c.threads = root["threads"].as<int>();
     if (root["kv_tokens"]) c.kv_tokens = root["kv_tokens"].as<int64_t>();
+    if (root["emulate_run_us"]) c.emulate_run_us = root["emulate_run_us"].as<int64_t>();
+    if (root["emulate_token_us"]) c.emulate_token_us = root["emulate_token_us"].as<int64_t>();
     if (root["host"]) c.host = root["host"].as<std::string>();
     if (root["base_port"]) c.base_port = root["base_port"].as<int>();
     if (root["http_port"]) c.http_port = root["http_port"].as<int>();
@@ -72,6 +83,18 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     if (root["metrics_base_port"]) c.metrics_base_port = root["metrics_base_port"].as<int>();
     if (root["chat_template"]) c.chat_template = root["chat_template"].as<std::string>();
     if (root["model_id"]) c.model_id = root["model_id"].as<std::string>();
+    if (root["spec"]) {
+      if (!root["spec"].IsMap()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": 'spec' must be a mapping"));
+      }
+      for (const auto& kv : root["spec"]) {
+        const std::string key = kv.first.as<std::string>();
+        if (!IsSpecKey(key)) {
+          return absl::InvalidArgumentError(absl::StrCat(path, ": unknown spec key '", key, "'"));
+        }
+        c.spec[key] = kv.second.as<std::string>();
+      }
+    }
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
   }
@@ -79,13 +102,23 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
 }
 
 absl::Status ValidateClusterConfig(const ClusterConfig& c) {
-  if (c.mode != "plain") {
-    if (c.mode == "sync" || c.mode == "pipeinfer") {
-      return absl::UnimplementedError(absl::StrCat(
-          "mode '", c.mode, "' is not implemented yet; only mode 'plain' is supported"));
-    }
+  if (c.mode != "plain" && c.mode != "sync" && c.mode != "pipeinfer") {
     return absl::InvalidArgumentError(
         absl::StrCat("unknown mode '", c.mode, "' (expected plain, sync or pipeinfer)"));
+  }
+  if (c.mode != "plain" && c.draft_model.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "mode '", c.mode, "' needs a draft model (set 'draft_model' or --draft-model)"));
+  }
+  if (!c.draft_model.empty()) {
+    std::error_code dec;
+    if (!fs::is_regular_file(c.draft_model, dec)) {
+      return absl::NotFoundError(absl::StrCat("draft model file not found: ", c.draft_model));
+    }
+  }
+  for (const auto& [key, value] : c.spec) {
+    if (!IsSpecKey(key))
+      return absl::InvalidArgumentError(absl::StrCat("unknown spec key '", key, "'"));
   }
   if (c.model.empty()) {
     return absl::InvalidArgumentError("no model given (set 'model' in the config or --model)");
@@ -105,6 +138,10 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be in [1, 256], got ", c.threads));
   }
   if (c.kv_tokens < 0) return absl::InvalidArgumentError("kv_tokens must be >= 0");
+  if (c.emulate_run_us < 0 || c.emulate_run_us > 10000000 || c.emulate_token_us < 0 ||
+      c.emulate_token_us > 10000000) {
+    return absl::InvalidArgumentError("emulate_run_us and emulate_token_us must be in [0, 1e7]");
+  }
   auto port_ok = [](int p) { return p > 0 && p < 65536; };
   if (!port_ok(c.base_port) || !port_ok(c.base_port + c.stages + 1)) {
     return absl::InvalidArgumentError(absl::StrCat("base_port out of range: ", c.base_port));

@@ -2,6 +2,7 @@
 // command-line flags, then validated and completed with defaults.
 #pragma once
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,13 +13,17 @@
 namespace pipeinfer::cluster {
 
 struct ClusterConfig {
-  std::string model;               // target GGUF
-  std::string draft_model;         // optional; used by the speculative modes (later)
-  int stages = 1;                  // number of stage processes
-  std::vector<double> weights;     // optional relative layer weights, one per stage
-  std::string mode = "plain";      // plain | sync | pipeinfer (only plain for now)
-  int threads = 1;                 // compute threads per stage
-  int64_t kv_tokens = 0;           // KV capacity per stage in tokens (0 = the model's n_ctx)
+  std::string model;            // target GGUF
+  std::string draft_model;      // draft GGUF; required by the sync and pipeinfer modes
+  int stages = 1;               // number of stage processes
+  std::vector<double> weights;  // optional relative layer weights, one per stage
+  std::string mode = "plain";   // plain | sync | pipeinfer
+  int threads = 1;              // compute threads per stage
+  int64_t kv_tokens = 0;        // KV capacity per stage in tokens (0 = the model's n_ctx)
+  // Benchmarks only: stages pad each forward to emulate_run_us + emulate_token_us * n_tokens
+  // (pipeinfer-stage --emulate-run-us / --emulate-token-us). 0 = real timing.
+  int64_t emulate_run_us = 0;
+  int64_t emulate_token_us = 0;
   std::string host = "127.0.0.1";  // every process listens here
   int base_port = 50051;           // stages base_port.., then draft, then router gRPC
   int http_port = 8080;            // router HTTP
@@ -28,6 +33,10 @@ struct ClusterConfig {
   int metrics_base_port = 0;
   std::string chat_template;  // router --chat-template (empty = the model's)
   std::string model_id;       // optional served model id
+  // Speculation knobs passed to pipeinfer-draft as --<key with '-' for '_'> VALUE: draft_max,
+  // p_accept, p_split, p_recovery, p_decay, max_inflight, no_cancel, no_continuous (booleans:
+  // "true"/"false"), draft_threads. The draft service checks the values.
+  std::map<std::string, std::string> spec;
 
   std::string StageAddress(int i) const;
   std::string DraftAddress() const;

@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <algorithm>
 
 #include <chrono>
 #include <filesystem>
@@ -212,6 +213,12 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
       argv.insert(argv.end(), {"--downstream", c.StageAddress(i + 1)});
     }
     if (c.kv_tokens > 0) argv.insert(argv.end(), {"--kv-tokens", std::to_string(c.kv_tokens)});
+    if (c.emulate_run_us > 0) {
+      argv.insert(argv.end(), {"--emulate-run-us", std::to_string(c.emulate_run_us)});
+    }
+    if (c.emulate_token_us > 0) {
+      argv.insert(argv.end(), {"--emulate-token-us", std::to_string(c.emulate_token_us)});
+    }
     if (!c.weights.empty()) {
       std::vector<std::string> w;
       for (double x : c.weights) w.push_back(absl::StrCat(x));
@@ -239,6 +246,16 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
                                      "--mode",
                                      c.mode};
     if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
+    if (!c.draft_model.empty()) argv.insert(argv.end(), {"--draft-model", c.draft_model});
+    for (const auto& [key, value] : c.spec) {
+      std::string flag = "--" + key;
+      std::replace(flag.begin(), flag.end(), '_', '-');
+      if (key == "no_cancel" || key == "no_continuous") {
+        if (value == "true" || value == "1") argv.push_back(flag);
+      } else {
+        argv.insert(argv.end(), {flag, value});
+      }
+    }
     if (auto st = Spawn("draft", c.DraftAddress(), argv); !st.ok()) return fail(st);
     if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
   }

@@ -5,6 +5,7 @@
 #include <climits>
 #include <cmath>
 #include <cstring>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -722,6 +723,19 @@ void StageCore::HandleRun(const v1::StageDownstream& msg, StageOutput& out) {
   in.cancelled = [this, rid] { return IsCancelled(rid); };
   const auto t0 = std::chrono::steady_clock::now();
   auto res = engine_->Forward(in);
+  if (res.ok() && !res->stopped && (config_.emulate_run_us > 0 || config_.emulate_token_us > 0)) {
+    const auto until =
+        t0 + std::chrono::microseconds(config_.emulate_run_us +
+                                       static_cast<uint64_t>(config_.emulate_token_us) * n);
+    while (std::chrono::steady_clock::now() < until) {
+      if (IsCancelled(rid)) {
+        res->stopped = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
+          std::chrono::microseconds(200), until - std::chrono::steady_clock::now()));
+    }
+  }
   const uint64_t us = static_cast<uint64_t>(
       std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0)
           .count());

@@ -46,6 +46,13 @@ struct StageCoreConfig {
   uint32_t max_run_tokens = 512;
   uint32_t max_sparse_candidates = 256;  // SPARSE rows: cap when the spec gives no bound
   int hidden_dtype_out = 1;              // v1::DType of hidden states sent downstream (F32)
+  // Compute padding, to emulate a bigger model's timing on a small machine (benchmarks only):
+  // every forward takes at least emulate_run_us + emulate_token_us * n_tokens. The stage sleeps
+  // the remainder after computing (sleeping stages leave the CPU to the others, as separate
+  // machines would) and a cancel that arrives meanwhile stops the run like one cancelled between
+  // layers. 0 = off. The tokens are always really computed.
+  uint32_t emulate_run_us = 0;
+  uint32_t emulate_token_us = 0;
 };
 
 // A snapshot of the stage's counters (read from its metrics registry, the one source of truth).

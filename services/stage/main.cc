@@ -45,6 +45,7 @@ bool ParseLayers(const std::string& s, uint32_t* first, uint32_t* last) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  uint32_t emulate_run_us = 0, emulate_token_us = 0;
   CLI::App app{"pipeinfer-stage: one stage server of a PipeInfer pipeline"};
   std::string model, listen, downstream, layers, kv_type = "f16", wire = "f32", model_id;
   int stage = -1, stages = 0, threads = 1;
@@ -81,6 +82,13 @@ int main(int argc, char** argv) {
   app.add_option("--max-run-tokens", max_run_tokens, "Most tokens per run")
       ->check(CLI::Range(1, 65536));
   std::string metrics_listen;
+  app.add_option("--emulate-run-us", emulate_run_us,
+                 "Benchmarks: pad every forward to at least this many microseconds (plus "
+                 "--emulate-token-us per token) by sleeping, to emulate a bigger model")
+      ->check(CLI::Range(0, 10000000));
+  app.add_option("--emulate-token-us", emulate_token_us,
+                 "Benchmarks: padding per run token (see --emulate-run-us)")
+      ->check(CLI::Range(0, 10000000));
   app.add_option("--metrics-listen", metrics_listen,
                  "Serve Prometheus /metrics on HOST:PORT (port 0 picks a free one; absent: none)");
   try {
@@ -154,6 +162,8 @@ int main(int argc, char** argv) {
   cc.model_id = model_id.empty() ? std::filesystem::path(model).stem().string() : model_id;
   cc.max_run_tokens = max_run_tokens;
   cc.hidden_dtype_out = wire == "f16" ? 2 : wire == "bf16" ? 3 : 1;
+  cc.emulate_run_us = emulate_run_us;
+  cc.emulate_token_us = emulate_token_us;
   auto core = std::make_unique<pipeinfer::stage::StageCore>(std::move(*engine), cc);
 
   pipeinfer::stage_server::StageServerOptions so;

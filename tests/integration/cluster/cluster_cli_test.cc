@@ -258,7 +258,7 @@ TEST_F(ClusterCliTest, BadConfigurationsFailReadably) {
     const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router"},
                                    std::chrono::seconds(30));
     EXPECT_EQ(r.exit_code, 1) << r.output;
-    EXPECT_NE(r.output.find("error: mode 'sync' is not implemented yet"), std::string::npos)
+    EXPECT_NE(r.output.find("error: mode 'sync' needs a draft model"), std::string::npos)
         << r.output;
   }
   {
@@ -267,7 +267,25 @@ TEST_F(ClusterCliTest, BadConfigurationsFailReadably) {
         RunCmd({BinPath("pipeinfer"), "up", "--model", model, "--mode", "pipeinfer", "--no-router"},
                std::chrono::seconds(30));
     EXPECT_EQ(r.exit_code, 1) << r.output;
-    EXPECT_NE(r.output.find("only mode 'plain' is supported"), std::string::npos) << r.output;
+    EXPECT_NE(r.output.find("mode 'pipeinfer' needs a draft model"), std::string::npos)
+        << r.output;
+  }
+  {
+    const std::string cfg = dir_ + "/spec.yaml";
+    std::ofstream(cfg) << "model: " << model << "\ndraft_model: " << dir_
+                       << "/none.gguf\nmode: sync\nspec:\n  draft_max: 4\n";
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("draft model file not found"), std::string::npos) << r.output;
+  }
+  {
+    const std::string cfg = dir_ + "/badspec.yaml";
+    std::ofstream(cfg) << "model: " << model << "\nspec:\n  p_acept: 0.2\n";
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("unknown spec key 'p_acept'"), std::string::npos) << r.output;
   }
   {
     const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--model", dir_ + "/missing.gguf",
