@@ -143,6 +143,10 @@ int RunUp(const UpArgs& a) {
     std::printf("  metrics        http://%s/metrics  (stage %zu)\n",
                 state.endpoints.stage_metrics[i].c_str(), i);
   }
+  if (!state.endpoints.draft_metrics.empty()) {
+    std::printf("  metrics        http://%s/metrics  (draft)\n",
+                state.endpoints.draft_metrics.c_str());
+  }
   if (!state.endpoints.router_http.empty()) {
     std::printf("  metrics        http://%s/metrics  (router)\n",
                 state.endpoints.router_http.c_str());
@@ -549,7 +553,7 @@ void RegisterClusterCommands(CLI::App& app) {
       ->check(CLI::IsMember({"plain", "sync", "pipeinfer"}));
   up->add_option("--draft-model", u.draft_model, "Draft GGUF (needed by sync and pipeinfer)");
   for (const char* key : {"draft_max", "p_accept", "p_split", "p_recovery", "p_decay",
-                          "max_inflight", "draft_threads"}) {
+                          "max_inflight", "draft_threads", "draft_noise", "max_branches"}) {
     std::string flag = std::string("--") + key;
     std::replace(flag.begin(), flag.end(), '_', '-');
     up->add_option_function<std::string>(

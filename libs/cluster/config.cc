@@ -13,9 +13,9 @@
 namespace pipeinfer::cluster {
 
 bool IsSpecKey(const std::string& key) {
-  static const std::set<std::string> kSpecKeys = {"draft_max",  "p_accept",      "p_split",
-                                                  "p_recovery", "p_decay",       "max_inflight",
-                                                  "no_cancel",  "no_continuous", "draft_threads"};
+  static const std::set<std::string> kSpecKeys = {
+      "draft_max", "p_accept",      "p_split",       "p_recovery",  "p_decay",     "max_inflight",
+      "no_cancel", "no_continuous", "draft_threads", "draft_noise", "max_branches"};
   return kSpecKeys.count(key) > 0;
 }
 namespace fs = std::filesystem;
@@ -169,6 +169,9 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
     if (!m.empty()) listeners.emplace_back(m, absl::StrCat("stage ", i, " metrics"));
   }
   listeners.emplace_back(c.DraftAddress(), "the draft service");
+  if (const std::string m = c.DraftMetricsAddress(); !m.empty()) {
+    listeners.emplace_back(m, "the draft service's metrics");
+  }
   listeners.emplace_back(c.RouterGrpcAddress(), "router gRPC");
   listeners.emplace_back(c.RouterHttpAddress(), "router HTTP");
   for (const auto& [addr, what] : listeners) {

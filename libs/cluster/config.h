@@ -42,6 +42,9 @@ struct ClusterConfig {
   std::string DraftAddress() const;
   std::string RouterGrpcAddress() const;
   std::string RouterHttpAddress() const;
+  // HOST:PORT of the draft service's /metrics endpoint (right after the last stage's); empty when
+  // metrics_base_port is -1.
+  std::string DraftMetricsAddress() const { return StageMetricsAddress(stages); }
   // HOST:PORT of stage i's /metrics endpoint; empty when metrics_base_port is -1.
   std::string StageMetricsAddress(int i) const;
 };

@@ -247,6 +247,9 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
                                      c.mode};
     if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
     if (!c.draft_model.empty()) argv.insert(argv.end(), {"--draft-model", c.draft_model});
+    if (const std::string m = c.DraftMetricsAddress(); !m.empty()) {
+      argv.insert(argv.end(), {"--metrics-listen", m});
+    }
     for (const auto& [key, value] : c.spec) {
       std::string flag = "--" + key;
       std::replace(flag.begin(), flag.end(), '_', '-');
@@ -340,6 +343,7 @@ ClusterState Supervisor::State() const {
     if (!m.empty()) s.endpoints.stage_metrics.push_back(m);
   }
   s.endpoints.draft = config_.DraftAddress();
+  s.endpoints.draft_metrics = config_.DraftMetricsAddress();
   if (options_.router) {
     s.endpoints.router_http = config_.RouterHttpAddress();
     s.endpoints.router_grpc = config_.RouterGrpcAddress();
@@ -361,6 +365,7 @@ absl::Status WriteState(const ClusterState& state, const std::string& path) {
   }
   j["endpoints"] = {{"stages", state.endpoints.stages},
                     {"stage_metrics", state.endpoints.stage_metrics},
+                    {"draft_metrics", state.endpoints.draft_metrics},
                     {"draft", state.endpoints.draft},
                     {"router_http", state.endpoints.router_http},
                     {"router_grpc", state.endpoints.router_grpc}};
@@ -397,6 +402,7 @@ absl::StatusOr<ClusterState> ReadState(const std::string& path) {
     const auto& e = j.at("endpoints");
     s.endpoints.stages = e.value("stages", std::vector<std::string>{});
     s.endpoints.stage_metrics = e.value("stage_metrics", std::vector<std::string>{});
+    s.endpoints.draft_metrics = e.value("draft_metrics", "");
     s.endpoints.draft = e.value("draft", "");
     s.endpoints.router_http = e.value("router_http", "");
     s.endpoints.router_grpc = e.value("router_grpc", "");

@@ -29,6 +29,7 @@ struct ProcessInfo {
 struct Endpoints {
   std::vector<std::string> stages;
   std::vector<std::string> stage_metrics;  // HOST:PORT of each stage's /metrics (empty: none)
+  std::string draft_metrics;               // HOST:PORT of the draft's /metrics (empty: none)
   std::string draft;
   std::string router_http;  // empty without a router
   std::string router_grpc;  // empty without a router

@@ -43,6 +43,10 @@ absl::StatusOr<std::unique_ptr<DraftModel>> DraftModel::Load(const DraftModelOpt
   absl::StatusOr<std::string> name = model->file().GetString("general.name");
   d->name_ = name.ok() ? *name : o.path;
   d->n_vocab_ = static_cast<uint32_t>(model->hparams().n_vocab);
+  if (!(o.noise >= 0.0 && o.noise <= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("draft noise must be in [0, 1], got ", o.noise));
+  }
+  d->noise_ = o.noise;
   engine::EngineOptions eo;
   eo.threads = std::max(1, o.threads);
   const int64_t n_ctx = model->hparams().n_ctx_train;
@@ -111,6 +115,21 @@ absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
   tokens_fed_ += sequence.size() - common;
   fed_.assign(sequence.begin(), sequence.end());
   logits_ = std::move(*l);
+  if (model_->noise_ > 0.0 && !logits_.empty()) {
+    // A hash of the whole sequence decides, so the same context always gets the same draft.
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (int32_t t : sequence) {
+      h ^= static_cast<uint64_t>(t) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+      h *= 0xff51afd7ed558ccdull;
+      h ^= h >> 33;
+    }
+    if (static_cast<double>(h % 1000000) < model_->noise_ * 1e6) {
+      const auto top = std::max_element(logits_.begin(), logits_.end()) - logits_.begin();
+      const size_t other =
+          ((h >> 20) % (logits_.size() - 1) + 1 + static_cast<size_t>(top)) % logits_.size();
+      std::swap(logits_[static_cast<size_t>(top)], logits_[other]);
+    }
+  }
   return std::span<const float>(logits_);
 }
 

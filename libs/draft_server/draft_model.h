@@ -22,6 +22,10 @@ struct DraftModelOptions {
   std::string target_path;  // the target GGUF, whose vocabulary the draft must share
   int32_t threads = 1;
   int64_t kv_tokens = 0;  // KV slots over all sessions; 0 = 8 contexts' worth
+  // Benchmarks: with this probability (decided by a hash of the sequence, so every mode sees the
+  // same draft), the draft's top token trades logits with another token: a way to set the draft's
+  // agreement with the target, e.g. with the target itself as the draft ("oracle" draft). 0 = off.
+  double noise = 0.0;
 };
 
 class DraftModel {
@@ -47,6 +51,8 @@ class DraftModel {
   std::string name_;
   uint32_t n_vocab_ = 0;
   int32_t max_run_tokens_ = 64;
+  double noise_ = 0.0;
+  friend class SessionDrafter;
 };
 
 // A session's drafter: remembers which tokens its KV holds and feeds only the new suffix,

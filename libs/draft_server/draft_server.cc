@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "draft_server/draft_model.h"
+#include "metrics/metrics.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
 #include "sampling/sampling.h"
@@ -95,13 +96,6 @@ void FailSession(Session& s, const grpc::Status& status) {
     if (!s.failure) s.failure = status;
   }
   s.cv.notify_all();
-}
-
-void AddCounter(v1::ServiceStats* svc, const std::string& name, double value, bool gauge) {
-  auto* c = svc->add_counters();
-  c->set_name(name);
-  c->set_value(value);
-  c->set_gauge(gauge);
 }
 
 }  // namespace
@@ -214,12 +208,23 @@ class DraftServer::Impl final : public v1::Draft::Service {
       std::lock_guard<std::mutex> l(mu_);
       link_ = *link;
     }
+    if (!opt_.metrics_address.empty()) {
+      metrics_http_ = std::make_unique<metrics::MetricsHttpServer>(m_);
+      absl::StatusOr<int> mp = metrics_http_->Start(opt_.metrics_address);
+      if (!mp.ok()) {
+        metrics_http_.reset();
+        Shutdown();
+        return mp.status();
+      }
+      metrics_port_ = *mp;
+    }
     SetServing(true);
     supervisor_ = std::thread([this] { Supervise(); });
     return absl::OkStatus();
   }
 
   int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }
 
   void Shutdown() {
     std::vector<std::shared_ptr<Session>> sessions;
@@ -241,6 +246,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
       link = std::move(link_);
     }
     if (link) StopLink(link);
+    if (metrics_http_) metrics_http_->Stop();
   }
 
   void Wait() {
@@ -251,12 +257,12 @@ class DraftServer::Impl final : public v1::Draft::Service {
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
     const auto t_start = Steady::now();
-    ++requests_total_;
+    requests_total_->Increment();
     sampling::SamplingParams params;
     spec::SpecParams spec;
     uint32_t max_context = 0;
     if (grpc::Status st = Validate(*req, &params, &spec, &max_context); !st.ok()) {
-      ++requests_failed_total_;
+      requests_failed_total_->Increment();
       return st;
     }
     const uint32_t prompt_len = static_cast<uint32_t>(req->prompt_token_ids_size());
@@ -281,15 +287,16 @@ class DraftServer::Impl final : public v1::Draft::Service {
                               " concurrent sessions"));
       }
       if (!st.ok()) {
-        ++requests_failed_total_;
+        requests_failed_total_->Increment();
         return st;
       }
       s = std::make_shared<Session>();
       s->id = next_session_id_++;
       s->link = link_;
       sessions_[s->id] = s;
+      sessions_open_->Set(static_cast<double>(sessions_.size()));
     }
-    prompt_tokens_total_ += prompt_len;
+    prompt_tokens_total_->Increment(static_cast<double>(prompt_len));
     const auto t_open = Steady::now();
 
     spec::ControllerOptions copt;
@@ -385,7 +392,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
         break;
       }
       completion += static_cast<uint32_t>(toks.size());
-      tokens_generated_total_ += toks.size();
+      tokens_generated_total_->Increment(static_cast<double>(toks.size()));
     }
 
     const uint64_t closed_runs = CloseSession(*s, ctl.OutstandingRunIds());
@@ -396,10 +403,10 @@ class DraftServer::Impl final : public v1::Draft::Service {
 
     if (!st.ok()) {
       if (st.error_code() == grpc::StatusCode::CANCELLED) {
-        ++requests_cancelled_total_;
+        requests_cancelled_total_->Increment();
         return st;
       }
-      ++requests_failed_total_;
+      requests_failed_total_->Increment();
       if (completion > 0) {  // the stream already carried data: an in-band error first
         v1::GenerateResponse ev;
         auto* e = ev.mutable_error();
@@ -429,51 +436,38 @@ class DraftServer::Impl final : public v1::Draft::Service {
     tm->set_ttft_us(MicrosBetween(t_start, t_first));
     tm->set_decode_us(MicrosBetween(t_first, t_last));
     tm->set_total_us(MicrosBetween(t_start, Steady::now()));
+    request_seconds_->Observe(static_cast<double>(tm->total_us()) * 1e-6);
+    if (completion > 0) ttft_seconds_->Observe(static_cast<double>(tm->ttft_us()) * 1e-6);
     *f->mutable_counters() = counters;
     writer->Write(ev);
     return grpc::Status::OK;
   }
 
-  grpc::Status GetStats(grpc::ServerContext*, const v1::StatsRequest* req,
+  grpc::Status GetStats(grpc::ServerContext* sctx, const v1::StatsRequest* req,
                         v1::StatsResponse* resp) override {
-    auto* svc = resp->add_services();
-    svc->set_service("draft/0");
-    AddCounter(svc, "requests_total", static_cast<double>(requests_total_.load()), false);
-    AddCounter(svc, "requests_failed_total", static_cast<double>(requests_failed_total_.load()),
-               false);
-    AddCounter(svc, "requests_cancelled_total",
-               static_cast<double>(requests_cancelled_total_.load()), false);
-    AddCounter(svc, "prompt_tokens_total", static_cast<double>(prompt_tokens_total_.load()), false);
-    AddCounter(svc, "tokens_generated_total", static_cast<double>(tokens_generated_total_.load()),
-               false);
-    AddCounter(svc, "runs_launched_total", static_cast<double>(runs_launched_total_.load()), false);
-    AddCounter(svc, "pipeline_resets_total", static_cast<double>(pipeline_resets_total_.load()),
-               false);
-    for (const auto& [name, value] :
-         {std::pair<const char*, uint64_t>{"runs_plain_total", runs_plain_total_.load()},
-          {"runs_speculative_total", runs_speculative_total_.load()},
-          {"runs_cancelled_total", runs_cancelled_total_.load()},
-          {"runs_invalidated_total", runs_invalidated_total_.load()},
-          {"runs_tombstoned_total", runs_tombstoned_total_.load()},
-          {"tokens_drafted_total", tokens_drafted_total_.load()},
-          {"tokens_accepted_total", tokens_accepted_total_.load()},
-          {"verifications_total", verifications_total_.load()},
-          {"draft_failures_total", draft_failures_total_.load()}}) {
-      AddCounter(svc, name, static_cast<double>(value), false);
-    }
-    bool ready = false;
-    size_t open = 0;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      open = sessions_.size();
-      ready = link_ && !link_->dead;
-    }
-    AddCounter(svc, "sessions_open", static_cast<double>(open), true);
-    AddCounter(svc, "pipeline_ready", ready ? 1.0 : 0.0, true);
+    m_->FillServiceStats(resp->add_services());
     if (req->include_pipeline()) {
-      CollectStageStats(*stub0_, opt_.stage0_address, 0, resp);
-      if (n_stages_ > 1) {
-        CollectStageStats(*stub_last_, opt_.last_address, n_stages_ - 1, resp);
+      // Stage 0 answers for the whole chain (each stage appends its downstream neighbour's).
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::min(sctx->deadline(), Clock::now() + std::chrono::seconds(5)));
+      v1::StatsRequest sreq;
+      sreq.set_include_pipeline(true);
+      v1::StatsResponse sr;
+      grpc::Status st = stub0_->GetStats(&ctx, sreq, &sr);
+      if (st.ok() && sr.services_size() >= 1) {
+        for (auto& svc : *sr.mutable_services()) *resp->add_services() = std::move(svc);
+        if (resp->services(1).address().empty()) {
+          resp->mutable_services(1)->set_address(opt_.stage0_address);
+        }
+      } else {
+        v1::ServiceStats* svc = resp->add_services();
+        svc->set_service("stage0");
+        svc->set_address(opt_.stage0_address);
+        auto* e = svc->mutable_error();
+        e->set_code(st.ok() ? v1::STATUS_CODE_INTERNAL
+                            : static_cast<v1::StatusCode>(st.error_code()));
+        e->set_message(st.ok() ? "stage 0 returned no statistics" : st.error_message());
+        e->set_origin("stage0");
       }
     }
     return grpc::Status::OK;
@@ -683,15 +677,16 @@ class DraftServer::Impl final : public v1::Draft::Service {
   }
 
   void AddUp(const spec::Counters& c) {
-    runs_plain_total_ += c.runs_plain;
-    runs_speculative_total_ += c.runs_speculative;
-    runs_cancelled_total_ += c.runs_cancelled;
-    runs_invalidated_total_ += c.runs_invalidated;
-    runs_tombstoned_total_ += c.runs_tombstoned;
-    tokens_drafted_total_ += c.tokens_drafted;
-    tokens_accepted_total_ += c.tokens_accepted;
-    verifications_total_ += c.verifications;
-    draft_failures_total_ += c.draft_failures;
+    runs_plain_total_->Increment(static_cast<double>(c.runs_plain));
+    runs_speculative_total_->Increment(static_cast<double>(c.runs_speculative));
+    runs_cancelled_total_->Increment(static_cast<double>(c.runs_cancelled));
+    runs_invalidated_total_->Increment(static_cast<double>(c.runs_invalidated));
+    runs_tombstoned_total_->Increment(static_cast<double>(c.runs_tombstoned));
+    tokens_drafted_total_->Increment(static_cast<double>(c.tokens_drafted));
+    tokens_accepted_total_->Increment(static_cast<double>(c.tokens_accepted));
+    verifications_total_->Increment(static_cast<double>(c.verifications));
+    tokens_accepted_sibling_total_->Increment(static_cast<double>(c.sibling_accepts));
+    draft_failures_total_->Increment(static_cast<double>(c.draft_failures));
   }
 
   // Converts a pipeline outcome into the controller's terms.
@@ -813,7 +808,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
         const uint64_t id = link.next_run_id++;
         m.mutable_run()->set_run_id(id);
         if (run_id) *run_id = id;
-        ++runs_launched_total_;
+        runs_launched_total_->Increment();
       }
       link.out.push_back(std::move(m));
     }
@@ -852,6 +847,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
     {
       std::lock_guard<std::mutex> l(mu_);
       sessions_.erase(s.id);
+      sessions_open_->Set(static_cast<double>(sessions_.size()));
     }
     Link& link = *s.link;
     if (link.dead) return 0;
@@ -865,27 +861,6 @@ class DraftServer::Impl final : public v1::Draft::Service {
     close.mutable_session_close()->set_session_id(s.id);
     Enqueue(link, std::move(close), nullptr);
     return outstanding.size();
-  }
-
-  void CollectStageStats(v1::Stage::Stub& stub, const std::string& addr, uint32_t index,
-                         v1::StatsResponse* resp) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Clock::now() + std::chrono::seconds(5));
-    v1::StatsRequest req;
-    v1::StatsResponse sr;
-    grpc::Status st = stub.GetStats(&ctx, req, &sr);
-    v1::ServiceStats* svc = resp->add_services();
-    if (st.ok() && sr.services_size() >= 1) {
-      *svc = sr.services(0);
-    } else {
-      svc->set_service(absl::StrCat("stage/", index));
-      auto* e = svc->mutable_error();
-      e->set_code(st.ok() ? v1::STATUS_CODE_INTERNAL
-                          : static_cast<v1::StatusCode>(st.error_code()));
-      e->set_message(st.ok() ? "the stage returned no statistics" : st.error_message());
-      e->set_origin(absl::StrCat("stage/", index));
-    }
-    svc->set_address(addr);
   }
 
   // ---- The pipeline link ---------------------------------------------------------------------
@@ -1039,7 +1014,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
                                        reason, ")")));
     }
     if (current) {
-      ++pipeline_resets_total_;
+      pipeline_resets_total_->Increment();
       std::fprintf(stderr, "draft: pipeline epoch %llu lost: %s\n",
                    static_cast<unsigned long long>(link->epoch), reason.c_str());
       SetServing(false);
@@ -1098,6 +1073,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
   }
 
   void SetServing(bool serving) {
+    pipeline_ready_->Set(serving ? 1.0 : 0.0);
     if (!server_) return;
     auto* health = server_->GetHealthCheckService();
     if (!health) return;
@@ -1126,12 +1102,51 @@ class DraftServer::Impl final : public v1::Draft::Service {
   bool shutdown_ = false;
   std::thread supervisor_;
 
-  std::atomic<uint64_t> requests_total_{0}, requests_failed_total_{0}, requests_cancelled_total_{0},
-      prompt_tokens_total_{0}, tokens_generated_total_{0}, runs_launched_total_{0},
-      pipeline_resets_total_{0}, runs_plain_total_{0}, runs_speculative_total_{0},
-      runs_cancelled_total_{0}, runs_invalidated_total_{0}, runs_tombstoned_total_{0},
-      tokens_drafted_total_{0}, tokens_accepted_total_{0}, verifications_total_{0},
-      draft_failures_total_{0};
+  // Every counter lives in the service's registry: GetStats and /metrics read the same values.
+  std::shared_ptr<metrics::Metrics> m_ = std::make_shared<metrics::Metrics>("draft", "draft");
+  prometheus::Counter* requests_total_ = &m_->Counter("requests_total", "Generate calls received");
+  prometheus::Counter* requests_failed_total_ =
+      &m_->Counter("requests_failed_total", "Generate calls that failed");
+  prometheus::Counter* requests_cancelled_total_ =
+      &m_->Counter("requests_cancelled_total", "Generate calls cancelled by the caller");
+  prometheus::Counter* prompt_tokens_total_ =
+      &m_->Counter("prompt_tokens_total", "Prompt tokens received");
+  prometheus::Counter* tokens_generated_total_ =
+      &m_->Counter("tokens_generated_total", "Tokens generated (committed and streamed)");
+  prometheus::Counter* runs_launched_total_ =
+      &m_->Counter("runs_launched_total", "Runs sent into the pipeline");
+  prometheus::Counter* pipeline_resets_total_ =
+      &m_->Counter("pipeline_resets_total", "Pipeline epochs lost (link failures)");
+  prometheus::Counter* runs_plain_total_ =
+      &m_->Counter("runs_plain_total", "Plain runs sent (prefill chunks and next-token runs)");
+  prometheus::Counter* runs_speculative_total_ =
+      &m_->Counter("runs_speculative_total", "Speculative micro-batches sent");
+  prometheus::Counter* runs_cancelled_total_ =
+      &m_->Counter("runs_cancelled_total", "Runs cancelled after sending");
+  prometheus::Counter* runs_invalidated_total_ =
+      &m_->Counter("runs_invalidated_total", "Runs built on a rejected draft token");
+  prometheus::Counter* runs_tombstoned_total_ =
+      &m_->Counter("runs_tombstoned_total", "Outcomes that came back as tombstones");
+  prometheus::Counter* tokens_drafted_total_ =
+      &m_->Counter("tokens_drafted_total", "Draft tokens sent for verification");
+  prometheus::Counter* tokens_accepted_total_ =
+      &m_->Counter("tokens_accepted_total", "Draft tokens accepted by verification");
+  prometheus::Counter* verifications_total_ =
+      &m_->Counter("verifications_total", "Run results verified");
+  prometheus::Counter* draft_failures_total_ = &m_->Counter(
+      "draft_failures_total", "Draft model errors (speculation stopped for a request)");
+  prometheus::Counter* tokens_accepted_sibling_total_ =
+      &m_->Counter("tokens_accepted_sibling_total", "Accepted draft tokens from sibling branches");
+  prometheus::Gauge* sessions_open_ = &m_->Gauge("sessions_open", "Generate calls in progress");
+  prometheus::Gauge* pipeline_ready_ =
+      &m_->Gauge("pipeline_ready", "1 when the Pipeline and Results streams are open");
+  prometheus::Histogram* request_seconds_ = &m_->Histogram(
+      "request_seconds", "Generate call duration, successful calls", metrics::LatencyBuckets());
+  prometheus::Histogram* ttft_seconds_ =
+      &m_->Histogram("time_to_first_token_seconds", "From the Generate call to its first token",
+                     metrics::LatencyBuckets());
+  std::unique_ptr<metrics::MetricsHttpServer> metrics_http_;
+  int metrics_port_ = 0;
 };
 
 DraftServer::DraftServer(DraftServerOptions options)
@@ -1139,6 +1154,7 @@ DraftServer::DraftServer(DraftServerOptions options)
 DraftServer::~DraftServer() = default;
 absl::Status DraftServer::Start() { return impl_->Start(); }
 int DraftServer::port() const { return impl_->port(); }
+int DraftServer::metrics_port() const { return impl_->metrics_port(); }
 void DraftServer::Shutdown() { impl_->Shutdown(); }
 void DraftServer::Wait() { impl_->Wait(); }
 

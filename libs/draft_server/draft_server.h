@@ -46,6 +46,8 @@ struct DraftServerOptions {
   int connect_timeout_ms = 30000;  // how long Start() waits for the stages and the pipeline
   uint64_t max_message_bytes = 64ull << 20;       // gRPC max send/receive message size
   std::string controller_id = "pipeinfer-draft";  // for the stages' logs
+  // Serve Prometheus /metrics on HOST:PORT (port 0 = a free one); empty = no endpoint.
+  std::string metrics_address;
   // Speculation settings for requests that leave SpecConfig fields unset.
   spec::SpecParams spec_defaults;
   // The draft model (shared by all sessions). Null: only plain mode is served; sync and pipeinfer
@@ -66,6 +68,8 @@ class DraftServer {
   absl::Status Start();
   // The bound port (after Start).
   int port() const;
+  // The bound /metrics port (0 without an endpoint).
+  int metrics_port() const;
   // Fails every request in flight, ends the pipeline streams and stops the server (idempotent).
   void Shutdown();
   // Blocks until the server has shut down.

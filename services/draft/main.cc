@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
   std::string listen, stage0, last, model, mode, model_id, draft_model;
   int draft_threads = 1;
   int64_t draft_kv_tokens = 0;
+  double draft_noise = 0.0;
+  std::string metrics_listen;
   pipeinfer::spec::SpecParams sp;
   uint32_t max_sessions = 64;
   int connect_timeout_ms = 30000;
@@ -42,6 +44,12 @@ int main(int argc, char** argv) {
                  "The draft GGUF (same vocabulary as the target); needed by sync and pipeinfer");
   app.add_option("--draft-threads", draft_threads, "Threads of the draft model's forward pass")
       ->check(CLI::Range(1, 256));
+  app.add_option("--metrics-listen", metrics_listen,
+                 "Serve Prometheus /metrics on HOST:PORT (port 0 picks a free one; absent: none)");
+  app.add_option("--draft-noise", draft_noise,
+                 "Benchmarks: probability that the draft's top token is swapped for another one "
+                 "(sets the draft's agreement, e.g. with the target itself as the draft)")
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--draft-kv-tokens", draft_kv_tokens,
                  "Draft KV capacity in tokens over all sessions (default: 8 contexts)")
       ->check(CLI::NonNegativeNumber);
@@ -115,12 +123,14 @@ int main(int argc, char** argv) {
   o.max_sessions = max_sessions;
   o.connect_timeout_ms = connect_timeout_ms;
   o.spec_defaults = sp;
+  o.metrics_address = metrics_listen;
   if (!draft_model.empty()) {
     pipeinfer::draft_server::DraftModelOptions dmo;
     dmo.path = draft_model;
     dmo.target_path = model;
     dmo.threads = draft_threads;
     dmo.kv_tokens = draft_kv_tokens;
+    dmo.noise = draft_noise;
     auto dm = pipeinfer::draft_server::DraftModel::Load(dmo);
     if (!dm.ok()) return Fail(std::string(dm.status().message()));
     o.draft_model = std::move(*dm);
@@ -134,6 +144,10 @@ int main(int argc, char** argv) {
   std::printf("draft listening on %s (%s mode, draft model %s, stage 0 %s, last stage %s)\n",
               addr.c_str(), mode.c_str(), draft_model.empty() ? "none" : draft_model.c_str(),
               stage0.c_str(), last.c_str());
+  if (server.metrics_port() != 0) {
+    std::printf("draft metrics on http://%s:%d/metrics\n",
+                metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(), server.metrics_port());
+  }
   std::fflush(stdout);
 
   int sig = 0;

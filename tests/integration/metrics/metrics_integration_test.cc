@@ -291,6 +291,36 @@ TEST_F(MetricsIntegrationTest, StageMetricsEqualStats) {
   }
 }
 
+// The draft service: its /metrics and `pipeinfer stats --draft` read the same registry.
+TEST_F(MetricsIntegrationTest, DraftMetricsEqualStats) {
+  WaitQuiescent();
+  ASSERT_FALSE(endpoints_.draft_metrics.empty());
+  const std::string text = Scrape(endpoints_.draft_metrics);
+  ASSERT_FALSE(text.empty()) << "no /metrics at " << endpoints_.draft_metrics;
+  const Exposition e = ParseExposition(text);
+  EXPECT_TRUE(e.errors.empty()) << e.errors.front() << "\n" << text;
+  for (const char* want :
+       {"pipeinfer_draft_requests_total", "pipeinfer_draft_tokens_generated_total",
+        "pipeinfer_draft_runs_plain_total", "pipeinfer_draft_runs_speculative_total",
+        "pipeinfer_draft_runs_cancelled_total", "pipeinfer_draft_tokens_drafted_total",
+        "pipeinfer_draft_tokens_accepted_total", "pipeinfer_draft_sessions_open",
+        "pipeinfer_draft_time_to_first_token_seconds"}) {
+    EXPECT_TRUE(e.types.count(want)) << want << " missing:\n" << text;
+  }
+  const CommandResult stats = RunCmd({BinPath("pipeinfer"), "stats", "--draft", endpoints_.draft},
+                                     std::chrono::seconds(30));
+  ASSERT_EQ(stats.exit_code, 0) << stats.output;
+  const auto s = ParseStats(stats.output);
+  for (const auto& [name, value] : s) {
+    const std::string full = "pipeinfer_draft_" + name;
+    ASSERT_TRUE(e.samples.count(full)) << full << " is not in /metrics:\n" << text;
+    EXPECT_TRUE(Near(e.samples.at(full), value))
+        << name << ": /metrics " << e.samples.at(full) << ", stats " << value;
+  }
+  EXPECT_GT(s.at("requests_total"), 0);
+  EXPECT_GT(s.at("tokens_generated_total"), 0);
+}
+
 TEST_F(MetricsIntegrationTest, RouterStatsListEveryService) {
   WaitQuiescent();
   const CommandResult r =
