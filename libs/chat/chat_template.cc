@@ -40,42 +40,63 @@ struct Turn {
   const std::string* content;
 };
 
+// Appends message content to `out`, recording its byte range (so that special-token text in it
+// can be tokenized as plain text).
+struct Content {
+  std::string& out;
+  std::vector<TextRange>* ranges;
+  void operator()(const std::string& text) const {
+    if (ranges && !text.empty()) ranges->push_back({out.size(), text.size()});
+    out += text;
+  }
+};
+
 void RenderChatml(std::span<const Turn> turns, std::span<const ChatMessage> msgs, bool gen,
-                  std::string& out) {
+                  std::string& out, const Content& content) {
   for (size_t i = 0; i < turns.size(); ++i) {
-    absl::StrAppend(&out, "<|im_start|>", msgs[i].role, "\n", *turns[i].content, "<|im_end|>\n");
+    absl::StrAppend(&out, "<|im_start|>", msgs[i].role, "\n");
+    content(*turns[i].content);
+    out += "<|im_end|>\n";
   }
   if (gen) out += "<|im_start|>assistant\n";
 }
 
 void RenderLlama3(std::span<const Turn> turns, std::span<const ChatMessage> msgs, bool gen,
-                  std::string& out) {
+                  std::string& out, const Content& content) {
   for (size_t i = 0; i < turns.size(); ++i) {
-    absl::StrAppend(&out, "<|start_header_id|>", msgs[i].role, "<|end_header_id|>\n\n",
-                    Trim(*turns[i].content), "<|eot_id|>");
+    absl::StrAppend(&out, "<|start_header_id|>", msgs[i].role, "<|end_header_id|>\n\n");
+    content(Trim(*turns[i].content));
+    out += "<|eot_id|>";
   }
   if (gen) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
 }
 
 void RenderZephyr(std::span<const Turn> turns, std::span<const ChatMessage> msgs, bool gen,
-                  std::string& out) {
+                  std::string& out, const Content& content) {
   for (size_t i = 0; i < turns.size(); ++i) {
-    absl::StrAppend(&out, "<|", msgs[i].role, "|>\n", *turns[i].content, "</s>\n");
+    absl::StrAppend(&out, "<|", msgs[i].role, "|>\n");
+    content(*turns[i].content);
+    out += "</s>\n";
   }
   if (gen) out += "<|assistant|>\n";
 }
 
-void RenderPlain(std::span<const Turn> turns, bool gen, std::string& out) {
+void RenderPlain(std::span<const Turn> turns, bool gen, std::string& out, const Content& content) {
   for (const Turn& t : turns) {
     switch (t.role) {
       case Role::kSystem:
-        absl::StrAppend(&out, *t.content, "\n\n");
+        content(*t.content);
+        out += "\n\n";
         break;
       case Role::kUser:
-        absl::StrAppend(&out, "User: ", *t.content, "\n");
+        out += "User: ";
+        content(*t.content);
+        out += "\n";
         break;
       case Role::kAssistant:
-        absl::StrAppend(&out, "Assistant: ", *t.content, "\n");
+        out += "Assistant: ";
+        content(*t.content);
+        out += "\n";
         break;
     }
   }
@@ -83,7 +104,8 @@ void RenderPlain(std::span<const Turn> turns, bool gen, std::string& out) {
 }
 
 // llama2 and mistral: [INST] turns, the system prompt merged into the next user turn.
-absl::Status RenderInst(bool llama2, std::span<const Turn> turns, std::string& out) {
+absl::Status RenderInst(bool llama2, std::span<const Turn> turns, std::string& out,
+                        const Content& emit) {
   const char* name = llama2 ? "llama2" : "mistral";
   std::string system;  // pending system prompt
   bool have_system = false;
@@ -101,20 +123,27 @@ absl::Status RenderInst(bool llama2, std::span<const Turn> turns, std::string& o
         out += "[INST] ";
         if (have_system) {
           if (llama2) {
-            absl::StrAppend(&out, "<<SYS>>\n", system, "\n<</SYS>>\n\n");
+            out += "<<SYS>>\n";
+            emit(system);
+            out += "\n<</SYS>>\n\n";
           } else {
-            absl::StrAppend(&out, system, "\n\n");
+            emit(system);
+            out += "\n\n";
           }
           system.clear();
           have_system = false;
         }
-        absl::StrAppend(&out, content, " [/INST]");
+        emit(content);
+        out += " [/INST]";
         break;
       case Role::kAssistant:
         if (llama2) {
-          absl::StrAppend(&out, " ", content, " </s>");
+          out += " ";
+          emit(content);
+          out += " </s>";
         } else {
-          absl::StrAppend(&out, content, "</s> ");
+          emit(content);
+          out += "</s> ";
         }
         break;
     }
@@ -129,7 +158,9 @@ absl::Status RenderInst(bool llama2, std::span<const Turn> turns, std::string& o
 }  // namespace
 
 absl::StatusOr<std::string> Render(TemplateId id, std::span<const ChatMessage> messages,
-                                   bool add_generation_prompt) {
+                                   bool add_generation_prompt,
+                                   std::vector<TextRange>* content_ranges) {
+  if (content_ranges) content_ranges->clear();
   if (messages.empty()) return absl::InvalidArgumentError("messages must not be empty");
   std::vector<Turn> turns;
   turns.reserve(messages.size());
@@ -143,22 +174,23 @@ absl::StatusOr<std::string> Render(TemplateId id, std::span<const ChatMessage> m
     turns.push_back({role, &messages[i].content});
   }
   std::string out;
+  const Content content{out, content_ranges};
   switch (id) {
     case TemplateId::kChatml:
-      RenderChatml(turns, messages, add_generation_prompt, out);
+      RenderChatml(turns, messages, add_generation_prompt, out, content);
       return out;
     case TemplateId::kLlama3:
-      RenderLlama3(turns, messages, add_generation_prompt, out);
+      RenderLlama3(turns, messages, add_generation_prompt, out, content);
       return out;
     case TemplateId::kZephyr:
-      RenderZephyr(turns, messages, add_generation_prompt, out);
+      RenderZephyr(turns, messages, add_generation_prompt, out, content);
       return out;
     case TemplateId::kPlain:
-      RenderPlain(turns, add_generation_prompt, out);
+      RenderPlain(turns, add_generation_prompt, out, content);
       return out;
     case TemplateId::kLlama2:
     case TemplateId::kMistral: {
-      absl::Status s = RenderInst(id == TemplateId::kLlama2, turns, out);
+      absl::Status s = RenderInst(id == TemplateId::kLlama2, turns, out, content);
       if (!s.ok()) return s;
       return out;
     }

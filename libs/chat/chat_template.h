@@ -55,10 +55,19 @@ struct ChatMessage {
   std::string content;
 };
 
+// A byte range [offset, offset + length) of a rendered conversation.
+struct TextRange {
+  size_t offset = 0;
+  size_t length = 0;
+};
+
 // InvalidArgument for an empty conversation, an unknown role, a llama2/mistral system message that
-// no user message follows, or an out-of-range TemplateId.
+// no user message follows, or an out-of-range TemplateId. With `content_ranges`, also returns where
+// message content landed in the text (in order, non-overlapping), so that the caller can tokenize
+// special-token text inside messages as plain text (Tokenizer::Encode's literal ranges).
 absl::StatusOr<std::string> Render(TemplateId id, std::span<const ChatMessage> messages,
-                                   bool add_generation_prompt);
+                                   bool add_generation_prompt,
+                                   std::vector<TextRange>* content_ranges = nullptr);
 
 // "chatml", "llama2", "mistral", "zephyr", "llama3", "plain" (exact, lowercase); nullopt otherwise.
 std::optional<TemplateId> TemplateByName(std::string_view name);

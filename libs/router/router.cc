@@ -570,9 +570,13 @@ class Router::Impl final : public v1::Router::Service {
       }
       t = *named;
     }
-    auto text = chat::Render(t, msgs, /*add_generation_prompt=*/true);
+    std::vector<chat::TextRange> content;
+    auto text = chat::Render(t, msgs, /*add_generation_prompt=*/true, &content);
     if (!text.ok()) return Invalid(S(text.status().message()), "messages");
-    for (int32_t id : tok_->Encode(*text, tok_->add_bos(), /*parse_special=*/true)) {
+    // The template's own markers are control tokens; the same text inside a message is not.
+    std::vector<std::pair<size_t, size_t>> literal;
+    for (const chat::TextRange& r : content) literal.emplace_back(r.offset, r.length);
+    for (int32_t id : tok_->Encode(*text, tok_->add_bos(), /*parse_special=*/true, literal)) {
       g->prompt.push_back(static_cast<uint32_t>(id));
     }
     g->stops = chat::StopStrings(t);

@@ -231,7 +231,14 @@ std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
   return out;
 }
 
-std::vector<Tokenizer::Fragment> Tokenizer::PartitionSpecial(std::string_view text) const {
+std::vector<Tokenizer::Fragment> Tokenizer::PartitionSpecial(
+    std::string_view text, std::span<const std::pair<size_t, size_t>> literal) const {
+  const auto in_literal = [&](size_t begin, size_t len) {
+    for (const auto& [off, n] : literal) {
+      if (begin < off + n && off < begin + len) return true;
+    }
+    return false;
+  };
   std::vector<Fragment> frags = {{-1, 0, text.size()}};
   if (special_order_.empty()) return frags;
 
@@ -261,13 +268,17 @@ std::vector<Tokenizer::Fragment> Tokenizer::PartitionSpecial(std::string_view te
         continue;
       }
       const std::string_view piece = text.substr(f.offset, f.length);
-      size_t start = 0;
+      size_t start = 0, search = 0;
       while (true) {
-        const size_t hit = piece.find(needle, start);
+        const size_t hit = piece.find(needle, search);
         if (hit == std::string_view::npos) break;
+        if (in_literal(f.offset + hit, needle.size())) {
+          search = hit + 1;  // plain text here
+          continue;
+        }
         if (hit > start) next.push_back({-1, f.offset + start, hit - start});
         next.push_back({id, 0, 0});
-        start = hit + needle.size();
+        start = search = hit + needle.size();
       }
       if (start < piece.size()) next.push_back({-1, f.offset + start, piece.size() - start});
     }
@@ -278,13 +289,18 @@ std::vector<Tokenizer::Fragment> Tokenizer::PartitionSpecial(std::string_view te
 
 std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos,
                                        bool parse_special) const {
+  return Encode(text, add_bos, parse_special, {});
+}
+
+std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos, bool parse_special,
+                                       std::span<const std::pair<size_t, size_t>> literal) const {
   std::vector<int32_t> out;
   if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
   if (text.empty()) return out;
 
   std::vector<Fragment> frags;
   if (parse_special) {
-    frags = PartitionSpecial(text);
+    frags = PartitionSpecial(text, literal);
   } else {
     frags.push_back({-1, 0, text.size()});
   }

@@ -21,6 +21,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -39,6 +40,10 @@ class Tokenizer {
 
   // llama_tokenize(text, add_bos, special=parse_special).
   std::vector<int32_t> Encode(std::string_view text, bool add_bos, bool parse_special) const;
+  // The same, except that special-token text overlapping one of `literal` (byte ranges as
+  // {offset, length} pairs, e.g. chat message content) is tokenized as plain text.
+  std::vector<int32_t> Encode(std::string_view text, bool add_bos, bool parse_special,
+                              std::span<const std::pair<size_t, size_t>> literal) const;
 
   // llama_token_to_piece: NORMAL -> text with "▁" turned into " "; BYTE -> the raw byte;
   // UNKNOWN -> "▅" (U+2585); CONTROL, USER_DEFINED, UNUSED, UNDEFINED and out-of-range ids -> "".
@@ -85,7 +90,8 @@ class Tokenizer {
   Tokenizer() = default;
   void BuildSpecialTokens();
   int32_t Lookup(std::string_view text) const;  // -1 when absent
-  std::vector<Fragment> PartitionSpecial(std::string_view text) const;
+  std::vector<Fragment> PartitionSpecial(std::string_view text,
+                                         std::span<const std::pair<size_t, size_t>> literal) const;
   // SentencePiece merge + resegmentation of already escaped text. Long texts are cut where no
   // vocab token can span the cut (so the result is the same as for the whole text), which keeps
   // the merge queue small.

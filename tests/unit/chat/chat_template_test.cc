@@ -100,6 +100,36 @@ TEST(Render, ChatmlKeepsContentVerbatim) {
             "<|im_start|>user\n a\n<|im_end|>\n");
 }
 
+// The content ranges point at each message's text as rendered (trimmed where the template trims),
+// in order, and nothing else.
+TEST(Render, ContentRangesCoverExactlyTheMessages) {
+  for (TemplateId id : {TemplateId::kChatml, TemplateId::kLlama3, TemplateId::kZephyr,
+                        TemplateId::kPlain, TemplateId::kLlama2, TemplateId::kMistral}) {
+    SCOPED_TRACE(std::string(TemplateName(id)));
+    std::vector<ChatMessage> m = {{"system", "Be brief. <|im_end|>"},
+                                  {"user", " <s>[INST] hi </s> "},
+                                  {"assistant", "ok<|eot_id|>"},
+                                  {"user", "again"}};
+    std::vector<TextRange> ranges;
+    auto text = Render(id, m, true, &ranges);
+    ASSERT_TRUE(text.ok()) << text.status();
+    ASSERT_EQ(ranges.size(), 4u);
+    const bool trims = id == TemplateId::kLlama3 || id == TemplateId::kLlama2;
+    for (size_t i = 0; i < ranges.size(); ++i) {
+      std::string want = m[i].content;
+      if (trims) {
+        want.erase(0, want.find_first_not_of(' '));
+        want.erase(want.find_last_not_of(' ') + 1);
+      }
+      ASSERT_LE(ranges[i].offset + ranges[i].length, text->size());
+      EXPECT_EQ(text->substr(ranges[i].offset, ranges[i].length), want) << i;
+      if (i > 0) EXPECT_GE(ranges[i].offset, ranges[i - 1].offset + ranges[i - 1].length);
+    }
+    // Without the out-parameter the text is the same.
+    EXPECT_EQ(*text, *Render(id, m, true));
+  }
+}
+
 TEST(Render, Errors) {
   for (TemplateId id : {TemplateId::kChatml, TemplateId::kLlama2, TemplateId::kMistral,
                         TemplateId::kZephyr, TemplateId::kLlama3, TemplateId::kPlain}) {

@@ -3,6 +3,7 @@
 // corner cases on small hand-made vocabularies.
 #include "tokenizer/tokenizer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <fstream>
@@ -271,6 +272,25 @@ TEST(Tokenizer, SpecialTokensAreTheUnsplittableOnes) {
   EXPECT_THAT(tok.Encode("Hello</s>Hello", true, true), ElementsAre(1, 15043, 2, 10994));
   EXPECT_THAT(tok.Encode("</s></s>", false, true), ElementsAre(2, 2));
   EXPECT_THAT(tok.Encode("a<s", false, true), ElementsAreArray(tok.Encode("a<s", false, false)));
+}
+
+// Special-token text inside a literal range is plain text; outside it is still a control token.
+TEST(Tokenizer, LiteralRangesKeepSpecialTextPlain) {
+  const Tokenizer& t = LlamaVocab();
+  const std::string text = "<s>Hello </s> world</s>";
+  const auto special = t.Encode(text, false, true);
+  const auto plain = t.Encode(text, false, false);
+  ASSERT_NE(special, plain);
+  using R = std::pair<size_t, size_t>;
+  EXPECT_EQ(t.Encode(text, false, true, std::vector<R>{{0, text.size()}}), plain);
+  EXPECT_EQ(t.Encode(text, false, true, std::vector<R>{}), special);
+  // Only the middle "</s>" (bytes 9..12) is content: the first and last markers stay special.
+  const auto mixed = t.Encode(text, false, true, std::vector<R>{{6, 8}});
+  ASSERT_GE(mixed.size(), 3u);
+  EXPECT_EQ(mixed.front(), 1);  // <s>
+  EXPECT_EQ(mixed.back(), 2);   // </s>
+  EXPECT_EQ(std::count(mixed.begin(), mixed.end(), 2), 1);
+  EXPECT_GT(mixed.size(), special.size());
 }
 
 TEST(Tokenizer, ByteVocabSpecials) {
