@@ -54,6 +54,8 @@ echo
 echo "== summary"
 model=$(sed -n 's/^model: *\([^ #]*\).*/\1/p' "$CONFIG")
 stages=$(sed -n 's/^stages: *\([0-9]*\).*/\1/p' "$CONFIG")
-echo "model:   $model ($stages stages, plain pipeline mode, 1 thread per stage)"
+mode=$(sed -n 's/^mode: *\([a-z]*\).*/\1/p' "$CONFIG")
+draft=$(sed -n 's/^draft_model: *\([^ #]*\).*/\1/p' "$CONFIG")
+echo "model:   $model ($stages stages, $mode mode${draft:+, draft $draft}, 1 thread per stage)"
 echo "request: $(tail -n 1 "$WORK/chat.stderr" | tr -d '[]')"
 echo "router:  http://127.0.0.1:$HTTP_PORT/v1/chat/completions (OpenAI-compatible)"

@@ -268,7 +268,9 @@ TEST(KvCache, RandomOperationsMatchReferenceModel) {
       ExpectMatches(kv, ref);
       if (::testing::Test::HasFatalFailure()) return;
     }
-    if (seed % 2) EXPECT_GT(exhausted, 0);
+    if (seed % 2) {
+      EXPECT_GT(exhausted, 0);
+    }
     for (auto& [sid, s] : ref) ASSERT_TRUE(kv.CloseSession(sid).ok());
     EXPECT_EQ(kv.Stats().blocks_used, 0);
     EXPECT_TRUE(kv.CheckInvariants().ok());
