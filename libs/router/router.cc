@@ -15,6 +15,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
+#include <deque>
 #include <functional>
 #include <mutex>
 #include <optional>
@@ -933,7 +934,6 @@ class Router::Impl final : public v1::Router::Service {
 
   void HandleGeneration(const httplib::Request& req, httplib::Response& res, bool chat) {
     const std::string endpoint = chat ? "/v1/chat/completions" : "/v1/completions";
-    const auto t0 = Clock::now();
     json body;
     try {
       body = json::parse(req.body);
@@ -1090,70 +1090,121 @@ class Router::Impl final : public v1::Router::Service {
       return;
     }
 
-    // Streaming: the generation runs inside the content provider, on this worker thread.
+    // Streaming: the generation runs on its own thread and hands SSE events to the content
+    // provider. The handler waits for the first text (or the end): a request that fails before
+    // producing anything gets a proper HTTP error status instead of a 200 with an error event.
+    struct StreamRun {
+      std::mutex mu;
+      std::condition_variable cv;
+      std::deque<std::string> events;  // complete "data: ...\n\n" events
+      bool done = false;
+      std::optional<Error> error;
+      GenResult result;
+      std::atomic<bool> gone{false};
+      grpc::ClientContext ctx;
+      std::thread worker;
+    };
+    auto run = std::make_shared<StreamRun>();
+    const std::string chunk_object = chat ? "chat.completion.chunk" : "text_completion";
+    auto chunk = [this, chat, id, created, chunk_object](const json& delta_or_text,
+                                                         const json& finish) {
+      json choice{{"index", 0}, {"finish_reason", finish}};
+      if (chat) {
+        choice["delta"] = delta_or_text;
+      } else {
+        choice["text"] = delta_or_text;
+        choice["logprobs"] = nullptr;
+      }
+      return json{{"id", id},
+                  {"object", chunk_object},
+                  {"created", created},
+                  {"model", opt_.model_id},
+                  {"choices", json::array({choice})}};
+    };
+    auto event = [](const json& j) { return "data: " + Dump(j) + "\n\n"; };
+    run->worker = std::thread([this, g, run, slot, chat, chunk, event]() mutable {
+      GenSink gs;
+      gs.on_delta = [&](const std::string& t, const std::vector<uint32_t>&, uint32_t) {
+        if (run->gone) return false;
+        if (t.empty()) return true;
+        {
+          std::lock_guard<std::mutex> l(run->mu);
+          run->events.push_back(event(chunk(chat ? json{{"content", t}} : json(t), nullptr)));
+        }
+        run->cv.notify_all();
+        return true;
+      };
+      gs.cancelled = [&] { return run->gone.load(); };
+      GenResult r;
+      bool started = false;
+      std::optional<Error> e = Generate(*g, &run->ctx, gs, &r, &started);
+      slot.reset();
+      {
+        std::lock_guard<std::mutex> l(run->mu);
+        run->error = std::move(e);
+        run->result = r;
+        run->done = true;
+      }
+      run->cv.notify_all();
+    });
+    {
+      std::unique_lock<std::mutex> l(run->mu);
+      run->cv.wait(l, [&] { return run->done || !run->events.empty(); });
+      if (run->done && run->error && run->events.empty()) {
+        const Error e = *run->error;
+        l.unlock();
+        run->worker.join();
+        SendError(res, endpoint, e);
+        return;
+      }
+    }
     res.status = 200;
     res.set_header("Cache-Control", "no-cache");
     res.set_header("X-Request-Id", id);
     CountRequest(endpoint, 200);
     res.set_chunked_content_provider(
         "text/event-stream",
-        [this, g, slot, chat, id, created, t0](size_t, httplib::DataSink& sink) mutable {
-          const std::string object = chat ? "chat.completion.chunk" : "text_completion";
-          auto chunk = [&](const json& delta_or_text, const json& finish) {
-            json choice{{"index", 0}, {"finish_reason", finish}};
-            if (chat) {
-              choice["delta"] = delta_or_text;
-            } else {
-              choice["text"] = delta_or_text;
-              choice["logprobs"] = nullptr;
-            }
-            return json{{"id", id},
-                        {"object", object},
-                        {"created", created},
-                        {"model", opt_.model_id},
-                        {"choices", json::array({choice})}};
-          };
-          auto send = [&](const json& j) {
-            const std::string s = "data: " + Dump(j) + "\n\n";
-            return sink.is_writable() && sink.write(s.data(), s.size());
+        [run, chat, chunk, event](size_t, httplib::DataSink& sink) {
+          auto send = [&](const std::string& ev) {
+            if (sink.is_writable() && sink.write(ev.data(), ev.size())) return true;
+            run->gone = true;
+            run->ctx.TryCancel();
+            return false;
           };
           bool ok = true;
-          if (chat) ok = send(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr));
-          GenSink gs;
-          gs.on_delta = [&](const std::string& t, const std::vector<uint32_t>& ids, uint32_t) {
-            if (!sink.is_writable()) return false;
-            if (t.empty()) return true;
-            return send(chunk(chat ? json{{"content", t}} : json(t), nullptr));
-          };
-          gs.cancelled = [&] { return !sink.is_writable(); };
-          GenResult r;
-          bool started = false;
-          std::optional<Error> e;
+          if (chat) ok = send(event(chunk(json{{"role", "assistant"}, {"content", ""}}, nullptr)));
+          while (ok) {
+            std::unique_lock<std::mutex> l(run->mu);
+            run->cv.wait(l, [&] { return run->done || !run->events.empty(); });
+            if (run->events.empty()) break;  // done
+            std::string ev = std::move(run->events.front());
+            run->events.pop_front();
+            l.unlock();
+            ok = send(ev);
+          }
           if (ok) {
-            grpc::ClientContext ctx;
-            e = Generate(*g, &ctx, gs, &r, &started);
-          } else {
-            e = Error{grpc::StatusCode::CANCELLED, "the client went away", "", ""};
-          }
-          slot.reset();
-          if (e) {
-            if (e->code != grpc::StatusCode::CANCELLED) {
-              send(ErrorBody(*e));
-              const std::string done = "data: [DONE]\n\n";
-              if (sink.is_writable()) sink.write(done.data(), done.size());
+            std::lock_guard<std::mutex> l(run->mu);
+            if (run->error) {
+              if (run->error->code != grpc::StatusCode::CANCELLED)
+                send(event(ErrorBody(*run->error)));
+            } else {
+              const GenResult& r = run->result;
+              json last = chunk(chat ? json::object() : json(""), FinishName(r.finish));
+              last["usage"] = {{"prompt_tokens", r.prompt_tokens},
+                               {"completion_tokens", r.completion_tokens},
+                               {"total_tokens", r.prompt_tokens + r.completion_tokens}};
+              send(event(last));
             }
-            sink.done();
-            return true;
+            send("data: [DONE]\n\n");
           }
-          json last = chunk(chat ? json::object() : json(""), FinishName(r.finish));
-          last["usage"] = {{"prompt_tokens", r.prompt_tokens},
-                           {"completion_tokens", r.completion_tokens},
-                           {"total_tokens", r.prompt_tokens + r.completion_tokens}};
-          send(last);
-          const std::string done = "data: [DONE]\n\n";
-          if (sink.is_writable()) sink.write(done.data(), done.size());
           sink.done();
           return true;
+        },
+        [run](bool) {
+          // The response is finished or abandoned: stop the generation and reap its thread.
+          run->gone = true;
+          run->ctx.TryCancel();
+          if (run->worker.joinable()) run->worker.join();
         });
   }
 

@@ -466,6 +466,40 @@ TEST_F(RouterHttpTest, AdmissionLimitGives429) {
   std::remove(log.c_str());
 }
 
+// A streamed request that fails before producing any text (here: no draft service behind the
+// router) gets a real HTTP error status and an OpenAI error body, not a 200 with an error event.
+TEST_F(RouterHttpTest, StreamFailingBeforeFirstTokenGetsHttpError) {
+  const int http_port = FreePort();
+  const std::string grpc_addr = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string nowhere = "127.0.0.1:" + std::to_string(FreePort());
+  const std::string log =
+      ::testing::TempDir() + "/router_http_test." + std::to_string(getpid()) + ".router3.log";
+  ChildProcess router(
+      {BinPath("pipeinfer-router"), "--http", "127.0.0.1:" + std::to_string(http_port), "--grpc",
+       grpc_addr, "--draft", nowhere, "--model", FixturePath("models/tiny-f32.gguf"), "--model-id",
+       "tiny"},
+      log);
+  httplib::Client c("127.0.0.1", http_port);
+  c.set_read_timeout(30, 0);
+  bool up = false;
+  for (int i = 0; i < 200 && !up; ++i) {
+    up = static_cast<bool>(c.Get("/health"));
+    if (!up) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(up) << ReadText(log);
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    SCOPED_TRACE(path);
+    const json body = std::string(path) == "/v1/completions"
+                          ? json{{"prompt", "a"}, {"max_tokens", 3}, {"stream", true}}
+                          : json{{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                                 {"max_tokens", 3},
+                                 {"stream", true}};
+    ExpectError(c.Post(path, body.dump(), "application/json"), 503);
+  }
+  EXPECT_EQ(router.Stop(), 0) << ReadText(log);
+  std::remove(log.c_str());
+}
+
 // The gRPC Router service: same semantics as HTTP.
 TEST_F(RouterHttpTest, GrpcRouterService) {
   auto stub =
