@@ -17,6 +17,7 @@
 #include <gtest/gtest.h>
 
 #include "cluster/supervisor.h"
+#include "testing/cluster_harness.h"
 #include "testing/fixtures.h"
 #include "testing/process.h"
 
@@ -26,58 +27,10 @@ namespace {
 namespace fs = std::filesystem;
 using pipeinfer::testing::BinPath;
 using pipeinfer::testing::ChildProcess;
+using pipeinfer::testing::CommandResult;
+using pipeinfer::testing::FreePortRange;
 using pipeinfer::testing::ReadText;
-
-struct CommandResult {
-  int exit_code = -1;  // -1 when killed or timed out
-  std::string output;  // stdout + stderr
-};
-
-// Runs argv to completion (killing it after `timeout`), capturing stdout and stderr.
-CommandResult RunCmd(const std::vector<std::string>& argv, std::chrono::seconds timeout) {
-  static int counter = 0;
-  const std::string log = ::testing::TempDir() + "/bench_cli_test." + std::to_string(getpid()) +
-                          "." + std::to_string(counter++) + ".out";
-  CommandResult r;
-  int status = 0;
-  {
-    ChildProcess p(argv, log);
-    const auto end = std::chrono::steady_clock::now() + timeout;
-    while (p.Running() && std::chrono::steady_clock::now() < end) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    status = p.Stop();
-  }
-  if (WIFEXITED(status)) r.exit_code = WEXITSTATUS(status);
-  r.output = ReadText(log);
-  std::remove(log.c_str());
-  return r;
-}
-
-bool PortFree(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(port);
-  int one = 1;
-  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  const bool ok = bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
-  close(fd);
-  return ok;
-}
-
-// A base port with `n` free consecutive ports after it.
-int FreePortRange(int n) {
-  static std::mt19937 rng(std::random_device{}());
-  for (int attempt = 0; attempt < 200; ++attempt) {
-    const int base = std::uniform_int_distribution<int>(20000, 60000)(rng);
-    bool ok = true;
-    for (int i = 0; i < n && ok; ++i) ok = PortFree(base + i);
-    if (ok) return base;
-  }
-  return 0;
-}
+using pipeinfer::testing::RunCmd;
 
 class BenchCliTest : public ::testing::Test {
  protected:
