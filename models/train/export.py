@@ -96,6 +96,7 @@ def main():
     ap.add_argument('--name', required=True, help='run name under models/train/work/')
     ap.add_argument('--out-prefix', required=True)
     ap.add_argument('--gguf-name', default=None)
+    ap.add_argument('--role', default=None, choices=sorted(ROLE_TEXT), help='default: --name')
     ap.add_argument('--workdir', default=None, help='default: models/train/work/<name>')
     ap.add_argument('--tokenizer', default=os.path.join(HERE, '..', 'demo-tokenizer.model'))
     a = ap.parse_args()
@@ -107,7 +108,13 @@ def main():
     model.load_state_dict(st['model'])
     sp = data.load_sp(a.tokenizer)
     assert sp.get_piece_size() == cfg.n_vocab
-    role = a.name
+    role = a.role or a.name
+    if res['args'].get('teacher'):
+        how = ('pseudo-chat pairs built from consecutive dialogue paragraphs, distilled from the target model '
+               '(loss = %g * cross-entropy + %g * KL(target || draft) at temperature %g)'
+               % (1 - res['args']['distill_alpha'], res['args']['distill_alpha'], res['args']['distill_temp']))
+    else:
+        how = 'pseudo-chat pairs built from consecutive dialogue paragraphs'
     desc = ('%s. Llama architecture, %d parameters (n_embd %d, %d layers, %d heads / %d kv heads, n_ff %d, '
             'context %d), SentencePiece BPE vocabulary of %d pieces. Trained from scratch with PyTorch on CPU '
             'for %d steps (%d tokens, %.0f s) on the six novels of Jane Austen (Debian r-cran-janeaustenr, public '
@@ -115,7 +122,7 @@ def main():
             'Chat template: Llama-2 style "[INST] {user} [/INST]".'
             % (ROLE_TEXT.get(role, role), res['params'], cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_head_kv,
                cfg.n_ff, cfg.n_ctx, cfg.n_vocab, res['step'], res['train_tokens_seen'], res['train_seconds'],
-               'pseudo-chat pairs built from consecutive dialogue paragraphs', 17, res['val_loss'],
+               how, 17, res['val_loss'],
                res['val_bpb']))
     for ftype in ('f16', 'q8_0'):
         path = '%s-%s.gguf' % (a.out_prefix, ftype)

@@ -2,13 +2,20 @@
 """Train one llama-architecture model on the Austen corpus (CPU, deterministic given seed + thread count).
 
 Resumable: state is checkpointed to <workdir>/ckpt.pt every --ckpt-every steps; rerunning the same command
-continues from the checkpoint.  To extend training, rerun with a larger --steps (the cosine schedule is
-recomputed for the new total; this is exact as long as the
-cooldown of the earlier run had not started, see lr_at).
+continues from the checkpoint.  To extend training, rerun with a larger --steps (the warmup-stable-decay schedule
+is recomputed for the new total; this is exact as long as the cooldown of the earlier run had not started, see
+lr_at).
+
+Knowledge distillation: --teacher <ckpt.pt> trains on (1 - alpha) * CE(data) + alpha * T^2 * KL(teacher_T ||
+student_T); the teacher is not part of the checkpoint, so a run can be resumed with another teacher
+(--stop-after N ends a phase at step N without touching the schedule).
 
 Example (the shipped target):
   nice -n 19 python3 models/train/train.py --name target --n-embd 256 --n-layer 6 --n-head 8 --n-head-kv 4 \
       --n-ff 704 --ctx 256 --batch 8 --steps N --lr 1.5e-3
+and the shipped draft (distilled; see reproduce.sh for its two teacher phases):
+  nice -n 19 python3 models/train/train.py --name draft_kd --n-embd 128 --n-layer 2 --n-head 4 --n-head-kv 2 \
+      --n-ff 352 --tie --ctx 256 --batch 8 --steps N --lr 3e-3 --teacher models/train/work/target/ckpt.pt
 """
 import argparse, json, math, os, sys, time
 
@@ -52,6 +59,14 @@ def get_args(argv=None):
     ap.add_argument('--eval-every', type=int, default=100)
     ap.add_argument('--eval-windows', type=int, default=24, help='windows used for periodic evals')
     ap.add_argument('--ckpt-every', type=int, default=50)
+    ap.add_argument('--teacher', default=None,
+                    help='knowledge distillation: a train.py checkpoint (ckpt.pt) of the teacher model (same vocab)')
+    ap.add_argument('--distill-alpha', type=float, default=0.9,
+                    help='loss = (1 - alpha) * CE(data) + alpha * T^2 * KL(teacher_T || student_T)')
+    ap.add_argument('--distill-temp', type=float, default=1.0, help='softmax temperature T for distillation')
+    ap.add_argument('--stop-after', type=int, default=None,
+                    help='checkpoint and exit once this step is reached (the LR schedule still uses --steps); '
+                         'used to switch teachers mid-run')
     ap.add_argument('--threads', type=int, default=1,
                     help='torch threads (1 is fastest on a shared 2-core box; results depend on it)')
     return ap.parse_args(argv)
@@ -69,6 +84,40 @@ def lr_at(step, a):
         return a.lr
     p = (step - d0 + 1) / max(1, a.steps - d0)
     return a.lr * (1.0 - (1.0 - a.min_lr_frac) * p)
+
+
+def load_teacher(path, n_vocab):
+    st = torch.load(path)
+    tc = Config(**st['config'])
+    assert tc.n_vocab == n_vocab, 'teacher has a different vocabulary'
+    t = Llama(tc)
+    t.load_state_dict(st['model'])
+    t.eval()
+    for p in t.parameters():
+        p.requires_grad_(False)
+    return t, int(st['step'])
+
+
+def distill_kl(student_logits, teacher_logits, temp):
+    """Mean over positions of T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
+    lt = F.log_softmax(teacher_logits.float() / temp, dim=-1)
+    ls = F.log_softmax(student_logits / temp, dim=-1)
+    kl = (lt.exp() * (lt - ls)).sum(-1)
+    return kl.mean() * (temp * temp)
+
+
+@torch.no_grad()
+def teacher_agreement(model, teacher, val_ids, ctx, max_windows, batch=8):
+    """Fraction of positions of the first max_windows validation windows where the argmaxes agree."""
+    model.eval()
+    n = min((len(val_ids) - 1) // ctx, max_windows)
+    agree, cnt = 0, 0
+    for w0 in range(0, n, batch):
+        x = torch.stack([torch.from_numpy(val_ids[w * ctx:w * ctx + ctx]) for w in range(w0, min(n, w0 + batch))])
+        agree += int((model(x).argmax(-1) == teacher(x).argmax(-1)).sum())
+        cnt += x.numel()
+    model.train()
+    return agree / cnt
 
 
 @torch.no_grad()
@@ -128,6 +177,11 @@ def main(argv=None):
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': a.wd}, {'params': no_decay, 'weight_decay': 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)
+    teacher, teacher_step = None, None
+    if a.teacher:
+        teacher, teacher_step = load_teacher(a.teacher, cfg.n_vocab)
+        log(event='teacher', path=a.teacher, teacher_step=teacher_step, teacher_params=teacher.n_params(),
+            alpha=a.distill_alpha, temp=a.distill_temp)
     step, elapsed = 0, 0.0
     ck = os.path.join(wd, 'ckpt.pt')
     if os.path.exists(ck):
@@ -149,8 +203,9 @@ def main(argv=None):
 
     model.train()
     t_last = time.time()
-    loss_acc, n_acc = 0.0, 0
-    while step < a.steps:
+    loss_acc, n_acc, ce_acc = 0.0, 0, 0.0
+    end = a.steps if a.stop_after is None else min(a.steps, a.stop_after)
+    while step < end:
         lr = lr_at(step, a)
         for g in opt.param_groups:
             g['lr'] = lr
@@ -158,27 +213,43 @@ def main(argv=None):
         starts = rng.integers(0, len(train_ids) - a.ctx - 1, size=a.batch)
         x = torch.from_numpy(np.stack([train_ids[s:s + a.ctx + 1] for s in starts]))
         logits = model(x[:, :-1])
-        loss = F.cross_entropy(logits.reshape(-1, cfg.n_vocab), x[:, 1:].reshape(-1))
+        ce = F.cross_entropy(logits.reshape(-1, cfg.n_vocab), x[:, 1:].reshape(-1))
+        if teacher is not None:
+            with torch.no_grad():
+                tlogits = teacher(x[:, :-1])
+            kl = distill_kl(logits.reshape(-1, cfg.n_vocab), tlogits.reshape(-1, cfg.n_vocab), a.distill_temp)
+            loss = (1.0 - a.distill_alpha) * ce + a.distill_alpha * kl
+        else:
+            loss = ce
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
         opt.step()
         step += 1
         loss_acc += loss.item()
+        ce_acc += ce.item()
         n_acc += 1
         now = time.time()
         elapsed += now - t_last
         t_last = now
         if step % 10 == 0:
-            log(step=step, loss=round(loss_acc / n_acc, 4), lr=round(lr, 6), gnorm=round(float(gn), 3),
+            extra = {'ce': round(ce_acc / n_acc, 4)} if teacher is not None else {}
+            log(step=step, loss=round(loss_acc / n_acc, 4), **extra, lr=round(lr, 6), gnorm=round(float(gn), 3),
                 elapsed=round(elapsed, 1), tok_per_s=round(step * a.batch * a.ctx / max(elapsed, 1e-9), 1))
-            loss_acc, n_acc = 0.0, 0
-        if step % a.ckpt_every == 0 or step == a.steps:
+            loss_acc, n_acc, ce_acc = 0.0, 0, 0.0
+        if step % a.ckpt_every == 0 or step == end:
             save()
         if step % a.eval_every == 0 and step < a.steps:
             tot, cnt = evaluate(model, val_ids, a.ctx, a.eval_windows)
-            log(step=step, val_loss_partial=round(tot / cnt, 4))
+            extra = {}
+            if teacher is not None:
+                extra['teacher_agree_partial'] = round(teacher_agreement(model, teacher, val_ids, a.ctx,
+                                                                         a.eval_windows), 4)
+            log(step=step, val_loss_partial=round(tot / cnt, 4), **extra)
             t_last = time.time()            # do not count eval time as training time
+    if step < a.steps:
+        log(event='stopped', step=step, steps=a.steps)
+        return
     # final full evaluation
     tot, cnt = evaluate(model, val_ids, a.ctx)
     vl = tot / cnt
@@ -186,6 +257,9 @@ def main(argv=None):
     res = {'step': step, 'val_loss': vl, 'val_tokens': cnt, 'val_bytes': val_bytes, 'val_bpb': bpb,
            'train_seconds': elapsed, 'params': model.n_params(), 'config': cfg.to_dict(), 'args': vars(a),
            'train_tokens_seen': step * a.batch * a.ctx}
+    if teacher is not None:
+        res['teacher_step'] = teacher_step
+        res['teacher_agreement'] = teacher_agreement(model, teacher, val_ids, a.ctx, 10 ** 9)
     with open(os.path.join(wd, 'result.json'), 'w') as f:
         json.dump(res, f, indent=1)
     log(event='done', val_loss=round(vl, 4), val_bpb=round(bpb, 4), elapsed=round(elapsed, 1))
