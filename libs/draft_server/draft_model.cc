@@ -55,29 +55,34 @@ absl::StatusOr<std::unique_ptr<DraftModel>> DraftModel::Load(const DraftModelOpt
   return d;
 }
 
-absl::StatusOr<std::vector<float>> DraftModel::Feed(uint64_t session, int32_t start,
-                                                    std::span<const int32_t> tokens) {
+absl::StatusOr<std::vector<float>> DraftModel::Feed(uint64_t session, bool from_canonical,
+                                                    int32_t keep, std::span<const int32_t> tokens) {
   if (tokens.empty()) return absl::InvalidArgumentError("nothing to feed the draft model");
   std::lock_guard<std::mutex> l(mu_);
   kv::KvCache& kv = engine_->kv();
   if (!kv.HasSession(session)) PI_RETURN_IF_ERROR(kv.OpenSession(session));
-  PI_ASSIGN_OR_RETURN(const kv::Sequence* seq, kv.Get(session, kv::KvCache::kCanonical));
-  if (seq->size() < start) {
-    return absl::InternalError(absl::StrCat("draft session ", session, " holds ", seq->size(),
-                                            " positions, cannot feed at ", start));
-  }
-  if (seq->size() > start) {
-    PI_RETURN_IF_ERROR(kv.Commit(session, kv::KvCache::kCanonical, -1, start));
-  }
-  if (start + static_cast<int64_t>(tokens.size()) > engine_->max_context()) {
+  if (keep + static_cast<int64_t>(tokens.size()) > engine_->max_context()) {
     return absl::OutOfRangeError(
         absl::StrCat("the draft model's context (", engine_->max_context(), " tokens) is full"));
+  }
+  // Re-create kSpec as the wanted prefix (blocks are shared, nothing is recomputed).
+  const kv::Sequence* spec = kv.Find(session, kSpec);
+  if (from_canonical || spec == nullptr) {
+    if (spec != nullptr) PI_RETURN_IF_ERROR(kv.Release(session, kSpec));
+    PI_RETURN_IF_ERROR(kv.Fork(session, kSpec, kv::KvCache::kCanonical, -1, keep));
+  } else if (spec->size() != keep) {
+    constexpr uint32_t kTmp = 2;
+    PI_RETURN_IF_ERROR(kv.Fork(session, kTmp, kSpec, -1, keep));
+    PI_RETURN_IF_ERROR(kv.Release(session, kSpec));
+    PI_RETURN_IF_ERROR(kv.Fork(session, kSpec, kTmp, -1, keep));
+    PI_RETURN_IF_ERROR(kv.Release(session, kTmp));
   }
   std::vector<float> logits;
   for (size_t off = 0; off < tokens.size(); off += static_cast<size_t>(max_run_tokens_)) {
     const size_t n = std::min(tokens.size() - off, static_cast<size_t>(max_run_tokens_));
     engine::ForwardInput in;
     in.session = session;
+    in.partition = kSpec;
     in.tokens = tokens.subspan(off, n);
     const int32_t last = static_cast<int32_t>(n) - 1;
     const bool final_chunk = off + n == tokens.size();
@@ -88,12 +93,24 @@ absl::StatusOr<std::vector<float>> DraftModel::Feed(uint64_t session, int32_t st
   return logits;
 }
 
+absl::Status DraftModel::Adopt(uint64_t session, int32_t n) {
+  std::lock_guard<std::mutex> l(mu_);
+  return engine_->kv().Commit(session, kSpec, -1, n);
+}
+
 void DraftModel::CloseSession(uint64_t session) {
   std::lock_guard<std::mutex> l(mu_);
   if (engine_->kv().HasSession(session)) (void)engine_->kv().CloseSession(session);
 }
 
 SessionDrafter::~SessionDrafter() { model_->CloseSession(session_); }
+
+void SessionDrafter::Committed(std::span<const int32_t> committed) {
+  size_t n = canon_;
+  while (n < fed_.size() && n < committed.size() && fed_[n] == committed[n]) ++n;
+  if (n <= canon_) return;
+  if (model_->Adopt(session_, static_cast<int32_t>(n)).ok()) canon_ = n;
+}
 
 absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
     std::span<const int32_t> sequence) {
@@ -105,11 +122,16 @@ absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
   if (common == sequence.size() && common == fed_.size()) return std::span<const float>(logits_);
   // At least the last token is fed again, so that its logits come out.
   if (common == sequence.size()) --common;
-  absl::StatusOr<std::vector<float>> l =
-      model_->Feed(session_, static_cast<int32_t>(common), sequence.subspan(common));
+  // Below the committed prefix (never happens for a well-behaved caller): start over from the
+  // part of canonical that still matches.
+  const bool from_canonical = common < canon_;
+  if (from_canonical) canon_ = common;
+  absl::StatusOr<std::vector<float>> l = model_->Feed(
+      session_, from_canonical, static_cast<int32_t>(common), sequence.subspan(common));
   if (!l.ok()) {
     fed_.clear();
     logits_.clear();
+    canon_ = 0;
     return l.status();
   }
   tokens_fed_ += sequence.size() - common;

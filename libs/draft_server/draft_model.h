@@ -38,10 +38,16 @@ class DraftModel {
   uint32_t n_vocab() const { return n_vocab_; }
   int32_t n_ctx() const { return engine_->max_context(); }
 
-  // Runs `tokens` at positions [start, start + n) of `session`'s sequence after truncating it to
-  // `start` positions, and returns the logits of the last token. Opens the session on first use.
-  absl::StatusOr<std::vector<float>> Feed(uint64_t session, int32_t start,
+  // Each session's draft KV is multibuffered like the stages': a canonical sequence (committed
+  // tokens) and one speculative partition (kSpec) forked from a prefix of it.
+  static constexpr uint32_t kSpec = 1;
+  // Makes kSpec hold the first `keep` positions of its current path (or, when `from_canonical`,
+  // of canonical), then runs `tokens` after them and returns the last token's logits. Opens the
+  // session on first use.
+  absl::StatusOr<std::vector<float>> Feed(uint64_t session, bool from_canonical, int32_t keep,
                                           std::span<const int32_t> tokens);
+  // Canonical becomes the first `n` positions of kSpec's path (kSpec stays).
+  absl::Status Adopt(uint64_t session, int32_t n);
   void CloseSession(uint64_t session);
 
  private:
@@ -55,8 +61,9 @@ class DraftModel {
   friend class SessionDrafter;
 };
 
-// A session's drafter: remembers which tokens its KV holds and feeds only the new suffix,
-// rolling back to the longest common prefix when the assumed sequence changed (a rejection).
+// A session's drafter: remembers which tokens its speculative buffer holds and feeds only the new
+// suffix, cutting the buffer back to the longest common prefix when the assumed sequence changed (a
+// rejection); committed tokens are adopted into canonical (Committed), which a cut never touches.
 class SessionDrafter : public spec::Drafter {
  public:
   SessionDrafter(DraftModel* model, uint64_t session) : model_(model), session_(session) {}
@@ -65,12 +72,15 @@ class SessionDrafter : public spec::Drafter {
   SessionDrafter& operator=(const SessionDrafter&) = delete;
 
   absl::StatusOr<std::span<const float>> NextLogits(std::span<const int32_t> sequence) override;
+  void Committed(std::span<const int32_t> committed) override;
   uint64_t tokens_fed() const { return tokens_fed_; }
+  size_t canonical_length() const { return canon_; }
 
  private:
   DraftModel* model_;
   uint64_t session_;
-  std::vector<int32_t> fed_;   // tokens whose K/V are in the draft KV, in order
+  std::vector<int32_t> fed_;   // the path of the speculative partition (its K/V exist), in order
+  size_t canon_ = 0;           // how many of fed_ are also in canonical (committed)
   std::vector<float> logits_;  // logits after fed_ (valid when !fed_.empty())
   uint64_t tokens_fed_ = 0;
 };

@@ -484,6 +484,7 @@ absl::Status Controller::OnOutcome(const Outcome& o) {
   }
   if (emitted) n_failed_ = 0;
   if (finished()) return absl::OkStatus();
+  if (emitted && drafter_ && !drafting_broken_) drafter_->Committed(committed_);
 
   // Adopt the verified part of a speculative run's partition into canonical.
   if (r.speculative) {

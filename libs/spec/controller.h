@@ -95,6 +95,9 @@ class Drafter {
   // The draft model's logits (n_vocab values) for the token after `sequence`; valid until the next
   // call. The drafter keeps its own KV and rolls back to the longest common prefix as needed.
   virtual absl::StatusOr<std::span<const float>> NextLogits(std::span<const int32_t> sequence) = 0;
+  // The committed tokens grew (they never shrink): a drafter with multibuffered KV adopts the
+  // matching part of its speculative buffer into its canonical sequence.
+  virtual void Committed(std::span<const int32_t> committed) { (void)committed; }
 };
 
 // One result row of the last stage, in the reduction the session asked for.

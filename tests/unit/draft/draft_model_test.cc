@@ -75,6 +75,45 @@ TEST(DraftModel, IncrementalAndRolledBackLogitsEqualAFreshPass) {
   EXPECT_EQ(d.tokens_fed(), 16u);
 }
 
+// With committed tokens adopted into canonical (multibuffering), speculative cuts above them and a
+// divergence below them still give a fresh pass's logits.
+TEST(DraftModel, CommittedPrefixIsAdoptedAndCutsStayExact) {
+  auto m = LoadDemo();
+  ASSERT_TRUE(m);
+  SessionDrafter d(m.get(), 1);
+  const std::vector<int32_t> prompt = {1, 450, 12, 77, 901, 33};
+  std::vector<int32_t> spec = prompt;
+  for (int32_t t : {5, 6, 7, 8}) spec.push_back(t);
+  ASSERT_TRUE(d.NextLogits(spec).ok());
+  // The prompt and the first two guesses are committed; the third guess is rejected.
+  std::vector<int32_t> committed(spec.begin(), spec.begin() + 8);
+  d.Committed(committed);
+  EXPECT_EQ(d.canonical_length(), 8u);
+  committed.push_back(99);  // the correction (not fed yet) is not adopted
+  d.Committed(committed);
+  EXPECT_EQ(d.canonical_length(), 8u);
+  uint64_t session = 100;
+  for (const std::vector<int32_t>& seq :
+       {committed,
+        [&] {
+          auto s = committed;
+          s.push_back(3);
+          return s;
+        }(),
+        std::vector<int32_t>(prompt.begin(), prompt.begin() + 4)}) {  // below the committed part
+    auto got = d.NextLogits(seq);
+    ASSERT_TRUE(got.ok()) << got.status();
+    const std::vector<float> want = Fresh(*m, session++, seq);
+    ASSERT_EQ(got->size(), want.size());
+    float max_diff = 0;
+    for (size_t k = 0; k < want.size(); ++k) {
+      max_diff = std::max(max_diff, std::abs((*got)[k] - want[k]));
+    }
+    EXPECT_LT(max_diff, 1e-3f) << seq.size();
+  }
+  EXPECT_EQ(d.canonical_length(), 3u);  // cut back to what still matched
+}
+
 TEST(DraftModel, AnotherVocabularyIsRefused) {
   DraftModelOptions o;
   o.path = testing::FixturePath("models/tiny-f32.gguf");
