@@ -1,6 +1,5 @@
 #include "draft_server/draft_server.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -27,6 +26,7 @@
 #include "metrics/metrics.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
+#include "rpc/server.h"
 #include "sampling/sampling.h"
 #include "spec/controller.h"
 
@@ -183,18 +183,9 @@ class DraftServer::Impl final : public v1::Draft::Service {
     created_ =
         std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
 
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-    grpc::ServerBuilder b;
-    b.AddListeningPort(opt_.listen_address, grpc::InsecureServerCredentials(), &port_);
-    b.SetMaxReceiveMessageSize(static_cast<int>(opt_.max_message_bytes));
-    b.SetMaxSendMessageSize(static_cast<int>(opt_.max_message_bytes));
-    b.RegisterService(this);
-    server_ = b.BuildAndStart();
-    if (!server_ || port_ == 0) {
-      server_.reset();
-      return absl::UnavailableError(absl::StrCat("cannot listen on ", opt_.listen_address));
-    }
+    auto server = rpc::StartServer(opt_.listen_address, this, opt_.max_message_bytes, &port_);
+    if (!server.ok()) return server.status();
+    server_ = std::move(*server);
     SetServing(false);
 
     auto link = Connect(deadline);

@@ -1,6 +1,5 @@
 #include "router/router.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <httplib.h>
@@ -38,6 +37,7 @@
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/router.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
+#include "rpc/server.h"
 #include "sampling/sampling.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/utf8.h"
@@ -335,16 +335,9 @@ class Router::Impl final : public v1::Router::Service {
 
     SetUpMetrics();
 
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-    grpc::ServerBuilder b;
-    b.AddListeningPort(opt_.grpc_address, grpc::InsecureServerCredentials(), &grpc_port_);
-    b.RegisterService(this);
-    grpc_server_ = b.BuildAndStart();
-    if (!grpc_server_ || grpc_port_ == 0) {
-      grpc_server_.reset();
-      return absl::UnavailableError(absl::StrCat("cannot listen on ", opt_.grpc_address));
-    }
+    auto server = rpc::StartServer(opt_.grpc_address, this, 0, &grpc_port_);
+    if (!server.ok()) return server.status();
+    grpc_server_ = std::move(*server);
     if (auto* h = grpc_server_->GetHealthCheckService()) {
       h->SetServingStatus(true);
       h->SetServingStatus("pipeinfer.v1.Router", true);

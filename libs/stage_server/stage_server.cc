@@ -1,6 +1,5 @@
 #include "stage_server/stage_server.h"
 
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
@@ -17,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "metrics/metrics.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
+#include "rpc/server.h"
 
 namespace pipeinfer::stage_server {
 namespace {
@@ -108,18 +108,9 @@ class StageServer::Impl final : public v1::Stage::Service {
                                                 grpc::InsecureChannelCredentials(), args);
       down_stub_ = v1::Stage::NewStub(down_channel_);
     }
-    grpc::EnableDefaultHealthCheckService(true);
-    grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-    grpc::ServerBuilder b;
-    b.AddListeningPort(opt_.listen_address, grpc::InsecureServerCredentials(), &port_);
-    b.SetMaxReceiveMessageSize(static_cast<int>(opt_.max_message_bytes));
-    b.SetMaxSendMessageSize(static_cast<int>(opt_.max_message_bytes));
-    b.RegisterService(this);
-    server_ = b.BuildAndStart();
-    if (!server_ || port_ == 0) {
-      server_.reset();
-      return absl::UnavailableError(absl::StrCat("cannot listen on ", opt_.listen_address));
-    }
+    auto server = rpc::StartServer(opt_.listen_address, this, opt_.max_message_bytes, &port_);
+    if (!server.ok()) return server.status();
+    server_ = std::move(*server);
     if (!opt_.metrics_address.empty()) {
       metrics_http_ = std::make_unique<metrics::MetricsHttpServer>(metrics_);
       absl::StatusOr<int> mp = metrics_http_->Start(opt_.metrics_address);
