@@ -125,6 +125,19 @@ def main():
                   'draft': {'loss': dl, 'bpb': db, 'top1_acc': float((dp == tgt_ids).mean())},
                   'note': 'windows of %d tokens, not overlapping; bytes = all validation bytes' % ctx}
     rep['teacher_forced_argmax_agreement'] = float((tp == dp).mean())
+    # the held-out chapters of the extra text (prepare_extra.py), and all held-out text together
+    extra_path = os.path.join(HERE, 'work', 'corpus', 'extra_val_docs.jsonl')
+    if os.path.exists(extra_path):
+        ex_ids, ex_bytes = data.build_val_stream(sp, os.path.join(HERE, 'work', 'corpus'), 'extra_val_docs.jsonl')
+        etl, etb, etp, en = val_stats(tgt, ex_ids, ex_bytes, ctx)
+        edl, edb, edp, _ = val_stats(drf, ex_ids, ex_bytes, ctx)
+        rep['val_extra'] = {'target': {'loss': etl, 'bpb': etb}, 'draft': {'loss': edl, 'bpb': edb},
+                            'teacher_forced_argmax_agreement': float((etp == edp).mean()),
+                            'note': 'King James Bible and Moby Dick held-out chapters'}
+        both = val_bytes + ex_bytes
+        rep['val_all'] = {'target_bpb': (tb * val_bytes + etb * ex_bytes) / both,
+                          'draft_bpb': (db * val_bytes + edb * ex_bytes) / both,
+                          'note': 'every held-out chapter (Austen, King James Bible, Moby Dick), bits per byte'}
     # acceptance: prompts = 48-token slices of validation text starting at BOS-free positions
     rng = np.random.default_rng(a.seed)
     starts = rng.integers(0, len(val_ids) - 200, size=a.n_accept_prompts)

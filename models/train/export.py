@@ -60,7 +60,8 @@ def build(model, cfg, sp, name, description, ftype):
     w.add_string('general.architecture', 'llama')
     w.add_string('general.name', name)
     w.add_string('general.description', description)
-    w.add_string('general.license', 'text: public domain (Jane Austen); weights: same license as PipeInfer Cluster')
+    w.add_string('general.license', 'training text: public domain (Project Gutenberg / Debian); weights: same license '
+                 'as PipeInfer Cluster')
     w.add_u32('general.file_type', {'f16': 1, 'q8_0': 7}[ftype])
     w.add_u32('llama.context_length', cfg.n_ctx)
     w.add_u32('llama.embedding_length', cfg.n_embd)
@@ -98,31 +99,44 @@ def main():
     ap.add_argument('--gguf-name', default=None)
     ap.add_argument('--role', default=None, choices=sorted(ROLE_TEXT), help='default: --name')
     ap.add_argument('--workdir', default=None, help='default: models/train/work/<name>')
+    ap.add_argument('--ckpt', default=None, help='default: <workdir>/ckpt.pt (model.pt from a GPU run works too); '
+                    'result.json is read from the same folder')
     ap.add_argument('--tokenizer', default=os.path.join(HERE, '..', 'demo-tokenizer.model'))
     a = ap.parse_args()
     wd = a.workdir or os.path.join(HERE, 'work', a.name)
-    st = torch.load(os.path.join(wd, 'ckpt.pt'))
-    res = json.load(open(os.path.join(wd, 'result.json')))
+    ck = a.ckpt or os.path.join(wd, 'ckpt.pt')
+    st = torch.load(ck, map_location='cpu', weights_only=False)
+    res = json.load(open(os.path.join(os.path.dirname(ck), 'result.json')))
     cfg = Config(**st['config'])
+    cfg.dropout = 0.0
     model = Llama(cfg)
     model.load_state_dict(st['model'])
     sp = data.load_sp(a.tokenizer)
     assert sp.get_piece_size() == cfg.n_vocab
     role = a.role or a.name
+    extra = res['args'].get('extra', False)
+    if res['args'].get('streams'):
+        with open(os.path.join(HERE, '..', '..', res['args']['streams'], 'meta.json')) as f:
+            extra = json.load(f).get('extra', False)
+    text = 'the six novels of Jane Austen (Debian r-cran-janeaustenr)'
+    if extra:
+        text += (', the King James Bible (Debian bible-kjv-text) and Herman Melville\'s Moby Dick (Debian '
+                 'r-cran-tokenizers)')
+    how = 'pseudo-chat pairs built from consecutive Austen dialogue paragraphs'
     if res['args'].get('teacher'):
-        how = ('pseudo-chat pairs built from consecutive dialogue paragraphs, distilled from the target model '
-               '(loss = %g * cross-entropy + %g * KL(target || draft) at temperature %g)'
-               % (1 - res['args']['distill_alpha'], res['args']['distill_alpha'], res['args']['distill_temp']))
-    else:
-        how = 'pseudo-chat pairs built from consecutive dialogue paragraphs'
+        how += (', distilled from the target model (loss = %g * cross-entropy + %g * KL(target || draft) at '
+                'temperature %g)' % (1 - res['args']['distill_alpha'], res['args']['distill_alpha'],
+                                     res['args']['distill_temp']))
+        if res.get('synth_rows_seen'):
+            how += ', also on text sampled from the target'
+    device = res.get('device', 'cpu')
     desc = ('%s. Llama architecture, %d parameters (n_embd %d, %d layers, %d heads / %d kv heads, n_ff %d, '
-            'context %d), SentencePiece BPE vocabulary of %d pieces. Trained from scratch with PyTorch on CPU '
-            'for %d steps (%d tokens, %.0f s) on the six novels of Jane Austen (Debian r-cran-janeaustenr, public '
-            'domain) plus %s. Validation (%d held-out chapters): %.4f nats/token, %.4f bits/byte. '
-            'Chat template: Llama-2 style "[INST] {user} [/INST]".'
+            'context %d), SentencePiece BPE vocabulary of %d pieces. Trained from scratch with PyTorch on %s '
+            'for %d steps (%d tokens, %.0f s) on %s (public domain), plus %s. Validation (17 held-out Austen '
+            'chapters): %.4f nats/token, %.4f bits/byte. Chat template: Llama-2 style "[INST] {user} [/INST]".'
             % (ROLE_TEXT.get(role, role), res['params'], cfg.n_embd, cfg.n_layer, cfg.n_head, cfg.n_head_kv,
-               cfg.n_ff, cfg.n_ctx, cfg.n_vocab, res['step'], res['train_tokens_seen'], res['train_seconds'],
-               how, 17, res['val_loss'],
+               cfg.n_ff, cfg.n_ctx, cfg.n_vocab, 'CPU' if device == 'cpu' else 'one ' + device + ' GPU',
+               res['step'], res['train_tokens_seen'], res['train_seconds'], text, how, res['val_loss'],
                res['val_bpb']))
     for ftype in ('f16', 'q8_0'):
         path = '%s-%s.gguf' % (a.out_prefix, ftype)

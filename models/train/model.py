@@ -29,6 +29,7 @@ class Config:
     rope_base: float = 10000.0
     norm_eps: float = 1e-5
     tie_embeddings: bool = False
+    dropout: float = 0.0        # training only (residual branches and embeddings); not exported
 
     @property
     def head_dim(self):
@@ -49,12 +50,12 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(n_pos, head_dim, base, device=None, dtype=torch.float32):
-    # computed in float64 then cast, so the tables do not depend on float32 pow rounding
+    # computed in float64 on the CPU then cast, so the tables do not depend on float32 pow rounding
     i = torch.arange(head_dim // 2, dtype=torch.float64)
     inv = base ** (-2.0 * i / head_dim)
     pos = torch.arange(n_pos, dtype=torch.float64)
     ang = pos[:, None] * inv[None, :]                    # [T, hd/2]
-    return torch.cos(ang).to(dtype), torch.sin(ang).to(dtype)
+    return torch.cos(ang).to(device=device, dtype=dtype), torch.sin(ang).to(device=device, dtype=dtype)
 
 
 def apply_rope(x, cos, sin):
@@ -90,6 +91,7 @@ class Block(nn.Module):
         self.w_gate = nn.Linear(c.n_embd, c.n_ff, bias=False)
         self.w_up = nn.Linear(c.n_embd, c.n_ff, bias=False)
         self.w_down = nn.Linear(c.n_ff, c.n_embd, bias=False)
+        self.drop = nn.Dropout(c.dropout)
 
     def forward(self, x, cos, sin, mask):
         c = self.c
@@ -105,11 +107,16 @@ class Block(nn.Module):
         if g > 1:   # query head h -> kv head h // g (same as repeat_interleave, cheaper backward)
             k = k[:, :, None].expand(B, c.n_head_kv, g, T, hd).reshape(B, c.n_head, T, hd)
             v = v[:, :, None].expand(B, c.n_head_kv, g, T, hd).reshape(B, c.n_head, T, hd)
-        att = torch.softmax(q @ k.transpose(-1, -2) + mask, dim=-1)
-        o = (att @ v).transpose(1, 2).reshape(B, T, c.n_head * hd)
-        x = x + self.wo(o)
+        if mask is None:
+            # fused kernel (GPU training; torch >= 2.0); q is already scaled, so scale=1
+            o = F.scaled_dot_product_attention(q.to(v.dtype), k.to(v.dtype), v, is_causal=True, scale=1.0)
+        else:
+            att = torch.softmax(q @ k.transpose(-1, -2) + mask, dim=-1)
+            o = att @ v
+        o = o.transpose(1, 2).reshape(B, T, c.n_head * hd)
+        x = x + self.drop(self.wo(o))
         h = self.ffn_norm(x)
-        x = x + self.w_down(F.silu(self.w_gate(h)) * self.w_up(h))
+        x = x + self.drop(self.w_down(F.silu(self.w_gate(h)) * self.w_up(h)))
         return x
 
 
@@ -122,6 +129,8 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList([Block(c) for _ in range(c.n_layer)])
         self.out_norm = RMSNorm(c.n_embd, c.norm_eps)
         self.output = nn.Linear(c.n_embd, c.n_vocab, bias=False)
+        self.drop = nn.Dropout(c.dropout)
+        self._rope = {}
         if c.tie_embeddings:
             self.output.weight = self.tok_embd.weight
         self.reset_parameters()
@@ -142,10 +151,16 @@ class Llama(nn.Module):
 
     def forward(self, idx, pos0=0):
         B, T = idx.shape
-        cos, sin = rope_tables(pos0 + T, self.c.head_dim, self.c.rope_base)
+        key = (pos0 + T, idx.device)
+        if key not in self._rope:
+            self._rope = {key: rope_tables(pos0 + T, self.c.head_dim, self.c.rope_base, device=idx.device)}
+        cos, sin = self._rope[key]
         cos, sin = cos[pos0:], sin[pos0:]
-        mask = torch.full((T, T), float('-inf')).triu(1)   # additive causal mask
-        x = self.tok_embd(idx)
+        if idx.is_cuda and pos0 == 0 and hasattr(F, 'scaled_dot_product_attention'):
+            mask = None
+        else:
+            mask = torch.full((T, T), float('-inf'), device=idx.device).triu(1)   # additive causal mask
+        x = self.drop(self.tok_embd(idx))
         for l in self.layers:
             x = l(x, cos, sin, mask)
         return self.output(self.out_norm(x))

@@ -10,14 +10,12 @@ Knowledge distillation: --teacher <ckpt.pt> trains on (1 - alpha) * CE(data) + a
 student_T); the teacher is not part of the checkpoint, so a run can be resumed with another teacher
 (--stop-after N ends a phase at step N without touching the schedule).
 
-Example (the shipped target):
+The shipped pair's commands are in reproduce.sh (GPU: --device cuda --amp, pre-tokenized --streams); a CPU
+example, the earlier 6.0M target:
   nice -n 19 python3 models/train/train.py --name target --n-embd 256 --n-layer 6 --n-head 8 --n-head-kv 4 \
       --n-ff 704 --ctx 256 --batch 8 --steps N --lr 1.5e-3
-and the shipped draft (distilled; see reproduce.sh for its two teacher phases):
-  nice -n 19 python3 models/train/train.py --name draft_kd --n-embd 128 --n-layer 2 --n-head 4 --n-head-kv 2 \
-      --n-ff 352 --tie --ctx 256 --batch 8 --steps N --lr 3e-3 --teacher models/train/work/target/ckpt.pt
 """
-import argparse, json, math, os, sys, time
+import argparse, contextlib, json, math, os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import use_openblas  # noqa: E402,F401  (re-execs with OpenBLAS before torch is imported)
@@ -38,6 +36,9 @@ def get_args(argv=None):
     ap.add_argument('--name', required=True)
     ap.add_argument('--workdir', default=None, help='default: models/train/work/<name>')
     ap.add_argument('--corpus', default=os.path.join(HERE, 'work', 'corpus'))
+    ap.add_argument('--extra', action='store_true', help='train on the prepare_extra.py chapters too')
+    ap.add_argument('--streams', default=None, help='pre-tokenized streams (python3 data.py --out DIR) instead '
+                    'of tokenizing --corpus')
     ap.add_argument('--tokenizer', default=os.path.join(HERE, '..', 'demo-tokenizer.model'))
     ap.add_argument('--n-embd', type=int, default=256)
     ap.add_argument('--n-layer', type=int, default=6)
@@ -69,6 +70,20 @@ def get_args(argv=None):
                          'used to switch teachers mid-run')
     ap.add_argument('--threads', type=int, default=1,
                     help='torch threads (1 is fastest on a shared 2-core box; results depend on it)')
+    ap.add_argument('--device', default='cpu', help='cpu or cuda')
+    ap.add_argument('--amp', action='store_true', help='bfloat16 autocast (cuda only); weights stay float32')
+    ap.add_argument('--dropout', type=float, default=0.0, help='dropout on embeddings and residual branches')
+    ap.add_argument('--time-budget', type=float, default=None,
+                    help='seconds of training: after --measure-steps the run shortens --steps to fit (the chosen '
+                         'step count is logged as event "resized"; pass it as --steps to repeat the run)')
+    ap.add_argument('--measure-steps', type=int, default=40)
+    ap.add_argument('--keep-best', action='store_true',
+                    help='evaluate on the whole validation set at each --eval-every and keep the best model in '
+                         'best.pt (model only)')
+    ap.add_argument('--synth', default=None,
+                    help='distillation on teacher samples too: an .npy [N, L] of token rows (sample_teacher.py); '
+                         'each step adds --synth-batch rows, loss weighted by rows')
+    ap.add_argument('--synth-batch', type=int, default=0)
     return ap.parse_args(argv)
 
 
@@ -86,11 +101,16 @@ def lr_at(step, a):
     return a.lr * (1.0 - (1.0 - a.min_lr_frac) * p)
 
 
-def load_teacher(path, n_vocab):
-    st = torch.load(path)
+def load_checkpoint(path, device='cpu'):
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+def load_teacher(path, n_vocab, device='cpu'):
+    st = load_checkpoint(path, device)
     tc = Config(**st['config'])
     assert tc.n_vocab == n_vocab, 'teacher has a different vocabulary'
-    t = Llama(tc)
+    tc.dropout = 0.0
+    t = Llama(tc).to(device)
     t.load_state_dict(st['model'])
     t.eval()
     for p in t.parameters():
@@ -106,6 +126,10 @@ def distill_kl(student_logits, teacher_logits, temp):
     return kl.mean() * (temp * temp)
 
 
+def dev_of(model):
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def teacher_agreement(model, teacher, val_ids, ctx, max_windows, batch=8):
     """Fraction of positions of the first max_windows validation windows where the argmaxes agree."""
@@ -114,6 +138,7 @@ def teacher_agreement(model, teacher, val_ids, ctx, max_windows, batch=8):
     agree, cnt = 0, 0
     for w0 in range(0, n, batch):
         x = torch.stack([torch.from_numpy(val_ids[w * ctx:w * ctx + ctx]) for w in range(w0, min(n, w0 + batch))])
+        x = x.to(dev_of(model))
         agree += int((model(x).argmax(-1) == teacher(x).argmax(-1)).sum())
         cnt += x.numel()
     model.train()
@@ -130,8 +155,8 @@ def evaluate(model, val_ids, ctx, max_windows=None, batch=8):
     tot, cnt = 0.0, 0
     for w0 in range(0, n, batch):
         ws = range(w0, min(n, w0 + batch))
-        x = torch.stack([torch.from_numpy(val_ids[w * ctx:w * ctx + ctx + 1]) for w in ws])
-        logits = model(x[:, :-1])
+        x = torch.stack([torch.from_numpy(val_ids[w * ctx:w * ctx + ctx + 1]) for w in ws]).to(dev_of(model))
+        logits = model(x[:, :-1]).float()
         tgt = x[:, 1:]
         nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction='none')
         keep = (tgt.reshape(-1) != data.BOS)
@@ -141,8 +166,8 @@ def evaluate(model, val_ids, ctx, max_windows=None, batch=8):
     if not max_windows:
         rest = val_ids[n * ctx:]
         if len(rest) > 1:
-            x = torch.from_numpy(rest)[None]
-            logits = model(x[:, :-1])
+            x = torch.from_numpy(rest)[None].to(dev_of(model))
+            logits = model(x[:, :-1]).float()
             tgt = x[:, 1:]
             nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1), reduction='none')
             keep = (tgt.reshape(-1) != data.BOS)
@@ -166,30 +191,40 @@ def main(argv=None):
         logf.flush()
 
     sp = data.load_sp(a.tokenizer)
-    train_ids, n_pairs = data.build_train_stream(sp, a.corpus, a.seed, a.chat_every)
-    val_ids, val_bytes = data.build_val_stream(sp, a.corpus)
+    if a.streams:
+        train_ids, n_pairs, val_ids, val_bytes = data.load_streams(a.streams, a.seed, a.chat_every)
+    else:
+        train_ids, n_pairs = data.build_train_stream(sp, a.corpus, a.seed, a.chat_every, a.extra)
+        val_ids, val_bytes = data.build_val_stream(sp, a.corpus)
     n_val_tok = int((val_ids != data.BOS).sum())
     cfg = Config(n_vocab=sp.get_piece_size(), n_ctx=a.ctx, n_embd=a.n_embd, n_layer=a.n_layer, n_head=a.n_head,
-                 n_head_kv=a.n_head_kv, n_ff=a.n_ff, tie_embeddings=a.tie)
+                 n_head_kv=a.n_head_kv, n_ff=a.n_ff, tie_embeddings=a.tie, dropout=a.dropout)
     torch.manual_seed(a.seed)
-    model = Llama(cfg)
+    model = Llama(cfg).to(a.device)
+    dev = torch.device(a.device)
+    amp = torch.autocast('cuda', dtype=torch.bfloat16) if a.amp else contextlib.nullcontext()
+    synth = np.load(a.synth) if a.synth else None
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{'params': decay, 'weight_decay': a.wd}, {'params': no_decay, 'weight_decay': 0.0}],
                             lr=a.lr, betas=(0.9, 0.95), eps=1e-8, foreach=True)
     teacher, teacher_step = None, None
     if a.teacher:
-        teacher, teacher_step = load_teacher(a.teacher, cfg.n_vocab)
+        teacher, teacher_step = load_teacher(a.teacher, cfg.n_vocab, a.device)
         log(event='teacher', path=a.teacher, teacher_step=teacher_step, teacher_params=teacher.n_params(),
             alpha=a.distill_alpha, temp=a.distill_temp)
     step, elapsed = 0, 0.0
     ck = os.path.join(wd, 'ckpt.pt')
+    best_val = float('inf')
     if os.path.exists(ck):
-        st = torch.load(ck)
-        assert st['config'] == cfg.to_dict(), 'checkpoint has a different model config'
+        st = load_checkpoint(ck, a.device)
+        assert {'dropout': 0.0, **st['config']} == cfg.to_dict(), 'checkpoint has a different model config'
         model.load_state_dict(st['model'])
         opt.load_state_dict(st['opt'])
         step, elapsed = st['step'], st['elapsed']
+        best_val = st.get('best_val', best_val)
+        if st['args'].get('steps_resized'):
+            a.steps = st['args']['steps']
         log(event='resume', step=step, steps=a.steps)
     else:
         log(event='start', params=model.n_params(), config=cfg.to_dict(), args=vars(a),
@@ -198,29 +233,56 @@ def main(argv=None):
     def save():
         tmp = ck + '.tmp'
         torch.save({'model': model.state_dict(), 'opt': opt.state_dict(), 'step': step, 'elapsed': elapsed,
-                    'config': cfg.to_dict(), 'args': vars(a)}, tmp)
+                    'config': cfg.to_dict(), 'args': vars(a), 'best_val': best_val}, tmp)
         os.replace(tmp, ck)
+
+    def save_model(path, **extra):
+        """Model only (for export and transfer): the state dict on the CPU, the config and the step."""
+        tmp = path + '.tmp'
+        torch.save({'model': {k: v.detach().cpu() for k, v in model.state_dict().items()}, 'step': step,
+                    'elapsed': elapsed, 'config': cfg.to_dict(), 'args': vars(a), **extra}, tmp)
+        os.replace(tmp, path)
+
+    def batch_loss(x):
+        """(loss, data cross-entropy) of one batch of token rows [B, T+1]."""
+        with amp:
+            logits = model(x[:, :-1]).float()
+        ce = F.cross_entropy(logits.reshape(-1, cfg.n_vocab), x[:, 1:].reshape(-1))
+        if teacher is None:
+            return ce, ce
+        with torch.no_grad(), amp:
+            tlogits = teacher(x[:, :-1]).float()
+        kl = distill_kl(logits.reshape(-1, cfg.n_vocab), tlogits.reshape(-1, cfg.n_vocab), a.distill_temp)
+        return (1.0 - a.distill_alpha) * ce + a.distill_alpha * kl, ce
 
     model.train()
     t_last = time.time()
     loss_acc, n_acc, ce_acc = 0.0, 0, 0.0
     end = a.steps if a.stop_after is None else min(a.steps, a.stop_after)
+    step0, t_measure = step, None
     while step < end:
+        if a.time_budget and step == step0 + 10:
+            t_measure = elapsed
+        if a.time_budget and step == step0 + 10 + a.measure_steps:
+            per_step = (elapsed - t_measure) / a.measure_steps
+            fit = step + int((a.time_budget - elapsed) / per_step)
+            d0 = a.steps - int(round(a.decay_frac * a.steps))
+            if fit < a.steps and step < d0:
+                a.steps = max(fit, step + 1)
+                a.steps_resized = True
+                end = a.steps if a.stop_after is None else min(a.steps, a.stop_after)
+                log(event='resized', steps=a.steps, per_step_s=round(per_step, 4))
         lr = lr_at(step, a)
         for g in opt.param_groups:
             g['lr'] = lr
         rng = np.random.default_rng([a.seed, step])       # data order depends only on (seed, step)
         starts = rng.integers(0, len(train_ids) - a.ctx - 1, size=a.batch)
-        x = torch.from_numpy(np.stack([train_ids[s:s + a.ctx + 1] for s in starts]))
-        logits = model(x[:, :-1])
-        ce = F.cross_entropy(logits.reshape(-1, cfg.n_vocab), x[:, 1:].reshape(-1))
-        if teacher is not None:
-            with torch.no_grad():
-                tlogits = teacher(x[:, :-1])
-            kl = distill_kl(logits.reshape(-1, cfg.n_vocab), tlogits.reshape(-1, cfg.n_vocab), a.distill_temp)
-            loss = (1.0 - a.distill_alpha) * ce + a.distill_alpha * kl
-        else:
-            loss = ce
+        x = torch.from_numpy(np.stack([train_ids[s:s + a.ctx + 1] for s in starts])).to(dev)
+        loss, ce = batch_loss(x)
+        if synth is not None and a.synth_batch:
+            rows = rng.integers(0, len(synth), size=a.synth_batch)
+            sloss, _ = batch_loss(torch.from_numpy(synth[rows]).to(dev))
+            loss = (loss * a.batch + sloss * a.synth_batch) / (a.batch + a.synth_batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gn = torch.nn.utils.clip_grad_norm_(model.parameters(), a.clip)
@@ -240,12 +302,20 @@ def main(argv=None):
         if step % a.ckpt_every == 0 or step == end:
             save()
         if step % a.eval_every == 0 and step < a.steps:
-            tot, cnt = evaluate(model, val_ids, a.ctx, a.eval_windows)
+            tot, cnt = evaluate(model, val_ids, a.ctx, None if a.keep_best else a.eval_windows)
             extra = {}
+            if a.keep_best:
+                extra['val_loss'] = round(tot / cnt, 4)
+                if tot / cnt < best_val:
+                    best_val = tot / cnt
+                    save_model(os.path.join(wd, 'best.pt'), val_loss=best_val)
+                    extra['best'] = True
             if teacher is not None:
                 extra['teacher_agree_partial'] = round(teacher_agreement(model, teacher, val_ids, a.ctx,
                                                                          a.eval_windows), 4)
-            log(step=step, val_loss_partial=round(tot / cnt, 4), **extra)
+            if not a.keep_best:
+                extra['val_loss_partial'] = round(tot / cnt, 4)
+            log(step=step, **extra)
             t_last = time.time()            # do not count eval time as training time
     if step < a.steps:
         log(event='stopped', step=step, steps=a.steps)
@@ -253,10 +323,15 @@ def main(argv=None):
     # final full evaluation
     tot, cnt = evaluate(model, val_ids, a.ctx)
     vl = tot / cnt
+    save_model(os.path.join(wd, 'model.pt'), val_loss=vl)
     bpb = tot / val_bytes / math.log(2)
     res = {'step': step, 'val_loss': vl, 'val_tokens': cnt, 'val_bytes': val_bytes, 'val_bpb': bpb,
            'train_seconds': elapsed, 'params': model.n_params(), 'config': cfg.to_dict(), 'args': vars(a),
-           'train_tokens_seen': step * a.batch * a.ctx}
+           'train_tokens_seen': step * a.batch * a.ctx,
+           'device': torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'}
+    if synth is not None and a.synth_batch:
+        res['synth_rows_seen'] = step * a.synth_batch
+        res['synth_row_tokens'] = int(synth.shape[1])
     if teacher is not None:
         res['teacher_step'] = teacher_step
         res['teacher_agreement'] = teacher_agreement(model, teacher, val_ids, a.ctx, 10 ** 9)
