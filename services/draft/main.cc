@@ -1,8 +1,6 @@
 // `pipeinfer-draft`: the draft service. Drives one pipeline of pipeinfer-stage processes (stage 0
 // and the last stage are given; the middle stages are chained by the stages themselves) and serves
 // pipeinfer.v1.Draft (plus health and reflection) until SIGINT or SIGTERM.
-#include <signal.h>
-
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -10,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/stop_signals.h"
 #include "draft_server/draft_model.h"
 #include "draft_server/draft_server.h"
 #include "gguf/llama.h"
@@ -101,12 +100,8 @@ int main(int argc, char** argv) {
   }
   sp.mode = *pipeinfer::spec::ParseMode(mode);
 
-  // Signals are taken by sigwait below; block them before any thread exists.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // Before any thread exists: workers inherit the blocked SIGINT/SIGTERM.
+  const pipeinfer::StopSignals stop_signals;
 
   auto file = pipeinfer::gguf::GgufFile::Open(model);
   if (!file.ok()) return Fail(std::string(file.status().message()));
@@ -150,8 +145,7 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
+  const int sig = stop_signals.Wait();
   std::fprintf(stderr, "draft: signal %d, shutting down\n", sig);
   server.Shutdown();
   server.Wait();

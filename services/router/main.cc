@@ -9,6 +9,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/stop_signals.h"
 #include "router/router.h"
 
 namespace {
@@ -45,12 +46,8 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
   }
 
-  // Signals are taken by sigwait below; block them before any thread exists.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // Before any thread exists: workers inherit the blocked SIGINT/SIGTERM.
+  const pipeinfer::StopSignals stop_signals;
   signal(SIGPIPE, SIG_IGN);
 
   pipeinfer::router::Router router(o);
@@ -60,8 +57,7 @@ int main(int argc, char** argv) {
               router.grpc_port(), router.model_id().c_str(), o.draft_address.c_str());
   std::fflush(stdout);
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
+  const int sig = stop_signals.Wait();
   std::fprintf(stderr, "router: signal %d, shutting down\n", sig);
   router.Shutdown();
   return 0;

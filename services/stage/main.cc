@@ -1,7 +1,5 @@
 // `pipeinfer-stage`: one stage server of a pipeline. Loads only its layer range of a GGUF llama
 // model and serves pipeinfer.v1.Stage (plus health and reflection) until SIGINT or SIGTERM.
-#include <signal.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -12,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include "common/stop_signals.h"
 #include "engine/engine.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
@@ -97,12 +96,8 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
   }
 
-  // Signals are taken by sigwait below; block them before any thread exists.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGINT);
-  sigaddset(&sigs, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  // Before any thread exists: workers inherit the blocked SIGINT/SIGTERM.
+  const pipeinfer::StopSignals stop_signals;
 
   auto file = pipeinfer::gguf::GgufFile::Open(model);
   if (!file.ok()) return Fail(std::string(file.status().message()));
@@ -185,8 +180,7 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
+  const int sig = stop_signals.Wait();
   std::fprintf(stderr, "stage %d: signal %d, shutting down\n", stage, sig);
   server.Shutdown();
   server.Wait();

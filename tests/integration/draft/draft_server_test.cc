@@ -22,15 +22,21 @@
 #include "testing/fixtures.h"
 #include "testing/grpc_health.h"
 #include "testing/process.h"
+#include "testing/service_group.h"
 
 namespace pipeinfer {
 namespace {
 
 using pipeinfer::testing::BinPath;
 using pipeinfer::testing::ChildProcess;
+using pipeinfer::testing::DraftPipeline;
 using pipeinfer::testing::FixturePath;
+using pipeinfer::testing::FreeLoopbackAddress;
 using pipeinfer::testing::FreePort;
 using pipeinfer::testing::ReadText;
+using pipeinfer::testing::ServiceGroup;
+using pipeinfer::testing::StartDraftPipeline;
+using pipeinfer::testing::StartServiceGroup;
 using pipeinfer::testing::WaitServing;
 using Clock = std::chrono::system_clock;
 
@@ -61,11 +67,10 @@ v1::StageInfo StageInfo(const std::string& addr) {
 // The processes, started once for the suite.
 struct Cluster {
   std::string addr0, addr1, draft;
-  std::string log0, log1, logd;
-  std::unique_ptr<ChildProcess> s0, s1, d;
+  std::unique_ptr<ServiceGroup> services;
 };
 
-Cluster* cluster = nullptr;
+std::unique_ptr<Cluster> cluster;
 
 // The outcome of one Generate call.
 struct Generation {
@@ -105,63 +110,25 @@ Generation Generate(const v1::GenerateRequest& req) {
 class DraftServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string stage_bin = BinPath("pipeinfer-stage");
-    const std::string draft_bin = BinPath("pipeinfer-draft");
     const std::string model = FixturePath("models/tiny-f32.gguf");
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      auto c = std::make_unique<Cluster>();
-      c->addr0 = "127.0.0.1:" + std::to_string(FreePort());
-      c->addr1 = "127.0.0.1:" + std::to_string(FreePort());
-      c->draft = "127.0.0.1:" + std::to_string(FreePort());
-      const std::string dir = ::testing::TempDir();
-      const std::string tag = std::to_string(getpid()) + "." + std::to_string(attempt);
-      c->log0 = dir + "/draft_server_test." + tag + ".stage0.log";
-      c->log1 = dir + "/draft_server_test." + tag + ".stage1.log";
-      c->logd = dir + "/draft_server_test." + tag + ".draft.log";
-      c->s1 = std::make_unique<ChildProcess>(
-          std::vector<std::string>{stage_bin, "--model", model, "--listen", c->addr1, "--stage",
-                                   "1", "--stages", "2", "--kv-tokens", "2048"},
-          c->log1);
-      c->s0 = std::make_unique<ChildProcess>(
-          std::vector<std::string>{stage_bin, "--model", model, "--listen", c->addr0, "--stage",
-                                   "0", "--stages", "2", "--kv-tokens", "2048", "--downstream",
-                                   c->addr1, "--connect-timeout-ms", "500", "--max-run-tokens",
-                                   "16"},
-          c->log0);
-      const bool ok1 = WaitServing(c->addr1, c->log1, *c->s1, std::chrono::seconds(30));
-      const bool ok0 = ok1 && WaitServing(c->addr0, c->log0, *c->s0, std::chrono::seconds(30));
-      bool okd = false;
-      if (ok0) {
-        c->d = std::make_unique<ChildProcess>(
-            std::vector<std::string>{draft_bin, "--listen", c->draft, "--stage0", c->addr0,
-                                     "--last", c->addr1, "--model", model},
-            c->logd);
-        okd = WaitServing(c->draft, c->logd, *c->d, std::chrono::seconds(30));
-      }
-      if (okd) {
-        cluster = c.release();
-        return;
-      }
-      // Probably a port race: try again with new ports (the guards kill the processes).
-      std::fprintf(stderr,
-                   "processes did not become SERVING (attempt %d)\nstage 0:\n%s\nstage 1:\n%s\n"
-                   "draft:\n%s\n",
-                   attempt, ReadText(c->log0).c_str(), ReadText(c->log1).c_str(),
-                   ReadText(c->logd).c_str());
-    }
+    auto c = std::make_unique<Cluster>();
+    c->services = StartServiceGroup("draft_server_test", [&](ServiceGroup& g) {
+      DraftPipeline p;
+      const bool ok = StartDraftPipeline(g, model, p, {"--max-run-tokens", "16"});
+      c->addr0 = p.stage0;
+      c->addr1 = p.stage1;
+      c->draft = p.draft;
+      return ok;
+    });
+    if (c->services) cluster = std::move(c);
   }
   static void TearDownTestSuite() {
     if (!cluster) return;
-    EXPECT_EQ(cluster->d->Stop(), 0) << ReadText(cluster->logd);
-    EXPECT_EQ(cluster->s0->Stop(), 0) << ReadText(cluster->log0);
-    EXPECT_EQ(cluster->s1->Stop(), 0) << ReadText(cluster->log1);
-    if (::testing::UnitTest::GetInstance()->failed_test_count() == 0) {
-      std::remove(cluster->log0.c_str());
-      std::remove(cluster->log1.c_str());
-      std::remove(cluster->logd.c_str());
-    }
-    delete cluster;
-    cluster = nullptr;
+    EXPECT_EQ(cluster->services->Stop("draft"), 0) << cluster->services->Log("draft");
+    EXPECT_EQ(cluster->services->Stop("stage0"), 0) << cluster->services->Log("stage0");
+    EXPECT_EQ(cluster->services->Stop("stage1"), 0) << cluster->services->Log("stage1");
+    cluster->services->Finish();
+    cluster.reset();
   }
   void SetUp() override { ASSERT_NE(cluster, nullptr) << "the processes did not start"; }
 };
@@ -174,7 +141,7 @@ TEST_F(DraftServerTest, GreedyMatchesReference) {
   ASSERT_EQ(std::count(want.begin(), want.end(), 2u), 0);
   // The prompt (64 tokens) is prefilled in 4 chunks of stage 0's --max-run-tokens 16.
   Generation g = Generate(GreedyRequest("greedy-1", prompt, 32));
-  ASSERT_TRUE(g.status.ok()) << g.status.error_message() << "\n" << ReadText(cluster->logd);
+  ASSERT_TRUE(g.status.ok()) << g.status.error_message() << "\n" << cluster->services->Log("draft");
   EXPECT_EQ(g.ids, want);
   ASSERT_FALSE(g.events.empty());
   ASSERT_TRUE(g.events.back().has_finished());
@@ -383,7 +350,7 @@ TEST_F(DraftServerTest, PipelineLossAndReconnect) {
   const auto prompt = ReadIds(FixturePath("refs/tiny-f32.p1.prompt_ids.txt"));
   const auto want = ReadIds(FixturePath("refs/tiny-f32.p1.greedy_ids.txt"));
   const uint64_t old_epoch = StageInfo(cluster->addr0).epoch();
-  EXPECT_EQ(cluster->s1->Stop(), 0) << ReadText(cluster->log1);
+  EXPECT_EQ(cluster->services->Stop("stage1"), 0) << cluster->services->Log("stage1");
 
   auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (DraftServing() && std::chrono::steady_clock::now() < end) {
@@ -394,18 +361,12 @@ TEST_F(DraftServerTest, PipelineLossAndReconnect) {
   EXPECT_EQ(g.status.error_code(), grpc::StatusCode::UNAVAILABLE) << g.status.error_message();
 
   // Restart stage 1 on the same address.
-  cluster->s1 = std::make_unique<ChildProcess>(
-      std::vector<std::string>{BinPath("pipeinfer-stage"), "--model",
-                               FixturePath("models/tiny-f32.gguf"), "--listen", cluster->addr1,
-                               "--stage", "1", "--stages", "2", "--kv-tokens", "2048"},
-      cluster->log1);
-  ASSERT_TRUE(WaitServing(cluster->addr1, cluster->log1, *cluster->s1, std::chrono::seconds(30)))
-      << ReadText(cluster->log1);
+  ASSERT_TRUE(cluster->services->Restart("stage1")) << cluster->services->Log("stage1");
   end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
   while (!DraftServing() && std::chrono::steady_clock::now() < end) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  ASSERT_TRUE(DraftServing()) << ReadText(cluster->logd);
+  ASSERT_TRUE(DraftServing()) << cluster->services->Log("draft");
   EXPECT_GT(StageInfo(cluster->addr0).epoch(), old_epoch);
   g = Generate(GreedyRequest("reconnected", prompt, 32));
   ASSERT_TRUE(g.status.ok()) << g.status.error_message();

@@ -33,6 +33,7 @@
 #include "testing/fixtures.h"
 #include "testing/grpc_health.h"
 #include "testing/process.h"
+#include "testing/service_group.h"
 #include "tokenizer/tokenizer.h"
 
 namespace pipeinfer {
@@ -41,10 +42,15 @@ namespace {
 using json = nlohmann::json;
 using pipeinfer::testing::BinPath;
 using pipeinfer::testing::ChildProcess;
+using pipeinfer::testing::DraftPipeline;
 using pipeinfer::testing::FixturePath;
+using pipeinfer::testing::FreeLoopbackAddress;
 using pipeinfer::testing::FreePort;
 using pipeinfer::testing::ReadIds;
 using pipeinfer::testing::ReadText;
+using pipeinfer::testing::ServiceGroup;
+using pipeinfer::testing::StartDraftPipeline;
+using pipeinfer::testing::StartServiceGroup;
 using pipeinfer::testing::WaitServing;
 using Clock = std::chrono::system_clock;
 
@@ -101,77 +107,38 @@ int StartStream(int port, const json& body, size_t events) {
 struct Cluster {
   std::string addr0, addr1, draft, grpc;
   int http_port = 0;
-  std::string log0, log1, logd, logr;
-  std::unique_ptr<ChildProcess> s0, s1, d, r;
+  std::unique_ptr<ServiceGroup> services;
 };
 
-Cluster* cluster = nullptr;
+std::unique_ptr<Cluster> cluster;
 
 class RouterHttpTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    const std::string stage_bin = BinPath("pipeinfer-stage");
     const std::string model = FixturePath("models/tiny-f32.gguf");
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      auto c = std::make_unique<Cluster>();
-      c->addr0 = "127.0.0.1:" + std::to_string(FreePort());
-      c->addr1 = "127.0.0.1:" + std::to_string(FreePort());
-      c->draft = "127.0.0.1:" + std::to_string(FreePort());
-      c->grpc = "127.0.0.1:" + std::to_string(FreePort());
+    auto c = std::make_unique<Cluster>();
+    c->services = StartServiceGroup("router_http_test", [&](ServiceGroup& g) {
+      DraftPipeline p;
+      if (!StartDraftPipeline(g, model, p)) return false;
+      c->addr0 = p.stage0;
+      c->addr1 = p.stage1;
+      c->draft = p.draft;
+      c->grpc = FreeLoopbackAddress();
       c->http_port = FreePort();
-      const std::string dir = ::testing::TempDir();
-      const std::string tag = std::to_string(getpid()) + "." + std::to_string(attempt);
-      c->log0 = dir + "/router_http_test." + tag + ".stage0.log";
-      c->log1 = dir + "/router_http_test." + tag + ".stage1.log";
-      c->logd = dir + "/router_http_test." + tag + ".draft.log";
-      c->logr = dir + "/router_http_test." + tag + ".router.log";
-      c->s1 = std::make_unique<ChildProcess>(
-          std::vector<std::string>{stage_bin, "--model", model, "--listen", c->addr1, "--stage",
-                                   "1", "--stages", "2", "--kv-tokens", "2048"},
-          c->log1);
-      c->s0 = std::make_unique<ChildProcess>(
-          std::vector<std::string>{stage_bin, "--model", model, "--listen", c->addr0, "--stage",
-                                   "0", "--stages", "2", "--kv-tokens", "2048", "--downstream",
-                                   c->addr1, "--connect-timeout-ms", "500"},
-          c->log0);
-      bool ok = WaitServing(c->addr1, c->log1, *c->s1, std::chrono::seconds(30)) &&
-                WaitServing(c->addr0, c->log0, *c->s0, std::chrono::seconds(30));
-      if (ok) {
-        c->d = std::make_unique<ChildProcess>(
-            std::vector<std::string>{BinPath("pipeinfer-draft"), "--listen", c->draft, "--stage0",
-                                     c->addr0, "--last", c->addr1, "--model", model},
-            c->logd);
-        ok = WaitServing(c->draft, c->logd, *c->d, std::chrono::seconds(30));
-      }
-      if (ok) {
-        c->r = std::make_unique<ChildProcess>(
-            std::vector<std::string>{BinPath("pipeinfer-router"), "--http",
-                                     "127.0.0.1:" + std::to_string(c->http_port), "--grpc", c->grpc,
-                                     "--draft", c->draft, "--model", model},
-            c->logr);
-        ok = WaitServing(c->grpc, c->logr, *c->r, std::chrono::seconds(30));
-      }
-      if (ok) {
-        cluster = c.release();
-        return;
-      }
-      std::fprintf(stderr, "cluster did not start (attempt %d)\nrouter:\n%s\ndraft:\n%s\n", attempt,
-                   ReadText(c->logr).c_str(), ReadText(c->logd).c_str());
-    }
+      return g.Start(
+          "router",
+          {BinPath("pipeinfer-router"), "--http", "127.0.0.1:" + std::to_string(c->http_port),
+           "--grpc", c->grpc, "--draft", c->draft, "--model", model},
+          c->grpc);
+    });
+    if (c->services) cluster = std::move(c);
   }
   static void TearDownTestSuite() {
     if (!cluster) return;
-    EXPECT_EQ(cluster->r->Stop(), 0) << ReadText(cluster->logr);
-    EXPECT_EQ(cluster->d->Stop(), 0) << ReadText(cluster->logd);
-    cluster->s0->Stop();
-    cluster->s1->Stop();
-    if (::testing::UnitTest::GetInstance()->failed_test_count() == 0) {
-      for (const auto* l : {&cluster->log0, &cluster->log1, &cluster->logd, &cluster->logr}) {
-        std::remove(l->c_str());
-      }
-    }
-    delete cluster;
-    cluster = nullptr;
+    EXPECT_EQ(cluster->services->Stop("router"), 0) << cluster->services->Log("router");
+    EXPECT_EQ(cluster->services->Stop("draft"), 0) << cluster->services->Log("draft");
+    cluster->services->Finish();
+    cluster.reset();
   }
   void SetUp() override { ASSERT_NE(cluster, nullptr) << "the processes did not start"; }
 
@@ -220,7 +187,7 @@ TEST_F(RouterHttpTest, GreedyCompletionMatchesReference) {
       {"model", "tiny-f32"}, {"prompt", PromptText()}, {"max_tokens", 32}, {"temperature", 0}};
   auto r = Post("/v1/completions", body.dump());
   ASSERT_TRUE(r);
-  ASSERT_EQ(r->status, 200) << r->body << ReadText(cluster->logr);
+  ASSERT_EQ(r->status, 200) << r->body << cluster->services->Log("router");
   const json j = json::parse(r->body);
   EXPECT_EQ(j["object"], "text_completion");
   EXPECT_EQ(j["model"], "tiny-f32");

@@ -27,6 +27,7 @@
 #include "testing/fixtures.h"
 #include "testing/grpc_health.h"
 #include "testing/process.h"
+#include "testing/service_group.h"
 
 namespace pipeinfer {
 namespace {
@@ -34,10 +35,12 @@ namespace {
 using pipeinfer::testing::BinPath;
 using pipeinfer::testing::ChildProcess;
 using pipeinfer::testing::FixturePath;
+using pipeinfer::testing::FreeLoopbackAddress;
 using pipeinfer::testing::FreePort;
 using pipeinfer::testing::ReadIds;
 using pipeinfer::testing::ReadText;
-using pipeinfer::testing::WaitServing;
+using pipeinfer::testing::ServiceGroup;
+using pipeinfer::testing::StartServiceGroup;
 using Clock = std::chrono::system_clock;
 
 std::unique_ptr<v1::Stage::Stub> StubFor(const std::string& addr) {
@@ -85,58 +88,39 @@ v1::StageDownstream PlainRun(uint64_t rid, uint64_t sid, const std::vector<int32
 // The two stage processes, started once for the suite.
 struct Cluster {
   std::string addr0, addr1;
-  std::unique_ptr<ChildProcess> s0, s1;
-  std::string log0, log1;
+  std::unique_ptr<ServiceGroup> services;
 };
 
-Cluster* cluster = nullptr;
+std::unique_ptr<Cluster> cluster;
 
 class StageServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     const std::string bin = BinPath("pipeinfer-stage");
     const std::string model = FixturePath("models/tiny-f32.gguf");
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      auto c = std::make_unique<Cluster>();
-      c->addr0 = "127.0.0.1:" + std::to_string(FreePort());
-      c->addr1 = "127.0.0.1:" + std::to_string(FreePort());
-      const std::string dir = ::testing::TempDir();
-      const std::string tag = std::to_string(getpid()) + "." + std::to_string(attempt);
-      c->log0 = dir + "/stage_server_test." + tag + ".stage0.log";
-      c->log1 = dir + "/stage_server_test." + tag + ".stage1.log";
-      c->s1 = std::make_unique<ChildProcess>(
-          std::vector<std::string>{bin, "--model", model, "--listen", c->addr1, "--layers", "1:2",
-                                   "--stage", "1", "--stages", "2", "--kv-tokens", "1024"},
-          c->log1);
-      c->s0 = std::make_unique<ChildProcess>(
-          std::vector<std::string>{bin, "--model", model, "--listen", c->addr0, "--layers", "0:1",
-                                   "--stage", "0", "--stages", "2", "--kv-tokens", "1024",
-                                   "--downstream", c->addr1, "--connect-timeout-ms", "500"},
-          c->log0);
-      const bool ok1 = WaitServing(c->addr1, c->log1, *c->s1, std::chrono::seconds(30));
-      const bool ok0 = ok1 && WaitServing(c->addr0, c->log0, *c->s0, std::chrono::seconds(30));
-      if (ok1 && ok0) {
-        cluster = c.release();
-        return;
-      }
-      // Probably a port race: try again with new ports (the guards kill the processes).
-      std::fprintf(
-          stderr,
-          "stage processes did not become SERVING (attempt %d)\nstage 0:\n%s\nstage 1:\n%s\n",
-          attempt, ReadText(c->log0).c_str(), ReadText(c->log1).c_str());
-    }
+    auto c = std::make_unique<Cluster>();
+    c->services = StartServiceGroup("stage_server_test", [&](ServiceGroup& g) {
+      c->addr0 = FreeLoopbackAddress();
+      c->addr1 = FreeLoopbackAddress();
+      return g.Start("stage1",
+                     {bin, "--model", model, "--listen", c->addr1, "--layers", "1:2", "--stage",
+                      "1", "--stages", "2", "--kv-tokens", "1024"},
+                     c->addr1) &&
+             g.Start("stage0",
+                     {bin, "--model", model, "--listen", c->addr0, "--layers", "0:1", "--stage",
+                      "0", "--stages", "2", "--kv-tokens", "1024", "--downstream", c->addr1,
+                      "--connect-timeout-ms", "500"},
+                     c->addr0);
+    });
+    if (c->services) cluster = std::move(c);
   }
   static void TearDownTestSuite() {
     if (!cluster) return;
     // Both stages must exit cleanly on SIGTERM.
-    EXPECT_EQ(cluster->s0->Stop(), 0) << ReadText(cluster->log0);
-    EXPECT_EQ(cluster->s1->Stop(), 0) << ReadText(cluster->log1);
-    if (::testing::UnitTest::GetInstance()->failed_test_count() == 0) {
-      std::remove(cluster->log0.c_str());
-      std::remove(cluster->log1.c_str());
-    }
-    delete cluster;
-    cluster = nullptr;
+    EXPECT_EQ(cluster->services->Stop("stage0"), 0) << cluster->services->Log("stage0");
+    EXPECT_EQ(cluster->services->Stop("stage1"), 0) << cluster->services->Log("stage1");
+    cluster->services->Finish();
+    cluster.reset();
   }
   void SetUp() override { ASSERT_NE(cluster, nullptr) << "the stage processes did not start"; }
 };
@@ -374,7 +358,7 @@ TEST_F(StageServerTest, GreedyDecodingCancellationAndKvRelease) {
 
   const uint64_t epoch = Info(*stub0).epoch() + 1;
   Controller c(cluster->addr0, cluster->addr1, epoch);
-  ASSERT_TRUE(c.WaitCredit()) << ReadText(cluster->log0);
+  ASSERT_TRUE(c.WaitCredit()) << cluster->services->Log("stage0");
 
   constexpr uint64_t kSession = 1;
   v1::StageDownstream open;
@@ -555,7 +539,7 @@ TEST_F(StageServerTest, DownstreamLossEndsThePipeline) {
   EXPECT_EQ(Info(*stub0).sessions_open(), 1u);
 
   // A stage with open streams still exits cleanly on SIGTERM.
-  EXPECT_EQ(cluster->s1->Stop(), 0) << ReadText(cluster->log1);
+  EXPECT_EQ(cluster->services->Stop("stage1"), 0) << cluster->services->Log("stage1");
   auto st = c.WaitPipeEnded();
   ASSERT_TRUE(st.has_value());
   EXPECT_FALSE(st->ok());
