@@ -630,6 +630,10 @@ TEST(StageServerStandaloneTest, PipelineStatsAndMetricsListen) {
   const int status = s1.Stop();
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << ReadText(log2);
   EXPECT_NE(ReadText(log2).find("/metrics"), std::string::npos) << ReadText(log2);
+  if (!HasFailure()) {
+    std::remove(log.c_str());
+    std::remove(log2.c_str());
+  }
 }
 
 }  // namespace
