@@ -40,22 +40,24 @@ inline int FreePort() {
 class ChildProcess {
  public:
   ChildProcess(const std::vector<std::string>& argv, const std::string& log_path) {
+    // Everything that allocates happens before fork(): the test process has gRPC threads, and a
+    // child that called malloc could block forever on a lock another thread held at the fork.
+    std::vector<char*> args;
+    for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
+    args.push_back(nullptr);
+    const int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     pid_ = fork();
     if (pid_ == 0) {
       // Dies with the test process even if the test crashes before the guard runs.
       prctl(PR_SET_PDEATHSIG, SIGKILL);
-      int fd = open(log_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       if (fd >= 0) {
         dup2(fd, 1);
         dup2(fd, 2);
-        close(fd);
       }
-      std::vector<char*> args;
-      for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
-      args.push_back(nullptr);
       execv(args[0], args.data());
       _exit(127);
     }
+    if (fd >= 0) close(fd);
   }
   ~ChildProcess() { Stop(); }
   ChildProcess(const ChildProcess&) = delete;
