@@ -26,30 +26,6 @@ constexpr int64_t kRows = 4096, kCols = 4096;
 
 int HardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
-// Offsets of the f16 scales inside one block (kept small and finite so that no denormal or
-// non-finite arithmetic skews the timing).
-std::vector<int> ScaleOffsets(TensorType t) {
-  switch (t) {
-    case TensorType::kQ4_0:
-    case TensorType::kQ5_0:
-    case TensorType::kQ8_0:
-      return {0};
-    case TensorType::kQ4_1:
-    case TensorType::kQ5_1:
-    case TensorType::kQ4_K:
-    case TensorType::kQ5_K:
-      return {0, 2};
-    case TensorType::kQ2_K:
-      return {80, 82};
-    case TensorType::kQ3_K:
-      return {108};
-    case TensorType::kQ6_K:
-      return {208};
-    default:
-      return {};
-  }
-}
-
 std::vector<uint8_t> RandomWeights(TensorType t, int64_t rows, int64_t cols) {
   const auto& info = gguf::TypeInfo(t);
   std::vector<uint8_t> data(rows * (cols / info.block_size) * info.type_size);
@@ -71,7 +47,7 @@ std::vector<uint8_t> RandomWeights(TensorType t, int64_t rows, int64_t cols) {
   } else {
     for (auto& b : data) b = static_cast<uint8_t>(rng());
     for (size_t b = 0; b < data.size(); b += info.type_size) {
-      for (int off : ScaleOffsets(t)) {
+      for (int off : gguf::HalfFieldOffsets(t)) {
         const uint16_t h = FloatToHalf(0.01f + 0.01f * u(rng));
         std::memcpy(&data[b + off], &h, 2);
       }

@@ -13,31 +13,6 @@
 namespace pipeinfer::engine {
 namespace {
 
-// Offsets of the F16 scale fields inside one block, per quantized type.
-std::vector<size_t> ScaleOffsets(gguf::TensorType t) {
-  using T = gguf::TensorType;
-  switch (t) {
-    case T::kQ4_0:
-    case T::kQ8_0:
-    case T::kQ5_0:
-      return {0};
-    case T::kQ4_1:
-    case T::kQ5_1:
-      return {0, 2};
-    case T::kQ4_K:
-    case T::kQ5_K:
-      return {0, 2};
-    case T::kQ2_K:
-      return {80, 82};
-    case T::kQ3_K:
-      return {108};
-    case T::kQ6_K:
-      return {208};
-    default:
-      return {};
-  }
-}
-
 std::vector<uint8_t> RandomTensor(gguf::TensorType type, uint64_t cols, uint64_t rows,
                                   std::mt19937_64& rng) {
   const auto& info = gguf::TypeInfo(type);
@@ -70,7 +45,7 @@ std::vector<uint8_t> RandomTensor(gguf::TensorType type, uint64_t cols, uint64_t
     }
     const uint16_t scale = kernels::FloatToHalf(sd / 8.0f);
     for (size_t b = 0; b < out.size(); b += info.type_size) {
-      for (size_t off : ScaleOffsets(type)) std::memcpy(out.data() + b + off, &scale, 2);
+      for (int off : gguf::HalfFieldOffsets(type)) std::memcpy(out.data() + b + off, &scale, 2);
     }
   }
   return out;

@@ -57,4 +57,26 @@ std::optional<uint64_t> RowBytes(TensorType type, uint64_t n_elements) {
   return n_elements / info.block_size * info.type_size;
 }
 
+std::vector<int> HalfFieldOffsets(TensorType type) {
+  switch (type) {
+    case TensorType::kQ4_0:
+    case TensorType::kQ5_0:
+    case TensorType::kQ8_0:
+      return {0};  // d
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_1:
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
+      return {0, 2};  // d, m (dmin for the K types)
+    case TensorType::kQ2_K:
+      return {80, 82};  // after 16 scale bytes and 64 quant bytes
+    case TensorType::kQ3_K:
+      return {108};  // after 32 hmask, 64 quant and 12 scale bytes
+    case TensorType::kQ6_K:
+      return {208};  // after 128 ql, 64 qh and 16 scale bytes
+    default:
+      return {};
+  }
+}
+
 }  // namespace pipeinfer::gguf

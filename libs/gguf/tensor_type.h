@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace pipeinfer::gguf {
 
@@ -57,5 +58,9 @@ std::string TensorTypeName(uint32_t id);
 // Bytes occupied by `n_elements` elements stored in one row of `type`; nullopt when
 // `n_elements` is not a multiple of the block size.
 std::optional<uint64_t> RowBytes(TensorType type, uint64_t n_elements);
+
+// Byte offsets of the F16 fields (scales and mins) inside one block of a quantized type; empty for
+// F32/F16/BF16. Data generators use it to keep those fields finite.
+std::vector<int> HalfFieldOffsets(TensorType type);
 
 }  // namespace pipeinfer::gguf

@@ -4,28 +4,17 @@
 // Numerics: activations are F32 and weights exactly dequantized, so quantized models are compared
 // with the `-deq` references (llama.cpp run on exactly dequantized weights); F32/F16 models with
 // their own references. Bound: max |Δlogit| <= 0.03 (tests/fixtures/README.md §5).
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <functional>
-#include <sstream>
+#include <cstdio>
+#include <string>
 
 #include <gtest/gtest.h>
 
 #include "engine/engine.h"
 #include "kernels/kernels.h"
-#include "testing/fixtures.h"
+#include "unit/engine/reference_run.h"
 
 namespace pipeinfer::engine {
 namespace {
-
-using pipeinfer::testing::FixturePath;
-using pipeinfer::testing::ReadF32;
-using pipeinfer::testing::ReadIds;
-
-int32_t Argmax(const float* x, int64_t n) {
-  return static_cast<int32_t>(std::max_element(x, x + n) - x);
-}
 
 struct Case {
   const char* model;  // models/<model>.gguf
@@ -47,91 +36,24 @@ class EngineReference : public ::testing::TestWithParam<Case> {};
 
 TEST_P(EngineReference, PromptAndGreedyLogits) {
   const Case c = GetParam();
-  auto model = StageModel::LoadFull(FixturePath(std::string("models/") + c.model + ".gguf"));
-  ASSERT_TRUE(model.ok()) << model.status();
-  EngineOptions opts;
-  opts.threads = 2;
-  opts.kv_type = c.kv_type;
-  opts.kv_capacity_tokens = 512;
-  auto engine = Engine::Create(std::move(*model), opts);
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  Engine& e = **engine;
-  const int64_t V = e.model().hparams().n_vocab;
-  ASSERT_EQ(V, 259);
-
-  const std::string base = FixturePath(std::string("refs/") + c.ref + ".p1.");
-  const auto prompt = ReadIds(base + "prompt_ids.txt");
-  const auto prompt_ref = ReadF32(base + "prompt_logits.f32");
-  const auto greedy_ids = ReadIds(base + "greedy_ids.txt");
-  const auto greedy_ref = ReadF32(base + "greedy_logits.f32");
-  ASSERT_EQ(prompt.size(), 64u);
-  ASSERT_EQ(prompt_ref.size(), prompt.size() * V);
-  ASSERT_EQ(greedy_ids.size(), 32u);
-  ASSERT_EQ(greedy_ref.size(), 32u * V);
-
-  ASSERT_TRUE(e.kv().OpenSession(1).ok());
-  std::vector<int32_t> rows(prompt.size());
-  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<int32_t>(i);
-  ForwardInput in;
-  in.session = 1;
-  in.tokens = prompt;
-  in.output_rows = rows;
-  auto out = e.Forward(in);
-  ASSERT_TRUE(out.ok()) << out.status();
-  ASSERT_EQ(out->logits.size(), prompt_ref.size());
-  double max_d = 0, sum_sq = 0;
-  for (size_t i = 0; i < prompt_ref.size(); ++i) {
-    const double d = std::abs(out->logits[i] - prompt_ref[i]);
-    max_d = std::max(max_d, d);
-    sum_sq += d * d;
-  }
-  std::printf("%s vs %s: prompt max|d| %.4f rms %.5f\n", c.model, c.ref, max_d,
-              std::sqrt(sum_sq / prompt_ref.size()));
-  EXPECT_LE(max_d, 0.03);
-  for (size_t r = 0; r < prompt.size(); ++r) {
-    EXPECT_EQ(Argmax(&out->logits[r * V], V), Argmax(&prompt_ref[r * V], V)) << "row " << r;
+  ReferenceRun run;
+  ASSERT_NO_FATAL_FAILURE(RunPrompt(c.model, c.ref, c.kv_type, &run));
+  std::printf("%s vs %s: prompt max|d| %.4f rms %.5f\n", c.model, c.ref, run.prompt_max,
+              run.prompt_rms);
+  EXPECT_LE(run.prompt_max, 0.03);
+  const int64_t V = run.n_vocab;
+  for (size_t r = 0; r < run.prompt.size(); ++r) {
+    EXPECT_EQ(Top1(&run.prompt_logits[r * V], V), Top1(&run.prompt_ref[r * V], V)) << "row " << r;
   }
 
-  // Reference margin of each greedy step's decision (row producing g_s).
-  auto margin = [&](const float* row) {
-    std::vector<float> r(row, row + V);
-    std::partial_sort(r.begin(), r.begin() + 2, r.end(), std::greater<float>());
-    return r[0] - r[1];
-  };
   int must = c.greedy_must_match;
   if (must < 0) {
-    must = 0;
-    while (must < 32) {
-      const float* row =
-          must == 0 ? &prompt_ref[(prompt.size() - 1) * V] : &greedy_ref[(must - 1) * V];
-      if (margin(row) <= 2 * max_d) break;
-      ++must;
-    }
+    must = run.StepsWithMarginAbove(2 * run.prompt_max);
     std::printf("greedy ids required to match: %d\n", must);
   }
-
-  // Greedy: g0 from the last prompt row, then one token per step.
-  int32_t next = Argmax(&out->logits[(prompt.size() - 1) * V], V);
-  double greedy_max = 0;
-  for (int s = 0; s < 32; ++s) {
-    if (s < must) ASSERT_EQ(next, greedy_ids[s]) << "greedy step " << s;
-    if (next != greedy_ids[s]) break;
-    const int32_t tok = next;
-    const int32_t row0 = 0;
-    ForwardInput step;
-    step.session = 1;
-    step.tokens = std::span<const int32_t>(&tok, 1);
-    step.output_rows = std::span<const int32_t>(&row0, 1);
-    auto o = e.Forward(step);
-    ASSERT_TRUE(o.ok()) << o.status();
-    EXPECT_EQ(o->positions[0], static_cast<int32_t>(prompt.size()) + s);
-    for (int64_t j = 0; j < V; ++j) {
-      greedy_max = std::max<double>(greedy_max, std::abs(o->logits[j] - greedy_ref[s * V + j]));
-    }
-    next = Argmax(o->logits.data(), V);
-  }
-  std::printf("%s vs %s: greedy max|d| %.4f\n", c.model, c.ref, greedy_max);
-  EXPECT_LE(greedy_max, 0.03);
+  ASSERT_NO_FATAL_FAILURE(RunGreedy(must, &run));
+  std::printf("%s vs %s: greedy max|d| %.4f\n", c.model, c.ref, run.greedy_max);
+  EXPECT_LE(run.greedy_max, 0.03);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -145,13 +67,7 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"tiny-q4_0-pure", "tiny-q4_0-pure-deq", kv::ElemType::kF16, -1},
                       Case{"tiny-q4_k_m", "tiny-q4_k_m-deq", kv::ElemType::kF16, -1},
                       Case{"tiny-q6_k", "tiny-q6_k-deq", kv::ElemType::kF16, -1}),
-    [](const ::testing::TestParamInfo<Case>& info) {
-      std::string n = info.param.ref;
-      for (char& ch : n) {
-        if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
-      }
-      return n;
-    });
+    [](const ::testing::TestParamInfo<Case>& info) { return FixtureTestName(info.param.ref); });
 
 }  // namespace
 }  // namespace pipeinfer::engine

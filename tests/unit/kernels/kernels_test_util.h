@@ -53,29 +53,6 @@ inline uint16_t HalfBits(const uint8_t* p) {
 }
 inline float Half(const uint8_t* p) { return pipeinfer::testing::HalfToFloat(HalfBits(p)); }
 
-// Offsets of the f16 scale fields inside one block of a quantized type.
-inline std::vector<int> HalfFieldOffsets(TensorType t) {
-  switch (t) {
-    case TensorType::kQ4_0:
-    case TensorType::kQ5_0:
-    case TensorType::kQ8_0:
-      return {0};
-    case TensorType::kQ4_1:
-    case TensorType::kQ5_1:
-    case TensorType::kQ4_K:
-    case TensorType::kQ5_K:
-      return {0, 2};
-    case TensorType::kQ2_K:
-      return {80, 82};
-    case TensorType::kQ3_K:
-      return {108};
-    case TensorType::kQ6_K:
-      return {208};
-    default:
-      return {};
-  }
-}
-
 // Random rows of `t`. Quantized payload bytes are uniformly random. The f16 scales (and F16/BF16
 // /F32 elements) are random finite values: any finite bit pattern when `moderate` is false (for
 // bit-exact decoding tests), or values of magnitude ~[1/64, 1/8] (scales) / [-1, 1] (plain
@@ -131,7 +108,7 @@ inline std::vector<uint8_t> RandomRows(TensorType t, int64_t rows, int64_t cols,
     }
   } else {
     for (size_t b = 0; b < bytes; b += info.type_size) {
-      for (int off : HalfFieldOffsets(t)) {
+      for (int off : gguf::HalfFieldOffsets(t)) {
         const uint16_t h = finite_half();
         std::memcpy(&data[b + off], &h, 2);
       }
