@@ -126,52 +126,44 @@ class StageServerTest : public ::testing::Test {
 };
 
 TEST_F(StageServerTest, BadOpensAreRefused) {
-  {  // Wrong receiver index: stage 1 is told it is stage 0.
-    auto stub = StubFor(cluster->addr1);
+  // A Pipeline stream whose first message is `first` ends with FAILED_PRECONDITION.
+  auto expect_refused = [](const std::string& addr, const v1::StageDownstream& first) {
+    auto stub = StubFor(addr);
     grpc::ClientContext ctx;
     ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
     auto s = stub->Pipeline(&ctx);
-    v1::StageDownstream open;
-    open.mutable_open()->set_epoch(1000);
-    open.mutable_open()->set_receiver_stage_index(0);
-    open.mutable_open()->set_n_stages(2);
-    s->Write(open);
+    s->Write(first);
     v1::StageUpstream up;
     EXPECT_FALSE(s->Read(&up));
     EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  };
+  auto open = [](uint32_t receiver, uint32_t n_stages) {
+    v1::StageDownstream m;
+    m.mutable_open()->set_epoch(1000);
+    m.mutable_open()->set_receiver_stage_index(receiver);
+    m.mutable_open()->set_n_stages(n_stages);
+    return m;
+  };
+  {
+    SCOPED_TRACE("wrong receiver index: stage 1 is told it is stage 0");
+    expect_refused(cluster->addr1, open(0, 2));
   }
-  {  // n_stages inconsistent with stage 0 not being last.
-    auto stub = StubFor(cluster->addr0);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
-    auto s = stub->Pipeline(&ctx);
-    v1::StageDownstream open;
-    open.mutable_open()->set_epoch(1000);
-    open.mutable_open()->set_receiver_stage_index(0);
-    open.mutable_open()->set_n_stages(1);
-    s->Write(open);
-    v1::StageUpstream up;
-    EXPECT_FALSE(s->Read(&up));
-    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  {
+    SCOPED_TRACE("n_stages inconsistent with stage 0 not being last");
+    expect_refused(cluster->addr0, open(0, 1));
   }
-  {  // A run before the open.
-    auto stub = StubFor(cluster->addr0);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
-    auto s = stub->Pipeline(&ctx);
-    s->Write(PlainRun(1, 1, {1}, 0));
-    v1::StageUpstream up;
-    EXPECT_FALSE(s->Read(&up));
-    EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  {
+    SCOPED_TRACE("a run before the open");
+    expect_refused(cluster->addr0, PlainRun(1, 1, {1}, 0));
   }
   {  // Results on a stage that is not last.
     auto stub = StubFor(cluster->addr0);
     grpc::ClientContext ctx;
     ctx.set_deadline(Clock::now() + std::chrono::seconds(10));
     auto s = stub->Results(&ctx);
-    v1::ResultsUpstream open;
-    open.mutable_open()->set_epoch(1);
-    s->Write(open);
+    v1::ResultsUpstream results_open;
+    results_open.mutable_open()->set_epoch(1);
+    s->Write(results_open);
     v1::ResultsDownstream down;
     EXPECT_FALSE(s->Read(&down));
     EXPECT_EQ(s->Finish().error_code(), grpc::StatusCode::FAILED_PRECONDITION);
