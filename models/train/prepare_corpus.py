@@ -34,6 +34,20 @@ def clean_paragraph(lines):
     return s
 
 
+def paragraphs(lines):
+    """Cleaned paragraphs of hard-wrapped text: runs of non-blank lines separated by blank lines."""
+    out, para = [], []
+    for line in lines + ['']:
+        if line.strip():
+            para.append(line)
+            continue
+        p = clean_paragraph(para) if para else ''
+        if p:
+            out.append(p)
+        para = []
+    return out
+
+
 def parse_books(tsv_path):
     """Returns list of (book, chapter_index, [paragraphs]) in source order."""
     books = {}
@@ -50,35 +64,22 @@ def parse_books(tsv_path):
             books[book].append(text)
     chapters = []
     for book in order:
-        lines = books[book]
-        cur = None          # paragraphs of the current chapter (None before the first heading)
-        para = []
+        cur = None          # lines of the current chapter (None before the first heading)
         idx = 0
-
-        def flush_para():
-            nonlocal para
-            if para and cur is not None:
-                p = clean_paragraph(para)
-                if p:
-                    cur.append(p)
-            para = []
-
-        for text in lines:
+        for text in books[book]:
             if HEADING.match(text.strip()):
-                flush_para()
                 if text.strip().upper().startswith('CHAPTER'):
-                    if cur:
-                        chapters.append((book, idx, cur))
+                    if cur is not None and paragraphs(cur):
+                        chapters.append((book, idx, paragraphs(cur)))
                         idx += 1
                     cur = []
+                elif cur is not None:
+                    cur.append('')  # a VOLUME line inside a chapter ends a paragraph
                 continue
-            if text.strip() == '':
-                flush_para()
-            else:
-                para.append(text)
-        flush_para()
-        if cur:
-            chapters.append((book, idx, cur))
+            if cur is not None:
+                cur.append(text)
+        if cur is not None and paragraphs(cur):
+            chapters.append((book, idx, paragraphs(cur)))
     return chapters
 
 

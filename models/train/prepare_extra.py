@@ -14,7 +14,7 @@ files (--out); the Austen files and the tokenizer input are not touched.
 """
 import argparse, json, math, os, random, re, subprocess
 
-from prepare_corpus import clean_paragraph
+from prepare_corpus import clean_paragraph, paragraphs
 
 KJV_HEAD = re.compile(r'^(\S.*\S) (\d+)$')          # "Genesis 1", "1 Kings 3", "Song of Solomon 2"
 KJV_VERSE = re.compile(r'^\s+(\d+) (.*)$')
@@ -48,29 +48,15 @@ def moby_chapters():
     lines = text.replace('\r', '').split('\n')
     start = next(i for i, l in enumerate(lines) if l.startswith('CHAPTER 1. Loomings.'))
     end = next(i for i, l in enumerate(lines) if l.startswith('*** END OF THIS PROJECT GUTENBERG'))
-    chapters, cur, name, para = [], None, None, []
-
-    def flush():
-        nonlocal para
-        if para and cur is not None:
-            p = clean_paragraph(para)
-            if p:
-                cur.append(p)
-        para = []
-
+    chapters, cur, name = [], None, None
     for l in lines[start:end]:
         if re.match(r'^(CHAPTER \d+\.|Epilogue$)', l.strip()):
-            flush()
             if cur:
-                chapters.append(('Moby Dick', name, cur))
+                chapters.append(('Moby Dick', name, paragraphs(cur)))
             name, cur = l.strip(), []
-        elif not l.strip():
-            flush()
         else:
-            para.append(l)
-    flush()
-    if cur:
-        chapters.append(('Moby Dick', name, cur))
+            cur.append(l)
+    chapters.append(('Moby Dick', name, paragraphs(cur)))
     assert len(chapters) == 136, len(chapters)
     return chapters
 
