@@ -4,7 +4,11 @@
 //   kernels_bench --benchmark_filter='MatMul/q4_0'   (see --help for Google Benchmark's flags)
 //
 // Weights are random blocks with small finite scales; the matrix (4096 x 4096 by default) is
-// larger than the caches, so decode (n_tokens = 1) measures streaming from memory.
+// larger than the caches, so decode (n_tokens = 1) measures streaming from memory. BM_MatMulL2
+// uses a 256 x 1024 matrix that stays in L2 (at most 1 MiB, F32), so that it measures the
+// arithmetic of the kernels (FMA chains, decoding, register blocking) rather than memory. Set
+// PIPEINFER_QUANT_MATH=exact to time the float path of Q8_0/Q4_0/Q4_K/Q6_K instead of the integer
+// one.
 #include <algorithm>
 #include <cstring>
 #include <random>
@@ -23,6 +27,7 @@ namespace {
 using gguf::TensorType;
 
 constexpr int64_t kRows = 4096, kCols = 4096;
+constexpr int64_t kL2Rows = 256, kL2Cols = 1024;
 
 int HardwareThreads() { return std::max(1u, std::thread::hardware_concurrency()); }
 
@@ -57,7 +62,7 @@ std::vector<uint8_t> RandomWeights(TensorType t, int64_t rows, int64_t cols) {
 }
 
 // Args: type id, n_tokens, threads, simd (1) or portable (0).
-void BM_MatMul(benchmark::State& state) {
+void RunMatMul(benchmark::State& state, int64_t rows, int64_t cols) {
   const auto type = static_cast<TensorType>(state.range(0));
   const int64_t n_tokens = state.range(1);
   const int threads = static_cast<int>(state.range(2));
@@ -68,15 +73,15 @@ void BM_MatMul(benchmark::State& state) {
   }
   SetForceScalar(!simd);
   const auto& info = gguf::TypeInfo(type);
-  const auto data = RandomWeights(type, kRows, kCols);
-  const Matrix w{type, data.data(), kRows, kCols, data.size() / kRows};
-  std::vector<float> x(n_tokens * kCols), y(n_tokens * kRows);
+  const auto data = RandomWeights(type, rows, cols);
+  const Matrix w{type, data.data(), rows, cols, data.size() / rows};
+  std::vector<float> x(n_tokens * cols), y(n_tokens * rows);
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   for (auto& v : x) v = u(rng);
   ThreadPool pool(threads);
   for (auto _ : state) {
-    MatMul(w, x.data(), kCols, n_tokens, y.data(), kRows, pool);
+    MatMul(w, x.data(), cols, n_tokens, y.data(), rows, pool);
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
@@ -85,9 +90,12 @@ void BM_MatMul(benchmark::State& state) {
   state.counters["weight_GBps"] =
       benchmark::Counter(iters * data.size() / 1e9, benchmark::Counter::kIsRate);
   state.counters["Gflops"] =
-      benchmark::Counter(iters * 2.0 * kRows * kCols * n_tokens / 1e9, benchmark::Counter::kIsRate);
+      benchmark::Counter(iters * 2.0 * rows * cols * n_tokens / 1e9, benchmark::Counter::kIsRate);
   state.SetLabel(std::string(info.name) + (simd ? " avx2" : " portable"));
 }
+
+void BM_MatMul(benchmark::State& state) { RunMatMul(state, kRows, kCols); }
+void BM_MatMulL2(benchmark::State& state) { RunMatMul(state, kL2Rows, kL2Cols); }
 
 // Plain streaming read of 512 MiB split over `threads` threads: the bandwidth the decode rows
 // above should be compared with.
@@ -114,12 +122,13 @@ void BM_MemoryRead(benchmark::State& state) {
                                               benchmark::Counter::kIsRate);
 }
 
+constexpr TensorType kTypes[] = {
+    TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
+    TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K, TensorType::kQ3_K,
+    TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
+
 void MatMulArgs(benchmark::internal::Benchmark* b) {
-  const TensorType types[] = {
-      TensorType::kF32,  TensorType::kF16,  TensorType::kBF16, TensorType::kQ8_0, TensorType::kQ4_0,
-      TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1, TensorType::kQ2_K, TensorType::kQ3_K,
-      TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
-  for (TensorType t : types) {
+  for (TensorType t : kTypes) {
     for (int64_t n : {1, 2, 4, 8, 16}) {
       for (int threads : {1, HardwareThreads()}) {
         b->Args({static_cast<int64_t>(t), n, threads, 1});
@@ -131,12 +140,21 @@ void MatMulArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"type", "tokens", "threads", "simd"});
 }
 
+// In-cache shapes, one thread: every batch size around the kernels' token groups.
+void MatMulL2Args(benchmark::internal::Benchmark* b) {
+  for (TensorType t : kTypes) {
+    for (int64_t n : {1, 2, 3, 4, 5, 8, 9, 16, 64}) b->Args({static_cast<int64_t>(t), n, 1, 1});
+  }
+  b->ArgNames({"type", "tokens", "threads", "simd"});
+}
+
 BENCHMARK(BM_MemoryRead)
     ->Arg(1)
     ->Arg(HardwareThreads())
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatMul)->Apply(MatMulArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MatMulL2)->Apply(MatMulL2Args)->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 }  // namespace
 }  // namespace pipeinfer::kernels

@@ -22,7 +22,10 @@ float SumLanes(const float p[8]) {
 }
 
 // Portable kernel. Per row: decode kGroup weights into `buf` once, then add their products with
-// every token of the group to that token's eight interleaved partial sums.
+// every token of the group to that token's eight interleaved partial sums. A token's sums see the
+// same additions in the same order whatever the batch (token groups only bound the scratch), so
+// batched and single-token results are bit-identical, as on the AVX2 path (in a different order:
+// the two paths agree to rounding only).
 void ScalarRows(const Matrix& w, const internal::Format& f, const float* x, int64_t x_stride,
                 int64_t n_tokens, float* y, int64_t y_stride, int64_t r0, int64_t r1) {
   const int64_t group = std::max<int64_t>(kGroup, f.block);

@@ -1,13 +1,12 @@
 // AVX2+FMA+F16C row kernels of MatMul (this file is compiled with -mavx2 -mfma -mf16c).
 //
-// The block decoders (decode_avx2.h) hand each group of 8 decoded weights to a consumer. Two
-// consumers:
-//  * up to 8 tokens (decode and small speculative runs): the consumer multiplies w straight into
-//    per-token accumulator registers, so each block is decoded once, in registers, for all of them;
-//  * more tokens: 256 weights are decoded once into a small buffer in L1, which is then applied to
-//    the tokens 8 at a time, with the accumulators parked in memory between buffers.
-// Activations are repacked once per call (simd.h) so that all their loads are aligned, sequential
-// and at constant offsets, and so that padded columns need no masking.
+// The block decoders (decode_avx2.h) hand each group of 8 decoded weights to a consumer, which
+// collects 32 weights and multiplies them straight into the accumulator registers of a group of up
+// to 8 tokens; larger batches go through the same kernel one group of 8 tokens at a time. Every
+// token is summed in the same order whatever the batch (see ApplyChunk): batched runs are
+// bit-identical to single-token runs. Activations are repacked once per call (simd.h) so that all
+// their loads are aligned, sequential and at constant offsets, and so that padded columns need no
+// masking.
 //
 // Nothing here may use std:: templates or other inline functions shared with the portable files
 // (the linker could merge an AVX2-compiled copy into them); helpers have internal linkage.
@@ -28,9 +27,9 @@ inline int64_t Min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // ----- row kernels ----------------------------------------------------------------------------
 
-constexpr int kChainsMaxNt = 4;  // 2 chains per token up to 4 tokens (6 made no difference)
-constexpr int kBufWeights = 256;
-constexpr int kTokenGroup = 64;  // tokens whose accumulators BufferedRows parks at once
+// Rows per tile when a batch takes several token groups: the tile's weights (at most ~16 KiB)
+// stay in L1 while every group decodes them again.
+constexpr int64_t kTileBytes = 16 * 1024;
 
 inline int64_t PadCols(int64_t cols) { return (cols + kPackCols - 1) / kPackCols * kPackCols; }
 
@@ -52,126 +51,91 @@ void DecodeTail(TensorType type, const uint8_t* p, int64_t n, float* out) {
   for (int64_t i = n; i < 32; ++i) out[i] = 0.0f;
 }
 
-// Accumulators per token in FusedRows: enough independent FMA chains to cover the FMA latency
-// when few tokens share a decoded vector, without running out of the 16 vector registers.
-constexpr int ChainsPerToken(int nt) { return nt <= 2 ? 4 : (nt <= kChainsMaxNt ? 2 : 1); }
+// The one summation order of every token (whatever the batch size, the token's place in it, or
+// the rows a thread gets), so that a batched run gives the bits of single-token runs:
+//
+//   for each chunk j of 32 columns (zero-padded), in order:
+//     p   = w[j][0:8] * x[j][0:8]                      (8 lanes)
+//     p   = fma(w[j][8:16],  x[j][8:16],  p)
+//     p   = fma(w[j][16:24], x[j][16:24], p)
+//     p   = fma(w[j][24:32], x[j][24:32], p)
+//     acc = acc + p
+//   y = HorizontalSum(acc)
+//
+// Why this order: a fixed number of accumulator chains per token would need 4 registers per
+// token to keep a single token's FMAs in flight (with fewer, one token waits on the FMA latency),
+// and then only 3 tokens could share a decoded block. Here the only dependency carried from chunk
+// to chunk is one addition per four FMAs (a single token runs at least as fast as with four
+// chains), and a token needs one accumulator register: 8 tokens (8 accumulators + the chunk's 4
+// weight vectors) fit the 16 ymm registers, so each block is decoded once, in registers, for up to
+// 8 tokens. The price is that extra addition per chunk and token.
+template <int NT>
+PIPEINFER_AVX2_INLINE void ApplyChunk(const __m256 wk[4], const float* xq, __m256* acc) {
+#pragma GCC unroll 16
+  for (int t = 0; t < NT; ++t) {
+    __m256 p = _mm256_mul_ps(wk[0], _mm256_load_ps(xq + t * 8));
+    p = _mm256_fmadd_ps(wk[1], _mm256_load_ps(xq + (NT + t) * 8), p);
+    p = _mm256_fmadd_ps(wk[2], _mm256_load_ps(xq + (2 * NT + t) * 8), p);
+    p = _mm256_fmadd_ps(wk[3], _mm256_load_ps(xq + (3 * NT + t) * 8), p);
+    acc[t] = _mm256_add_ps(acc[t], p);
+  }
+}
 
-// One group of NT (<= 8) tokens, packed: every block is decoded once, in registers, and
-// multiplied into NT * ChainsPerToken(NT) accumulators. All activation loads use constant offsets
-// from one pointer.
+// Rows [r0, r1) for one packed group of NT (<= 8) tokens at xp, results to y[t * ys + r]. The
+// decoder's groups of 8 weights are collected four at a time (they come in order, see
+// decode_avx2.h) and applied as one chunk; all activation loads use constant offsets.
 template <class D, int NT>
 void FusedRows(const Matrix& w, const float* xp, float* y, int64_t ys, int64_t r0, int64_t r1) {
-  constexpr int A = ChainsPerToken(NT);
-  constexpr int64_t kXPerBlock = D::kBlock * NT;  // packed floats per block of weights
+  constexpr int64_t kXPerChunk = 32 * NT;  // packed floats per 32 columns
+  constexpr int64_t kXPerBlock = D::kBlock * NT;
   const int64_t n_blocks = w.cols / D::kBlock;
   const int64_t tail = w.cols - n_blocks * D::kBlock;
   for (int64_t r = r0; r < r1; ++r) {
     const uint8_t* row = w.data + r * w.row_bytes;
-    __m256 acc[NT * A];
+    __m256 acc[NT];
 #pragma GCC unroll 16
-    for (int i = 0; i < NT * A; ++i) acc[i] = _mm256_setzero_ps();
-    auto fma = [&](const float* xb) {
-      return [&acc, xb](int k, __m256 wv) {
-#pragma GCC unroll 16
-        for (int t = 0; t < NT; ++t) {
-          __m256& a = acc[t * A + k % A];
-          a = _mm256_fmadd_ps(wv, _mm256_load_ps(xb + (k * NT + t) * 8), a);
-        }
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    __m256 wk[4];
+    auto chunks = [&acc, &wk](const float* xb) {
+      return [&acc, &wk, xb](int k, __m256 wv) PIPEINFER_AVX2_LAMBDA_INLINE {
+        wk[k & 3] = wv;
+        if ((k & 3) == 3) ApplyChunk<NT>(wk, xb + (k >> 2) * kXPerChunk, acc);
       };
     };
     const float* xb = xp;
     for (int64_t blk = 0; blk < n_blocks; ++blk, xb += kXPerBlock) {
-      D::Decode(row + blk * D::kBytes, fma(xb));
+      D::Decode(row + blk * D::kBytes, chunks(xb));
     }
     if (tail > 0) {
       alignas(32) float tb[32];
       DecodeTail(w.type, row + n_blocks * D::kBytes, tail, tb);
-      DecF32::Decode(reinterpret_cast<const uint8_t*>(tb), fma(xb));
+      DecF32::Decode(reinterpret_cast<const uint8_t*>(tb), chunks(xb));
     }
 #pragma GCC unroll 16
-    for (int t = 0; t < NT; ++t) {
-      __m256 s = acc[t * A];
-      if (A == 2) s = _mm256_add_ps(s, acc[t * A + 1]);
-      if (A == 4) {
-        s = _mm256_add_ps(_mm256_add_ps(s, acc[t * A + 2]),
-                          _mm256_add_ps(acc[t * A + 1], acc[t * A + 3]));
-      }
-      y[t * ys + r] = HorizontalSum(s);
-    }
-  }
-}
-
-// Applies n8 groups of 8 buffered weights to the G tokens of a packed group, starting at x.
-template <int G>
-void ApplyBuffer(const float* wbuf, int64_t n8, const float* x, __m256* acc) {
-  __m256 a[G];
-#pragma GCC unroll 16
-  for (int g = 0; g < G; ++g) a[g] = acc[g];
-  for (int64_t i = 0; i < n8; ++i, x += 8 * G) {
-    const __m256 wv = _mm256_load_ps(wbuf + 8 * i);
-#pragma GCC unroll 16
-    for (int g = 0; g < G; ++g) a[g] = _mm256_fmadd_ps(wv, _mm256_load_ps(x + 8 * g), a[g]);
-  }
-#pragma GCC unroll 16
-  for (int g = 0; g < G; ++g) acc[g] = a[g];
-}
-
-// wbuf holds the weights of columns [c0, c0 + 8 * n8); apply them to tokens [t0, t0 + nt) (t0 a
-// multiple of 8), whose packed groups start at xp.
-void ApplyToTokens(const float* wbuf, int64_t n8, const float* xp, int64_t padded_cols, int64_t c0,
-                   int64_t t0, int64_t nt, __m256* acc) {
-  for (int64_t t = 0; t < nt; t += kPackTokens) {
-    const int64_t g = Min64(kPackTokens, nt - t);
-    const float* x = xp + (t0 + t) * padded_cols + c0 * g;
-    constexpr void (*kApply[kPackTokens + 1])(const float*, int64_t, const float*, __m256*) = {
-        nullptr,        ApplyBuffer<1>, ApplyBuffer<2>, ApplyBuffer<3>, ApplyBuffer<4>,
-        ApplyBuffer<5>, ApplyBuffer<6>, ApplyBuffer<7>, ApplyBuffer<8>};
-    kApply[g](wbuf, n8, x, acc + t);
-  }
-}
-
-// Any number of tokens: per row, decode 256 weights once into wbuf and apply them to every token.
-template <class D>
-void BufferedRows(const Matrix& w, const float* xp, int64_t n_tokens, float* y, int64_t ys,
-                  int64_t r0, int64_t r1) {
-  constexpr int kGroupBlocks = kBufWeights / D::kBlock;
-  const int64_t n_blocks = w.cols / D::kBlock;
-  const int64_t tail = w.cols - n_blocks * D::kBlock;
-  const int64_t padded_cols = PadCols(w.cols);
-  alignas(32) float wbuf[kBufWeights];
-  alignas(32) __m256 acc[kTokenGroup];
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.row_bytes;
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += kTokenGroup) {
-      const int64_t nt = Min64(kTokenGroup, n_tokens - t0);
-      for (int64_t t = 0; t < nt; ++t) acc[t] = _mm256_setzero_ps();
-      for (int64_t b0 = 0; b0 < n_blocks; b0 += kGroupBlocks) {
-        const int64_t nb = Min64(kGroupBlocks, n_blocks - b0);
-        for (int64_t i = 0; i < nb; ++i) {
-          float* out = wbuf + i * D::kBlock;
-          D::Decode(row + (b0 + i) * D::kBytes,
-                    [out](int k, __m256 wv) { _mm256_store_ps(out + 8 * k, wv); });
-        }
-        ApplyToTokens(wbuf, nb * D::kBlock / 8, xp, padded_cols, b0 * D::kBlock, t0, nt, acc);
-      }
-      if (tail > 0) {
-        DecodeTail(w.type, row + n_blocks * D::kBytes, tail, wbuf);
-        ApplyToTokens(wbuf, 4, xp, padded_cols, n_blocks * D::kBlock, t0, nt, acc);
-      }
-      for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * ys + r] = HorizontalSum(acc[t]);
-    }
+    for (int t = 0; t < NT; ++t) y[t * ys + r] = HorizontalSum(acc[t]);
   }
 }
 
 template <class D>
 void Rows(const Matrix& w, const float* xp, int64_t n, float* y, int64_t ys, int64_t r0,
           int64_t r1) {
-  constexpr void (*kFused[kPackTokens + 1])(const Matrix&, const float*, float*, int64_t, int64_t,
-                                            int64_t) = {
-      nullptr,         FusedRows<D, 1>, FusedRows<D, 2>, FusedRows<D, 3>, FusedRows<D, 4>,
-      FusedRows<D, 5>, FusedRows<D, 6>, FusedRows<D, 7>, FusedRows<D, 8>};
+  using GroupFn = void (*)(const Matrix&, const float*, float*, int64_t, int64_t, int64_t);
+  constexpr GroupFn kFused[kPackTokens + 1] = {nullptr,         FusedRows<D, 1>, FusedRows<D, 2>,
+                                               FusedRows<D, 3>, FusedRows<D, 4>, FusedRows<D, 5>,
+                                               FusedRows<D, 6>, FusedRows<D, 7>, FusedRows<D, 8>};
   if (n <= kPackTokens) return kFused[n](w, xp, y, ys, r0, r1);
-  BufferedRows<D>(w, xp, n, y, ys, r0, r1);
+  // More tokens: the same kernel per packed group of 8, over tiles of rows small enough to be
+  // decoded again from L1 for each group (decoding is cheap next to 8 tokens' FMAs).
+  const int64_t padded_cols = PadCols(w.cols);
+  const int64_t row_bytes = static_cast<int64_t>(w.row_bytes);
+  const int64_t tile = row_bytes >= kTileBytes ? 1 : kTileBytes / (row_bytes > 0 ? row_bytes : 1);
+  for (int64_t rt = r0; rt < r1; rt += tile) {
+    const int64_t rt_end = Min64(r1, rt + tile);
+    for (int64_t t0 = 0; t0 < n; t0 += kPackTokens) {
+      const int64_t g = Min64(kPackTokens, n - t0);
+      kFused[g](w, xp + t0 * padded_cols, y + t0 * ys, ys, rt, rt_end);
+    }
+  }
 }
 
 }  // namespace

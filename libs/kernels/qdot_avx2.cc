@@ -157,22 +157,6 @@ struct KQ32 {
   }
 };
 
-// The 8 six-bit scales (sc) and mins (m) of a Q4_K/Q5_K block as bytes (see ScaleMinK4): with
-// the 12 scale bytes read as three little-endian words w0, w1, w2, sub-blocks 0-3 are the low 6
-// bits of w0 (scales) and w1 (mins); sub-blocks 4-7 take their low 4 bits from the nibbles of w2
-// and their top 2 bits from the top bits of w0 (scales) and w1 (mins).
-inline void ScalesMinsK4(const uint8_t* p, uint64_t* sc, uint64_t* m) {
-  uint32_t w0, w1, w2;
-  std::memcpy(&w0, p, 4);
-  std::memcpy(&w1, p + 4, 4);
-  std::memcpy(&w2, p + 8, 4);
-  const uint32_t s_lo = w0 & 0x3f3f3f3fu, m_lo = w1 & 0x3f3f3f3fu;
-  const uint32_t s_hi = (w2 & 0x0f0f0f0fu) | ((w0 >> 2) & 0x30303030u);
-  const uint32_t m_hi = ((w2 >> 4) & 0x0f0f0f0fu) | ((w1 >> 2) & 0x30303030u);
-  *sc = s_lo | (static_cast<uint64_t>(s_hi) << 32);
-  *m = m_lo | (static_cast<uint64_t>(m_hi) << 32);
-}
-
 struct KQ4_K {
   static constexpr int kBytes = 144;
   template <int NT>

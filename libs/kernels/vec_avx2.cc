@@ -54,6 +54,14 @@ inline __m256 Exp(__m256 x) {
   return y;
 }
 
+// a * b + c rounded once, like a lane of _mm256_fmadd_ps: element-wise kernels must give an
+// element the same bits in the vector body and in the scalar tail, or element j of a buffer
+// would depend on the buffer's length (e.g. on how many tokens a batch has).
+inline float Fma1(float a, float b, float c) {
+  return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+
+// exp of one value through the vector code, so that tails match the vector body bit for bit.
 inline float Exp1(float v) {
   float out[8];
   _mm256_storeu_ps(out, Exp(_mm256_set1_ps(v)));
@@ -117,7 +125,7 @@ void AxpyF32(float s, const float* x, float* y, int64_t n) {
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(sv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   }
-  for (; i < n; ++i) y[i] += s * x[i];
+  for (; i < n; ++i) y[i] = Fma1(s, x[i], y[i]);
 }
 
 void AxpyF16(float s, const uint16_t* x, float* y, int64_t n) {
@@ -126,7 +134,7 @@ void AxpyF16(float s, const uint16_t* x, float* y, int64_t n) {
   for (; i + 8 <= n; i += 8) {
     _mm256_storeu_ps(y + i, _mm256_fmadd_ps(sv, LoadHalf8(x + i), _mm256_loadu_ps(y + i)));
   }
-  for (; i < n; ++i) y[i] += s * _cvtsh_ss(x[i]);
+  for (; i < n; ++i) y[i] = Fma1(s, _cvtsh_ss(x[i]), y[i]);
 }
 
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {

@@ -1,12 +1,17 @@
 // Properties of the forward pass that need no reference data: splitting the layers over stages,
 // batching, partitions and token trees give the same logits as the plain computation.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
 #include "engine/engine.h"
 #include "engine/synth.h"
+#include "kernels/kernels.h"
 #include "testing/fixtures.h"
 
 namespace pipeinfer::engine {
@@ -151,24 +156,83 @@ TEST(EngineInvariance, EverySplitOfADeeperModelIsBitIdentical) {
   std::remove(path.c_str());
 }
 
-TEST(EngineInvariance, BatchedRunMatchesSingleTokenRuns) {
-  auto f = OpenShared("tiny-f32");
-  auto batched = MakeEngine(f, {0, 2, true, true});
-  auto single = MakeEngine(f, {0, 2, true, true});
-  const auto all = RunTokens(*batched, kPrompt, AllRows(kPrompt.size()));
-  std::vector<float> one_by_one;
-  for (int32_t t : kPrompt) {
-    const int32_t row = 0;
-    auto o = RunTokens(*single, std::span<const int32_t>(&t, 1), std::span<const int32_t>(&row, 1));
-    one_by_one.insert(one_by_one.end(), o.logits.begin(), o.logits.end());
+// Greedy token (argmax) of each row of n_vocab logits.
+std::vector<int64_t> GreedyIds(const std::vector<float>& logits, size_t n_vocab) {
+  std::vector<int64_t> ids;
+  for (size_t r = 0; r + n_vocab <= logits.size(); r += n_vocab) {
+    ids.push_back(std::max_element(logits.begin() + r, logits.begin() + r + n_vocab) -
+                  (logits.begin() + r));
   }
-  EXPECT_LE(MaxDiff(all.logits, one_by_one), 1e-3);
-  for (size_t r = 0; r < kPrompt.size(); ++r) {
-    auto am = [&](const std::vector<float>& v) {
-      return std::max_element(v.begin() + r * 259, v.begin() + (r + 1) * 259) -
-             (v.begin() + r * 259);
-    };
-    EXPECT_EQ(am(all.logits), am(one_by_one)) << r;
+  return ids;
+}
+
+class ScopedQuantMath {
+ public:
+  explicit ScopedQuantMath(kernels::QuantMath m) : old_(kernels::GetQuantMath()) {
+    kernels::SetQuantMath(m);
+  }
+  ~ScopedQuantMath() { kernels::SetQuantMath(old_); }
+
+ private:
+  kernels::QuantMath old_;
+};
+
+class ScopedScalar {
+ public:
+  explicit ScopedScalar(bool scalar) { kernels::SetForceScalar(scalar); }
+  ~ScopedScalar() { kernels::SetForceScalar(false); }
+};
+
+// Both QuantMath settings, on the SIMD kernels (where the CPU has them) and the portable ones.
+std::vector<std::pair<kernels::QuantMath, bool>> Settings() {
+  std::vector<std::pair<kernels::QuantMath, bool>> s;
+  for (bool scalar : {false, true}) {
+    if (!scalar && !kernels::CpuHasAvx2Fma()) continue;
+    for (auto math : {kernels::QuantMath::kFast, kernels::QuantMath::kExact}) {
+      s.emplace_back(math, scalar);
+    }
+  }
+  return s;
+}
+
+// A prompt in one forward pass against its tokens fed one by one (each token attends to the same
+// keys in the same order either way, and MatMul rows do not depend on the batch): bit-identical
+// logits for F32/F16 weights, the same greedy tokens for quantized ones (both QuantMath settings,
+// both kernel paths), also across thread counts (the batched engine uses 3 threads, the
+// single-token one 1).
+TEST(EngineInvariance, BatchedRunMatchesSingleTokenRuns) {
+  struct Case {
+    const char* model;
+    bool bit_exact;
+  };
+  for (const Case& c : {Case{"tiny-f32", true}, Case{"tiny-f16", true}, Case{"tiny-q8_0", false},
+                        Case{"tiny-q4_k_m", false}}) {
+    for (const auto& [math, scalar] : Settings()) {
+      ScopedQuantMath scoped(math);
+      ScopedScalar scoped_scalar(scalar);
+      SCOPED_TRACE(std::string(c.model) + (math == kernels::QuantMath::kFast ? " fast" : " exact") +
+                   (scalar ? " portable" : " simd"));
+      auto f = OpenShared(c.model);
+      auto batched = MakeEngine(f, {0, 2, true, true}, 3);
+      auto single = MakeEngine(f, {0, 2, true, true}, 1);
+      const auto all = RunTokens(*batched, kPrompt, AllRows(kPrompt.size()));
+      std::vector<float> one_by_one;
+      for (int32_t t : kPrompt) {
+        const int32_t row = 0;
+        auto o =
+            RunTokens(*single, std::span<const int32_t>(&t, 1), std::span<const int32_t>(&row, 1));
+        one_by_one.insert(one_by_one.end(), o.logits.begin(), o.logits.end());
+      }
+      const size_t n_vocab = one_by_one.size() / kPrompt.size();
+      ASSERT_GT(n_vocab, 0u);
+      ASSERT_EQ(all.logits.size(), kPrompt.size() * n_vocab);
+      ASSERT_EQ(one_by_one.size(), all.logits.size());
+      if (c.bit_exact) {
+        EXPECT_EQ(std::memcmp(all.logits.data(), one_by_one.data(), all.logits.size() * 4), 0)
+            << "max |diff| " << MaxDiff(all.logits, one_by_one);
+      }
+      EXPECT_EQ(GreedyIds(all.logits, n_vocab), GreedyIds(one_by_one, n_vocab));
+    }
   }
 }
 
@@ -215,7 +279,10 @@ TEST(EngineInvariance, ThreadCountsAgree) {
   auto three = MakeEngine(f, {0, 2, true, true}, 3);
   const auto a = RunTokens(*one, kPrompt, AllRows(kPrompt.size()));
   const auto b = RunTokens(*three, kPrompt, AllRows(kPrompt.size()));
-  EXPECT_LE(MaxDiff(a.logits, b.logits), 1e-4);
+  ASSERT_EQ(a.logits.size(), b.logits.size());
+  // The pool splits rows, never a row's sum: the bits cannot depend on the thread count.
+  EXPECT_EQ(std::memcmp(a.logits.data(), b.logits.data(), a.logits.size() * 4), 0)
+      << "max |diff| " << MaxDiff(a.logits, b.logits);
 }
 
 TEST(EngineInvariance, CancellationAndErrors) {

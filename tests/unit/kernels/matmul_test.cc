@@ -165,6 +165,44 @@ TEST(KernelsMatMul, ScalarAndSimdAgree) {
   }
 }
 
+// With one-hot activations (token i is the unit vector e_i) every product but one is zero, so
+// MatMul returns the decoded weights themselves: the SIMD block decoders must reproduce
+// DequantizeRow (bit-exact against naive decoders in dequant_test.cc) bit for bit, for any finite
+// scale. Zeros compare equal whatever their sign (0 * x + 0 may lose a sign).
+TEST(KernelsMatMul, OneHotActivationsReturnTheDecodedWeightsExactly) {
+  ThreadPool pool(2);
+  std::mt19937 rng(11);
+  for (TensorType type : AllTypes()) {
+    const auto& info = gguf::TypeInfo(type);
+    const int64_t cols =
+        info.block_size == 1 ? 77 : info.block_size * (info.block_size == 32 ? 3 : 1);
+    const int64_t rows = 9;
+    const auto w = RandomRows(type, rows, cols, rng, /*moderate=*/false);
+    const Matrix m{type, w.data(), rows, cols,
+                   static_cast<size_t>(cols / info.block_size * info.type_size)};
+    std::vector<float> x(cols * cols, 0.0f);
+    for (int64_t i = 0; i < cols; ++i) x[i * cols + i] = 1.0f;
+    std::vector<float> want(rows * cols);
+    for (int64_t r = 0; r < rows; ++r) DequantizeRow(m, r, want.data() + r * cols);
+    for (const Path& p : Paths()) {
+      ScopedPath scoped(p);
+      std::vector<float> y(cols * rows);
+      MatMul(m, x.data(), cols, cols, y.data(), rows, pool);
+      int bad = 0;
+      for (int64_t i = 0; i < cols; ++i) {
+        for (int64_t r = 0; r < rows; ++r) {
+          const float got = y[i * rows + r], exp = want[r * cols + i];
+          if ((got == 0.0f && exp == 0.0f) || testing::SameFloat(got, exp)) continue;
+          if (++bad <= 3) {
+            ADD_FAILURE() << p.name << " " << TypeName(type) << " row " << r << " col " << i << ": "
+                          << got << " vs " << exp;
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(KernelsMatMul, TinyAndDegenerateShapes) {
   ThreadPool pool(3);
   std::mt19937 rng(3);

@@ -1,0 +1,188 @@
+// Batch invariance: a token's MatMul row must have the same bits whatever batch it is computed in
+// (how many tokens, where the token sits among them, which other tokens share the call) and
+// however many threads split the rows, for every weight type, both QuantMath settings and both
+// code paths. The stage servers batch runs of different requests into one forward pass and promise
+// the results of unbatched runs. The reference is always MatMul over the token alone.
+//
+// The element-wise vector kernels, which the forward pass applies to whole [n_tokens x width]
+// buffers, must likewise give element j the same bits whatever the buffer's length.
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/kernels.h"
+#include "kernels_test_util.h"
+
+namespace pipeinfer::kernels {
+namespace {
+
+using gguf::TensorType;
+using testing::AllTypes;
+using testing::Path;
+using testing::Paths;
+using testing::RandomRows;
+using testing::ScopedPath;
+using testing::TypeName;
+
+constexpr float kSentinel = -12345.0f;
+constexpr int64_t kMaxTokens = 130;
+// Around every grouping the kernels might use (4, 8, 16, 32, 64 tokens ...), and larger.
+const int64_t kBatchSizes[] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13,
+                               14, 15, 16, 17, 18, 19, 20, 31, 33, 64, 65, 130};
+
+class ScopedQuantMath {
+ public:
+  explicit ScopedQuantMath(QuantMath m) : old_(GetQuantMath()) { SetQuantMath(m); }
+  ~ScopedQuantMath() { SetQuantMath(old_); }
+
+ private:
+  QuantMath old_;
+};
+
+const char* MathName(QuantMath m) { return m == QuantMath::kFast ? "fast" : "exact"; }
+
+// Column counts per type: plain types with and without a partial last vector group; an odd number
+// of 32-blocks (the integer Q4_0 kernel pairs blocks); several 256-blocks.
+std::vector<int64_t> ColsFor(TensorType t) {
+  const int block = gguf::TypeInfo(t).block_size;
+  if (block == 1) return {288, 301};
+  if (block == 32) return {32 * 11};
+  return {256 * 3};
+}
+
+uint32_t Bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+
+TEST(MatMulInvariance, EveryRowMatchesItsSingleTokenRun) {
+  ThreadPool pool1(1), pool3(3);
+  constexpr int64_t kRows = 23;  // not a multiple of the pool's row grain
+  constexpr int64_t kYStride = kRows + 2;
+  for (TensorType type : AllTypes()) {
+    for (int64_t cols : ColsFor(type)) {
+      std::mt19937 rng(1000 + static_cast<uint32_t>(type) * 7 + static_cast<uint32_t>(cols));
+      const auto& info = gguf::TypeInfo(type);
+      const std::vector<uint8_t> wdata = RandomRows(type, kRows, cols, rng, /*moderate=*/true);
+      const Matrix m{type, wdata.data(), kRows, cols,
+                     static_cast<size_t>(cols / info.block_size * info.type_size)};
+      // Token rows are padded with NaN: a kernel reading past a row poisons the result.
+      const int64_t x_stride = cols + 5;
+      std::vector<float> x(kMaxTokens * x_stride, std::numeric_limits<float>::quiet_NaN());
+      std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+      for (int64_t t = 0; t < kMaxTokens; ++t) {
+        for (int64_t c = 0; c < cols; ++c) x[t * x_stride + c] = unit(rng);
+      }
+      for (QuantMath math : {QuantMath::kExact, QuantMath::kFast}) {
+        ScopedQuantMath scoped_math(math);
+        for (const Path& p : Paths()) {
+          ScopedPath scoped_path(p);
+          const std::string where = TypeName(type) + " cols " + std::to_string(cols) + " " +
+                                    MathName(math) + " " + p.name;
+          // The reference: every token alone, one thread.
+          std::vector<float> single(kMaxTokens * kYStride, kSentinel);
+          for (int64_t t = 0; t < kMaxTokens; ++t) {
+            MatMul(m, x.data() + t * x_stride, x_stride, 1, single.data() + t * kYStride, kYStride,
+                   pool1);
+          }
+          for (int64_t t = 0; t < kMaxTokens; ++t) {
+            for (int64_t r = 0; r < kRows; ++r) {
+              ASSERT_NE(single[t * kYStride + r], kSentinel) << where;  // written
+            }
+          }
+          for (ThreadPool* pool : {&pool1, &pool3}) {
+            int failures = 0;
+            for (int64_t n : kBatchSizes) {
+              // Start at a varying token so that a token sits at different places in its batch.
+              const int64_t first = (n * 7) % (kMaxTokens - n + 1);
+              std::vector<float> y(n * kYStride, kSentinel);
+              MatMul(m, x.data() + first * x_stride, x_stride, n, y.data(), kYStride, *pool);
+              for (int64_t t = 0; t < n; ++t) {
+                const float* want = single.data() + (first + t) * kYStride;
+                const float* got = y.data() + t * kYStride;
+                if (std::memcmp(got, want, kRows * sizeof(float)) == 0) continue;
+                int64_t r = 0;
+                while (Bits(got[r]) == Bits(want[r])) ++r;
+                if (++failures <= 3) {
+                  ADD_FAILURE() << where << " threads " << pool->size() << ": n_tokens " << n
+                                << ", token " << t << " (input " << first + t << "), row " << r
+                                << ": " << got[r] << " (0x" << std::hex << Bits(got[r])
+                                << ") vs alone " << want[r] << " (0x" << Bits(want[r]) << std::dec
+                                << ")";
+                }
+              }
+            }
+            EXPECT_EQ(failures, 0) << where << " threads " << pool->size();
+          }
+        }
+      }
+    }
+  }
+}
+
+// Batches larger than one register group go through the same kernel group by group, over tiles
+// of rows sized by the row length: zero columns (row_bytes 0) must still give zeros.
+TEST(MatMulInvariance, LargeBatchesWithoutColumnsGiveZeros) {
+  ThreadPool pool(3);
+  for (const Path& p : Paths()) {
+    ScopedPath scoped(p);
+    for (TensorType type : {TensorType::kF32, TensorType::kQ4_0}) {
+      const Matrix m{type, nullptr, 5, 0, 0};
+      std::vector<float> x(1, 1.0f), y(20 * 5, kSentinel);
+      MatMul(m, x.data(), 0, 20, y.data(), 5, pool);
+      for (float v : y) EXPECT_EQ(v, 0.0f) << p.name << " " << TypeName(type);
+    }
+  }
+}
+
+// Element j of a length-n call must equal a length-1 call on element j (which runs entirely in
+// the scalar tail, where the length-n call may use the vector body).
+TEST(VecInvariance, ElementwiseResultsDoNotDependOnLength) {
+  constexpr int64_t kN = 70;
+  std::mt19937 rng(77);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f), wide(-12.0f, 12.0f);
+  std::vector<float> a(kN), b(kN), y0(kN);
+  std::vector<uint16_t> h(kN);
+  for (int64_t i = 0; i < kN; ++i) {
+    a[i] = wide(rng);
+    b[i] = unit(rng);
+    y0[i] = unit(rng);
+    h[i] = FloatToHalf(unit(rng));
+  }
+  const float s = 0.7391f;
+  for (const Path& p : Paths()) {
+    ScopedPath scoped(p);
+    for (int64_t n = 1; n <= kN; ++n) {
+      std::vector<float> swiglu(n), axpy(y0.begin(), y0.begin() + n), axpy16(axpy), to_f(n);
+      std::vector<uint16_t> to_h(n);
+      SwiGlu(a.data(), b.data(), swiglu.data(), n);
+      AxpyF32(s, b.data(), axpy.data(), n);
+      AxpyF16(s, h.data(), axpy16.data(), n);
+      FloatToHalfN(a.data(), to_h.data(), n);
+      HalfToFloatN(h.data(), to_f.data(), n);
+      for (int64_t j = 0; j < n; ++j) {
+        float one;
+        SwiGlu(&a[j], &b[j], &one, 1);
+        EXPECT_EQ(Bits(swiglu[j]), Bits(one)) << p.name << " SwiGlu n " << n << " j " << j;
+        one = y0[j];
+        AxpyF32(s, &b[j], &one, 1);
+        EXPECT_EQ(Bits(axpy[j]), Bits(one)) << p.name << " AxpyF32 n " << n << " j " << j;
+        one = y0[j];
+        AxpyF16(s, &h[j], &one, 1);
+        EXPECT_EQ(Bits(axpy16[j]), Bits(one)) << p.name << " AxpyF16 n " << n << " j " << j;
+        uint16_t one_h;
+        FloatToHalfN(&a[j], &one_h, 1);
+        EXPECT_EQ(to_h[j], one_h) << p.name << " FloatToHalfN n " << n << " j " << j;
+        HalfToFloatN(&h[j], &one, 1);
+        EXPECT_EQ(Bits(to_f[j]), Bits(one)) << p.name << " HalfToFloatN n " << n << " j " << j;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pipeinfer::kernels
