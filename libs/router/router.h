@@ -2,24 +2,30 @@
 // pipeinfer.v1.Router gRPC service (plus health and reflection), both in front of one draft
 // service (Draft.Generate).
 //
-// For each request the router renders the chat template (or takes a raw prompt), tokenizes,
-// enforces the context limit, admits the request (at most max_inflight generating, at most
-// max_queue waiting; beyond: HTTP 429 with Retry-After / RESOURCE_EXHAUSTED), calls
-// Draft.Generate, detokenizes incrementally (UTF-8 safe), matches text stop sequences (holding
-// back text that may be the start of one) and cancels the draft call when the client goes away
-// or a stop sequence matched.
+// For each request the router renders the chat template (or takes a raw prompt), bounds the
+// prompt text, tokenizes, enforces the context limit, admits the request (at most max_inflight
+// generating, at most max_queue waiting; beyond: HTTP 429 with Retry-After / RESOURCE_EXHAUSTED),
+// calls Draft.Generate, detokenizes incrementally (UTF-8 safe), matches text stop sequences
+// (holding back text that may be the start of one) and cancels the draft call when a stop
+// sequence matched or the client goes away (an HTTP client is noticed within ~100 ms even while
+// nothing is written: connection_watch.h).
 //
 // HTTP error statuses (OpenAI-style body {"error": {"message", "type", "param", "code"}}):
+//   body over max_body_bytes -> 413 "request_too_large" (before the body is read or parsed);
 //   malformed JSON, invalid UTF-8 -> 400; a field of the wrong JSON type -> 400 (not 422);
 //   out-of-range parameter, n != 1, > 4 stop sequences -> 400; unknown model -> 404;
-//   prompt (+ max_tokens) longer than the context -> 400 with code "context_length_exceeded"
-//   (not 413); admission full -> 429 + Retry-After; draft service unavailable -> 503.
+//   prompt text over the text bound, or prompt (+ max_tokens) longer than the context -> 400
+//   with code "context_length_exceeded" (not 413); admission full -> 429 + Retry-After; draft
+//   service unavailable -> 503.
 // HTTP defaults follow OpenAI: temperature 1 when absent. Over gRPC, unset sampling fields take
 // the draft service's defaults and a max_tokens beyond the context is clamped (router.proto);
 // over HTTP it is an error.
-// gRPC includes stay in router.cc.
+//
+// The parts live in libs/router/*.{h,cc}, one concern each (see router.cc); gRPC and cpp-httplib
+// includes stay in the .cc files.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -38,6 +44,17 @@ struct RouterOptions {
   int max_inflight = 8;                      // requests generating at once
   int max_queue = 16;                        // requests waiting for a slot
   int retry_after_s = 1;                     // Retry-After of a 429
+
+  // HTTP limits (see http_limits.h).
+  size_t max_body_bytes = size_t{8} << 20;  // larger request bodies get 413 unread
+  // Prompt text bound in bytes (chat: the rendered template with every message), checked before
+  // tokenizing; 0 = derived from the context: n_ctx times the longest token text of the
+  // vocabulary, which no prompt that fits the context can exceed.
+  size_t max_prompt_chars = 0;
+  int http_threads = 0;          // 0 = max(64, max_inflight + max_queue + 32)
+  int http_backlog = 512;        // listen backlog (the kernel caps it at net.core.somaxconn)
+  int http_read_timeout_s = 10;  // a request's bytes must keep arriving within this
+  int http_keep_alive_s = 5;     // an idle keep-alive connection is closed after this
 };
 
 class Router {

@@ -40,6 +40,29 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 4096));
   app.add_option("--max-queue", o.max_queue, "Most requests waiting for a slot (beyond: 429)")
       ->check(CLI::Range(0, 65536));
+  app.add_option("--max-body-bytes", o.max_body_bytes,
+                 "Largest HTTP request body; larger ones get 413 without being read")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 34));
+  app.add_option("--max-prompt-chars", o.max_prompt_chars,
+                 "Longest prompt text in bytes (chat: the rendered template), checked before "
+                 "tokenizing; 0 = n_ctx times the longest token of the vocabulary")
+      ->capture_default_str();
+  app.add_option("--http-threads", o.http_threads,
+                 "HTTP worker threads (0 = max(64, max-inflight + max-queue + 32))")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 65536));
+  app.add_option("--http-backlog", o.http_backlog, "HTTP listen backlog")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 65535));
+  app.add_option("--http-read-timeout-s", o.http_read_timeout_s,
+                 "Seconds a request's bytes may pause before the connection is dropped")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
+  app.add_option("--http-keep-alive-s", o.http_keep_alive_s,
+                 "Seconds an idle keep-alive connection stays open")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 3600));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

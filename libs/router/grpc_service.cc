@@ -1,0 +1,199 @@
+#include "router/grpc_service.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "pipeinfer/v1/draft.grpc.pb.h"
+#include "pipeinfer/v1/router.grpc.pb.h"
+
+namespace pipeinfer::router {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+grpc::Status ToGrpc(const Error& e) {
+  return grpc::Status(static_cast<grpc::StatusCode>(e.code), e.message);
+}
+
+class RouterService final : public v1::Router::Service {
+ public:
+  explicit RouterService(Core& core) : core_(core), b_(*core.requests) {}
+
+  grpc::Status Chat(grpc::ServerContext* ctx, const v1::ChatRequest* req,
+                    grpc::ServerWriter<v1::GenerateEvent>* writer) override {
+    const auto t0 = Clock::now();
+    GenRequest g;
+    std::optional<Error> err = b_.CheckModel(req->model());
+    if (!err) {
+      std::vector<chat::ChatMessage> msgs;
+      for (const auto& m : req->messages()) msgs.push_back({m.role(), m.content()});
+      err = b_.BuildChat(msgs, req->chat_template(), &g);
+    }
+    if (!err) err = b_.FromOptions(req->options(), &g);
+    if (!err) err = b_.SetRequestId(req->request_id(), &g);
+    return Serve("grpc_chat", ctx, t0, err, &g, writer);
+  }
+
+  grpc::Status Complete(grpc::ServerContext* ctx, const v1::CompletionRequest* req,
+                        grpc::ServerWriter<v1::GenerateEvent>* writer) override {
+    const auto t0 = Clock::now();
+    GenRequest g;
+    std::optional<Error> err = b_.CheckModel(req->model());
+    if (!err) err = Prompt(*req, &g);
+    if (!err) err = b_.FromOptions(req->options(), &g);
+    if (!err) err = b_.SetRequestId(req->request_id(), &g);
+    return Serve("grpc_complete", ctx, t0, err, &g, writer);
+  }
+
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse* resp) override {
+    v1::ModelInfo* m = resp->add_models();
+    m->set_id(core_.model.id);
+    m->set_n_ctx(b_.n_ctx());
+    m->set_n_vocab(static_cast<uint32_t>(core_.model.tok->n_vocab()));
+    m->set_owned_by("pipeinfer");
+    m->set_created(core_.model.created);
+    m->set_replicas(1);
+    core_.metrics->CountRequest("grpc_models", 0);
+    return grpc::Status::OK;
+  }
+
+  // The draft service asks stage 0 with include_pipeline, and each stage appends its downstream
+  // neighbour's statistics (or an error entry for it), so its answer already lists every stage
+  // in order.
+  grpc::Status GetClusterStats(grpc::ServerContext*, const v1::ClusterStatsRequest* req,
+                               v1::ClusterStatsResponse* resp) override {
+    auto* me = resp->add_services();
+    core_.metrics->metrics()->FillServiceStats(me);
+    me->set_address(core_.options.grpc_address);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::StatsRequest sreq;
+    sreq.set_include_pipeline(req->include_stages());
+    v1::StatsResponse sresp;
+    const grpc::Status st = v1::Draft::NewStub(core_.draft_channel)->GetStats(&ctx, sreq, &sresp);
+    if (st.ok()) {
+      for (auto& s : *sresp.mutable_services()) *resp->add_services() = std::move(s);
+    } else {
+      auto* d = resp->add_services();
+      d->set_service("draft");
+      d->set_address(core_.options.draft_address);
+      d->mutable_error()->set_code(static_cast<v1::StatusCode>(st.error_code()));
+      d->mutable_error()->set_message(st.error_message());
+    }
+    resp->set_collected_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                    std::chrono::system_clock::now().time_since_epoch())
+                                    .count());
+    return grpc::Status::OK;
+  }
+
+ private:
+  // CompletionRequest: token ids (with an optional BOS) or text.
+  std::optional<Error> Prompt(const v1::CompletionRequest& req, GenRequest* g) const {
+    const tokenizer::Tokenizer& tok = *core_.model.tok;
+    if (req.has_token_ids()) {
+      std::optional<Error> err;
+      if (req.token_ids().ids_size() == 0) err = Invalid("token_ids must not be empty");
+      const bool bos = req.has_add_bos() && req.add_bos();
+      if (bos && tok.bos_id() >= 0) g->prompt.push_back(static_cast<uint32_t>(tok.bos_id()));
+      for (uint32_t id : req.token_ids().ids()) {
+        if (static_cast<int64_t>(id) >= tok.n_vocab()) {
+          return Invalid(
+              absl::StrCat("token id ", id, " is out of range (n_vocab ", tok.n_vocab(), ")"));
+        }
+        g->prompt.push_back(id);
+      }
+      return err;
+    }
+    if (req.has_text()) {
+      const bool bos = req.has_add_bos() ? req.add_bos() : tok.add_bos();
+      const bool special = req.has_parse_special() ? req.parse_special() : true;
+      return b_.EncodePrompt(req.text(), bos, special, g);
+    }
+    return Invalid("exactly one of text or token_ids must be set", "prompt");
+  }
+
+  grpc::Status Serve(const std::string& endpoint, grpc::ServerContext* sctx, Clock::time_point t0,
+                     std::optional<Error> err, GenRequest* g,
+                     grpc::ServerWriter<v1::GenerateEvent>* writer) {
+    if (!err) err = b_.CheckContext(g);
+    if (err) {
+      core_.metrics->CountRequest(endpoint, static_cast<int>(err->code));
+      return ToGrpc(*err);
+    }
+    bool gave_up = false;
+    auto slot = core_.admission->Acquire([sctx] { return sctx->IsCancelled(); }, &gave_up);
+    if (gave_up) {
+      core_.metrics->CountRequest(endpoint, static_cast<int>(grpc::StatusCode::CANCELLED));
+      core_.metrics->CountCancelled(endpoint);
+      return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+    }
+    if (!slot) {
+      core_.metrics->CountRequest(endpoint, static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "too many requests: the admission queue is full, retry later");
+    }
+    core_.metrics->prompt_tokens().Increment(static_cast<double>(g->prompt.size()));
+    sctx->AddInitialMetadata("x-request-id", g->request_id);
+    // Propagates the client's deadline and cancellation to the draft call.
+    auto ctx = grpc::ClientContext::FromServerContext(*sctx);
+    GenSink sink;
+    sink.on_delta = [&](const std::string& text, const std::vector<uint32_t>& ids, uint32_t index) {
+      v1::GenerateEvent ev;
+      ev.mutable_delta()->set_text(text);
+      for (uint32_t id : ids) ev.mutable_delta()->add_token_ids(id);
+      ev.mutable_delta()->set_index(index);
+      return writer->Write(ev);
+    };
+    sink.cancelled = [sctx] { return sctx->IsCancelled(); };
+    GenResult r;
+    r.timings.set_queue_us(
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
+    bool started = false;
+    err = core_.generator->Generate(*g, ctx.get(), sink, &r, &started);
+    if (err) {
+      core_.metrics->CountRequest(endpoint, static_cast<int>(err->code));
+      if (err->code == absl::StatusCode::kCancelled) core_.metrics->CountCancelled(endpoint);
+      if (started) {
+        v1::GenerateEvent ev;
+        auto* e = ev.mutable_error();
+        e->set_code(static_cast<v1::StatusCode>(err->code));
+        e->set_message(err->message);
+        e->set_origin("router");
+        e->set_request_id(g->request_id);
+        writer->Write(ev);
+      }
+      return ToGrpc(*err);
+    }
+    v1::GenerateEvent ev;
+    auto* f = ev.mutable_finished();
+    f->set_finish_reason(r.finish);
+    f->mutable_usage()->set_prompt_tokens(r.prompt_tokens);
+    f->mutable_usage()->set_completion_tokens(r.completion_tokens);
+    f->mutable_usage()->set_total_tokens(r.prompt_tokens + r.completion_tokens);
+    *f->mutable_timings() = r.timings;
+    f->set_model(core_.model.id);
+    f->set_stop_sequence(r.stop_sequence);
+    *f->mutable_spec() = r.spec;
+    f->set_request_id(g->request_id);
+    writer->Write(ev);
+    core_.metrics->CountRequest(endpoint, 0);
+    return grpc::Status::OK;
+  }
+
+  Core& core_;
+  const RequestBuilder& b_;
+};
+
+}  // namespace
+
+std::unique_ptr<grpc::Service> MakeRouterService(Core& core) {
+  return std::make_unique<RouterService>(core);
+}
+
+}  // namespace pipeinfer::router

@@ -1,0 +1,146 @@
+#include "router/http_server.h"
+
+#include <grpcpp/grpcpp.h>
+#include <httplib.h>
+
+#include <chrono>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/str_cat.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "router/http_generation.h"
+#include "router/http_limits.h"
+#include "router/http_reply.h"
+
+namespace pipeinfer::router {
+
+using json = nlohmann::json;
+
+// A streamed answer to a client that stops reading fails (and is cancelled) after this long.
+constexpr time_t kWriteTimeoutS = 5;
+
+HttpServer::HttpServer(Core& core) : core_(core) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+absl::Status HttpServer::Start(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  const std::string bad = absl::StrCat("--http must be HOST:PORT, got '", address, "'");
+  if (colon == std::string::npos) return absl::InvalidArgumentError(bad);
+  const std::string host = address.substr(0, colon);
+  int port = 0;
+  try {
+    port = std::stoi(address.substr(colon + 1));
+  } catch (...) {
+    return absl::InvalidArgumentError(bad);
+  }
+  const RouterOptions& o = core_.options;
+  http_ = std::make_unique<httplib::Server>();
+  const size_t threads = HttpThreads(o);
+  http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http_->set_payload_max_length(o.max_body_bytes);
+  http_->set_read_timeout(o.http_read_timeout_s, 0);
+  http_->set_write_timeout(kWriteTimeoutS, 0);
+  http_->set_keep_alive_timeout(o.http_keep_alive_s);
+  // The hook runs on the listening socket only (before bind); the library's own options
+  // (SO_REUSEPORT) are kept.
+  http_->set_socket_options([this](int sock) {
+    listen_fd_ = sock;
+    httplib::default_socket_options(sock);
+  });
+  SetUpRoutes();
+  port_ = port == 0 ? http_->bind_to_any_port(host) : (http_->bind_to_port(host, port) ? port : -1);
+  if (port_ <= 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  // cpp-httplib listens with the backlog it was compiled with (5): a burst of connections beyond
+  // it would be dropped or delayed by SYN retries.
+  if (auto st = RaiseListenBacklog(listen_fd_, o.http_backlog); !st.ok()) return st;
+  thread_ = std::thread([this] { http_->listen_after_bind(); });
+  for (int i = 0; i < 500 && !http_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return absl::OkStatus();
+}
+
+void HttpServer::Stop() {
+  if (http_) http_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+bool HttpServer::DraftServing() {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  auto stub = grpc::health::v1::Health::NewStub(core_.draft_channel);
+  grpc::health::v1::HealthCheckRequest req;
+  grpc::health::v1::HealthCheckResponse resp;
+  return stub->Check(&ctx, req, &resp).ok() &&
+         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
+}
+
+void HttpServer::SetUpRoutes() {
+  Core& core = core_;
+  // Handlers with a content reader see the request before its body is read (ReadBody).
+  http_->Post("/v1/chat/completions", [&core](const httplib::Request& q, httplib::Response& r,
+                                              const httplib::ContentReader& reader) {
+    ServeGeneration(core, q, r, reader, /*chat=*/true);
+  });
+  http_->Post("/v1/completions", [&core](const httplib::Request& q, httplib::Response& r,
+                                         const httplib::ContentReader& reader) {
+    ServeGeneration(core, q, r, reader, /*chat=*/false);
+  });
+  // A client that asks before sending a body too large gets its 413 without sending it.
+  http_->set_expect_100_continue_handler([&core](const httplib::Request& q, httplib::Response& r) {
+    const uint64_t length = q.get_header_value<uint64_t>("Content-Length");
+    if (length <= core.options.max_body_bytes) return 100;
+    const bool known = q.path == "/v1/chat/completions" || q.path == "/v1/completions";
+    SendError(core, r, known ? q.path : "other", BodyTooLarge(length, core.options.max_body_bytes));
+    return 413;
+  });
+  http_->Get("/v1/models", [&core](const httplib::Request&, httplib::Response& r) {
+    json m{{"id", core.model.id},
+           {"object", "model"},
+           {"created", core.model.created},
+           {"owned_by", "pipeinfer"},
+           {"context_length", core.requests->n_ctx()}};
+    r.set_content(Dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
+    core.metrics->CountRequest("/v1/models", 200);
+  });
+  http_->Get("/health", [&core](const httplib::Request&, httplib::Response& r) {
+    r.set_content("{\"status\":\"ok\"}", "application/json");
+    core.metrics->CountRequest("/health", 200);
+  });
+  http_->Get("/ready", [this](const httplib::Request&, httplib::Response& r) {
+    const bool ok = DraftServing();
+    r.status = ok ? 200 : 503;
+    r.set_content(ok ? "{\"status\":\"ready\"}" : "{\"status\":\"draft service not serving\"}",
+                  "application/json");
+    core_.metrics->CountRequest("/ready", r.status);
+  });
+  http_->Get("/metrics", [&core](const httplib::Request&, httplib::Response& r) {
+    core.metrics->CountRequest("/metrics", 200);
+    r.set_content(core.metrics->metrics()->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  // Every error status the library produces itself (404, a 413 for a GET with a large body,
+  // 400 for a malformed request) gets an OpenAI-style body too.
+  const size_t max_body = core.options.max_body_bytes;
+  http_->set_error_handler([max_body](const httplib::Request&, httplib::Response& r) {
+    if (!r.body.empty()) return;
+    Error e{absl::StatusCode::kNotFound, "not found", "", ""};
+    if (r.status == 404) {
+      e.message = "Unknown URL";
+    } else if (r.status == 413) {
+      e = BodyTooLarge(0, max_body);
+    } else {
+      e.message = absl::StrCat("HTTP ", r.status);
+    }
+    r.set_content(Dump(ErrorBody(e)), "application/json");
+  });
+  http_->set_exception_handler(
+      [](const httplib::Request&, httplib::Response& r, std::exception_ptr) {
+        r.status = 500;
+        r.set_content(Dump(ErrorBody(Error{absl::StatusCode::kInternal, "internal error", "", ""})),
+                      "application/json");
+      });
+}
+
+}  // namespace pipeinfer::router
