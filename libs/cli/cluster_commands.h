@@ -1,4 +1,4 @@
-// Local-cluster commands: `pipeinfer up`, `down`, `chat`, `complete`, `stats`.
+// Local-cluster commands: `pipeinfer up`, `down` (client commands: client_commands.h).
 #pragma once
 
 #include <CLI/CLI.hpp>

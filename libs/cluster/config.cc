@@ -2,6 +2,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <map>
 #include <set>
@@ -9,16 +10,78 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "spec/knobs.h"
+#include "spec/kv_demand.h"
 
 namespace pipeinfer::cluster {
 
-bool IsSpecKey(const std::string& key) {
-  static const std::set<std::string> kSpecKeys = {
-      "draft_max", "p_accept",      "p_split",       "p_recovery",  "p_decay",     "max_inflight",
-      "no_cancel", "no_continuous", "draft_threads", "draft_noise", "max_branches"};
-  return kSpecKeys.count(key) > 0;
-}
 namespace fs = std::filesystem;
+
+namespace {
+
+// A knob of the table that belongs in `spec:` (every one but the mode, which is top level).
+const spec::Knob* SpecKnob(const std::string& key) {
+  const spec::Knob* k = spec::FindKnob(key);
+  return k != nullptr && k->type != spec::KnobType::kMode ? k : nullptr;
+}
+
+bool IsDraftOption(const std::string& key) {
+  const auto& keys = DraftOptionKeys();
+  return std::find(keys.begin(), keys.end(), key) != keys.end();
+}
+
+}  // namespace
+
+const std::vector<std::string>& DraftOptionKeys() {
+  static const std::vector<std::string> kKeys = {"draft_threads", "draft_noise"};
+  return kKeys;
+}
+
+absl::Status CheckSpecEntry(const std::string& key, const std::string& value,
+                            std::string* normalized) {
+  if (const spec::Knob* k = SpecKnob(key)) {
+    spec::SpecParams scratch;
+    if (absl::Status st = spec::ParseKnob(*k, value, spec::KnobScope::kDefault, &scratch);
+        !st.ok()) {
+      return st;
+    }
+    if (normalized) *normalized = spec::FormatKnob(*k, scratch);
+    return absl::OkStatus();
+  }
+  if (IsDraftOption(key)) {
+    if (normalized) *normalized = value;
+    return absl::OkStatus();
+  }
+  if (key == "mode") {
+    return absl::InvalidArgumentError("unknown spec key 'mode' (the mode is the top-level 'mode')");
+  }
+  return absl::InvalidArgumentError(absl::StrCat("unknown spec key '", key, "'"));
+}
+
+std::vector<std::string> DraftArgs(const ClusterConfig& c) {
+  std::vector<std::string> argv;
+  for (const spec::Knob& k : spec::Knobs()) {
+    auto it = c.spec.find(std::string(k.name));
+    if (it == c.spec.end() || k.type == spec::KnobType::kMode) continue;
+    if (k.type == spec::KnobType::kSwitch) {
+      // A switch is a flag without a value; off is the draft service's default.
+      spec::SpecParams p;
+      if (spec::ParseKnob(k, it->second, spec::KnobScope::kDefault, &p).ok() && p.*k.on) {
+        argv.emplace_back(k.flag);
+      }
+    } else {
+      argv.insert(argv.end(), {std::string(k.flag), it->second});
+    }
+  }
+  for (const std::string& key : DraftOptionKeys()) {
+    auto it = c.spec.find(key);
+    if (it == c.spec.end()) continue;
+    std::string flag = "--" + key;
+    std::replace(flag.begin(), flag.end(), '_', '-');
+    argv.insert(argv.end(), {flag, it->second});
+  }
+  return argv;
+}
 
 std::string ClusterConfig::StageAddress(int i) const {
   return host + ":" + std::to_string(base_port + i);
@@ -36,6 +99,24 @@ std::string ClusterConfig::StageMetricsAddress(int i) const {
   if (metrics_base_port < 0) return "";
   const int base = metrics_base_port > 0 ? metrics_base_port : base_port + stages + 2;
   return host + ":" + std::to_string(base + i);
+}
+
+std::vector<std::string> StageKvArgs(const ClusterConfig& c) {
+  if (c.kv_tokens > 0) return {"--kv-tokens", absl::StrCat(c.kv_tokens)};
+  spec::SpecParams p;
+  if (absl::StatusOr<spec::Mode> m = spec::ParseMode(c.mode); m.ok()) p.mode = *m;
+  for (const auto& [key, value] : c.spec) {
+    if (const spec::Knob* k = spec::FindKnob(key)) {
+      (void)spec::ParseKnob(*k, value, spec::KnobScope::kDefault, &p);  // validated on load
+    }
+  }
+  const spec::KvDemand headroom =
+      spec::KvDemandOf(p, /*max_context=*/0, static_cast<uint32_t>(c.stages));
+  std::vector<std::string> argv = {"--kv-sessions",           absl::StrCat(c.concurrency),
+                                   "--kv-headroom-tokens",    absl::StrCat(headroom.reserve_tokens),
+                                   "--kv-session-partitions", absl::StrCat(headroom.partitions)};
+  if (c.kv_memory > 0) argv.insert(argv.end(), {"--kv-memory", absl::StrCat(c.kv_memory)});
+  return argv;
 }
 
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
@@ -58,7 +139,7 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
       "mode",      "emulate_run_us", "emulate_token_us", "threads",
       "kv_tokens", "host",           "base_port",        "http_port",
       "grpc_port", "chat_template",  "model_id",         "metrics_base_port",
-      "spec"};
+      "spec",      "concurrency",    "kv_memory",        "max_batch_tokens"};
   ClusterConfig c;
   try {
     for (const auto& kv : root) {
@@ -74,6 +155,9 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     if (root["mode"]) c.mode = root["mode"].as<std::string>();
     if (root["threads"]) c.threads = root["threads"].as<int>();
     if (root["kv_tokens"]) c.kv_tokens = root["kv_tokens"].as<int64_t>();
+    if (root["concurrency"]) c.concurrency = root["concurrency"].as<int>();
+    if (root["kv_memory"]) c.kv_memory = root["kv_memory"].as<uint64_t>();
+    if (root["max_batch_tokens"]) c.max_batch_tokens = root["max_batch_tokens"].as<int>();
     if (root["emulate_run_us"]) c.emulate_run_us = root["emulate_run_us"].as<int64_t>();
     if (root["emulate_token_us"]) c.emulate_token_us = root["emulate_token_us"].as<int64_t>();
     if (root["host"]) c.host = root["host"].as<std::string>();
@@ -89,10 +173,11 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
       }
       for (const auto& kv : root["spec"]) {
         const std::string key = kv.first.as<std::string>();
-        if (!IsSpecKey(key)) {
-          return absl::InvalidArgumentError(absl::StrCat(path, ": unknown spec key '", key, "'"));
+        std::string value;
+        if (absl::Status st = CheckSpecEntry(key, kv.second.as<std::string>(), &value); !st.ok()) {
+          return absl::InvalidArgumentError(absl::StrCat(path, ": ", st.message()));
         }
-        c.spec[key] = kv.second.as<std::string>();
+        c.spec[key] = value;
       }
     }
   } catch (const YAML::Exception& e) {
@@ -102,10 +187,7 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
 }
 
 absl::Status ValidateClusterConfig(const ClusterConfig& c) {
-  if (c.mode != "plain" && c.mode != "sync" && c.mode != "pipeinfer") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown mode '", c.mode, "' (expected plain, sync or pipeinfer)"));
-  }
+  if (absl::StatusOr<spec::Mode> m = spec::ParseMode(c.mode); !m.ok()) return m.status();
   if (c.mode != "plain" && c.draft_model.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "mode '", c.mode, "' needs a draft model (set 'draft_model' or --draft-model)"));
@@ -117,8 +199,7 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
     }
   }
   for (const auto& [key, value] : c.spec) {
-    if (!IsSpecKey(key))
-      return absl::InvalidArgumentError(absl::StrCat("unknown spec key '", key, "'"));
+    if (absl::Status st = CheckSpecEntry(key, value); !st.ok()) return st;
   }
   if (c.model.empty()) {
     return absl::InvalidArgumentError("no model given (set 'model' in the config or --model)");
@@ -138,6 +219,14 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be in [1, 256], got ", c.threads));
   }
   if (c.kv_tokens < 0) return absl::InvalidArgumentError("kv_tokens must be >= 0");
+  if (c.concurrency < 1 || c.concurrency > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("concurrency must be in [1, 4096], got ", c.concurrency));
+  }
+  if (c.max_batch_tokens < 0 || c.max_batch_tokens > (1 << 20)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_batch_tokens must be in [0, 1048576], got ", c.max_batch_tokens));
+  }
   if (c.emulate_run_us < 0 || c.emulate_run_us > 10000000 || c.emulate_token_us < 0 ||
       c.emulate_token_us > 10000000) {
     return absl::InvalidArgumentError("emulate_run_us and emulate_token_us must be in [0, 1e7]");

@@ -19,7 +19,14 @@ struct ClusterConfig {
   std::vector<double> weights;  // optional relative layer weights, one per stage
   std::string mode = "plain";   // plain | sync | pipeinfer
   int threads = 1;              // compute threads per stage
-  int64_t kv_tokens = 0;        // KV capacity per stage in tokens (0 = the model's n_ctx)
+  // Requests generating at once: the router's slots (--max-inflight), and what each stage's KV
+  // cache is sized for when kv_tokens is 0 (full-context requests with this mode's speculation
+  // headroom; pipeinfer-stage --kv-sessions), within kv_memory bytes (0 = the stage's default,
+  // a quarter of physical memory).
+  int concurrency = 8;
+  uint64_t kv_memory = 0;
+  int64_t kv_tokens = 0;  // KV capacity per stage in tokens (0 = sized by concurrency, see above)
+  int max_batch_tokens = 0;  // most tokens per stage forward pass (0 = the stage's default)
   // Benchmarks only: stages pad each forward to emulate_run_us + emulate_token_us * n_tokens
   // (pipeinfer-stage --emulate-run-us / --emulate-token-us). 0 = real timing.
   int64_t emulate_run_us = 0;
@@ -33,9 +40,11 @@ struct ClusterConfig {
   int metrics_base_port = 0;
   std::string chat_template;  // router --chat-template (empty = the model's)
   std::string model_id;       // optional served model id
-  // Speculation knobs passed to pipeinfer-draft as --<key with '-' for '_'> VALUE: draft_max,
-  // p_accept, p_split, p_recovery, p_decay, max_inflight, no_cancel, no_continuous (booleans:
-  // "true"/"false"), draft_threads. The draft service checks the values.
+  // Settings of pipeinfer-draft, the YAML's `spec:` mapping and `up`'s flags: the speculation
+  // knobs of the table in spec/knobs.h except the mode (the top-level `mode` above) -- draft_max,
+  // p_accept, p_split, p_recovery, p_decay, max_branches, max_inflight, no_cancel, no_continuous --
+  // plus the draft model's draft_threads and draft_noise (DraftOptionKeys). Key -> value as text
+  // (switches "true"/"false"); DraftArgs() turns them into pipeinfer-draft's flags.
   std::map<std::string, std::string> spec;
 
   std::string StageAddress(int i) const;
@@ -49,12 +58,30 @@ struct ClusterConfig {
   std::string StageMetricsAddress(int i) const;
 };
 
+// The `spec:` keys that are not speculation knobs but options of the draft model, passed through to
+// pipeinfer-draft (which checks them): draft_threads, draft_noise.
+const std::vector<std::string>& DraftOptionKeys();
+
+// Checks one `spec:` entry: an unknown key, or a knob value outside the knob table's range (the
+// table's message). On success `*normalized` (if given) is the value as pipeinfer-draft reads it.
+absl::Status CheckSpecEntry(const std::string& key, const std::string& value,
+                            std::string* normalized = nullptr);
+
+// The flags that pass c.spec to pipeinfer-draft, in the table's order: `--draft-max 4`,
+// `--no-cancel` for a switch that is on (nothing when off), then the draft options.
+std::vector<std::string> DraftArgs(const ClusterConfig& c);
+
+// The flags that size each stage's KV cache when c.kv_tokens is 0: --kv-sessions (concurrency),
+// --kv-headroom-tokens and --kv-session-partitions (what the mode and knobs of c reserve per
+// request beyond its context, spec/kv_demand.h), --kv-memory; or --kv-tokens.
+std::vector<std::string> StageKvArgs(const ClusterConfig& c);
+
 // Reads a YAML file. Relative paths in it (model, draft_model) are resolved against the parent of
 // the file's directory, i.e. the repository root for files under configs/. Unknown keys are an
 // error.
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
 
-// Checks ranges, the mode and that the model file exists.
+// Checks ranges, the mode, the spec entries and that the model file exists.
 absl::Status ValidateClusterConfig(const ClusterConfig& c);
 
 }  // namespace pipeinfer::cluster

@@ -212,7 +212,11 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
     if (i + 1 < c.stages) {
       argv.insert(argv.end(), {"--downstream", c.StageAddress(i + 1)});
     }
-    if (c.kv_tokens > 0) argv.insert(argv.end(), {"--kv-tokens", std::to_string(c.kv_tokens)});
+    const std::vector<std::string> kv_args = StageKvArgs(c);
+    argv.insert(argv.end(), kv_args.begin(), kv_args.end());
+    if (c.max_batch_tokens > 0) {
+      argv.insert(argv.end(), {"--max-batch-tokens", std::to_string(c.max_batch_tokens)});
+    }
     if (c.emulate_run_us > 0) {
       argv.insert(argv.end(), {"--emulate-run-us", std::to_string(c.emulate_run_us)});
     }
@@ -250,15 +254,8 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
     if (const std::string m = c.DraftMetricsAddress(); !m.empty()) {
       argv.insert(argv.end(), {"--metrics-listen", m});
     }
-    for (const auto& [key, value] : c.spec) {
-      std::string flag = "--" + key;
-      std::replace(flag.begin(), flag.end(), '_', '-');
-      if (key == "no_cancel" || key == "no_continuous") {
-        if (value == "true" || value == "1") argv.push_back(flag);
-      } else {
-        argv.insert(argv.end(), {flag, value});
-      }
-    }
+    const std::vector<std::string> spec_args = DraftArgs(c);  // the knob table's flags
+    argv.insert(argv.end(), spec_args.begin(), spec_args.end());
     if (auto st = Spawn("draft", c.DraftAddress(), argv); !st.ok()) return fail(st);
     if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
   }
@@ -271,7 +268,9 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
                                      "--draft",
                                      c.DraftAddress(),
                                      "--model",
-                                     c.model};
+                                     c.model,
+                                     "--max-inflight",
+                                     std::to_string(c.concurrency)};
     if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
     if (!c.chat_template.empty()) argv.insert(argv.end(), {"--chat-template", c.chat_template});
     if (auto st = Spawn("router", c.RouterGrpcAddress(), argv); !st.ok()) return fail(st);

@@ -1,6 +1,8 @@
 #include "draft_server/draft_model.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -52,55 +54,184 @@ absl::StatusOr<std::unique_ptr<DraftModel>> DraftModel::Load(const DraftModelOpt
   const int64_t n_ctx = model->hparams().n_ctx_train;
   eo.kv_capacity_tokens = o.kv_tokens > 0 ? o.kv_tokens : 8 * n_ctx;
   PI_ASSIGN_OR_RETURN(d->engine_, engine::Engine::Create(std::move(model), eo));
+  d->worker_ = std::thread([p = d.get()] { p->Worker(); });
   return d;
 }
 
+struct DraftModel::Request {
+  uint64_t session = 0;
+  bool from_canonical = false;
+  int32_t keep = 0;
+  std::vector<int32_t> tokens;  // a copy: the caller may leave before the pass that uses it ends
+  size_t fed = 0;               // tokens already computed
+  std::atomic<bool> interrupted{false};
+  absl::Status status;
+  std::vector<float> logits;
+  bool done = false;
+};
+
+DraftModel::~DraftModel() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (worker_.joinable()) worker_.join();
+}
+
 absl::StatusOr<std::vector<float>> DraftModel::Feed(uint64_t session, bool from_canonical,
-                                                    int32_t keep, std::span<const int32_t> tokens) {
+                                                    int32_t keep, std::span<const int32_t> tokens,
+                                                    const std::function<bool()>& interrupt) {
   if (tokens.empty()) return absl::InvalidArgumentError("nothing to feed the draft model");
-  std::lock_guard<std::mutex> l(mu_);
+  auto r = std::make_shared<Request>();
+  r->session = session;
+  r->from_canonical = from_canonical;
+  r->keep = keep;
+  r->tokens.assign(tokens.begin(), tokens.end());
+  std::unique_lock<std::mutex> l(mu_);
+  queue_.push_back(r);
+  cv_.notify_all();
+  while (!r->done) {
+    if (interrupt && interrupt()) {
+      auto it = std::find(queue_.begin(), queue_.end(), r);
+      if (it != queue_.end()) {  // not taken yet: withdraw it
+        queue_.erase(it);
+        return absl::CancelledError("draft pass interrupted");
+      }
+      r->interrupted = true;  // in the running pass: its rows leave at the next layer
+    }
+    // Polled: the interrupt is a condition of the caller's (its pipeline inbox), not ours.
+    cv_.wait_for(l, std::chrono::milliseconds(1));
+  }
+  if (r->interrupted) return absl::CancelledError("draft pass interrupted");
+  if (!r->status.ok()) return r->status;
+  return std::move(r->logits);
+}
+
+void DraftModel::Worker() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (true) {
+    cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) break;
+    // Everything queued now shares the pass (at most one request per session: each session's
+    // drafter waits for its answer, or withdraws its request, before asking again).
+    std::vector<std::shared_ptr<Request>> batch(queue_.begin(), queue_.end());
+    queue_.clear();
+    busy_ = true;
+    l.unlock();
+    RunBatch(batch);
+    l.lock();
+    busy_ = false;
+    for (auto& q : batch) q->done = true;
+    cv_.notify_all();
+  }
+}
+
+absl::Status DraftModel::PrepareKv(Request& r) {
   kv::KvCache& kv = engine_->kv();
-  if (!kv.HasSession(session)) PI_RETURN_IF_ERROR(kv.OpenSession(session));
-  if (keep + static_cast<int64_t>(tokens.size()) > engine_->max_context()) {
+  int32_t adopt = -1;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = adopt_.find(r.session);
+    if (it != adopt_.end()) {
+      adopt = it->second;
+      adopt_.erase(it);
+    }
+  }
+  if (!kv.HasSession(r.session)) PI_RETURN_IF_ERROR(kv.OpenSession(r.session));
+  if (adopt >= 0 && kv.Find(r.session, kSpec) != nullptr) {
+    PI_RETURN_IF_ERROR(kv.Commit(r.session, kSpec, -1, adopt));
+  }
+  if (r.keep + static_cast<int64_t>(r.tokens.size()) > engine_->max_context()) {
     return absl::OutOfRangeError(
         absl::StrCat("the draft model's context (", engine_->max_context(), " tokens) is full"));
   }
   // Re-create kSpec as the wanted prefix (blocks are shared, nothing is recomputed).
-  const kv::Sequence* spec = kv.Find(session, kSpec);
-  if (from_canonical || spec == nullptr) {
-    if (spec != nullptr) PI_RETURN_IF_ERROR(kv.Release(session, kSpec));
-    PI_RETURN_IF_ERROR(kv.Fork(session, kSpec, kv::KvCache::kCanonical, -1, keep));
-  } else if (spec->size() != keep) {
+  const kv::Sequence* spec = kv.Find(r.session, kSpec);
+  if (r.from_canonical || spec == nullptr) {
+    if (spec != nullptr) PI_RETURN_IF_ERROR(kv.Release(r.session, kSpec));
+    PI_RETURN_IF_ERROR(kv.Fork(r.session, kSpec, kv::KvCache::kCanonical, -1, r.keep));
+  } else if (spec->size() != r.keep) {
     constexpr uint32_t kTmp = 2;
-    PI_RETURN_IF_ERROR(kv.Fork(session, kTmp, kSpec, -1, keep));
-    PI_RETURN_IF_ERROR(kv.Release(session, kSpec));
-    PI_RETURN_IF_ERROR(kv.Fork(session, kSpec, kTmp, -1, keep));
-    PI_RETURN_IF_ERROR(kv.Release(session, kTmp));
+    PI_RETURN_IF_ERROR(kv.Fork(r.session, kTmp, kSpec, -1, r.keep));
+    PI_RETURN_IF_ERROR(kv.Release(r.session, kSpec));
+    PI_RETURN_IF_ERROR(kv.Fork(r.session, kSpec, kTmp, -1, r.keep));
+    PI_RETURN_IF_ERROR(kv.Release(r.session, kTmp));
   }
-  std::vector<float> logits;
-  for (size_t off = 0; off < tokens.size(); off += static_cast<size_t>(max_run_tokens_)) {
-    const size_t n = std::min(tokens.size() - off, static_cast<size_t>(max_run_tokens_));
-    engine::ForwardInput in;
-    in.session = session;
-    in.partition = kSpec;
-    in.tokens = tokens.subspan(off, n);
-    const int32_t last = static_cast<int32_t>(n) - 1;
-    const bool final_chunk = off + n == tokens.size();
-    if (final_chunk) in.output_rows = std::span<const int32_t>(&last, 1);
-    PI_ASSIGN_OR_RETURN(engine::ForwardOutput out, engine_->Forward(in));
-    if (final_chunk) logits = std::move(out.logits);
-  }
-  return logits;
+  return absl::OkStatus();
 }
 
-absl::Status DraftModel::Adopt(uint64_t session, int32_t n) {
+void DraftModel::RunBatch(std::vector<std::shared_ptr<Request>>& batch) {
+  std::vector<Request*> live;
+  for (auto& r : batch) {
+    if (r->interrupted) continue;
+    r->status = PrepareKv(*r);
+    if (r->status.ok()) live.push_back(r.get());
+  }
+  // Long inputs (a prompt) go in chunks of max_run_tokens_, one chunk of every request per pass.
+  while (!live.empty()) {
+    engine::Engine::Batch pass(*engine_);
+    std::vector<Request*> in_pass;
+    std::vector<int32_t> last_rows(live.size());
+    for (size_t i = 0; i < live.size(); ++i) {
+      Request& r = *live[i];
+      const size_t n = std::min(r.tokens.size() - r.fed, static_cast<size_t>(max_run_tokens_));
+      engine::ForwardInput in;
+      in.session = r.session;
+      in.partition = kSpec;
+      in.tokens = std::span<const int32_t>(r.tokens).subspan(r.fed, n);
+      in.cancelled = [&r] { return r.interrupted.load(); };
+      last_rows[i] = static_cast<int32_t>(n) - 1;
+      if (r.fed + n == r.tokens.size()) in.output_rows = std::span<const int32_t>(&last_rows[i], 1);
+      if (absl::Status st = pass.Add(in); !st.ok()) {
+        r.status = st;
+        continue;
+      }
+      in_pass.push_back(&r);
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<engine::ForwardOutput> outs = pass.Run();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++passes_;
+      requests_ += in_pass.size();
+    }
+    if (on_pass_) on_pass_(in_pass.size(), seconds);
+    for (size_t k = 0; k < in_pass.size(); ++k) {
+      Request& r = *in_pass[k];
+      if (outs[k].stopped) continue;  // interrupted: dropped below
+      const size_t n = std::min(r.tokens.size() - r.fed, static_cast<size_t>(max_run_tokens_));
+      r.fed += n;
+      if (r.fed == r.tokens.size()) r.logits = std::move(outs[k].logits);
+    }
+    std::erase_if(live, [](Request* r) {
+      return r->interrupted || !r->status.ok() || r->fed == r->tokens.size();
+    });
+  }
+}
+
+void DraftModel::Adopt(uint64_t session, int32_t n) {
   std::lock_guard<std::mutex> l(mu_);
-  return engine_->kv().Commit(session, kSpec, -1, n);
+  adopt_[session] = n;
 }
 
 void DraftModel::CloseSession(uint64_t session) {
-  std::lock_guard<std::mutex> l(mu_);
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [&] { return !busy_; });  // the KV cache is the worker's while it computes
+  adopt_.erase(session);
   if (engine_->kv().HasSession(session)) (void)engine_->kv().CloseSession(session);
+}
+
+uint64_t DraftModel::passes() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return passes_;
+}
+
+uint64_t DraftModel::requests() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return requests_;
 }
 
 SessionDrafter::~SessionDrafter() { model_->CloseSession(session_); }
@@ -109,7 +240,8 @@ void SessionDrafter::Committed(std::span<const int32_t> committed) {
   size_t n = canon_;
   while (n < fed_.size() && n < committed.size() && fed_[n] == committed[n]) ++n;
   if (n <= canon_) return;
-  if (model_->Adopt(session_, static_cast<int32_t>(n)).ok()) canon_ = n;
+  model_->Adopt(session_, static_cast<int32_t>(n));
+  canon_ = n;
 }
 
 absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
@@ -119,7 +251,9 @@ absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
   while (common < fed_.size() && common < sequence.size() && fed_[common] == sequence[common]) {
     ++common;
   }
-  if (common == sequence.size() && common == fed_.size()) return std::span<const float>(logits_);
+  if (common == sequence.size() && common == fed_.size() && !logits_.empty()) {
+    return std::span<const float>(logits_);
+  }
   // At least the last token is fed again, so that its logits come out.
   if (common == sequence.size()) --common;
   // Below the committed prefix (never happens for a well-behaved caller): start over from the
@@ -127,7 +261,14 @@ absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
   const bool from_canonical = common < canon_;
   if (from_canonical) canon_ = common;
   absl::StatusOr<std::vector<float>> l = model_->Feed(
-      session_, from_canonical, static_cast<int32_t>(common), sequence.subspan(common));
+      session_, from_canonical, static_cast<int32_t>(common), sequence.subspan(common), interrupt_);
+  if (absl::IsCancelled(l.status())) {
+    // Interrupted: kSpec holds the first `common` tokens (and maybe part of the rest, which the
+    // next Feed cuts off); the logits are stale.
+    fed_.resize(common);
+    logits_.clear();
+    return l.status();
+  }
   if (!l.ok()) {
     fed_.clear();
     logits_.clear();

@@ -1,13 +1,26 @@
 // The draft model of the draft service: a whole llama model on this process's CPU, shared by all
-// sessions (one KV cache with one sequence per session, forward passes serialized by a mutex),
+// sessions (one KV cache with one canonical sequence and one speculative partition per session),
 // and the per-session spec::Drafter over it. No gRPC.
+//
+// Forward passes are batched across sessions (continuous batching, as on the stages): the
+// sessions that want draft logits at the same moment share one pass, which reads the weights
+// once. A worker thread computes the passes; a session's thread queues its request and waits. A
+// request can be interrupted (its session has a pipeline result to handle, which must not wait for
+// drafting): while queued it is withdrawn, during a pass its rows leave the batch before the next
+// layer. Keeping a session's committed prefix (Adopt) is only recorded and done inside its next
+// pass, so that handling a result never touches the draft model.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <span>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -43,16 +56,46 @@ class DraftModel {
   static constexpr uint32_t kSpec = 1;
   // Makes kSpec hold the first `keep` positions of its current path (or, when `from_canonical`,
   // of canonical), then runs `tokens` after them and returns the last token's logits. Opens the
-  // session on first use.
+  // session on first use. CANCELLED when `interrupt` (polled while waiting, optional) said so:
+  // kSpec may then hold part of `tokens`, which the next Feed cuts back with `keep`.
   absl::StatusOr<std::vector<float>> Feed(uint64_t session, bool from_canonical, int32_t keep,
-                                          std::span<const int32_t> tokens);
-  // Canonical becomes the first `n` positions of kSpec's path (kSpec stays).
-  absl::Status Adopt(uint64_t session, int32_t n);
+                                          std::span<const int32_t> tokens,
+                                          const std::function<bool()>& interrupt = nullptr);
+  ~DraftModel();
+  // Canonical becomes the first `n` positions of kSpec's path (kSpec stays). Recorded now, done
+  // before the session's next pass.
+  void Adopt(uint64_t session, int32_t n);
   void CloseSession(uint64_t session);
 
+  // Forward passes computed so far, and the session requests they served (for tests and stats:
+  // requests / passes is the batching factor).
+  uint64_t passes() const;
+  uint64_t requests() const;
+  // Called after every forward pass with the number of sessions it served and its duration in
+  // seconds (metrics). Set before the model is shared.
+  void SetPassObserver(std::function<void(size_t sessions, double seconds)> observer) {
+    on_pass_ = std::move(observer);
+  }
+
  private:
+  struct Request;
   DraftModel() = default;
-  std::mutex mu_;
+  void Worker();
+  // Prepares each request's KV (adoption, kSpec) and computes all of them, max_run_tokens_ tokens
+  // of each per pass. Only the worker calls it (it alone touches engine_ while busy_).
+  void RunBatch(std::vector<std::shared_ptr<Request>>& batch);
+  absl::Status PrepareKv(Request& r);
+
+  mutable std::mutex mu_;  // guards the fields below; never held during a forward pass
+  std::condition_variable cv_;
+  bool busy_ = false;  // the worker is computing a batch
+  bool stop_ = false;
+  std::deque<std::shared_ptr<Request>> queue_;  // requests waiting for the next batch
+  std::thread worker_;
+  std::map<uint64_t, int32_t> adopt_;  // recorded adoptions, per session
+  uint64_t passes_ = 0, requests_ = 0;
+  std::function<void(size_t, double)> on_pass_;
+
   std::unique_ptr<engine::Engine> engine_;
   std::string name_;
   uint32_t n_vocab_ = 0;
@@ -71,7 +114,10 @@ class SessionDrafter : public spec::Drafter {
   SessionDrafter(const SessionDrafter&) = delete;
   SessionDrafter& operator=(const SessionDrafter&) = delete;
 
+  // CANCELLED (nothing changed) when the interrupt set by SetInterrupt fired while it waited.
   absl::StatusOr<std::span<const float>> NextLogits(std::span<const int32_t> sequence) override;
+  // What interrupts a draft pass this session waits for (its pipeline result is waiting).
+  void SetInterrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
   void Committed(std::span<const int32_t> committed) override;
   uint64_t tokens_fed() const { return tokens_fed_; }
   size_t canonical_length() const { return canon_; }
@@ -82,6 +128,7 @@ class SessionDrafter : public spec::Drafter {
   std::vector<int32_t> fed_;   // the path of the speculative partition (its K/V exist), in order
   size_t canon_ = 0;           // how many of fed_ are also in canonical (committed)
   std::vector<float> logits_;  // logits after fed_ (valid when !fed_.empty())
+  std::function<bool()> interrupt_;
   uint64_t tokens_fed_ = 0;
 };
 

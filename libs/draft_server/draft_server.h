@@ -1,23 +1,17 @@
 // The draft service: serves pipeinfer.v1.Draft (Generate, GetStats, GetInfo) plus
 // grpc.health.v1 and reflection, and owns the controller of one pipeline of stage servers.
 //
-// The controller keeps ONE Pipeline stream to stage 0 and ONE Results stream from the last stage,
-// shared by every session (one session per Generate call):
-//   * a sender thread writes queued StageDownstream messages to stage 0 as credits allow (a
-//     message is queued, never dropped, while the link is out of credit); run ids are assigned
-//     when a message is queued, so they increase along the stream;
-//   * a pipeline reader takes Credit, Cancel and ErrorDetail messages from stage 0; an
-//     ErrorDetail naming a session fails that session;
-//   * a results reader dispatches each RunResult / Tombstone to its session by session_id (each
-//     session sees exactly one outcome per run, in sending order);
-//   * a supervisor reconnects with a new epoch when a link fails (in-flight requests then fail
-//     with ABORTED, new ones get UNAVAILABLE until the pipeline is back).
-// Each Generate handler runs one spec::Controller (plain, sync or pipeinfer) over the shared
-// stream: the controller prefills in chunks of max_run_tokens, then verifies results, commits,
-// cancels and launches runs; in pipeinfer mode the handler also lets it draft micro-batches
-// whenever no outcome is waiting (the results reader keeps receiving meanwhile). Runs of
-// different sessions interleave in the one stream.
-// gRPC includes stay in draft_server.cc.
+// Inside (private to this library):
+//   * pipeline_link.h: ONE Pipeline stream to stage 0 and ONE Results stream from the last stage,
+//     shared by every session (credits, run ids, outcome dispatch by session, epochs and the
+//     supervisor's reconnect: in-flight requests then fail with ABORTED, new ones get UNAVAILABLE
+//     until the pipeline is back);
+//   * generate_session.h: one Generate call = one spec::Controller (plain, sync or pipeinfer) over
+//     its session of that link (session_link.h), prefill, verify/commit/cancel, drafting whenever
+//     no outcome is waiting;
+//   * request_validation.h, spec_proto.h, pipeline_proto.h: checking requests and converting
+//     between the wire and the controller's terms; draft_metrics.h: the counters.
+// gRPC includes stay out of this header.
 #pragma once
 
 #include <cstdint>
@@ -42,7 +36,13 @@ struct DraftServerOptions {
   std::vector<uint32_t> eos_ids;
   // The vocabulary size the caller expects (from the GGUF); 0 = take the stages' value unchecked.
   uint32_t expected_n_vocab = 0;
-  uint32_t max_sessions = 64;      // concurrent Generate calls; beyond: RESOURCE_EXHAUSTED
+  uint32_t max_sessions = 64;  // concurrent Generate calls; beyond: RESOURCE_EXHAUSTED
+  // KV admission: how long a request may wait for its reservation to fit on every stage, and how
+  // many may wait at once (0 = max_sessions); beyond either: RESOURCE_EXHAUSTED.
+  int kv_wait_ms = 20000;
+  uint32_t kv_max_waiting = 0;
+  // Scales the pipeline-wide speculation budget (spec/spec_budget.h); 0 turns it off.
+  double spec_budget_scale = 1.0;
   int connect_timeout_ms = 30000;  // how long Start() waits for the stages and the pipeline
   uint64_t max_message_bytes = 64ull << 20;       // gRPC max send/receive message size
   std::string controller_id = "pipeinfer-draft";  // for the stages' logs

@@ -1,5 +1,7 @@
 // One stage's compute: the layer-range forward pass of a llama model over a run of tokens, with
-// the run's keys and values kept in the stage's paged KV cache.
+// the run's keys and values kept in the stage's paged KV cache. Several runs (of different
+// sessions) can share one pass (Engine::Batch): every weight matrix is then read once for all of
+// their rows.
 //
 // A run is a set of tokens of one session that go into one sequence of the KV cache (the canonical
 // sequence or a partition). Tokens form a chain or a tree: each token's parent is an earlier token
@@ -50,12 +52,54 @@ struct ForwardOutput {
   int32_t layers_done = 0;
 };
 
+// How one batched pass went: the rows computed in each layer (a run that is cancelled between
+// layers leaves the batch, so the count can only shrink).
+struct BatchStats {
+  std::vector<int32_t> rows_per_layer;
+};
+
 class Engine {
  public:
   static absl::StatusOr<std::unique_ptr<Engine>> Create(std::unique_ptr<StageModel> model,
                                                         const EngineOptions& options);
 
+  // One run alone (a batch of one).
   absl::StatusOr<ForwardOutput> Forward(const ForwardInput& in);
+
+  // Several runs in one forward pass (continuous batching). Each run keeps its own session,
+  // partition, positions and attention (its path in its own sequence); every layer's matrices are
+  // read once for the rows of all of them. A run's results are bit-identical to computing it
+  // alone, because every kernel computes each row independently of the others.
+  //
+  // The runs must not read keys or values that another run of the same batch writes: at most one
+  // run per session (a second one is refused by Add). A caller that applies KV operations between
+  // Add calls must only touch other sessions.
+  class Batch {
+   public:
+    explicit Batch(Engine& engine) : e_(engine) {}
+    Batch(const Batch&) = delete;
+    Batch& operator=(const Batch&) = delete;
+
+    // Validates `in` and appends its tokens' KV slots now, as Forward would. On error nothing
+    // changed and the run takes no part. The spans of `in` must stay valid until Run().
+    absl::Status Add(const ForwardInput& in);
+    int32_t runs() const { return static_cast<int32_t>(items_.size()); }
+    int32_t tokens() const { return tokens_; }
+    // Computes every added run; one output per Add that succeeded, in Add order. `cancelled` is
+    // polled for each run before every layer: a cancelled run stops (stopped = true) and the
+    // others go on without it.
+    std::vector<ForwardOutput> Run(BatchStats* stats = nullptr);
+
+   private:
+    struct Item {
+      ForwardInput in;
+      const kv::Sequence* seq = nullptr;
+      std::vector<int32_t> slots, positions;
+    };
+    Engine& e_;
+    std::vector<Item> items_;
+    int32_t tokens_ = 0;
+  };
 
   const StageModel& model() const { return *model_; }
   const EngineOptions& options() const { return options_; }
@@ -65,9 +109,10 @@ class Engine {
 
  private:
   Engine() = default;
-  void Attention(const kv::Sequence& seq, int32_t layer,
+  // Attention of every row: row r attends to the slots visible[r] of sequence *seqs[r].
+  void Attention(const std::vector<const kv::Sequence*>& seqs, int32_t layer,
                  const std::vector<std::vector<int32_t>>& visible, const float* q, float* out,
-                 int32_t n_tokens);
+                 int32_t n_rows);
 
   std::unique_ptr<StageModel> model_;
   EngineOptions options_;

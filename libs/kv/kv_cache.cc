@@ -22,6 +22,11 @@ absl::Status NoPartition(uint64_t s, uint32_t p) {
 
 }  // namespace
 
+int64_t ReservationBlocks(int64_t tokens, int64_t partitions, int32_t block_tokens) {
+  if (tokens <= 0) return 0;
+  return CeilDiv(tokens, block_tokens) + 4 * std::max<int64_t>(partitions, 0) + 2;
+}
+
 int64_t KvConfig::TokensForBytes(const KvConfig& c, uint64_t bytes) {
   const size_t per_block = c.block_bytes();
   if (per_block == 0) return 0;
@@ -39,6 +44,7 @@ KvCache::KvCache(const KvConfig& config) : config_(config) {
   n_blocks_ = CeilDiv(std::max<int64_t>(config_.capacity_tokens, 0), config_.block_tokens);
   storage_ = std::make_unique_for_overwrite<uint8_t[]>(n_blocks_ * config_.block_bytes());
   refs_.assign(n_blocks_, 0);
+  owner_.assign(n_blocks_, 0);
   free_.reserve(n_blocks_);
   for (int64_t b = n_blocks_ - 1; b >= 0; --b) free_.push_back(static_cast<BlockId>(b));
 }
@@ -49,15 +55,51 @@ uint8_t* KvCache::BlockBase(BlockId b) const {
   return storage_.get() + static_cast<size_t>(b) * config_.block_bytes();
 }
 
-BlockId KvCache::Allocate() {
+int64_t KvCache::Available(uint64_t session) const {
+  auto it = accounts_.find(session);
+  const int64_t own =
+      it == accounts_.end() ? 0 : std::max<int64_t>(0, it->second.reserved - it->second.held);
+  return own + unpromised_blocks();
+}
+
+absl::Status KvCache::CheckAvailable(uint64_t session, int64_t need) const {
+  if (need <= Available(session)) return absl::OkStatus();
+  return absl::ResourceExhaustedError(absl::StrCat(
+      "KV cache full: need ", need, " free blocks, have ", Available(session), " for session ",
+      session, " (", free_blocks(), " free, ", promised_, " promised to reservations)"));
+}
+
+BlockId KvCache::Allocate(uint64_t session) {
   BlockId b = free_.back();
   free_.pop_back();
   refs_[b] = 1;
+  owner_[b] = session;
+  Account& a = accounts_[session];
+  if (a.held < a.reserved) {
+    --promised_;  // taken from its own reservation
+  } else if (a.reserved > 0) {
+    ++overruns_;
+  }
+  ++a.held;
   return b;
 }
 
 void KvCache::Unref(BlockId b) {
-  if (--refs_[b] == 0) free_.push_back(b);
+  if (--refs_[b] != 0) return;
+  free_.push_back(b);
+  Account& a = accounts_[owner_[b]];
+  --a.held;
+  if (a.held < a.reserved) ++promised_;  // back into its reservation
+}
+
+int64_t KvCache::blocks_held(uint64_t session) const {
+  auto it = accounts_.find(session);
+  return it == accounts_.end() ? 0 : it->second.held;
+}
+
+int64_t KvCache::blocks_reserved(uint64_t session) const {
+  auto it = accounts_.find(session);
+  return it == accounts_.end() ? 0 : it->second.reserved;
 }
 
 void KvCache::Drop(Sequence& seq) {
@@ -92,10 +134,10 @@ void KvCache::CopySlot(const Sequence& src, int32_t src_slot, Sequence& dst, int
   }
 }
 
-void KvCache::MakePrivate(Sequence& seq, int32_t block_index) {
+void KvCache::MakePrivate(uint64_t session, Sequence& seq, int32_t block_index) {
   const BlockId old = seq.blocks[block_index];
   if (refs_[old] <= 1) return;
-  const BlockId fresh = Allocate();
+  const BlockId fresh = Allocate(session);
   std::memcpy(BlockBase(fresh), BlockBase(old), config_.block_bytes());
   Unref(old);
   seq.blocks[block_index] = fresh;
@@ -110,11 +152,19 @@ int64_t KvCache::BlocksNeededToGrow(const Sequence& seq, int32_t n_new) const {
   return std::max<int64_t>(need, 0);
 }
 
-absl::Status KvCache::OpenSession(uint64_t session) {
+absl::Status KvCache::OpenSession(uint64_t session, int64_t reserve_blocks) {
   if (sessions_.count(session)) {
     return absl::AlreadyExistsError(absl::StrCat("KV: session ", session, " is already open"));
   }
+  reserve_blocks = std::max<int64_t>(reserve_blocks, 0);
+  if (reserve_blocks > unpromised_blocks()) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV cache full: cannot reserve ", reserve_blocks, " blocks for session ", session, " (",
+        unpromised_blocks(), " of ", n_blocks_, " blocks are neither used nor reserved)"));
+  }
   sessions_[session][kCanonical] = Sequence{};
+  accounts_[session] = Account{reserve_blocks, 0};
+  promised_ += reserve_blocks;
   return absl::OkStatus();
 }
 
@@ -123,6 +173,11 @@ absl::Status KvCache::CloseSession(uint64_t session) {
   if (it == sessions_.end()) return NoSession(session);
   for (auto& [part, seq] : it->second) Drop(seq);
   sessions_.erase(it);
+  auto a = accounts_.find(session);
+  if (a != accounts_.end()) {
+    promised_ -= std::max<int64_t>(0, a->second.reserved - a->second.held);
+    accounts_.erase(a);
+  }
   return absl::OkStatus();
 }
 
@@ -165,7 +220,8 @@ Visibility KvCache::VisibilityOf(const Sequence& seq, int32_t slot) {
   return v;
 }
 
-absl::StatusOr<Sequence> KvCache::BuildLinear(const Sequence& src, std::span<const int32_t> path) {
+absl::StatusOr<Sequence> KvCache::BuildLinear(uint64_t session, const Sequence& src,
+                                              std::span<const int32_t> path) {
   const int32_t bt = config_.block_tokens;
   const int32_t n = static_cast<int32_t>(path.size());
   int32_t k = 0;  // path[0..k) == 0..k-1: stored contiguously, shareable
@@ -173,10 +229,7 @@ absl::StatusOr<Sequence> KvCache::BuildLinear(const Sequence& src, std::span<con
   // Blocks: share ceil(k/bt) of src's; the rest are new (plus a copy of a shared partial block).
   int64_t need = 0;
   if (n > k) need = CeilDiv(n, bt) - k / bt;
-  if (need > free_blocks()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache full: need ", need, " free blocks, have ", free_blocks()));
-  }
+  PI_RETURN_IF_ERROR(CheckAvailable(session, need));
   Sequence out;
   for (int32_t b = 0; b < CeilDiv(k, bt); ++b) {
     out.blocks.push_back(src.blocks[b]);
@@ -189,9 +242,9 @@ absl::StatusOr<Sequence> KvCache::BuildLinear(const Sequence& src, std::span<con
   for (int32_t i = k; i < n; ++i) {
     const int32_t bi = i / bt;
     if (bi >= static_cast<int32_t>(out.blocks.size())) {
-      out.blocks.push_back(Allocate());
+      out.blocks.push_back(Allocate(session));
     } else {
-      MakePrivate(out, bi);
+      MakePrivate(session, out, bi);
     }
     CopySlot(src, path[i], out, i);
   }
@@ -222,7 +275,7 @@ absl::Status KvCache::Fork(uint64_t session, uint32_t part, uint32_t src, int32_
         absl::StrCat("KV: fork of ", n_positions, " positions from a path of ", path.size()));
   }
   path.resize(n_positions);
-  PI_ASSIGN_OR_RETURN(Sequence seq, BuildLinear(from, path));
+  PI_ASSIGN_OR_RETURN(Sequence seq, BuildLinear(session, from, path));
   (*s)[part] = std::move(seq);
   return absl::OkStatus();
 }
@@ -240,18 +293,16 @@ absl::StatusOr<std::vector<int32_t>> KvCache::Append(uint64_t session, uint32_t 
                                                      " (must be -1 or an earlier token)"));
     }
   }
-  const int64_t need = BlocksNeededToGrow(seq, n);
-  if (need > free_blocks()) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("KV cache full: need ", need, " free blocks, have ", free_blocks()));
-  }
+  PI_RETURN_IF_ERROR(CheckAvailable(session, BlocksNeededToGrow(seq, n)));
   const int32_t bt = config_.block_tokens;
   const int32_t base = seq.size();
-  if (n > 0 && base % bt != 0) MakePrivate(seq, base / bt);
+  if (n > 0 && base % bt != 0) MakePrivate(session, seq, base / bt);
   std::vector<int32_t> slots(n);
   for (int32_t i = 0; i < n; ++i) {
     const int32_t slot = base + i;
-    if (slot / bt >= static_cast<int32_t>(seq.blocks.size())) seq.blocks.push_back(Allocate());
+    if (slot / bt >= static_cast<int32_t>(seq.blocks.size())) {
+      seq.blocks.push_back(Allocate(session));
+    }
     const int32_t parent = parents[i] < 0 ? base - 1 : base + parents[i];
     seq.parent.push_back(parent);
     seq.position.push_back(parent < 0 ? 0 : seq.position[parent] + 1);
@@ -276,7 +327,7 @@ absl::Status KvCache::Commit(uint64_t session, uint32_t part, int32_t leaf, int3
         absl::StrCat("KV: commit of ", n_positions, " positions from a path of ", path.size()));
   }
   path.resize(n_positions);
-  PI_ASSIGN_OR_RETURN(Sequence seq, BuildLinear(from, path));
+  PI_ASSIGN_OR_RETURN(Sequence seq, BuildLinear(session, from, path));
   Sequence& canonical = (*s)[kCanonical];
   Drop(canonical);
   canonical = std::move(seq);
@@ -301,6 +352,8 @@ KvStats KvCache::Stats() const {
   st.blocks_used = n_blocks_ - free_blocks();
   st.sessions = static_cast<int64_t>(sessions_.size());
   for (const auto& [id, s] : sessions_) st.sequences += static_cast<int64_t>(s.size());
+  for (const auto& [id, a] : accounts_) st.blocks_reserved += a.reserved;
+  st.reservation_overruns = overruns_;
   return st;
 }
 
@@ -331,6 +384,21 @@ absl::Status KvCache::CheckInvariants() const {
       }
     }
   }
+  std::map<uint64_t, int64_t> held;
+  for (int64_t b = 0; b < n_blocks_; ++b) {
+    if (refs_[b] > 0) ++held[owner_[b]];
+  }
+  int64_t promised = 0;
+  for (const auto& [sid, a] : accounts_) {
+    if (!sessions_.count(sid)) return absl::InternalError("account of a closed session");
+    if (held[sid] != a.held) {
+      return absl::InternalError(absl::StrCat("session ", sid, " holds ", held[sid],
+                                              " blocks but its account says ", a.held));
+    }
+    promised += std::max<int64_t>(0, a.reserved - a.held);
+  }
+  if (promised != promised_) return absl::InternalError("promised blocks miscounted");
+  if (promised_ > free_blocks()) return absl::InternalError("more blocks promised than free");
   std::set<BlockId> free_set(free_.begin(), free_.end());
   if (free_set.size() != free_.size()) return absl::InternalError("block freed twice");
   for (int64_t b = 0; b < n_blocks_; ++b) {

@@ -66,7 +66,16 @@ struct KvStats {
   int64_t blocks_used = 0;
   int64_t sessions = 0;
   int64_t sequences = 0;
+  int64_t blocks_reserved = 0;       // sum of the open sessions' reservations
+  int64_t reservation_overruns = 0;  // blocks ever allocated beyond a session's reservation
 };
+
+// The blocks a stage reserves for a session that asks for `tokens` token slots over canonical and
+// at most `partitions` live partitions (stage.proto SessionOpen.kv_reserve_tokens): the slots
+// rounded up to blocks, plus per partition the blocks that sharing cannot avoid (a copied partial
+// block when it is written, a partial block it inherits, the rounding of its own slots), plus two
+// for canonical (its partial last block and the copy a commit makes before it drops the old one).
+int64_t ReservationBlocks(int64_t tokens, int64_t partitions, int32_t block_tokens);
 
 class KvCache {
  public:
@@ -79,7 +88,9 @@ class KvCache {
 
   const KvConfig& config() const { return config_; }
 
-  absl::Status OpenSession(uint64_t session);
+  // Opens a session, reserving `reserve_blocks` blocks for it (0 = none: it allocates from the
+  // blocks nobody was promised). RESOURCE_EXHAUSTED when the reservation does not fit.
+  absl::Status OpenSession(uint64_t session, int64_t reserve_blocks = 0);
   // Frees every sequence of the session.
   absl::Status CloseSession(uint64_t session);
   bool HasSession(uint64_t session) const;
@@ -119,6 +130,11 @@ class KvCache {
 
   KvStats Stats() const;
   int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }
+  // Free blocks that no session was promised (what a new reservation can take).
+  int64_t unpromised_blocks() const { return free_blocks() - promised_; }
+  // Blocks the session owns now, and its reservation (0 for an unknown session).
+  int64_t blocks_held(uint64_t session) const;
+  int64_t blocks_reserved(uint64_t session) const;
   int32_t RefCount(BlockId b) const { return refs_[b]; }
 
   // Checks every internal invariant (reference counts equal the number of sequences holding each
@@ -127,28 +143,40 @@ class KvCache {
 
  private:
   using Session = std::map<uint32_t, Sequence>;
+  struct Account {
+    int64_t reserved = 0;  // blocks promised at open
+    int64_t held = 0;      // blocks owned now
+  };
 
   absl::StatusOr<Session*> GetSession(uint64_t session);
   uint8_t* BlockBase(BlockId b) const;
-  BlockId Allocate();
+  // Blocks `session` may still allocate: what is left of its reservation plus unpromised blocks.
+  int64_t Available(uint64_t session) const;
+  absl::Status CheckAvailable(uint64_t session, int64_t need) const;
+  BlockId Allocate(uint64_t session);
   void Ref(BlockId b) { ++refs_[b]; }
   void Unref(BlockId b);
   void Drop(Sequence& seq);
   void CopySlot(const Sequence& src, int32_t src_slot, Sequence& dst, int32_t dst_slot);
   // Makes the block holding `slot` private to `seq` (copy-on-write).
-  void MakePrivate(Sequence& seq, int32_t block_index);
+  void MakePrivate(uint64_t session, Sequence& seq, int32_t block_index);
   // Blocks Append() would allocate.
   int64_t BlocksNeededToGrow(const Sequence& seq, int32_t n_new) const;
   // Builds a linear sequence from `path` (slots of src), sharing src's blocks for the longest
   // prefix of the path that is stored contiguously from slot 0.
-  absl::StatusOr<Sequence> BuildLinear(const Sequence& src, std::span<const int32_t> path);
+  absl::StatusOr<Sequence> BuildLinear(uint64_t session, const Sequence& src,
+                                       std::span<const int32_t> path);
 
   KvConfig config_;
   int64_t n_blocks_ = 0;
   std::unique_ptr<uint8_t[]> storage_;
   std::vector<int32_t> refs_;
   std::vector<BlockId> free_;
+  std::vector<uint64_t> owner_;  // per block: the session that allocated it
   std::map<uint64_t, Session> sessions_;
+  std::map<uint64_t, Account> accounts_;
+  int64_t promised_ = 0;  // sum over sessions of max(0, reserved - held)
+  int64_t overruns_ = 0;
 };
 
 }  // namespace pipeinfer::kv

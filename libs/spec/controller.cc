@@ -98,6 +98,7 @@ absl::Status Controller::Start(std::span<const int32_t> prompt) {
   for (uint32_t off = 0; off < prompt_len_; off += options_.max_run_tokens) {
     const uint32_t n = std::min(options_.max_run_tokens, prompt_len_ - off);
     RunSpec run;
+    run.verified = true;
     for (uint32_t i = 0; i < n; ++i) {
       run.tokens.push_back(committed_[off + i]);
       run.positions.push_back(off + i);
@@ -128,6 +129,7 @@ absl::Status Controller::SendPlain() {
   // Feeds the newest committed token into canonical.
   const uint32_t pos = static_cast<uint32_t>(committed_.size()) - 1;
   RunSpec run;
+  run.verified = true;
   run.tokens.push_back(committed_.back());
   run.positions.push_back(pos);
   run.result_rows.push_back(0);
@@ -148,7 +150,8 @@ absl::Status Controller::SendPlain() {
 }
 
 Controller::Draft Controller::DraftTree(std::vector<int32_t> context, float cutoff, float split,
-                                        uint32_t budget, uint32_t max_branches) {
+                                        uint32_t budget, uint32_t max_branches,
+                                        const std::function<bool()>& stop) {
   Draft d;
   if (!drafter_ || drafting_broken_ || budget == 0) return d;
   // Guesses not yet committed, for the sampler's history (penalties).
@@ -157,7 +160,15 @@ Controller::Draft Controller::DraftTree(std::vector<int32_t> context, float cuto
   uint32_t branches = 1;
   int32_t prev_main = -1;  // run-local index of the previous main-chain token
   while (d.tokens.size() < budget) {
+    if (!d.tokens.empty() && stop && stop()) {
+      d.interrupted = true;
+      break;
+    }
     absl::StatusOr<std::span<const float>> logits = drafter_->NextLogits(context);
+    if (absl::IsCancelled(logits.status())) {  // interrupted: a result is waiting
+      d.interrupted = true;
+      break;
+    }
     if (!logits.ok()) {
       ++counters_.draft_failures;
       drafting_broken_ = true;
@@ -284,6 +295,7 @@ absl::Status Controller::SendSync() {
   }
   if (d.tokens.empty()) return SendPlain();
   RunSpec run;
+  run.verified = true;  // it carries the newest committed token
   run.partition = AllocPartition();
   run.fork = ForkSpec{run.partition, 0, 0, base};
   run.tokens.push_back(committed_.back());
@@ -309,9 +321,9 @@ absl::StatusOr<int> Controller::Speculate(const std::function<bool()>& result_wa
     if (cutoff >= 1.0f) break;
     Draft d = DraftTree(Assumed(), cutoff, options_.spec.p_split + adjust,
                         std::min({options_.spec.draft_max, limit_ - base, options_.max_run_tokens}),
-                        options_.spec.max_branches);
+                        options_.spec.max_branches, result_waiting);
     if (d.tokens.empty()) {
-      ++n_failed_;
+      if (!d.interrupted) ++n_failed_;
       break;
     }
     RunSpec run;

@@ -1,8 +1,8 @@
-// The speculation controller of one request (DESIGN.md §2.3): transport-free and engine-free. It
-// decides which runs and KV operations go into the pipeline, verifies results, commits accepted
-// tokens and cancels runs built on rejected ones. The caller (the draft service) gives it a
-// PipelineSink to send through, a Drafter for draft-model logits, and feeds it the pipeline's
-// outcomes in the order they arrive (which is the order the runs were sent).
+// The speculation controller of one request (docs/architecture.md, section 3): transport-free and
+// engine-free. It decides which runs and KV operations go into the pipeline, verifies results,
+// commits accepted tokens and cancels runs built on rejected ones. The caller (the draft service)
+// gives it a PipelineSink to send through, a Drafter for draft-model logits, and feeds it the
+// pipeline's outcomes in the order they arrive (which is the order the runs were sent).
 //
 // Model of the request. C = committed tokens (prompt, then generated). A = C followed by guesses:
 // draft tokens at positions >= |C| that in-flight runs assume. F = the fed frontier: positions
@@ -59,6 +59,9 @@ struct ForkSpec {
 // index or -1 for a root hanging off the partition's prefix).
 struct RunSpec {
   bool speculative = false;
+  // Work the request needs in any case (a plain run, or a sync run whose first token is committed):
+  // stages compute it ahead of speculative runs when a pass is full (stage.proto Run.priority).
+  bool verified = false;
   uint32_t partition = 0;  // 0 = canonical (plain runs)
   std::optional<ForkSpec> fork;
   std::vector<int32_t> tokens;
@@ -94,6 +97,8 @@ class Drafter {
   virtual ~Drafter() = default;
   // The draft model's logits (n_vocab values) for the token after `sequence`; valid until the next
   // call. The drafter keeps its own KV and rolls back to the longest common prefix as needed.
+  // CANCELLED means the drafter was interrupted (the caller has something more urgent to do): the
+  // micro-batch ends there, and drafting goes on later.
   virtual absl::StatusOr<std::span<const float>> NextLogits(std::span<const int32_t> sequence) = 0;
   // The committed tokens grew (they never shrink): a drafter with multibuffered KV adopts the
   // matching part of its speculative buffer into its canonical sequence.
@@ -158,7 +163,8 @@ class Controller {
   // commits, cancels invalidated runs and launches the next plain (or sync) run.
   absl::Status OnOutcome(const Outcome& outcome);
   // pipeinfer only: launches draft micro-batches while the pipeline has room, the draft is
-  // confident enough and `result_waiting()` is false. Returns how many were launched.
+  // confident enough and `result_waiting()` is false (it is also asked between the draft tokens of
+  // a micro-batch, which is then launched as far as it got). Returns how many were launched.
   absl::StatusOr<int> Speculate(const std::function<bool()>& result_waiting);
 
   bool finished() const { return finish_ != Finish::kNone; }
@@ -207,6 +213,7 @@ class Controller {
     std::vector<sampling::SparseDist> child_q;  // per token (empty when no children drafted)
     sampling::SparseDist root_q;                // distribution of the roots
     size_t main_len = 0;
+    bool interrupted = false;  // ended early for a waiting result (not a failed attempt)
   };
 
   bool greedy() const { return options_.sampling.temperature <= 0.0f; }
@@ -214,9 +221,11 @@ class Controller {
   absl::Status SendPlain();
   absl::Status SendSync();
   // Drafts a micro-batch after the assumed sequence `context` (main chain with sibling leaves),
-  // at most `budget` tokens, with the given confidence cutoff and split threshold.
+  // at most `budget` tokens, with the given confidence cutoff and split threshold. When `stop` is
+  // given and says so after a token, the micro-batch ends there (a result is waiting: handling it
+  // must not wait for the rest of the draft).
   Draft DraftTree(std::vector<int32_t> context, float cutoff, float split, uint32_t budget,
-                  uint32_t max_branches);
+                  uint32_t max_branches, const std::function<bool()>& stop = nullptr);
   // Sends `run` (tokens already filled in) and records its nodes: `lead` is the node id of a
   // leading committed token already created (sync runs) or -1; the draft's roots hang off
   // `attach`.

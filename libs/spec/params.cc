@@ -1,9 +1,9 @@
 #include "spec/params.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "spec/knobs.h"
 
 namespace pipeinfer::spec {
 
@@ -29,29 +29,17 @@ absl::StatusOr<Mode> ParseMode(std::string_view name) {
 }
 
 absl::Status Validate(const SpecParams& p) {
-  const auto unit = [](const char* name, float v) -> absl::Status {
-    if (!(std::isfinite(v) && v >= 0.0f && v <= 1.0f)) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " must be in [0, 1], got ", v));
+  // The ranges live in the knob table, so that every entry point reports them the same way.
+  for (const Knob& k : Knobs()) {
+    double value = 0;
+    if (k.type == KnobType::kCount) {
+      value = p.*k.count;
+    } else if (k.type == KnobType::kFraction) {
+      value = p.*k.fraction;
+    } else {
+      continue;
     }
-    return absl::OkStatus();
-  };
-  if (p.draft_max < 1 || p.draft_max > 64) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("draft_max must be in [1, 64], got ", p.draft_max));
-  }
-  for (const auto& [name, v] : {std::pair<const char*, float>{"p_accept", p.p_accept},
-                                {"p_split", p.p_split},
-                                {"p_recovery", p.p_recovery},
-                                {"p_decay", p.p_decay}}) {
-    if (absl::Status st = unit(name, v); !st.ok()) return st;
-  }
-  if (p.max_branches < 1 || p.max_branches > 16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_branches must be in [1, 16], got ", p.max_branches));
-  }
-  if (p.max_inflight > 256) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_inflight must be in [1, 256] (0 = derived), got ", p.max_inflight));
+    if (absl::Status st = CheckKnob(k, value); !st.ok()) return st;
   }
   return absl::OkStatus();
 }

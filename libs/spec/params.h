@@ -1,6 +1,6 @@
-// Speculation modes and knobs of the controller (DESIGN.md §2.3), with the PipeInfer paper's names
-// and meanings. No gRPC, no engine: the draft service maps its flags and the wire's SpecConfig
-// onto these.
+// Speculation modes and knobs of the controller (docs/architecture.md, section 3), with the
+// PipeInfer paper's names and meanings. No gRPC, no engine: the draft service maps its flags and
+// the wire's SpecConfig onto these.
 #pragma once
 
 #include <cstdint>
@@ -47,7 +47,7 @@ struct SpecParams {
   bool no_continuous = false;
 };
 
-// Checks every range above.
+// Checks every range above (the ranges of the knob table, spec/knobs.h).
 absl::Status Validate(const SpecParams& params);
 
 // The in-flight limit the controller uses when SpecParams::max_inflight is 0: one run per stage

@@ -43,7 +43,8 @@ struct Link {
 
   std::mutex mu;  // guards everything below except `stop`
   std::condition_variable cv;
-  std::deque<std::unique_ptr<v1::StageDownstream>> input;
+  std::deque<stage::QueuedMessage> input;
+  size_t held = 0;            // messages the worker took out of `input` and has not handed back yet
   bool input_closed = false;  // the upstream peer finished sending
   bool closing = false;       // we half-closed the downstream stream ourselves
   bool worker_done = false;
@@ -53,6 +54,7 @@ struct Link {
 
   std::unique_ptr<grpc::ClientContext> down_ctx;
   std::unique_ptr<DownStream> down;
+  v1::PipelineReady down_ready;  // the next stage's (and its successors') capacities
   std::thread worker, down_reader;
 
   bool WriteUp(const v1::StageUpstream& m) {
@@ -210,7 +212,22 @@ class StageServer::Impl final : public v1::Stage::Service {
     }
     v1::StageUpstream credit;
     credit.mutable_credit()->set_messages(opt_.window);
-    if (!stream->Write(credit)) {
+    v1::StageUpstream ready;
+    {
+      v1::StageCapacity* mine = ready.mutable_ready()->add_stages();
+      v1::StageInfo info;
+      {
+        std::lock_guard<std::mutex> l(core_mu_);
+        core_->FillInfo(&info);
+      }
+      mine->set_stage_index(info.stage_index());
+      mine->set_kv_block_size(info.kv_block_size());
+      mine->set_kv_blocks_total(info.kv_blocks_total());
+      mine->set_max_run_tokens(info.max_run_tokens());
+      mine->set_max_batch_tokens(info.max_batch_tokens());
+      for (const auto& d : link->down_ready.stages()) *ready.mutable_ready()->add_stages() = d;
+    }
+    if (!stream->Write(credit) || !stream->Write(ready)) {
       if (link->down) {
         link->down_ctx->TryCancel();
         (void)link->down->Finish();
@@ -240,11 +257,11 @@ class StageServer::Impl final : public v1::Stage::Service {
       {
         std::lock_guard<std::mutex> l(link->mu);
         if (link->stop) break;
-        if (link->input.size() >= opt_.window) {
+        if (link->input.size() + link->held >= opt_.window) {
           overflow = true;
         } else {
-          link->input.push_back(std::move(m));
-          queue_depth_->Set(static_cast<double>(link->input.size()));
+          link->input.push_back({std::move(m), std::chrono::steady_clock::now()});
+          queue_depth_->Set(static_cast<double>(link->input.size() + link->held));
         }
       }
       if (overflow) {
@@ -457,8 +474,9 @@ class StageServer::Impl final : public v1::Stage::Service {
     *open.mutable_open() = o;
     open.mutable_open()->set_receiver_stage_index(index() + 1);
     open.mutable_open()->set_hidden_dtype(static_cast<v1::DType>(core_->config().hidden_dtype_out));
-    v1::StageUpstream c;
-    if (!link.down->Write(open) || !link.down->Read(&c) || !c.has_credit()) {
+    v1::StageUpstream c, r;
+    if (!link.down->Write(open) || !link.down->Read(&c) || !c.has_credit() ||
+        !link.down->Read(&r) || !r.has_ready()) {
       link.down_ctx->TryCancel();
       grpc::Status s = link.down->Finish();
       link.down.reset();
@@ -467,6 +485,7 @@ class StageServer::Impl final : public v1::Stage::Service {
                                  " refused the link: ", s.error_message()));
     }
     link.down_credit = c.credit().messages();
+    link.down_ready = std::move(*r.mutable_ready());
     return grpc::Status::OK;
   }
 
@@ -526,24 +545,37 @@ class StageServer::Impl final : public v1::Stage::Service {
   void Worker(std::shared_ptr<Link> link) {
     Link& l = *link;
     const size_t window = opt_.window;
+    std::deque<stage::QueuedMessage> work;
     while (!l.stop) {
-      std::unique_ptr<v1::StageDownstream> m;
       {
         std::unique_lock<std::mutex> lk(l.mu);
         l.cv.wait(lk, [&] { return l.stop || !l.input.empty() || l.input_closed; });
         if (l.stop || l.input.empty()) break;
-        m = std::move(l.input.front());
-        l.input.pop_front();
-        queue_depth_->Set(static_cast<double>(l.input.size()));
+        // Everything queued is a candidate for this forward pass.
+        l.held = l.input.size();
+        work.swap(l.input);
       }
-      v1::StageUpstream credit;
-      credit.mutable_credit()->set_messages(1);
-      (void)l.WriteUp(credit);
+      size_t taken = 0;
       stage::StageOutput out;
       {
         std::lock_guard<std::mutex> lk(core_mu_);
-        if (l.stop) break;
-        out = core_->Handle(*m);
+        if (!l.stop) out = core_->Step(work, &taken);
+      }
+      {
+        // What the pass left goes back in front of what arrived meanwhile, in order.
+        std::lock_guard<std::mutex> lk(l.mu);
+        while (!work.empty()) {
+          l.input.push_front(std::move(work.back()));
+          work.pop_back();
+        }
+        l.held = 0;
+        queue_depth_->Set(static_cast<double>(l.input.size()));
+      }
+      if (l.stop) break;
+      if (taken > 0) {
+        v1::StageUpstream credit;
+        credit.mutable_credit()->set_messages(static_cast<uint32_t>(taken));
+        (void)l.WriteUp(credit);
       }
       for (auto& e : out.errors) {
         v1::StageUpstream u;
@@ -603,6 +635,8 @@ class StageServer::Impl final : public v1::Stage::Service {
         case v1::StageUpstream::kError:
           (void)l.WriteUp(m);
           break;
+        case v1::StageUpstream::kReady:
+          break;  // only expected once, right after the initial credit (read by OpenDownstream)
         default:
           break;
       }

@@ -4,10 +4,11 @@
 // Threads (gRPC sync API, one thread per stream direction):
 //   * the Pipeline handler reads the upstream peer's messages into a bounded input queue (at most
 //     `window` messages, the credit window W);
-//   * a worker pops them strictly in order, calls StageCore::Handle and sends the outputs: forwards
-//     to the next stage (waiting for its credits), results to the Results stream (queued, at most
-//     W, while none is attached), errors upstream; it grants one credit upstream per message
-//     dequeued;
+//   * a worker hands the whole queue to StageCore::Step, which takes what one forward pass can
+//     hold (runs of different sessions batched; see stage_core.h) and leaves the rest queued in
+//     order; the worker sends the outputs: forwards to the next stage (waiting for its credits),
+//     results to the Results stream (queued, at most W, while none is attached), errors upstream;
+//     it grants one credit upstream per message taken;
 //   * on non-last stages a downstream reader takes the next stage's Cancel (forwarded upstream
 //     first, then recorded), Credit and ErrorDetail messages;
 //   * on the last stage the Results handler reads Cancels (forwarded upstream first, then recorded)
@@ -33,8 +34,10 @@ namespace pipeinfer::stage_server {
 struct StageServerOptions {
   std::string listen_address = "127.0.0.1:0";  // host:port; port 0 picks a free one
   std::string downstream_address;              // the next stage; empty on the last stage
-  uint32_t window = 8;                         // credit window W per upstream link, in messages
-  uint64_t max_message_bytes = 64ull << 20;    // gRPC max send/receive message size
+  // Credit window W per upstream link, in messages. A stage batches only what is queued, so W
+  // should hold a few messages per concurrent session.
+  uint32_t window = 64;
+  uint64_t max_message_bytes = 64ull << 20;  // gRPC max send/receive message size
   int connect_timeout_ms = 5000;  // how long opening the downstream link may wait to connect
   // HOST:PORT of the Prometheus /metrics endpoint (port 0 picks a free one); empty = none.
   std::string metrics_address;

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include "cli/bench_commands.h"
+#include "cli/client_commands.h"
 #include "cli/cluster_commands.h"
 #include "cli/engine_commands.h"
 #include "cli/gguf_commands.h"
@@ -14,6 +15,7 @@ int main(int argc, char** argv) {
   pipeinfer::cli::RegisterTokenizeCommands(app);
   pipeinfer::cli::RegisterEngineCommands(app);
   pipeinfer::cli::RegisterClusterCommands(app);
+  pipeinfer::cli::RegisterClientCommands(app);
   pipeinfer::cli::RegisterBenchCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;

@@ -13,6 +13,7 @@
 #include "draft_server/draft_server.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
+#include "spec/knob_flags.h"
 
 namespace {
 
@@ -25,12 +26,11 @@ int Fail(const std::string& message) {
 
 int main(int argc, char** argv) {
   CLI::App app{"pipeinfer-draft: the draft service (controller) of a PipeInfer pipeline"};
-  std::string listen, stage0, last, model, mode, model_id, draft_model;
+  std::string listen, stage0, last, model, model_id, draft_model;
   int draft_threads = 1;
   int64_t draft_kv_tokens = 0;
   double draft_noise = 0.0;
   std::string metrics_listen;
-  pipeinfer::spec::SpecParams sp;
   uint32_t max_sessions = 64;
   int connect_timeout_ms = 30000;
   app.add_option("--listen", listen, "Listen address HOST:PORT")->required();
@@ -52,40 +52,32 @@ int main(int argc, char** argv) {
   app.add_option("--draft-kv-tokens", draft_kv_tokens,
                  "Draft KV capacity in tokens over all sessions (default: 8 contexts)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--mode", mode,
-                 "Default speculation mode (default: pipeinfer with a draft model, else plain)")
-      ->check(CLI::IsMember({"plain", "sync", "pipeinfer"}));
-  app.add_option("--draft-max", sp.draft_max, "Most draft tokens per micro-batch")
-      ->check(CLI::Range(1, 64))
-      ->capture_default_str();
-  app.add_option("--p-accept", sp.p_accept,
-                 "Base draft confidence cutoff (keep drafting while top-1 p >= cutoff)")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  app.add_option("--p-split", sp.p_split, "Base split threshold for token trees")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  app.add_option("--p-recovery", sp.p_recovery,
-                 "Cutoff increase per micro-batch already launched in a burst")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  app.add_option("--p-decay", sp.p_decay, "Cutoff decrease per consecutive failed drafting attempt")
-      ->check(CLI::Range(0.0, 1.0))
-      ->capture_default_str();
-  app.add_option("--max-branches", sp.max_branches,
-                 "Most branches per micro-batch (1 = chains; more = sibling leaves)")
-      ->check(CLI::Range(1, 16))
-      ->capture_default_str();
-  app.add_option("--max-inflight", sp.max_inflight,
-                 "Most runs of one request in flight (0 = number of stages + 1)")
-      ->check(CLI::Range(0, 256))
-      ->capture_default_str();
-  app.add_flag("--no-cancel", sp.no_cancel, "Ablation: never cancel mis-speculated runs");
-  app.add_flag("--no-continuous", sp.no_continuous,
-               "Ablation: at most one micro-batch per verification");
+  // The speculation knobs (spec/knobs.h): the service's defaults for requests that leave
+  // SpecConfig fields unset.
+  pipeinfer::spec::KnobSettings knobs;
+  pipeinfer::spec::KnobFlagOptions knob_flags;
+  knob_flags.show_defaults = true;
+  pipeinfer::spec::AddKnobFlags(app, &knobs, knob_flags);
+  app.get_option("--mode")->description(
+      "Default speculation mode: plain, sync or pipeinfer (default: pipeinfer with a draft "
+      "model, else plain)");
   app.add_option("--model-id", model_id, "Model id served (default: the stages' model id)");
   app.add_option("--max-sessions", max_sessions, "Most concurrent Generate calls")
       ->check(CLI::Range(1, 65536));
+  int kv_wait_ms = 20000;
+  uint32_t kv_max_waiting = 0;
+  double spec_budget = 1.0;
+  app.add_option("--kv-wait-ms", kv_wait_ms,
+                 "How long a request may wait for its KV reservation to fit on every stage "
+                 "before it is refused (RESOURCE_EXHAUSTED, HTTP 429)")
+      ->check(CLI::Range(0, 3600000));
+  app.add_option("--kv-max-waiting", kv_max_waiting,
+                 "Most requests waiting for KV at once (0 = --max-sessions)")
+      ->check(CLI::Range(0, 65536));
+  app.add_option("--spec-budget", spec_budget,
+                 "Scale of the pipeline-wide speculation budget (speculative tokens in flight "
+                 "<= stages x a/b, where a stage pass costs a + b x tokens); 0 = no budget")
+      ->check(CLI::Range(0.0, 1000.0));
   app.add_option("--connect-timeout-ms", connect_timeout_ms,
                  "How long to wait for the stages and the pipeline at startup")
       ->check(CLI::Range(1, 600000));
@@ -94,11 +86,15 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
   }
-  if (mode.empty()) mode = draft_model.empty() ? "plain" : "pipeinfer";
-  if (mode != "plain" && draft_model.empty()) {
+  pipeinfer::spec::SpecParams sp = knobs.params();
+  if (!knobs.given("mode")) {
+    sp.mode =
+        draft_model.empty() ? pipeinfer::spec::Mode::kPlain : pipeinfer::spec::Mode::kPipeInfer;
+  }
+  const std::string mode(pipeinfer::spec::ModeName(sp.mode));
+  if (sp.mode != pipeinfer::spec::Mode::kPlain && draft_model.empty()) {
     return Fail("--mode " + mode + " needs --draft-model");
   }
-  sp.mode = *pipeinfer::spec::ParseMode(mode);
 
   // Before any thread exists: workers inherit the blocked SIGINT/SIGTERM.
   const pipeinfer::StopSignals stop_signals;
@@ -116,6 +112,9 @@ int main(int argc, char** argv) {
   if (tok->eos_id >= 0) o.eos_ids.push_back(static_cast<uint32_t>(tok->eos_id));
   o.expected_n_vocab = static_cast<uint32_t>(tok->tokens.size());
   o.max_sessions = max_sessions;
+  o.kv_wait_ms = kv_wait_ms;
+  o.kv_max_waiting = kv_max_waiting;
+  o.spec_budget_scale = spec_budget;
   o.connect_timeout_ms = connect_timeout_ms;
   o.spec_defaults = sp;
   o.metrics_address = metrics_listen;

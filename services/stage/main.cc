@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -14,6 +15,8 @@
 #include "engine/engine.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
+#include "spec/kv_demand.h"
+#include "stage/kv_sizing.h"
 #include "stage/stage_core.h"
 #include "stage_server/stage_server.h"
 
@@ -51,7 +54,7 @@ int main(int argc, char** argv) {
   std::vector<double> weights;
   int64_t kv_tokens = 0;
   uint64_t kv_bytes = 0;
-  uint32_t window = 8, max_run_tokens = 512;
+  uint32_t window = 64, max_run_tokens = 512, max_batch_tokens = 512;
   app.add_option("--model,-m", model, "GGUF model file")->required();
   app.add_option("--listen", listen, "Listen address HOST:PORT")->required();
   app.add_option("--downstream", downstream, "The next stage's HOST:PORT (absent on the last)");
@@ -61,11 +64,31 @@ int main(int argc, char** argv) {
   app.add_option("--weights", weights, "Relative layer weights per stage (with --stages)")
       ->delimiter(',');
   app.add_option("--threads,-t", threads, "Compute threads")->check(CLI::Range(1, 256));
-  auto* kvt = app.add_option("--kv-tokens", kv_tokens, "KV capacity in tokens (default n_ctx)")
+  auto* kvt = app.add_option("--kv-tokens", kv_tokens,
+                             "KV capacity in tokens (default: sized by --kv-sessions)")
                   ->check(CLI::PositiveNumber);
   app.add_option("--kv-bytes", kv_bytes, "KV capacity in bytes")
       ->check(CLI::PositiveNumber)
       ->excludes(kvt);
+  uint32_t kv_sessions = 8;
+  std::optional<uint32_t> kv_headroom_tokens, kv_session_partitions;
+  uint64_t kv_memory = 0;
+  app.add_option("--kv-sessions", kv_sessions,
+                 "Without --kv-tokens/--kv-bytes: size the KV cache for this many concurrent "
+                 "full-context requests with their speculation headroom")
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--kv-headroom-tokens", kv_headroom_tokens,
+                 "Speculation headroom one such request reserves beyond its context, in token "
+                 "slots (default: what pipeinfer with the default knobs reserves; `pipeinfer up` "
+                 "passes what its mode and knobs need)")
+      ->check(CLI::Range(0, 1 << 30));
+  app.add_option("--kv-session-partitions", kv_session_partitions,
+                 "Partitions one such request keeps live (default: as for the headroom)")
+      ->check(CLI::Range(0, 1 << 16));
+  app.add_option("--kv-memory", kv_memory,
+                 "Memory budget of the default-sized KV cache in bytes (default: a quarter of "
+                 "physical memory)")
+      ->check(CLI::PositiveNumber);
   app.add_option("--kv-type", kv_type, "KV cache element type")
       ->check(CLI::IsMember({"f16", "f32"}));
   app.add_option("--wire-dtype", wire, "Hidden-state dtype sent downstream")
@@ -80,6 +103,10 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 600000));
   app.add_option("--max-run-tokens", max_run_tokens, "Most tokens per run")
       ->check(CLI::Range(1, 65536));
+  app.add_option("--max-batch-tokens", max_batch_tokens,
+                 "Most tokens one forward pass computes over the runs it batches (a larger "
+                 "single run still runs alone)")
+      ->check(CLI::Range(1, 1 << 20));
   std::string metrics_listen;
   app.add_option("--emulate-run-us", emulate_run_us,
                  "Benchmarks: pad every forward to at least this many microseconds (plus "
@@ -146,8 +173,25 @@ int main(int argc, char** argv) {
   pipeinfer::engine::EngineOptions eo;
   eo.threads = threads;
   eo.kv_type = kv_type == "f32" ? pipeinfer::kv::ElemType::kF32 : pipeinfer::kv::ElemType::kF16;
-  eo.kv_capacity_tokens = kv_tokens > 0 ? kv_tokens : hp->n_ctx_train;
+  eo.kv_capacity_tokens = kv_tokens;
   eo.kv_capacity_bytes = kv_bytes;
+  if (kv_tokens == 0 && kv_bytes == 0) {
+    // Sized for concurrent full-context requests, as admission reserves them (kv_demand.h).
+    const pipeinfer::spec::KvDemand headroom = pipeinfer::spec::KvDemandOf(
+        pipeinfer::spec::SpecParams{}, /*max_context=*/0, static_cast<uint32_t>(stages));
+    pipeinfer::stage::KvSizingRequest kr;
+    kr.shape.n_layers = static_cast<int32_t>(spec.last_layer - spec.first_layer);
+    kr.shape.n_embd_kv = static_cast<int32_t>(hp->n_embd_kv());
+    kr.shape.type = eo.kv_type;
+    kr.shape.block_tokens = eo.kv_block_tokens;
+    kr.sessions = kv_sessions;
+    kr.session_tokens = hp->n_ctx_train + kv_headroom_tokens.value_or(headroom.reserve_tokens);
+    kr.session_partitions = kv_session_partitions.value_or(headroom.partitions);
+    kr.memory_budget = kv_memory > 0 ? kv_memory : pipeinfer::stage::DefaultKvMemoryBudget();
+    const pipeinfer::stage::KvSizing sized = pipeinfer::stage::SizeKvCache(kr);
+    eo.kv_capacity_tokens = sized.blocks * eo.kv_block_tokens;
+    std::printf("%s\n", sized.Describe(static_cast<uint32_t>(stage), kr.memory_budget).c_str());
+  }
   auto engine = pipeinfer::engine::Engine::Create(std::move(*sm), eo);
   if (!engine.ok()) return Fail(std::string(engine.status().message()));
 
@@ -156,6 +200,7 @@ int main(int argc, char** argv) {
   cc.n_stages = static_cast<uint32_t>(stages);
   cc.model_id = model_id.empty() ? std::filesystem::path(model).stem().string() : model_id;
   cc.max_run_tokens = max_run_tokens;
+  cc.max_batch_tokens = max_batch_tokens;
   cc.hidden_dtype_out = wire == "f16" ? 2 : wire == "bf16" ? 3 : 1;
   cc.emulate_run_us = emulate_run_us;
   cc.emulate_token_us = emulate_token_us;

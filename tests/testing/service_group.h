@@ -45,6 +45,11 @@ class ServiceGroup {
   bool Restart(const std::string& name) { return Launch(Find(name)); }
   // SIGTERM (then SIGKILL after 5 s); the wait status, 0 for a clean exit.
   int Stop(const std::string& name) { return Find(name).process->Stop(); }
+  // True while `name` has not exited (a crash under load shows up here before Stop).
+  bool Running(const std::string& name) {
+    Entry& e = Find(name);
+    return e.process && e.process->Running();
+  }
   std::string Log(const std::string& name) { return ReadText(Find(name).log); }
   // Every process's log, labelled.
   std::string Logs() const {

@@ -428,7 +428,7 @@ TEST_F(StageServerTest, GreedyDecodingCancellationAndKvRelease) {
   EXPECT_TRUE(i0.downstream_connected());
   EXPECT_TRUE(i1.upstream_connected());
   EXPECT_TRUE(i1.results_attached());
-  EXPECT_EQ(i0.link_window(), 8u);
+  EXPECT_EQ(i0.link_window(), 64u);
   EXPECT_EQ(i0.layer_begin(), 0u);
   EXPECT_EQ(i0.layer_end(), 1u);
   EXPECT_EQ(i1.layer_begin(), 1u);

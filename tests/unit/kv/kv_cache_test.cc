@@ -189,9 +189,18 @@ TEST(KvCache, RandomOperationsMatchReferenceModel) {
       const int op = pick(10);
       if (ref.empty() || op == 0) {
         const uint64_t sid = 1 + pick(4);
-        absl::Status st = kv.OpenSession(sid);
-        ASSERT_EQ(st.ok(), !ref.count(sid));
-        ref[sid][0];
+        const int64_t reserve = pick(2) ? 0 : pick(9);  // half the sessions reserve blocks
+        const bool fits = reserve <= kv.unpromised_blocks();
+        absl::Status st = kv.OpenSession(sid, reserve);
+        if (ref.count(sid)) {
+          ASSERT_EQ(st.code(), absl::StatusCode::kAlreadyExists);
+        } else if (!fits) {
+          ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted);
+        } else {
+          ASSERT_TRUE(st.ok()) << st;
+          ASSERT_EQ(kv.blocks_reserved(sid), reserve);
+          ref[sid][0];
+        }
         continue;
       }
       auto sit = std::next(ref.begin(), pick(static_cast<int>(ref.size())));
@@ -200,6 +209,11 @@ TEST(KvCache, RandomOperationsMatchReferenceModel) {
       auto pit = std::next(rsess.begin(), pick(static_cast<int>(rsess.size())));
       const uint32_t pid = pit->first;
       RefSeq& rs = pit->second;
+      // A session that stays within its reservation never runs out: every operation below needs
+      // at most ceil(6 / 4) + 1 = 3 new blocks (Append) or, for a path of n slots, ceil(n / 4) + 1.
+      auto within_reservation = [&](int64_t need) {
+        return kv.blocks_held(sid) + need <= kv.blocks_reserved(sid);
+      };
       if (op == 1 && pick(3) == 0) {  // close
         ASSERT_TRUE(kv.CloseSession(sid).ok());
         ref.erase(sit);
@@ -207,9 +221,11 @@ TEST(KvCache, RandomOperationsMatchReferenceModel) {
         const int n = 1 + pick(6);
         std::vector<int32_t> parents(n);
         for (int i = 0; i < n; ++i) parents[i] = (pid == 0 || pick(3)) ? i - 1 : pick(i + 1) - 1;
+        const bool safe = within_reservation(3);
         auto slots = kv.Append(sid, pid, parents);
         if (!slots.ok()) {
           ASSERT_EQ(slots.status().code(), absl::StatusCode::kResourceExhausted);
+          ASSERT_FALSE(safe) << "a session within its reservation ran out";
           ++exhausted;
         } else {
           const int32_t base = static_cast<int32_t>(rs.tags.size());
@@ -231,9 +247,11 @@ TEST(KvCache, RandomOperationsMatchReferenceModel) {
                                                                  : rs.Path(leaf);
         const int32_t n = pick(static_cast<int32_t>(path.size()) + 1);
         (void)plen;
+        const bool safe = within_reservation((n + 3) / 4 + 1);
         absl::Status st = kv.Fork(sid, np, pid, leaf, n);
         if (!st.ok()) {
           ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+          ASSERT_FALSE(safe) << "a session within its reservation ran out";
           ++exhausted;
         } else {
           RefSeq fresh;
@@ -249,9 +267,11 @@ TEST(KvCache, RandomOperationsMatchReferenceModel) {
         const int32_t leaf = pick(size);
         const std::vector<int32_t> path = rs.Path(leaf);
         const int32_t n = pick(static_cast<int32_t>(path.size()) + 1);
+        const bool safe = within_reservation((n + 3) / 4 + 1);
         absl::Status st = kv.Commit(sid, pid, leaf, n);
         if (!st.ok()) {
           ASSERT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
+          ASSERT_FALSE(safe) << "a session within its reservation ran out";
           ++exhausted;
         } else {
           RefSeq fresh;
@@ -275,6 +295,46 @@ TEST(KvCache, RandomOperationsMatchReferenceModel) {
     EXPECT_EQ(kv.Stats().blocks_used, 0);
     EXPECT_TRUE(kv.CheckInvariants().ok());
   }
+}
+
+TEST(KvCache, ReservationsArePromisedToTheirSession) {
+  KvCache kv(SmallConfig(40));  // 10 blocks of 4
+  ASSERT_TRUE(kv.OpenSession(1, 7).ok());
+  EXPECT_EQ(kv.unpromised_blocks(), 3);
+  EXPECT_EQ(kv.OpenSession(2, 4).code(), absl::StatusCode::kResourceExhausted);
+  ASSERT_TRUE(kv.OpenSession(2).ok());  // no reservation: lives on the 3 unpromised blocks
+  std::vector<int32_t> chain(12);
+  for (int32_t i = 0; i < 12; ++i) chain[i] = i - 1;
+  ASSERT_TRUE(kv.Append(2, 0, chain).ok());  // 3 blocks
+  auto more = kv.Append(2, 0, std::vector<int32_t>{-1});
+  ASSERT_EQ(more.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(more.status().message().find("promised"), std::string::npos) << more.status();
+  // Session 1 still gets all of its 7 blocks, although only 7 are free.
+  std::vector<int32_t> chain28(28);
+  for (int32_t i = 0; i < 28; ++i) chain28[i] = i - 1;
+  ASSERT_TRUE(kv.Append(1, 0, chain28).ok());
+  EXPECT_EQ(kv.blocks_held(1), 7);
+  EXPECT_EQ(kv.free_blocks(), 0);
+  EXPECT_EQ(kv.Stats().reservation_overruns, 0);
+  EXPECT_TRUE(kv.CheckInvariants().ok());
+  // Closing session 2 frees unpromised blocks; session 1 may borrow them (an overrun).
+  ASSERT_TRUE(kv.CloseSession(2).ok());
+  ASSERT_TRUE(kv.Append(1, 0, std::vector<int32_t>{-1}).ok());
+  EXPECT_EQ(kv.Stats().reservation_overruns, 1);
+  EXPECT_EQ(kv.Stats().blocks_reserved, 7);
+  // Closing session 1 returns everything.
+  ASSERT_TRUE(kv.CloseSession(1).ok());
+  EXPECT_EQ(kv.unpromised_blocks(), 10);
+  EXPECT_EQ(kv.Stats().blocks_reserved, 0);
+  EXPECT_TRUE(kv.CheckInvariants().ok());
+}
+
+TEST(KvCache, ReservationBlocksFormula) {
+  // ceil(tokens / block) + 4 per partition + 2; nothing without tokens.
+  EXPECT_EQ(ReservationBlocks(0, 5, 16), 0);
+  EXPECT_EQ(ReservationBlocks(256, 0, 16), 16 + 2);
+  EXPECT_EQ(ReservationBlocks(257, 0, 16), 17 + 2);
+  EXPECT_EQ(ReservationBlocks(256 + 10 * 8, 10, 16), 21 + 40 + 2);
 }
 
 TEST(KvCache, F16LayoutAndByteBudget) {

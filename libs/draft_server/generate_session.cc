@@ -1,0 +1,271 @@
+#include "draft_server/generate_session.h"
+
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "draft_server/pipeline_proto.h"
+#include "draft_server/spec_proto.h"
+
+namespace pipeinfer::draft_server {
+namespace {
+
+using Steady = std::chrono::steady_clock;
+
+// How long a session whose run came back as an unexpected tombstone waits for the stage's
+// ErrorDetail (on the Pipeline stream), which says why the run was skipped.
+constexpr std::chrono::seconds kTombstoneReasonWait{2};
+
+uint64_t MicrosBetween(Steady::time_point a, Steady::time_point b) {
+  return b <= a ? 0
+                : static_cast<uint64_t>(
+                      std::chrono::duration_cast<std::chrono::microseconds>(b - a).count());
+}
+
+spec::ControllerOptions ControllerOptionsFor(const v1::GenerateRequest& req,
+                                             const ValidatedRequest& v,
+                                             const ServedPipeline& pipeline) {
+  spec::ControllerOptions o;
+  o.spec = v.spec;
+  o.sampling = v.sampling;
+  o.n_stages = pipeline.n_stages;
+  o.max_run_tokens = pipeline.max_run_tokens;
+  o.stop.ignore_eos = req.ignore_eos();
+  for (uint32_t id : pipeline.eos_ids) o.stop.eos_ids.push_back(static_cast<int32_t>(id));
+  for (uint32_t id : req.stop_token_ids()) o.stop.stop_ids.push_back(static_cast<int32_t>(id));
+  o.stop.max_new_tokens = req.has_max_tokens() ? req.max_tokens() : UINT32_MAX;
+  o.stop.max_context = v.max_context;
+  return o;
+}
+
+}  // namespace
+
+// The controller's way into the pipeline: its runs, KV operations and cancels, as this session's
+// messages on the shared link.
+class GenerateSession::Sink : public spec::PipelineSink {
+ public:
+  Sink(SessionLink* link, DraftMetrics* metrics, spec::SpecBudget* budget)
+      : link_(link), metrics_(metrics), budget_(budget) {}
+  ~Sink() override {
+    // Runs whose outcome never came (the session ended): no longer in flight.
+    for (const auto& [id, r] : in_flight_) Count(r, -1);
+  }
+
+  absl::StatusOr<uint64_t> SendRun(const spec::RunSpec& run) override {
+    absl::StatusOr<uint64_t> id = link_->Enqueue(RunMessage(link_->id(), run));
+    if (id.ok()) {
+      metrics_->runs_launched_total->Increment();
+      const InFlight r{static_cast<int64_t>(run.tokens.size()), run.verified};
+      in_flight_[*id] = r;
+      Count(r, +1);
+    }
+    return id;
+  }
+
+  // This session's tokens in flight.
+  int64_t verified() const { return own_verified_; }
+  int64_t speculative() const { return own_speculative_; }
+
+  // The run's outcome arrived.
+  void Done(uint64_t run_id) {
+    auto it = in_flight_.find(run_id);
+    if (it == in_flight_.end()) return;
+    Count(it->second, -1);
+    in_flight_.erase(it);
+  }
+
+  absl::Status SendKvOp(const spec::KvOpSpec& op) override {
+    return link_->Enqueue(KvOpMessage(link_->id(), op)).status();
+  }
+
+  void Cancel(std::span<const uint64_t> ids) override { link_->SendCancel(ids); }
+
+ private:
+  struct InFlight {
+    int64_t tokens = 0;
+    bool verified = false;
+  };
+  void Count(const InFlight& r, int sign) {
+    (r.verified ? own_verified_ : own_speculative_) += sign * r.tokens;
+    if (!budget_) return;
+    if (r.verified) {
+      budget_->AddVerified(sign * r.tokens);
+    } else {
+      budget_->AddSpeculative(sign * r.tokens);
+    }
+  }
+
+  SessionLink* link_;
+  DraftMetrics* metrics_;
+  spec::SpecBudget* budget_;
+  std::map<uint64_t, InFlight> in_flight_;
+  int64_t own_verified_ = 0, own_speculative_ = 0;
+};
+
+GenerateSession::GenerateSession(const SessionEnv& env, const v1::GenerateRequest& req,
+                                 ValidatedRequest request, SessionLink* link,
+                                 std::function<void()> on_close, Steady::time_point t_start)
+    : env_(env),
+      req_(req),
+      request_(std::move(request)),
+      link_(*link),
+      on_close_(std::move(on_close)),
+      t_start_(t_start),
+      t_open_(Steady::now()) {
+  if (request_.spec.mode != spec::Mode::kPlain) {
+    drafter_ = std::make_unique<SessionDrafter>(env_.draft_model, link_.id());
+  }
+  sink_ = std::make_unique<Sink>(&link_, env_.metrics, env_.budget);
+  ctl_ = std::make_unique<spec::Controller>(ControllerOptionsFor(req_, request_, *env_.pipeline),
+                                            sink_.get(), drafter_.get());
+}
+
+GenerateSession::~GenerateSession() = default;
+
+absl::Status GenerateSession::Run(const SessionCaller& caller) {
+  absl::Status st = Open();
+  t_prefill_ = Steady::now();
+  if (st.ok()) st = Decode(caller);
+  const v1::SpecCounters counters = Close();
+  if (!st.ok()) return Fail(st, caller);
+  return Finish(counters, caller);
+}
+
+absl::Status GenerateSession::Open() {
+  v1::StageDownstream open;
+  auto* o = open.mutable_session_open();
+  o->set_session_id(link_.id());
+  o->set_request_id(req_.request_id());
+  o->set_max_context(request_.max_context);
+  // The reservation admission made room for (the stages reserve the same blocks).
+  const KvDemand demand = KvDemandOf(request_, env_.pipeline->n_stages);
+  o->set_kv_reserve_tokens(demand.reserve_tokens);
+  o->set_max_partitions(demand.partitions);
+  *o->mutable_result() = ResultSpecFor(request_.sampling);
+  if (absl::Status st = link_.Enqueue(std::move(open)).status(); !st.ok()) return st;
+  const std::vector<int32_t> prompt(req_.prompt_token_ids().begin(), req_.prompt_token_ids().end());
+  return ctl_->Start(prompt);
+}
+
+absl::Status GenerateSession::Decode(const SessionCaller& caller) {
+  SessionInbox& inbox = link_.inbox();
+  // A draft pass this session waits for is interrupted when an outcome arrives: handling results
+  // never waits for drafting.
+  if (drafter_) drafter_->SetInterrupt([&inbox] { return inbox.Waiting(); });
+  // Drafting stops when an outcome is waiting (it is handled first) or when the pipeline-wide
+  // budget has no room for another micro-batch.
+  const uint32_t micro_batch = request_.spec.draft_max;
+  const auto outcome_waiting = [this, &inbox, micro_batch] {
+    return inbox.Waiting() || (env_.budget && !env_.budget->Allows(micro_batch, sink_->verified(),
+                                                                   sink_->speculative()));
+  };
+  while (!ctl_->finished()) {
+    if (ctl_->mode() == spec::Mode::kPipeInfer) {
+      // Draft while the pipeline has room and nothing is waiting to be verified.
+      absl::StatusOr<int> launched = ctl_->Speculate(outcome_waiting);
+      if (!launched.ok()) return launched.status();
+    }
+    absl::StatusOr<v1::ResultsDownstream> raw = inbox.Next(caller.cancelled);
+    if (!raw.ok()) return raw.status();
+    spec::Outcome out;
+    if (absl::Status st = ToOutcome(*raw, env_.pipeline->n_vocab, &out); !st.ok()) return st;
+    absl::Status handled = ctl_->OnOutcome(out);
+    Account(*raw);
+    if (absl::Status st = handled; !st.ok()) {
+      // A stage skipped a run the controller still needed; its ErrorDetail says why.
+      if (out.tombstone) {
+        if (std::optional<absl::Status> why = inbox.AwaitFailure(kTombstoneReasonWait)) return *why;
+      }
+      return st;
+    }
+    if (absl::Status st = Stream(ctl_->TakeEmitted(), caller); !st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+void GenerateSession::Account(const v1::ResultsDownstream& raw) {
+  sink_->Done(raw.has_result() ? raw.result().run_id() : raw.tombstone().run_id());
+  if (!env_.budget) return;
+  if (raw.has_result()) {
+    for (const v1::StageTiming& t : raw.result().trace()) {
+      env_.budget->ObservePass(t.batch_tokens(), t.compute_us());
+    }
+  }
+  const spec::Counters& c = ctl_->counters();
+  env_.budget->ObserveAcceptance(c.tokens_drafted - drafted_seen_,
+                                 c.tokens_accepted - accepted_seen_);
+  drafted_seen_ = c.tokens_drafted;
+  accepted_seen_ = c.tokens_accepted;
+}
+
+absl::Status GenerateSession::Stream(const std::vector<int32_t>& tokens,
+                                     const SessionCaller& caller) {
+  if (tokens.empty()) return absl::OkStatus();
+  const auto now = Steady::now();
+  if (completion_ == 0) t_first_ = now;
+  t_last_ = now;
+  v1::GenerateResponse ev;
+  auto* batch = ev.mutable_tokens();
+  for (int32_t t : tokens) batch->add_token_ids(static_cast<uint32_t>(t));
+  batch->set_index(completion_);
+  *batch->mutable_counters() = ToSpecCounters(ctl_->mode(), ctl_->counters());
+  if (!caller.write(ev)) return absl::CancelledError("the caller went away");
+  completion_ += static_cast<uint32_t>(tokens.size());
+  env_.metrics->tokens_generated_total->Increment(static_cast<double>(tokens.size()));
+  return absl::OkStatus();
+}
+
+v1::SpecCounters GenerateSession::Close() {
+  // SessionClose is queued first: the stages free the session's reservation at that point of the
+  // stream, so admission may only hand it to the next request after it.
+  const uint64_t closed_runs = link_.Close(ctl_->OutstandingRunIds());
+  if (on_close_) on_close_();
+  v1::SpecCounters counters = ToSpecCounters(ctl_->mode(), ctl_->counters());
+  counters.set_runs_cancelled(counters.runs_cancelled() + closed_runs);
+  env_.metrics->AddUp(ctl_->counters());
+  drafter_.reset();  // frees the session's draft KV
+  return counters;
+}
+
+absl::Status GenerateSession::Fail(const absl::Status& st, const SessionCaller& caller) {
+  if (absl::IsCancelled(st) || completion_ == 0) return st;
+  // The stream already carried data: an in-band error first.
+  v1::GenerateResponse ev;
+  auto* e = ev.mutable_error();
+  e->set_code(static_cast<v1::StatusCode>(st.code()));
+  e->set_message(std::string(st.message()));
+  e->set_origin("draft");
+  e->set_request_id(req_.request_id());
+  e->set_session_id(link_.id());
+  e->set_retryable(absl::IsUnavailable(st) || absl::IsResourceExhausted(st) || absl::IsAborted(st));
+  caller.write(ev);
+  return st;
+}
+
+absl::Status GenerateSession::Finish(const v1::SpecCounters& counters,
+                                     const SessionCaller& caller) {
+  const uint32_t prompt_len = static_cast<uint32_t>(req_.prompt_token_ids_size());
+  v1::GenerateResponse ev;
+  auto* f = ev.mutable_finished();
+  f->set_finish_reason(ctl_->finish_reason() == spec::Finish::kStop ? v1::FINISH_REASON_STOP
+                                                                    : v1::FINISH_REASON_LENGTH);
+  f->mutable_usage()->set_prompt_tokens(prompt_len);
+  f->mutable_usage()->set_completion_tokens(completion_);
+  f->mutable_usage()->set_total_tokens(prompt_len + completion_);
+  auto* tm = f->mutable_timings();
+  tm->set_queue_us(MicrosBetween(t_start_, t_open_));
+  tm->set_prefill_us(MicrosBetween(t_prefill_, t_first_));
+  tm->set_ttft_us(MicrosBetween(t_start_, t_first_));
+  tm->set_decode_us(MicrosBetween(t_first_, t_last_));
+  tm->set_total_us(MicrosBetween(t_start_, Steady::now()));
+  env_.metrics->request_seconds->Observe(static_cast<double>(tm->total_us()) * 1e-6);
+  if (completion_ > 0) {
+    env_.metrics->ttft_seconds->Observe(static_cast<double>(tm->ttft_us()) * 1e-6);
+  }
+  *f->mutable_counters() = counters;
+  caller.write(ev);
+  return absl::OkStatus();
+}
+
+}  // namespace pipeinfer::draft_server

@@ -1,0 +1,383 @@
+#include "draft_server/pipeline_link.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <deque>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "draft_server/pipeline_proto.h"
+
+namespace pipeinfer::draft_server {
+namespace {
+
+using Clock = std::chrono::system_clock;
+using PipeStream = grpc::ClientReaderWriter<v1::StageDownstream, v1::StageUpstream>;
+using ResStream = grpc::ClientReaderWriter<v1::ResultsUpstream, v1::ResultsDownstream>;
+
+}  // namespace
+
+// One incarnation (epoch) of the pipeline: the Pipeline stream to stage 0 and the Results stream
+// from the last stage, with their threads.
+struct PipelineLink::Epoch {
+  uint64_t epoch = 0;
+  std::unique_ptr<grpc::ClientContext> pctx, rctx;
+  std::unique_ptr<PipeStream> pipe;
+  std::unique_ptr<ResStream> res;
+
+  std::mutex mu;  // guards the fields below (dead is also readable without it)
+  std::condition_variable cv;
+  int64_t credit = 0;
+  bool got_credit = false;
+  bool got_ready = false;
+  std::vector<StageKv> capacity;        // from PipelineReady, stage order
+  std::deque<v1::StageDownstream> out;  // waiting for credit
+  uint64_t next_run_id = 1;
+  std::atomic<bool> dead{false};
+  std::string dead_reason;
+
+  std::mutex res_write_mu;  // serializes writes on the Results stream
+  std::thread sender, pipe_reader, res_reader;
+};
+
+PipelineLink::PipelineLink(PipelineLinkOptions options)
+    : opt_(std::move(options)),
+      stub0_(v1::Stage::NewStub(opt_.stage0)),
+      stub_last_(v1::Stage::NewStub(opt_.last)) {}
+
+PipelineLink::~PipelineLink() { Stop(); }
+
+absl::Status PipelineLink::Start(Clock::time_point deadline) {
+  absl::StatusOr<std::shared_ptr<Epoch>> ep = Connect(deadline);
+  if (!ep.ok()) return ep.status();
+  if (opt_.on_capacity) opt_.on_capacity((*ep)->capacity);
+  std::lock_guard<std::mutex> l(mu_);
+  current_ = *ep;
+  supervisor_ = std::thread([this] { Supervise(); });
+  return absl::OkStatus();
+}
+
+void PipelineLink::BeginShutdown(const absl::Status& status) {
+  std::vector<std::shared_ptr<SessionInbox>> open;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopping_ = true;
+    for (auto& [id, reg] : sessions_) open.push_back(reg.inbox);
+  }
+  cv_.notify_all();
+  for (auto& inbox : open) inbox->Fail(status);
+}
+
+void PipelineLink::Stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (supervisor_.joinable()) supervisor_.join();
+  std::shared_ptr<Epoch> ep;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ep = std::move(current_);
+  }
+  if (ep) StopEpoch(ep);
+}
+
+absl::StatusOr<std::unique_ptr<PipelineLink::Session>> PipelineLink::OpenSession() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (stopping_) return absl::UnavailableError("the pipeline link is shutting down");
+  if (!current_ || current_->dead) return absl::UnavailableError("the pipeline is not connected");
+  const uint64_t id = next_session_id_++;
+  auto inbox = std::make_shared<SessionInbox>();
+  sessions_[id] = Registration{inbox, current_};
+  return std::unique_ptr<Session>(new Session(this, id, current_, std::move(inbox)));
+}
+
+bool PipelineLink::ready() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return current_ && !current_->dead;
+}
+
+uint64_t PipelineLink::epoch() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return current_ ? current_->epoch : 0;
+}
+
+std::shared_ptr<SessionInbox> PipelineLink::InboxOf(uint64_t session_id,
+                                                    const std::shared_ptr<Epoch>& ep) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = sessions_.find(session_id);
+  if (it == sessions_.end() || it->second.epoch != ep) return nullptr;
+  return it->second.inbox;
+}
+
+void PipelineLink::Unregister(uint64_t session_id) {
+  std::lock_guard<std::mutex> l(mu_);
+  sessions_.erase(session_id);
+}
+
+// ---- Sending ------------------------------------------------------------------------------------
+
+bool PipelineLink::Enqueue(Epoch& ep, v1::StageDownstream m, uint64_t* run_id) {
+  {
+    std::lock_guard<std::mutex> l(ep.mu);
+    if (ep.dead) return false;
+    if (m.has_run()) {
+      const uint64_t id = ep.next_run_id++;
+      m.mutable_run()->set_run_id(id);
+      if (run_id) *run_id = id;
+    }
+    ep.out.push_back(std::move(m));
+  }
+  ep.cv.notify_all();
+  return true;
+}
+
+void PipelineLink::SendCancel(Epoch& ep, std::span<const uint64_t> run_ids) {
+  if (run_ids.empty()) return;
+  v1::ResultsUpstream c;
+  for (uint64_t id : run_ids) c.mutable_cancel()->add_run_ids(id);
+  std::lock_guard<std::mutex> l(ep.res_write_mu);
+  if (!ep.dead) ep.res->Write(c);
+}
+
+absl::Status PipelineLink::Lost(Epoch& ep) {
+  std::lock_guard<std::mutex> l(ep.mu);
+  return absl::AbortedError(absl::StrCat("the pipeline was reset while the request was in flight",
+                                         ep.dead_reason.empty() ? "" : " (", ep.dead_reason,
+                                         ep.dead_reason.empty() ? "" : ")"));
+}
+
+// ---- Epochs -------------------------------------------------------------------------------------
+
+absl::StatusOr<std::shared_ptr<PipelineLink::Epoch>> PipelineLink::Connect(
+    Clock::time_point deadline) {
+  auto ep = std::make_shared<Epoch>();
+  {
+    // Epochs are microseconds since 1970, strictly increasing even if the clock steps back.
+    std::lock_guard<std::mutex> l(mu_);
+    const uint64_t now_us = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(Clock::now().time_since_epoch())
+            .count());
+    ep->epoch = std::max(now_us, last_epoch_ + 1);
+    last_epoch_ = ep->epoch;
+  }
+  ep->rctx = std::make_unique<grpc::ClientContext>();
+  ep->pctx = std::make_unique<grpc::ClientContext>();
+  ep->res = stub_last_->Results(ep->rctx.get());
+  v1::ResultsUpstream ro;
+  ro.mutable_open()->set_controller_id(opt_.controller_id);
+  ro.mutable_open()->set_epoch(ep->epoch);
+  const bool res_ok = ep->res->Write(ro);
+  ep->pipe = stub0_->Pipeline(ep->pctx.get());
+  v1::StageDownstream po;
+  po.mutable_open()->set_controller_id(opt_.controller_id);
+  po.mutable_open()->set_epoch(ep->epoch);
+  po.mutable_open()->set_receiver_stage_index(0);
+  po.mutable_open()->set_n_stages(opt_.n_stages);
+  po.mutable_open()->set_model_id(opt_.model_id);
+  const bool pipe_ok = res_ok && ep->pipe->Write(po);
+
+  ep->res_reader = std::thread([this, ep] { ResultsReadLoop(ep); });
+  ep->pipe_reader = std::thread([this, ep] { PipeReadLoop(ep); });
+  ep->sender = std::thread([this, ep] { SendLoop(ep); });
+  if (!pipe_ok) EpochFailed(ep, "cannot open the streams");
+  bool ok = false;
+  {
+    std::unique_lock<std::mutex> l(ep->mu);
+    ep->cv.wait_until(l, deadline,
+                      [&] { return (ep->got_credit && ep->got_ready) || ep->dead.load(); });
+    ok = ep->got_credit && ep->got_ready && !ep->dead;
+  }
+  if (ok) return ep;
+  auto [ps, rs] = StopEpoch(ep);
+  std::string why =
+      !ps.ok()   ? absl::StrCat("stage 0 refused the Pipeline stream: ", ps.error_message())
+      : !rs.ok() ? absl::StrCat("the last stage refused the Results stream: ", rs.error_message())
+                 : std::string("timed out waiting for stage 0's first credit and capacities");
+  return absl::UnavailableError(
+      absl::StrCat("cannot open the pipeline (epoch ", ep->epoch, "): ", why));
+}
+
+void PipelineLink::SendLoop(std::shared_ptr<Epoch> ep) {
+  while (true) {
+    v1::StageDownstream m;
+    {
+      std::unique_lock<std::mutex> l(ep->mu);
+      ep->cv.wait(l, [&] { return ep->dead || (!ep->out.empty() && ep->credit > 0); });
+      if (ep->dead) return;
+      m = std::move(ep->out.front());
+      ep->out.pop_front();
+      --ep->credit;
+    }
+    if (!ep->pipe->Write(m)) {
+      EpochFailed(ep, "writing to stage 0 failed");
+      return;
+    }
+  }
+}
+
+void PipelineLink::PipeReadLoop(std::shared_ptr<Epoch> ep) {
+  v1::StageUpstream m;
+  while (ep->pipe->Read(&m)) {
+    if (m.has_credit()) {
+      {
+        std::lock_guard<std::mutex> l(ep->mu);
+        ep->credit += m.credit().messages();
+        ep->got_credit = true;
+      }
+      ep->cv.notify_all();
+    } else if (m.has_ready()) {
+      {
+        std::lock_guard<std::mutex> l(ep->mu);
+        ep->capacity.clear();
+        for (const v1::StageCapacity& c : m.ready().stages()) {
+          ep->capacity.push_back({c.stage_index(), c.kv_block_size(), c.kv_blocks_total()});
+        }
+        ep->got_ready = true;
+      }
+      ep->cv.notify_all();
+    } else if (m.has_error()) {
+      const v1::ErrorDetail& e = m.error();
+      if (e.session_id() == 0) {
+        std::fprintf(stderr, "draft: pipeline error: %s\n", e.ShortDebugString().c_str());
+      } else if (std::shared_ptr<SessionInbox> inbox = InboxOf(e.session_id(), ep)) {
+        inbox->Fail(StatusFromDetail(e));
+      }
+    }
+    // Cancel: stage 0 never forwards cancels to the controller; nothing to do.
+  }
+  EpochFailed(ep, "the Pipeline stream to stage 0 ended", /*cancel_pipe=*/false);
+}
+
+void PipelineLink::ResultsReadLoop(std::shared_ptr<Epoch> ep) {
+  v1::ResultsDownstream m;
+  while (ep->res->Read(&m)) {
+    const uint64_t sid = m.has_result()      ? m.result().session_id()
+                         : m.has_tombstone() ? m.tombstone().session_id()
+                                             : 0;
+    if (sid == 0) continue;  // barrier echoes
+    // A finished session's late outcome has no inbox any more.
+    if (std::shared_ptr<SessionInbox> inbox = InboxOf(sid, ep)) inbox->Deliver(std::move(m));
+    m.Clear();
+  }
+  EpochFailed(ep, "the Results stream from the last stage ended", /*cancel_pipe=*/true,
+              /*cancel_results=*/false);
+}
+
+void PipelineLink::EpochFailed(const std::shared_ptr<Epoch>& ep, const std::string& reason,
+                               bool cancel_pipe, bool cancel_results) {
+  {
+    std::lock_guard<std::mutex> l(ep->mu);
+    if (ep->dead) return;
+    ep->dead_reason = reason;
+    ep->dead = true;
+  }
+  ep->cv.notify_all();
+  if (cancel_pipe) ep->pctx->TryCancel();
+  if (cancel_results) ep->rctx->TryCancel();
+  std::vector<std::shared_ptr<SessionInbox>> victims;
+  bool current = false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& [id, reg] : sessions_) {
+      if (reg.epoch == ep) victims.push_back(reg.inbox);
+    }
+    current = current_ == ep && !stopping_;
+  }
+  for (auto& inbox : victims) {
+    inbox->Fail(absl::AbortedError(
+        absl::StrCat("the pipeline was reset while the request was in flight (", reason, ")")));
+  }
+  if (current) {
+    std::fprintf(stderr, "draft: pipeline epoch %llu lost: %s\n",
+                 static_cast<unsigned long long>(ep->epoch), reason.c_str());
+    if (opt_.on_state) opt_.on_state(false);
+  }
+  cv_.notify_all();
+}
+
+std::pair<grpc::Status, grpc::Status> PipelineLink::StopEpoch(const std::shared_ptr<Epoch>& ep) {
+  EpochFailed(ep, "stopped");
+  if (ep->sender.joinable()) ep->sender.join();
+  if (ep->pipe_reader.joinable()) ep->pipe_reader.join();
+  if (ep->res_reader.joinable()) ep->res_reader.join();
+  grpc::Status ps = ep->pipe ? ep->pipe->Finish() : grpc::Status::OK;
+  grpc::Status rs = ep->res ? ep->res->Finish() : grpc::Status::OK;
+  return {ps, rs};
+}
+
+void PipelineLink::Supervise() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (!stopping_) {
+    cv_.wait_for(l, std::chrono::seconds(1),
+                 [&] { return stopping_ || !current_ || current_->dead.load(); });
+    if (stopping_) break;
+    if (current_ && !current_->dead) continue;
+    std::shared_ptr<Epoch> old = std::move(current_);
+    l.unlock();
+    if (old) {
+      auto [ps, rs] = StopEpoch(old);
+      std::fprintf(stderr, "draft: epoch %llu ended (Pipeline: %s; Results: %s)\n",
+                   static_cast<unsigned long long>(old->epoch), ps.error_message().c_str(),
+                   rs.error_message().c_str());
+    }
+    auto fresh = Connect(Clock::now() + std::chrono::seconds(5));
+    l.lock();
+    if (!fresh.ok()) {
+      std::fprintf(stderr, "draft: reconnecting: %s\n",
+                   std::string(fresh.status().message()).c_str());
+      cv_.wait_for(l, std::chrono::seconds(1), [&] { return stopping_; });
+      continue;
+    }
+    if (stopping_) {
+      l.unlock();
+      StopEpoch(*fresh);
+      l.lock();
+      break;
+    }
+    l.unlock();
+    if (opt_.on_capacity) opt_.on_capacity((*fresh)->capacity);
+    l.lock();
+    current_ = *fresh;
+    std::fprintf(stderr, "draft: pipeline reconnected with epoch %llu\n",
+                 static_cast<unsigned long long>(current_->epoch));
+    l.unlock();
+    if (opt_.on_state) opt_.on_state(true);
+    l.lock();
+  }
+}
+
+// ---- Session ------------------------------------------------------------------------------------
+
+PipelineLink::Session::Session(PipelineLink* link, uint64_t id, std::shared_ptr<Epoch> epoch,
+                               std::shared_ptr<SessionInbox> inbox)
+    : link_(link), id_(id), epoch_(std::move(epoch)), inbox_(std::move(inbox)) {}
+
+PipelineLink::Session::~Session() {
+  if (registered_) link_->Unregister(id_);
+}
+
+absl::StatusOr<uint64_t> PipelineLink::Session::Enqueue(v1::StageDownstream m) {
+  uint64_t run_id = 0;
+  if (!PipelineLink::Enqueue(*epoch_, std::move(m), &run_id)) return Lost(*epoch_);
+  return run_id;
+}
+
+void PipelineLink::Session::SendCancel(std::span<const uint64_t> run_ids) {
+  PipelineLink::SendCancel(*epoch_, run_ids);
+}
+
+uint64_t PipelineLink::Session::Close(std::span<const uint64_t> outstanding) {
+  if (registered_) link_->Unregister(id_);
+  registered_ = false;
+  if (epoch_->dead) return 0;
+  SendCancel(outstanding);
+  v1::StageDownstream close;
+  close.mutable_session_close()->set_session_id(id_);
+  PipelineLink::Enqueue(*epoch_, std::move(close), nullptr);
+  return outstanding.size();
+}
+
+}  // namespace pipeinfer::draft_server

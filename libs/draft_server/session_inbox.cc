@@ -1,0 +1,48 @@
+#include "draft_server/session_inbox.h"
+
+#include <utility>
+
+namespace pipeinfer::draft_server {
+
+void SessionInbox::Deliver(v1::ResultsDownstream outcome) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    outcomes_.push_back(std::move(outcome));
+  }
+  cv_.notify_all();
+}
+
+void SessionInbox::Fail(const absl::Status& status) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!failure_) failure_ = status;
+  }
+  cv_.notify_all();
+}
+
+bool SessionInbox::Waiting() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return !outcomes_.empty() || failure_.has_value();
+}
+
+absl::StatusOr<v1::ResultsDownstream> SessionInbox::Next(const std::function<bool()>& cancelled) {
+  std::unique_lock<std::mutex> l(mu_);
+  while (true) {
+    if (failure_) return *failure_;
+    if (cancelled()) return absl::CancelledError("the caller cancelled the request");
+    if (!outcomes_.empty()) {
+      v1::ResultsDownstream out = std::move(outcomes_.front());
+      outcomes_.pop_front();
+      return out;
+    }
+    cv_.wait_for(l, kPollInterval);
+  }
+}
+
+std::optional<absl::Status> SessionInbox::AwaitFailure(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait_for(l, timeout, [&] { return failure_.has_value(); });
+  return failure_;
+}
+
+}  // namespace pipeinfer::draft_server

@@ -1,0 +1,101 @@
+#include "spec/spec_budget.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace pipeinfer::spec {
+namespace {
+
+// Passes needed before the fit is trusted.
+constexpr size_t kMinPasses = 16;
+
+}  // namespace
+
+SpecBudget::SpecBudget(SpecBudgetOptions options) : options_(options) {}
+
+void SpecBudget::ObservePass(uint32_t tokens, uint64_t micros) {
+  if (tokens == 0) return;
+  std::lock_guard<std::mutex> l(mu_);
+  const double t = tokens, y = static_cast<double>(micros);
+  passes_.emplace_back(t, y);
+  sum_t_ += t;
+  sum_y_ += y;
+  sum_tt_ += t * t;
+  sum_ty_ += t * y;
+  while (passes_.size() > std::max<uint32_t>(options_.window, kMinPasses)) {
+    const auto [ot, oy] = passes_.front();
+    passes_.pop_front();
+    sum_t_ -= ot;
+    sum_y_ -= oy;
+    sum_tt_ -= ot * ot;
+    sum_ty_ -= ot * oy;
+  }
+}
+
+void SpecBudget::ObserveAcceptance(uint64_t drafted, uint64_t accepted) {
+  if (drafted == 0 && accepted == 0) return;
+  std::lock_guard<std::mutex> l(mu_);
+  // Moving averages of both streams (drafting and verification happen at different times).
+  const double w = options_.alpha_weight;
+  if (drafted_avg_ < 0) {
+    drafted_avg_ = static_cast<double>(drafted);
+    accepted_avg_ = static_cast<double>(accepted);
+  } else {
+    drafted_avg_ = (1 - w) * drafted_avg_ + w * static_cast<double>(drafted);
+    accepted_avg_ = (1 - w) * accepted_avg_ + w * static_cast<double>(accepted);
+  }
+  if (drafted_avg_ > 0) alpha_ = std::min(1.0, accepted_avg_ / drafted_avg_);
+}
+
+void SpecBudget::AddVerified(int64_t tokens) {
+  std::lock_guard<std::mutex> l(mu_);
+  verified_ = std::max<int64_t>(0, verified_ + tokens);
+}
+
+void SpecBudget::AddSpeculative(int64_t tokens) {
+  std::lock_guard<std::mutex> l(mu_);
+  speculative_ = std::max<int64_t>(0, speculative_ + tokens);
+}
+
+SpecBudget::Snapshot SpecBudget::Compute() const {
+  Snapshot s;
+  s.verified = verified_;
+  s.speculative = speculative_;
+  s.alpha = alpha_ < 0 ? 0 : alpha_;
+  const double n = static_cast<double>(passes_.size());
+  if (options_.scale <= 0 || n < kMinPasses) return s;
+  const double mean_t = sum_t_ / n, mean_y = sum_y_ / n;
+  const double var_t = sum_tt_ / n - mean_t * mean_t;
+  if (var_t < 0.25) return s;  // every pass had the same size: a and b cannot be told apart
+  s.b_us = (sum_ty_ / n - mean_t * mean_y) / var_t;
+  s.a_us = mean_y - s.b_us * mean_t;
+  s.have_model = true;
+  const double per_pass = std::max<double>(options_.min_tokens_per_pass,
+                                           s.b_us > 0 ? std::max(0.0, s.a_us) / s.b_us : 1e9);
+  const uint32_t stages = std::max<uint32_t>(options_.n_stages, 1);
+  s.cap = std::min(1e9, per_pass * stages * options_.scale);
+  if (alpha_ >= 0 && alpha_ < 1 && s.b_us > 0) {
+    const double verified_per_pass = static_cast<double>(verified_) / stages;
+    const double pays = options_.margin * alpha_ / (1 - alpha_) * std::max(0.0, s.a_us) / s.b_us;
+    s.speculating = verified_per_pass < pays;
+  }
+  if (!s.speculating) s.cap = 0;
+  return s;
+}
+
+bool SpecBudget::Allows(uint32_t tokens, int64_t own_verified, int64_t own_speculative) const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (verified_ <= own_verified && speculative_ <= own_speculative) return true;  // alone
+  const Snapshot s = Compute();
+  if (!s.have_model) return true;  // nothing measured yet: the pipeline is (nearly) idle
+  // One micro-batch in flight is always allowed while speculation pays.
+  return s.speculating &&
+         (speculative_ == 0 || static_cast<double>(speculative_ + tokens) <= s.cap);
+}
+
+SpecBudget::Snapshot SpecBudget::snapshot() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return Compute();
+}
+
+}  // namespace pipeinfer::spec

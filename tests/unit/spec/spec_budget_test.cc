@@ -1,0 +1,109 @@
+// The pipeline-wide speculation budget: the cost fit recovers a and b of passes that cost exactly
+// a + b * tokens, speculation is allowed exactly while alpha * a > b * V * (1 - alpha) (with the
+// margin), and the speculative tokens in flight stay under n_stages * a / b.
+#include "spec/spec_budget.h"
+
+#include <memory>
+
+#include <gtest/gtest.h>
+
+namespace pipeinfer::spec {
+namespace {
+
+std::unique_ptr<SpecBudget> Fitted(double a, double b, uint32_t stages = 8) {
+  SpecBudgetOptions o;
+  o.n_stages = stages;
+  auto budget = std::make_unique<SpecBudget>(o);
+  for (uint32_t t = 1; t <= 40; ++t) budget->ObservePass(t, static_cast<uint64_t>(a + b * t));
+  return budget;
+}
+
+TEST(SpecBudget, UnlimitedUntilPassesAreMeasured) {
+  SpecBudgetOptions o;
+  o.n_stages = 8;
+  SpecBudget budget(o);
+  budget.AddVerified(100);
+  budget.AddSpeculative(1000);
+  EXPECT_TRUE(budget.Allows(4, 0, 0));
+  // Passes of one size only: the fixed and the per-token cost cannot be separated.
+  for (int i = 0; i < 100; ++i) budget.ObservePass(4, 12000);
+  EXPECT_FALSE(budget.snapshot().have_model);
+  EXPECT_TRUE(budget.Allows(4, 0, 0));
+}
+
+TEST(SpecBudget, FitsTheCostOfAPass) {
+  auto owned = Fitted(10000, 500);
+  SpecBudget& budget = *owned;
+  const auto s = budget.snapshot();
+  ASSERT_TRUE(s.have_model);
+  EXPECT_NEAR(s.a_us, 10000, 2);
+  EXPECT_NEAR(s.b_us, 500, 0.1);
+  EXPECT_NEAR(s.cap, 8 * 20, 0.5);  // n_stages * a / b
+}
+
+TEST(SpecBudget, SpeculatesOnlyWhileItPays) {
+  auto owned = Fitted(10000, 500);
+  SpecBudget& budget = *owned;                    // a / b = 20 tokens
+  budget.ObserveAcceptance(100, 40);              // alpha = 0.4: pays while V < 0.8 * 0.4/0.6 * 20
+  const double threshold = 0.8 * 0.4 / 0.6 * 20;  // 10.67 verified tokens per pass
+  budget.AddVerified(8 * 10);                     // 10 per pass: below
+  EXPECT_TRUE(budget.snapshot().speculating);
+  EXPECT_TRUE(budget.Allows(4, 0, 0));
+  budget.AddVerified(8 * 1);  // 11 per pass: above
+  EXPECT_GT(11, threshold);
+  EXPECT_FALSE(budget.snapshot().speculating);
+  EXPECT_FALSE(budget.Allows(1, 0, 0));
+  budget.AddVerified(-8 * 10);  // the load goes away: speculation resumes
+  EXPECT_TRUE(budget.Allows(4, 0, 0));
+
+  // A poor draft: alpha = 0.02 pays only below 0.33 verified tokens per pass.
+  auto owned_poor = Fitted(10000, 500);
+  SpecBudget& poor = *owned_poor;
+  poor.ObserveAcceptance(1000, 20);
+  poor.AddVerified(1);  // one request on 8 stages: 0.125 per pass
+  EXPECT_TRUE(poor.Allows(4, 0, 0));
+  poor.AddVerified(7);  // eight requests: 1 per pass
+  EXPECT_FALSE(poor.Allows(4, 0, 0));
+}
+
+TEST(SpecBudget, BoundsSpeculativeTokensInFlight) {
+  auto owned = Fitted(10000, 500);
+  SpecBudget& budget = *owned;  // cap 160
+  budget.ObserveAcceptance(10, 8);
+  budget.AddSpeculative(156);
+  EXPECT_TRUE(budget.Allows(4, 0, 0));
+  EXPECT_FALSE(budget.Allows(5, 0, 0));
+  budget.AddSpeculative(-156);
+  // One micro-batch is always allowed when nothing speculative is in flight.
+  EXPECT_TRUE(budget.Allows(500, 0, 0));
+  // A pass cost that is all per-token (a = 0): the cap falls to min_tokens_per_pass per stage.
+  auto owned_flat = Fitted(0, 800);
+  SpecBudget& flat = *owned_flat;
+  EXPECT_NEAR(flat.snapshot().cap, 8 * 4, 1e-9);
+}
+
+TEST(SpecBudget, ARequestAloneIsNeverLimited) {
+  auto owned = Fitted(0, 800);  // all per-token cost: speculation never pays under load
+  SpecBudget& budget = *owned;
+  budget.ObserveAcceptance(1000, 100);
+  budget.AddVerified(1);
+  budget.AddSpeculative(40);
+  EXPECT_TRUE(budget.Allows(4, 1, 40));   // everything in flight is its own
+  EXPECT_FALSE(budget.Allows(4, 0, 0));   // another request would compete with it
+  budget.AddVerified(1);                  // a second request's plain run
+  EXPECT_FALSE(budget.Allows(4, 1, 40));  // now the first one competes
+}
+
+TEST(SpecBudget, DisabledWithScaleZero) {
+  SpecBudgetOptions o;
+  o.n_stages = 8;
+  o.scale = 0;
+  SpecBudget budget(o);
+  for (uint32_t t = 1; t <= 40; ++t) budget.ObservePass(t, 10000 + 500 * t);
+  budget.ObserveAcceptance(1000, 1);
+  budget.AddVerified(1000);
+  EXPECT_TRUE(budget.Allows(64, 0, 0));
+}
+
+}  // namespace
+}  // namespace pipeinfer::spec
