@@ -64,7 +64,6 @@ struct DraftModel::Request {
   int32_t keep = 0;
   std::vector<int32_t> tokens;  // a copy: the caller may leave before the pass that uses it ends
   size_t fed = 0;               // tokens already computed
-  std::atomic<bool> interrupted{false};
   absl::Status status;
   std::vector<float> logits;
   bool done = false;
@@ -79,33 +78,53 @@ DraftModel::~DraftModel() {
   if (worker_.joinable()) worker_.join();
 }
 
-absl::StatusOr<std::vector<float>> DraftModel::Feed(uint64_t session, bool from_canonical,
-                                                    int32_t keep, std::span<const int32_t> tokens,
-                                                    const std::function<bool()>& interrupt) {
-  if (tokens.empty()) return absl::InvalidArgumentError("nothing to feed the draft model");
+std::shared_ptr<DraftModel::Request> DraftModel::Submit(uint64_t session, bool from_canonical,
+                                                        int32_t keep,
+                                                        std::span<const int32_t> tokens) {
   auto r = std::make_shared<Request>();
   r->session = session;
   r->from_canonical = from_canonical;
   r->keep = keep;
   r->tokens.assign(tokens.begin(), tokens.end());
-  std::unique_lock<std::mutex> l(mu_);
-  queue_.push_back(r);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    queue_.push_back(r);
+  }
   cv_.notify_all();
+  return r;
+}
+
+absl::StatusOr<std::vector<float>> DraftModel::Await(const std::shared_ptr<Request>& r,
+                                                     const std::function<bool()>& interrupt,
+                                                     bool* withdrawn) {
+  if (withdrawn) *withdrawn = false;
+  std::unique_lock<std::mutex> l(mu_);
   while (!r->done) {
     if (interrupt && interrupt()) {
       auto it = std::find(queue_.begin(), queue_.end(), r);
       if (it != queue_.end()) {  // not taken yet: withdraw it
         queue_.erase(it);
-        return absl::CancelledError("draft pass interrupted");
+        r->done = true;
+        r->status = absl::CancelledError("draft request withdrawn");
+        if (withdrawn) *withdrawn = true;
       }
-      r->interrupted = true;  // in the running pass: its rows leave at the next layer
+      return absl::CancelledError("draft wait interrupted");
     }
-    // Polled: the interrupt is a condition of the caller's (its pipeline inbox), not ours.
-    cv_.wait_for(l, std::chrono::milliseconds(1));
+    if (interrupt) {
+      // Polled: the interrupt is a condition of the caller's (its pipeline inbox), not ours.
+      cv_.wait_for(l, std::chrono::milliseconds(1));
+    } else {
+      cv_.wait(l);
+    }
   }
-  if (r->interrupted) return absl::CancelledError("draft pass interrupted");
   if (!r->status.ok()) return r->status;
-  return std::move(r->logits);
+  return r->logits;
+}
+
+absl::StatusOr<std::vector<float>> DraftModel::Feed(uint64_t session, bool from_canonical,
+                                                    int32_t keep, std::span<const int32_t> tokens) {
+  if (tokens.empty()) return absl::InvalidArgumentError("nothing to feed the draft model");
+  return Await(Submit(session, from_canonical, keep, tokens), nullptr);
 }
 
 void DraftModel::Worker() {
@@ -164,7 +183,6 @@ absl::Status DraftModel::PrepareKv(Request& r) {
 void DraftModel::RunBatch(std::vector<std::shared_ptr<Request>>& batch) {
   std::vector<Request*> live;
   for (auto& r : batch) {
-    if (r->interrupted) continue;
     r->status = PrepareKv(*r);
     if (r->status.ok()) live.push_back(r.get());
   }
@@ -180,7 +198,6 @@ void DraftModel::RunBatch(std::vector<std::shared_ptr<Request>>& batch) {
       in.session = r.session;
       in.partition = kSpec;
       in.tokens = std::span<const int32_t>(r.tokens).subspan(r.fed, n);
-      in.cancelled = [&r] { return r.interrupted.load(); };
       last_rows[i] = static_cast<int32_t>(n) - 1;
       if (r.fed + n == r.tokens.size()) in.output_rows = std::span<const int32_t>(&last_rows[i], 1);
       if (absl::Status st = pass.Add(in); !st.ok()) {
@@ -201,14 +218,11 @@ void DraftModel::RunBatch(std::vector<std::shared_ptr<Request>>& batch) {
     if (on_pass_) on_pass_(in_pass.size(), seconds);
     for (size_t k = 0; k < in_pass.size(); ++k) {
       Request& r = *in_pass[k];
-      if (outs[k].stopped) continue;  // interrupted: dropped below
       const size_t n = std::min(r.tokens.size() - r.fed, static_cast<size_t>(max_run_tokens_));
       r.fed += n;
       if (r.fed == r.tokens.size()) r.logits = std::move(outs[k].logits);
     }
-    std::erase_if(live, [](Request* r) {
-      return r->interrupted || !r->status.ok() || r->fed == r->tokens.size();
-    });
+    std::erase_if(live, [](Request* r) { return !r->status.ok() || r->fed == r->tokens.size(); });
   }
 }
 
@@ -244,40 +258,9 @@ void SessionDrafter::Committed(std::span<const int32_t> committed) {
   canon_ = n;
 }
 
-absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
-    std::span<const int32_t> sequence) {
-  if (sequence.empty()) return absl::InvalidArgumentError("empty sequence");
-  size_t common = 0;
-  while (common < fed_.size() && common < sequence.size() && fed_[common] == sequence[common]) {
-    ++common;
-  }
-  if (common == sequence.size() && common == fed_.size() && !logits_.empty()) {
-    return std::span<const float>(logits_);
-  }
-  // At least the last token is fed again, so that its logits come out.
-  if (common == sequence.size()) --common;
-  // Below the committed prefix (never happens for a well-behaved caller): start over from the
-  // part of canonical that still matches.
-  const bool from_canonical = common < canon_;
-  if (from_canonical) canon_ = common;
-  absl::StatusOr<std::vector<float>> l = model_->Feed(
-      session_, from_canonical, static_cast<int32_t>(common), sequence.subspan(common), interrupt_);
-  if (absl::IsCancelled(l.status())) {
-    // Interrupted: kSpec holds the first `common` tokens (and maybe part of the rest, which the
-    // next Feed cuts off); the logits are stale.
-    fed_.resize(common);
-    logits_.clear();
-    return l.status();
-  }
-  if (!l.ok()) {
-    fed_.clear();
-    logits_.clear();
-    canon_ = 0;
-    return l.status();
-  }
-  tokens_fed_ += sequence.size() - common;
+void SessionDrafter::Take(std::span<const int32_t> sequence, std::vector<float> logits) {
   fed_.assign(sequence.begin(), sequence.end());
-  logits_ = std::move(*l);
+  logits_ = std::move(logits);
   if (model_->noise_ > 0.0 && !logits_.empty()) {
     // A hash of the whole sequence decides, so the same context always gets the same draft.
     uint64_t h = 0x9e3779b97f4a7c15ull;
@@ -293,6 +276,57 @@ absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
       std::swap(logits_[static_cast<size_t>(top)], logits_[other]);
     }
   }
+}
+
+absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
+    std::span<const int32_t> sequence) {
+  if (sequence.empty()) return absl::InvalidArgumentError("empty sequence");
+  if (pending_) {
+    // An answer whose wait was interrupted: kSpec will hold its sequence once its pass ends.
+    absl::StatusOr<std::vector<float>> l = model_->Await(pending_, nullptr);
+    pending_.reset();
+    if (!l.ok()) {
+      fed_.clear();
+      logits_.clear();
+      canon_ = 0;
+      return l.status();
+    }
+    Take(pending_sequence_, std::move(*l));
+  }
+  size_t common = 0;
+  while (common < fed_.size() && common < sequence.size() && fed_[common] == sequence[common]) {
+    ++common;
+  }
+  if (common == sequence.size() && common == fed_.size() && !logits_.empty()) {
+    return std::span<const float>(logits_);
+  }
+  // At least the last token is fed again, so that its logits come out.
+  if (common == sequence.size()) --common;
+  // Below the committed prefix (never happens for a well-behaved caller): start over from the
+  // part of canonical that still matches.
+  const bool from_canonical = common < canon_;
+  if (from_canonical) canon_ = common;
+  std::shared_ptr<DraftModel::Request> r = model_->Submit(
+      session_, from_canonical, static_cast<int32_t>(common), sequence.subspan(common));
+  bool withdrawn = false;
+  absl::StatusOr<std::vector<float>> l = model_->Await(r, interrupt_, &withdrawn);
+  if (absl::IsCancelled(l.status())) {
+    // Interrupted: a withdrawn request changed nothing; one in a pass completes `sequence` later.
+    if (!withdrawn) {
+      pending_ = std::move(r);
+      pending_sequence_.assign(sequence.begin(), sequence.end());
+      tokens_fed_ += sequence.size() - common;
+    }
+    return l.status();
+  }
+  if (!l.ok()) {
+    fed_.clear();
+    logits_.clear();
+    canon_ = 0;
+    return l.status();
+  }
+  tokens_fed_ += sequence.size() - common;
+  Take(sequence, std::move(*l));
   return std::span<const float>(logits_);
 }
 

@@ -4,11 +4,12 @@
 //
 // Forward passes are batched across sessions (continuous batching, as on the stages): the
 // sessions that want draft logits at the same moment share one pass, which reads the weights
-// once. A worker thread computes the passes; a session's thread queues its request and waits. A
-// request can be interrupted (its session has a pipeline result to handle, which must not wait for
-// drafting): while queued it is withdrawn, during a pass its rows leave the batch before the next
-// layer. Keeping a session's committed prefix (Adopt) is only recorded and done inside its next
-// pass, so that handling a result never touches the draft model.
+// once. A worker thread computes the passes; a session's thread queues its request and waits.
+// Its wait can be interrupted (its session has a pipeline result to handle, which must not wait
+// for drafting): a request still queued is withdrawn; one already in the running pass completes
+// and the session's drafter picks its answer up when it drafts again. Keeping a session's
+// committed prefix (Adopt) is only recorded and done inside its next pass, so that handling a
+// result never touches the draft model.
 #pragma once
 
 #include <condition_variable>
@@ -54,13 +55,21 @@ class DraftModel {
   // Each session's draft KV is multibuffered like the stages': a canonical sequence (committed
   // tokens) and one speculative partition (kSpec) forked from a prefix of it.
   static constexpr uint32_t kSpec = 1;
-  // Makes kSpec hold the first `keep` positions of its current path (or, when `from_canonical`,
-  // of canonical), then runs `tokens` after them and returns the last token's logits. Opens the
-  // session on first use. CANCELLED when `interrupt` (polled while waiting, optional) said so:
-  // kSpec may then hold part of `tokens`, which the next Feed cuts back with `keep`.
+  struct Request;
+  // Queues a request: make kSpec hold the first `keep` positions of its current path (or, when
+  // `from_canonical`, of canonical), then run `tokens` after them; its answer is the last token's
+  // logits. Opens the session on first use. At most one request per session at a time.
+  std::shared_ptr<Request> Submit(uint64_t session, bool from_canonical, int32_t keep,
+                                  std::span<const int32_t> tokens);
+  // Waits for the request's answer. CANCELLED when `interrupt` (polled while waiting; optional)
+  // said so: a request still queued is then withdrawn (`withdrawn` true: kSpec untouched), one in
+  // the running pass goes on and can be awaited again.
+  absl::StatusOr<std::vector<float>> Await(const std::shared_ptr<Request>& request,
+                                           const std::function<bool()>& interrupt,
+                                           bool* withdrawn = nullptr);
+  // Submit + Await without interruption.
   absl::StatusOr<std::vector<float>> Feed(uint64_t session, bool from_canonical, int32_t keep,
-                                          std::span<const int32_t> tokens,
-                                          const std::function<bool()>& interrupt = nullptr);
+                                          std::span<const int32_t> tokens);
   ~DraftModel();
   // Canonical becomes the first `n` positions of kSpec's path (kSpec stays). Recorded now, done
   // before the session's next pass.
@@ -78,7 +87,6 @@ class DraftModel {
   }
 
  private:
-  struct Request;
   DraftModel() = default;
   void Worker();
   // Prepares each request's KV (adoption, kSpec) and computes all of them, max_run_tokens_ tokens
@@ -116,7 +124,7 @@ class SessionDrafter : public spec::Drafter {
 
   // CANCELLED (nothing changed) when the interrupt set by SetInterrupt fired while it waited.
   absl::StatusOr<std::span<const float>> NextLogits(std::span<const int32_t> sequence) override;
-  // What interrupts a draft pass this session waits for (its pipeline result is waiting).
+  // What interrupts the wait for a draft pass (this session's pipeline result is waiting).
   void SetInterrupt(std::function<bool()> interrupt) { interrupt_ = std::move(interrupt); }
   void Committed(std::span<const int32_t> committed) override;
   uint64_t tokens_fed() const { return tokens_fed_; }
@@ -129,6 +137,11 @@ class SessionDrafter : public spec::Drafter {
   size_t canon_ = 0;           // how many of fed_ are also in canonical (committed)
   std::vector<float> logits_;  // logits after fed_ (valid when !fed_.empty())
   std::function<bool()> interrupt_;
+  // A request whose wait was interrupted while it was in a pass, and the sequence it completes.
+  std::shared_ptr<DraftModel::Request> pending_;
+  std::vector<int32_t> pending_sequence_;
+  // fed_ becomes `sequence` with `logits` (the draft noise applied).
+  void Take(std::span<const int32_t> sequence, std::vector<float> logits);
   uint64_t tokens_fed_ = 0;
 };
 

@@ -35,16 +35,13 @@ void SpecBudget::ObservePass(uint32_t tokens, uint64_t micros) {
 void SpecBudget::ObserveAcceptance(uint64_t drafted, uint64_t accepted) {
   if (drafted == 0 && accepted == 0) return;
   std::lock_guard<std::mutex> l(mu_);
-  // Moving averages of both streams (drafting and verification happen at different times).
-  const double w = options_.alpha_weight;
-  if (drafted_avg_ < 0) {
-    drafted_avg_ = static_cast<double>(drafted);
-    accepted_avg_ = static_cast<double>(accepted);
-  } else {
-    drafted_avg_ = (1 - w) * drafted_avg_ + w * static_cast<double>(drafted);
-    accepted_avg_ = (1 - w) * accepted_avg_ + w * static_cast<double>(accepted);
-  }
-  if (drafted_avg_ > 0) alpha_ = std::min(1.0, accepted_avg_ / drafted_avg_);
+  // Exponentially decayed sums of both streams (drafting and verification happen at different
+  // times); their ratio is the recent acceptance. Sums, not averages, so that no single early
+  // sample dominates.
+  const double keep = 1 - options_.alpha_weight;
+  drafted_sum_ = keep * drafted_sum_ + static_cast<double>(drafted);
+  accepted_sum_ = keep * accepted_sum_ + static_cast<double>(accepted);
+  if (drafted_sum_ > 0) alpha_ = std::min(1.0, accepted_sum_ / drafted_sum_);
 }
 
 void SpecBudget::AddVerified(int64_t tokens) {

@@ -34,7 +34,8 @@ struct SpecBudgetOptions {
   double scale = 1.0;
   // Speculation is allowed while V < margin * (alpha / (1 - alpha)) * (a / b).
   double margin = 0.8;
-  // Passes kept for the cost fit, and the weight of a new acceptance sample in the averages.
+  // Passes kept for the cost fit, and how fast old acceptance samples fade (1 - alpha_weight per
+  // sample).
   uint32_t window = 512;
   double alpha_weight = 0.02;
   // The cap never drops below this many tokens per stage (a micro-batch must fit).
@@ -48,7 +49,7 @@ class SpecBudget {
   // One stage pass from a result's trace: tokens computed and its duration.
   void ObservePass(uint32_t tokens, uint64_t micros);
   // Speculative tokens drafted (when launched) and accepted (when verified) since the previous
-  // call of the same request; alpha is the ratio of their moving averages.
+  // call of the same request; alpha is the ratio of their exponentially decayed sums.
   void ObserveAcceptance(uint64_t drafted, uint64_t accepted);
   // Runs launched (+tokens) and whose outcome arrived or that were dropped (-tokens).
   void AddVerified(int64_t tokens);
@@ -76,7 +77,7 @@ class SpecBudget {
   std::deque<std::pair<double, double>> passes_;  // (tokens, micros)
   double sum_t_ = 0, sum_y_ = 0, sum_tt_ = 0, sum_ty_ = 0;
   double alpha_ = -1;  // < 0: no sample yet
-  double drafted_avg_ = -1, accepted_avg_ = 0;
+  double drafted_sum_ = 0, accepted_sum_ = 0;
   int64_t verified_ = 0, speculative_ = 0;
 };
 

@@ -62,6 +62,15 @@ namespace pipeinfer {
 namespace {
 
 using json = nlohmann::json;
+
+// A member of a JSON object, or null when it is absent: operator[] on a const json must not be
+// used for a key that may be missing.
+const json& Member(const json& j, const char* key) {
+  static const json kNull;
+  if (!j.is_object()) return kNull;
+  auto it = j.find(key);
+  return it == j.end() ? kNull : *it;
+}
 using pipeinfer::testing::BinPath;
 using pipeinfer::testing::FreeLoopbackAddress;
 using pipeinfer::testing::FreePort;
@@ -472,23 +481,24 @@ Verdict CheckStream(const Request& rq, const Exchange& x) {
       v.why = "chunk after the finish chunk: " + Clip(data);
       return v;
     }
-    if (c.value("object", "") != want_object || !c["choices"].is_array() ||
-        c["choices"].size() != 1) {
+    if (c.value("object", "") != want_object || !Member(c, "choices").is_array() ||
+        Member(c, "choices").size() != 1) {
       v.why = "malformed chunk: " + Clip(data);
       return v;
     }
-    const json& ch = c["choices"][0];
-    const bool text_ok = rq.chat ? ch["delta"].is_object() && (!ch["delta"].contains("content") ||
-                                                               ch["delta"]["content"].is_string())
-                                 : ch["text"].is_string();
+    const json& ch = Member(c, "choices").at(0);
+    const bool text_ok = rq.chat ? Member(ch, "delta").is_object() &&
+                                       (!Member(ch, "delta").contains("content") ||
+                                        Member(Member(ch, "delta"), "content").is_string())
+                                 : Member(ch, "text").is_string();
     if (!text_ok) {
       v.why = "malformed choice: " + Clip(data);
       return v;
     }
     ++n_chunks;
-    if (!ch["finish_reason"].is_null()) {
+    if (!Member(ch, "finish_reason").is_null()) {
       finished = true;
-      v.why = CheckEnd(ch["finish_reason"], c["usage"], &v.tokens);
+      v.why = CheckEnd(Member(ch, "finish_reason"), Member(c, "usage"), &v.tokens);
       if (!v.why.empty()) return v;
     }
   }
@@ -506,19 +516,20 @@ Verdict CheckWhole(const Request& rq, const Exchange& x) {
   Verdict v;
   v.outcome = Outcome::kMidStream;
   const json j = json::parse(x.body, nullptr, false);
-  if (!j.is_object() || j.contains("error") || !j["choices"].is_array() ||
-      j["choices"].size() != 1) {
+  if (!j.is_object() || j.contains("error") || !Member(j, "choices").is_array() ||
+      Member(j, "choices").size() != 1) {
     v.why = "200 body is not an answer: " + Clip(x.body);
     return v;
   }
-  const json& ch = j["choices"][0];
-  const bool text_ok = rq.chat ? ch["message"].is_object() && ch["message"]["content"].is_string()
-                               : ch["text"].is_string();
+  const json& ch = Member(j, "choices").at(0);
+  const bool text_ok = rq.chat ? Member(ch, "message").is_object() &&
+                                     Member(Member(ch, "message"), "content").is_string()
+                               : Member(ch, "text").is_string();
   if (j.value("object", "") != (rq.chat ? "chat.completion" : "text_completion") || !text_ok) {
     v.why = "malformed answer: " + Clip(x.body);
     return v;
   }
-  v.why = CheckEnd(ch["finish_reason"], j["usage"], &v.tokens);
+  v.why = CheckEnd(Member(ch, "finish_reason"), Member(j, "usage"), &v.tokens);
   if (v.why.empty()) v.outcome = Outcome::kSuccess;
   return v;
 }
@@ -527,8 +538,9 @@ Verdict CheckWhole(const Request& rq, const Exchange& x) {
 // by their reason (the router's queue, the draft service's sessions or KV admission, ...).
 std::string RefusalMessage(const std::string& body) {
   const json j = json::parse(body, nullptr, false);
-  std::string m = j.is_object() && j["error"].is_object() && j["error"]["message"].is_string()
-                      ? j["error"]["message"].get<std::string>()
+  std::string m = j.is_object() && Member(j, "error").is_object() &&
+                          Member(Member(j, "error"), "message").is_string()
+                      ? Member(Member(j, "error"), "message").get<std::string>()
                       : "(no OpenAI error body) " + Clip(body, 100);
   std::string out;
   for (char c : m) {

@@ -94,6 +94,22 @@ TEST(SpecBudget, ARequestAloneIsNeverLimited) {
   EXPECT_FALSE(budget.Allows(4, 1, 40));  // now the first one competes
 }
 
+TEST(SpecBudget, AcceptanceIsTheRecentRatioWhateverComesFirst) {
+  SpecBudgetOptions o;
+  SpecBudget budget(o);
+  // Drafting and verification arrive in separate calls; the first call says nothing special.
+  budget.ObserveAcceptance(12, 0);
+  for (int i = 0; i < 30; ++i) {
+    budget.ObserveAcceptance(4, 0);
+    budget.ObserveAcceptance(0, 1);
+  }
+  // 132 drafted, 30 accepted: about 0.23 (recent samples weigh a little more).
+  EXPECT_NEAR(budget.snapshot().alpha, 30.0 / 132, 0.03);
+  // It follows a change within a few dozen samples.
+  for (int i = 0; i < 200; ++i) budget.ObserveAcceptance(4, 3);
+  EXPECT_NEAR(budget.snapshot().alpha, 0.75, 0.02);
+}
+
 TEST(SpecBudget, DisabledWithScaleZero) {
   SpecBudgetOptions o;
   o.n_stages = 8;
