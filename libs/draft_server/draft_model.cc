@@ -64,6 +64,7 @@ struct DraftModel::Request {
   int32_t keep = 0;
   std::vector<int32_t> tokens;  // a copy: the caller may leave before the pass that uses it ends
   size_t fed = 0;               // tokens already computed
+  bool started = false;         // its KV was prepared (it can no longer be withdrawn)
   absl::Status status;
   std::vector<float> logits;
   bool done = false;
@@ -102,7 +103,7 @@ absl::StatusOr<std::vector<float>> DraftModel::Await(const std::shared_ptr<Reque
   while (!r->done) {
     if (interrupt && interrupt()) {
       auto it = std::find(queue_.begin(), queue_.end(), r);
-      if (it != queue_.end()) {  // not taken yet: withdraw it
+      if (it != queue_.end() && !r->started) {  // not taken yet: withdraw it
         queue_.erase(it);
         r->done = true;
         r->status = absl::CancelledError("draft request withdrawn");
@@ -110,15 +111,22 @@ absl::StatusOr<std::vector<float>> DraftModel::Await(const std::shared_ptr<Reque
       }
       return absl::CancelledError("draft wait interrupted");
     }
-    if (interrupt) {
-      // Polled: the interrupt is a condition of the caller's (its pipeline inbox), not ours.
-      cv_.wait_for(l, std::chrono::milliseconds(1));
-    } else {
-      cv_.wait(l);
-    }
+    // Woken when a pass ends, and by Wake() when the condition behind `interrupt` may have changed;
+    // the timeout only bounds the delay for a caller that does not call Wake().
+    cv_.wait_for(l, std::chrono::milliseconds(50));
   }
   if (!r->status.ok()) return r->status;
   return r->logits;
+}
+
+bool DraftModel::Done(const std::shared_ptr<Request>& r) const {
+  std::lock_guard<std::mutex> l(mu_);
+  return r->done;
+}
+
+void DraftModel::Wake() {
+  { std::lock_guard<std::mutex> l(mu_); }  // a waiter is either before its check or waiting
+  cv_.notify_all();
 }
 
 absl::StatusOr<std::vector<float>> DraftModel::Feed(uint64_t session, bool from_canonical,
@@ -132,16 +140,24 @@ void DraftModel::Worker() {
   while (true) {
     cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
     if (stop_) break;
-    // Everything queued now shares the pass (at most one request per session: each session's
-    // drafter waits for its answer, or withdraws its request, before asking again).
+    // One pass over everything queued now (at most one request per session: each session's
+    // drafter waits for its answer, or withdraws its request, before asking again). A request
+    // that did not finish (part of a long prompt) goes back in front for the next pass, which
+    // also takes whatever arrived meanwhile.
     std::vector<std::shared_ptr<Request>> batch(queue_.begin(), queue_.end());
     queue_.clear();
     busy_ = true;
     l.unlock();
-    RunBatch(batch);
+    RunPass(batch);
     l.lock();
     busy_ = false;
-    for (auto& q : batch) q->done = true;
+    for (auto it = batch.rbegin(); it != batch.rend(); ++it) {
+      if ((*it)->status.ok() && (*it)->fed < (*it)->tokens.size()) {
+        queue_.push_front(*it);
+      } else {
+        (*it)->done = true;
+      }
+    }
     cv_.notify_all();
   }
 }
@@ -180,49 +196,60 @@ absl::Status DraftModel::PrepareKv(Request& r) {
   return absl::OkStatus();
 }
 
-void DraftModel::RunBatch(std::vector<std::shared_ptr<Request>>& batch) {
-  std::vector<Request*> live;
+void DraftModel::RunPass(std::vector<std::shared_ptr<Request>>& batch) {
+  // Drafting tokens (one or a few per request) go first; prompts fill what is left of the pass in
+  // chunks, so that a long prompt never holds up the other sessions' drafting for long.
+  std::vector<Request*> order;
   for (auto& r : batch) {
-    r->status = PrepareKv(*r);
-    if (r->status.ok()) live.push_back(r.get());
+    if (!r->started) {
+      r->started = true;
+      r->status = PrepareKv(*r);
+    }
+    if (r->status.ok()) order.push_back(r.get());
   }
-  // Long inputs (a prompt) go in chunks of max_run_tokens_, one chunk of every request per pass.
-  while (!live.empty()) {
-    engine::Engine::Batch pass(*engine_);
-    std::vector<Request*> in_pass;
-    std::vector<int32_t> last_rows(live.size());
-    for (size_t i = 0; i < live.size(); ++i) {
-      Request& r = *live[i];
-      const size_t n = std::min(r.tokens.size() - r.fed, static_cast<size_t>(max_run_tokens_));
-      engine::ForwardInput in;
-      in.session = r.session;
-      in.partition = kSpec;
-      in.tokens = std::span<const int32_t>(r.tokens).subspan(r.fed, n);
-      last_rows[i] = static_cast<int32_t>(n) - 1;
-      if (r.fed + n == r.tokens.size()) in.output_rows = std::span<const int32_t>(&last_rows[i], 1);
-      if (absl::Status st = pass.Add(in); !st.ok()) {
-        r.status = st;
-        continue;
-      }
-      in_pass.push_back(&r);
+  std::stable_sort(order.begin(), order.end(), [](const Request* a, const Request* b) {
+    return a->tokens.size() - a->fed < b->tokens.size() - b->fed;
+  });
+  int32_t budget = max_pass_tokens_;
+  engine::Engine::Batch pass(*engine_);
+  std::vector<Request*> in_pass;
+  std::vector<size_t> n_of;
+  std::vector<int32_t> last_rows(order.size());
+  for (Request* r : order) {
+    const size_t want = std::min(r->tokens.size() - r->fed, static_cast<size_t>(max_run_tokens_));
+    // The first request always gets its chunk (progress); later ones only what fits.
+    const size_t n = in_pass.empty() ? want : std::min<size_t>(want, std::max(budget, 0));
+    if (n == 0) continue;
+    engine::ForwardInput in;
+    in.session = r->session;
+    in.partition = kSpec;
+    in.tokens = std::span<const int32_t>(r->tokens).subspan(r->fed, n);
+    int32_t& last = last_rows[in_pass.size()];
+    last = static_cast<int32_t>(n) - 1;
+    if (r->fed + n == r->tokens.size()) in.output_rows = std::span<const int32_t>(&last, 1);
+    if (absl::Status st = pass.Add(in); !st.ok()) {
+      r->status = st;
+      continue;
     }
-    const auto t0 = std::chrono::steady_clock::now();
-    std::vector<engine::ForwardOutput> outs = pass.Run();
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      ++passes_;
-      requests_ += in_pass.size();
-    }
-    if (on_pass_) on_pass_(in_pass.size(), seconds);
-    for (size_t k = 0; k < in_pass.size(); ++k) {
-      Request& r = *in_pass[k];
-      const size_t n = std::min(r.tokens.size() - r.fed, static_cast<size_t>(max_run_tokens_));
-      r.fed += n;
-      if (r.fed == r.tokens.size()) r.logits = std::move(outs[k].logits);
-    }
-    std::erase_if(live, [](Request* r) { return !r->status.ok() || r->fed == r->tokens.size(); });
+    in_pass.push_back(r);
+    n_of.push_back(n);
+    budget -= static_cast<int32_t>(n);
+  }
+  if (in_pass.empty()) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<engine::ForwardOutput> outs = pass.Run();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    ++passes_;
+    requests_ += in_pass.size();
+  }
+  if (on_pass_) on_pass_(in_pass.size(), seconds);
+  for (size_t k = 0; k < in_pass.size(); ++k) {
+    Request& r = *in_pass[k];
+    r.fed += n_of[k];
+    if (r.fed == r.tokens.size()) r.logits = std::move(outs[k].logits);
   }
 }
 
@@ -234,6 +261,16 @@ void DraftModel::Adopt(uint64_t session, int32_t n) {
 void DraftModel::CloseSession(uint64_t session) {
   std::unique_lock<std::mutex> l(mu_);
   cv_.wait(l, [&] { return !busy_; });  // the KV cache is the worker's while it computes
+  // A request of the session still queued (part of a prompt) is dropped.
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if ((*it)->session == session) {
+      (*it)->done = true;
+      (*it)->status = absl::CancelledError("the draft session was closed");
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
   adopt_.erase(session);
   if (engine_->kv().HasSession(session)) (void)engine_->kv().CloseSession(session);
 }
@@ -283,7 +320,8 @@ absl::StatusOr<std::span<const float>> SessionDrafter::NextLogits(
   if (sequence.empty()) return absl::InvalidArgumentError("empty sequence");
   if (pending_) {
     // An answer whose wait was interrupted: kSpec will hold its sequence once its pass ends.
-    absl::StatusOr<std::vector<float>> l = model_->Await(pending_, nullptr);
+    absl::StatusOr<std::vector<float>> l = model_->Await(pending_, interrupt_);
+    if (absl::IsCancelled(l.status()) && !model_->Done(pending_)) return l.status();  // running
     pending_.reset();
     if (!l.ok()) {
       fed_.clear();

@@ -67,6 +67,10 @@ class DraftModel {
   absl::StatusOr<std::vector<float>> Await(const std::shared_ptr<Request>& request,
                                            const std::function<bool()>& interrupt,
                                            bool* withdrawn = nullptr);
+  // Whether the request has its answer (or failed, or was withdrawn).
+  bool Done(const std::shared_ptr<Request>& request) const;
+  // Wakes every Await so that it checks its interrupt again (a session's result arrived).
+  void Wake();
   // Submit + Await without interruption.
   absl::StatusOr<std::vector<float>> Feed(uint64_t session, bool from_canonical, int32_t keep,
                                           std::span<const int32_t> tokens);
@@ -89,9 +93,10 @@ class DraftModel {
  private:
   DraftModel() = default;
   void Worker();
-  // Prepares each request's KV (adoption, kSpec) and computes all of them, max_run_tokens_ tokens
-  // of each per pass. Only the worker calls it (it alone touches engine_ while busy_).
-  void RunBatch(std::vector<std::shared_ptr<Request>>& batch);
+  // One forward pass: prepares the KV of requests not started yet (adoption, kSpec), then computes
+  // the next chunk of each, shortest remaining first, within max_pass_tokens_. Only the worker
+  // calls it (it alone touches engine_ while busy_).
+  void RunPass(std::vector<std::shared_ptr<Request>>& batch);
   absl::Status PrepareKv(Request& r);
 
   mutable std::mutex mu_;  // guards the fields below; never held during a forward pass
@@ -107,7 +112,8 @@ class DraftModel {
   std::unique_ptr<engine::Engine> engine_;
   std::string name_;
   uint32_t n_vocab_ = 0;
-  int32_t max_run_tokens_ = 64;
+  int32_t max_run_tokens_ = 64;   // the longest chunk of one request in a pass
+  int32_t max_pass_tokens_ = 64;  // a pass's tokens beyond its first request's chunk
   double noise_ = 0.0;
   friend class SessionDrafter;
 };

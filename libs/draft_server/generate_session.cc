@@ -115,13 +115,20 @@ GenerateSession::GenerateSession(const SessionEnv& env, const v1::GenerateReques
       t_open_(Steady::now()) {
   if (request_.spec.mode != spec::Mode::kPlain) {
     drafter_ = std::make_unique<SessionDrafter>(env_.draft_model, link_.id());
+    // An outcome wakes the session if it waits for a draft pass (set before anything is sent, so
+    // before any delivery).
+    DraftModel* model = env_.draft_model;
+    link_.inbox().SetWaker([model] { model->Wake(); });
   }
   sink_ = std::make_unique<Sink>(&link_, env_.metrics, env_.budget);
+  if (env_.budget) env_.budget->AddSession(+1);
   ctl_ = std::make_unique<spec::Controller>(ControllerOptionsFor(req_, request_, *env_.pipeline),
                                             sink_.get(), drafter_.get());
 }
 
-GenerateSession::~GenerateSession() = default;
+GenerateSession::~GenerateSession() {
+  if (env_.budget) env_.budget->AddSession(-1);
+}
 
 absl::Status GenerateSession::Run(const SessionCaller& caller) {
   absl::Status st = Open();

@@ -10,6 +10,7 @@ void SessionInbox::Deliver(v1::ResultsDownstream outcome) {
     outcomes_.push_back(std::move(outcome));
   }
   cv_.notify_all();
+  if (waker_) waker_();
 }
 
 void SessionInbox::Fail(const absl::Status& status) {
@@ -18,6 +19,7 @@ void SessionInbox::Fail(const absl::Status& status) {
     if (!failure_) failure_ = status;
   }
   cv_.notify_all();
+  if (waker_) waker_();
 }
 
 bool SessionInbox::Waiting() const {

@@ -34,12 +34,17 @@ class SessionInbox {
   absl::StatusOr<v1::ResultsDownstream> Next(const std::function<bool()>& cancelled);
   // Waits up to `timeout` for a failure and returns it, if one arrived.
   std::optional<absl::Status> AwaitFailure(std::chrono::milliseconds timeout);
+  // Called (on the delivering thread, without the inbox's lock) after every outcome or failure, so
+  // that a session waiting elsewhere (for a draft pass) notices at once. Set before delivery
+  // starts.
+  void SetWaker(std::function<void()> waker) { waker_ = std::move(waker); }
 
  private:
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<v1::ResultsDownstream> outcomes_;
   std::optional<absl::Status> failure_;
+  std::function<void()> waker_;
 };
 
 }  // namespace pipeinfer::draft_server

@@ -85,9 +85,19 @@ bool SpecBudget::Allows(uint32_t tokens, int64_t own_verified, int64_t own_specu
   if (verified_ <= own_verified && speculative_ <= own_speculative) return true;  // alone
   const Snapshot s = Compute();
   if (!s.have_model) return true;  // nothing measured yet: the pipeline is (nearly) idle
-  // One micro-batch in flight is always allowed while speculation pays.
-  return s.speculating &&
-         (speculative_ == 0 || static_cast<double>(speculative_ + tokens) <= s.cap);
+  if (!s.speculating) return false;
+  // While speculation pays, every request may have one micro-batch in flight; beyond that it gets
+  // its share of the cap. The share also bounds how far ahead of its verified tokens a request
+  // guesses under load, where deep guesses are mostly thrown away.
+  if (own_speculative == 0) return true;
+  const double share = s.cap / static_cast<double>(std::max<int64_t>(1, sessions_));
+  return static_cast<double>(own_speculative + tokens) <= share &&
+         static_cast<double>(speculative_ + tokens) <= s.cap;
+}
+
+void SpecBudget::AddSession(int delta) {
+  std::lock_guard<std::mutex> l(mu_);
+  sessions_ = std::max<int64_t>(0, sessions_ + delta);
 }
 
 SpecBudget::Snapshot SpecBudget::snapshot() const {

@@ -13,7 +13,9 @@
 // load per pass is below (alpha / (1 - alpha)) * (a / b) tokens, and otherwise only slows every
 // pass down. So the budget allows speculation only while that holds (with a margin), and bounds
 // the speculative tokens in flight to n_stages * a / b, i.e. about a/b per pass, where the token
-// cost equals the fixed cost. A loaded pipeline degrades towards plain, and never below it.
+// cost equals the fixed cost. Each request in progress gets an equal share of that cap beyond one
+// micro-batch, which also keeps it from guessing far ahead under load (deep guesses are mostly
+// thrown away). A loaded pipeline degrades towards plain, and never below it.
 //
 // The budget only arbitrates between requests: a request alone in the pipeline competes only with
 // itself (its own confidence cutoff, p_accept and friends, decides how much it drafts), and
@@ -55,6 +57,9 @@ class SpecBudget {
   void AddVerified(int64_t tokens);
   void AddSpeculative(int64_t tokens);
 
+  // A request started (+1) or ended (-1): the cap is shared among the requests in progress.
+  void AddSession(int delta);
+
   // May a speculative micro-batch of `tokens` tokens launch now, for a request that has `own_*`
   // tokens in flight itself (included in the totals)?
   bool Allows(uint32_t tokens, int64_t own_verified, int64_t own_speculative) const;
@@ -79,6 +84,7 @@ class SpecBudget {
   double alpha_ = -1;  // < 0: no sample yet
   double drafted_sum_ = 0, accepted_sum_ = 0;
   int64_t verified_ = 0, speculative_ = 0;
+  int64_t sessions_ = 0;
 };
 
 }  // namespace pipeinfer::spec

@@ -75,8 +75,11 @@ StageCore::StageCore(std::unique_ptr<engine::Engine> engine, StageCoreConfig con
 StageCore::~StageCore() = default;
 
 void StageCore::Cancel(const std::vector<uint64_t>& run_ids) {
-  std::lock_guard<std::mutex> l(cancel_mu_);
-  cancelled_.insert(run_ids.begin(), run_ids.end());
+  {
+    std::lock_guard<std::mutex> l(cancel_mu_);
+    cancelled_.insert(run_ids.begin(), run_ids.end());
+  }
+  cancel_cv_.notify_all();
 }
 
 bool StageCore::IsCancelled(uint64_t run_id) const {

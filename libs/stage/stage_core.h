@@ -18,6 +18,7 @@
 
 #include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -190,6 +191,7 @@ class StageCore {
   std::map<uint64_t, Session> sessions_;
   engine::BatchStats last_batch_;
   mutable std::mutex cancel_mu_;
+  std::condition_variable cancel_cv_;  // notified by Cancel (the emulation padding waits on it)
   std::set<uint64_t> cancelled_;
   std::shared_ptr<metrics::Metrics> metrics_;
   struct Instruments {

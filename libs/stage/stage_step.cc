@@ -149,24 +149,24 @@ StageOutput StageCore::Step(std::deque<QueuedMessage>& queue, size_t* taken) {
     last_batch_ = engine::BatchStats();
     std::vector<engine::ForwardOutput> res = batch.Run(&last_batch_);
     if (config_.emulate_run_us > 0 || config_.emulate_token_us > 0) {
-      // Padding to the emulated cost of the whole pass; a run cancelled meanwhile stops.
+      // Padding to the emulated cost of the whole pass; a run cancelled meanwhile stops. The wait
+      // sleeps until the deadline or a Cancel (no polling: idle stages must leave the CPU to the
+      // others).
       const auto until = t0 + std::chrono::microseconds(
                                   config_.emulate_run_us +
                                   static_cast<uint64_t>(config_.emulate_token_us) * batch_tokens);
+      std::unique_lock<std::mutex> l(cancel_mu_);
       while (true) {
         bool running = false;
         for (size_t k = 0; k < pending.size(); ++k) {
           if (res[k].stopped) continue;
-          if (IsCancelled(pending[k]->msg->run().run_id())) {
+          if (cancelled_.count(pending[k]->msg->run().run_id())) {
             res[k].stopped = true;
           } else {
             running = true;
           }
         }
-        const auto now = Clock::now();
-        if (!running || now >= until) break;
-        std::this_thread::sleep_for(
-            std::min<Clock::duration>(std::chrono::microseconds(200), until - now));
+        if (!running || cancel_cv_.wait_until(l, until) == std::cv_status::timeout) break;
       }
     }
     const auto t1 = Clock::now();

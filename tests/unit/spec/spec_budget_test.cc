@@ -66,16 +66,24 @@ TEST(SpecBudget, SpeculatesOnlyWhileItPays) {
   EXPECT_FALSE(poor.Allows(4, 0, 0));
 }
 
-TEST(SpecBudget, BoundsSpeculativeTokensInFlight) {
-  auto owned = Fitted(10000, 500);
-  SpecBudget& budget = *owned;  // cap 160
+TEST(SpecBudget, BoundsSpeculativeTokensInFlightAndSharesThemOut) {
+  auto owned = Fitted(10000, 500);  // cap 160
+  SpecBudget& budget = *owned;
   budget.ObserveAcceptance(10, 8);
-  budget.AddSpeculative(156);
-  EXPECT_TRUE(budget.Allows(4, 0, 0));
-  EXPECT_FALSE(budget.Allows(5, 0, 0));
-  budget.AddSpeculative(-156);
-  // One micro-batch is always allowed when nothing speculative is in flight.
+  budget.AddSession(+2);
+  // Request A has 76 speculative tokens in flight, request B 80: B is at its share (160 / 2).
+  budget.AddSpeculative(76 + 80);
+  EXPECT_TRUE(budget.Allows(4, 0, 76));   // A: 80 <= 80 and 160 <= 160
+  EXPECT_FALSE(budget.Allows(5, 0, 76));  // A: over its share and over the cap
+  EXPECT_FALSE(budget.Allows(4, 0, 80));  // B: over its share
+  // Every request may have one micro-batch in flight while speculation pays, whatever the cap.
   EXPECT_TRUE(budget.Allows(500, 0, 0));
+  // A third request shrinks the shares to 53.
+  budget.AddSession(+1);
+  budget.AddSpeculative(-156);
+  budget.AddSpeculative(52 + 10);  // this request 52, another one 10
+  EXPECT_TRUE(budget.Allows(1, 0, 52));
+  EXPECT_FALSE(budget.Allows(2, 0, 52));
   // A pass cost that is all per-token (a = 0): the cap falls to min_tokens_per_pass per stage.
   auto owned_flat = Fitted(0, 800);
   SpecBudget& flat = *owned_flat;
