@@ -34,6 +34,7 @@ struct PipelineLink::Epoch {
   std::vector<StageKv> capacity;        // from PipelineReady, stage order
   std::deque<v1::StageDownstream> out;  // waiting for credit
   uint64_t next_run_id = 1;
+  int64_t runs_in_flight = 0;  // sent and not yet answered (for Run.pipeline_runs)
   std::atomic<bool> dead{false};
   std::string dead_reason;
 
@@ -126,6 +127,7 @@ bool PipelineLink::Enqueue(Epoch& ep, v1::StageDownstream m, uint64_t* run_id) {
     if (m.has_run()) {
       const uint64_t id = ep.next_run_id++;
       m.mutable_run()->set_run_id(id);
+      m.mutable_run()->set_pipeline_runs(static_cast<uint32_t>(++ep.runs_in_flight));
       if (run_id) *run_id = id;
     }
     ep.out.push_back(std::move(m));
@@ -258,6 +260,10 @@ void PipelineLink::ResultsReadLoop(std::shared_ptr<Epoch> ep) {
                          : m.has_tombstone() ? m.tombstone().session_id()
                                              : 0;
     if (sid == 0) continue;  // barrier echoes
+    {
+      std::lock_guard<std::mutex> l(ep->mu);
+      if (ep->runs_in_flight > 0) --ep->runs_in_flight;
+    }
     // A finished session's late outcome has no inbox any more.
     if (std::shared_ptr<SessionInbox> inbox = InboxOf(sid, ep)) inbox->Deliver(std::move(m));
     m.Clear();

@@ -100,9 +100,18 @@ StageOutput StageCore::Step(std::deque<QueuedMessage>& queue, size_t* taken) {
     chosen.insert(i);
     budget -= queue[i].msg->run().token_ids_size();
   };
+  // Runs sent together should spread over the stages rather than travel as one convoy: at most
+  // ceil(runs in flight / stages) per pass, when the controller says how many are in flight.
+  size_t max_runs = candidates.size();
+  uint32_t in_flight = 0;
+  for (size_t i : candidates) in_flight = std::max(in_flight, queue[i].msg->run().pipeline_runs());
+  if (in_flight > 0 && config_.n_stages > 1) {
+    max_runs = std::max<size_t>(1, (in_flight + config_.n_stages - 1) / config_.n_stages);
+  }
   if (!candidates.empty()) take(candidates.front());
   for (bool verified : {true, false}) {
     for (size_t i : candidates) {
+      if (chosen.size() >= max_runs) break;
       const v1::Run& r = queue[i].msg->run();
       if (chosen.count(i) || Verified(r) != verified) continue;
       if (r.token_ids_size() <= budget) take(i);

@@ -224,6 +224,40 @@ TEST(StageBatch, TokenCapPrefersVerifiedRunsAndTheOldestRunAlwaysGoes) {
   EXPECT_EQ(q2.front().msg->run().run_id(), 12u);
 }
 
+TEST(StageBatch, RunsSentTogetherSpreadOverTheStages) {
+  auto file = OpenFile(FixturePath("models/tiny-f32.gguf"));
+  auto core = MakeCore(file, 0, 2);  // stage 0 of 2: it forwards hidden states
+  auto run_ids = [](const StageOutput& o) {
+    std::vector<uint64_t> ids;
+    for (const auto& f : o.forward) {
+      if (f->has_run()) ids.push_back(f->run().run_id());
+    }
+    return ids;
+  };
+  // 4 runs in flight over 2 stages: at most 2 per pass, oldest first.
+  std::vector<v1::StageDownstream> msgs = {Open(1), Open(2), Open(3), Open(4)};
+  for (uint64_t s = 1; s <= 4; ++s) {
+    v1::StageDownstream r = PlainRun(s, s, {1, static_cast<int32_t>(10 + s)}, 0);
+    r.mutable_run()->set_pipeline_runs(4);
+    msgs.push_back(r);
+  }
+  auto q = Queue(msgs);
+  StageOutput o = core->Step(q);
+  EXPECT_EQ(run_ids(o), (std::vector<uint64_t>{1, 2}));
+  o = core->Step(q);
+  EXPECT_EQ(run_ids(o), (std::vector<uint64_t>{3, 4}));
+  EXPECT_TRUE(q.empty());
+  // Without the hint everything queued shares the pass.
+  std::vector<v1::StageDownstream> more;
+  for (uint64_t s = 1; s <= 4; ++s) {
+    more.push_back(PlainRun(10 + s, s, {static_cast<int32_t>(20 + s)}, 2));
+  }
+  auto q2 = Queue(more);
+  o = core->Step(q2);
+  EXPECT_EQ(run_ids(o), (std::vector<uint64_t>{11, 12, 13, 14}));
+  EXPECT_TRUE(o.errors.empty());
+}
+
 TEST(StageBatch, OneRunPerSessionPerPassAndBarriersKeepTheirPlace) {
   auto file = OpenFile(FixturePath("models/tiny-f32.gguf"));
   auto core = MakeCore(file, 0, 1);
