@@ -11,7 +11,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libcpp-httplib-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libspdlog-dev libfmt-dev
   prometheus
-  iproute2  # ss: router_limits_test reads the router's listen backlog
+  iproute2  # ss: router_limits_test reads the router's listen backlog; ip, tc: link emulation
+  python3-matplotlib  # bench/plots.py: the scenario runner's PNG plots
 )
 if [[ "${1:-}" == "--list" ]]; then
   printf '%s\n' "${PACKAGES[@]}"

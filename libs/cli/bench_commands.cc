@@ -18,6 +18,7 @@
 #include "cli/bench_report.h"
 #include "cli/bench_request.h"
 #include "cli/bench_rows.h"
+#include "cli/bench_run.h"
 
 namespace pipeinfer::cli {
 namespace {
@@ -37,11 +38,19 @@ int Fail(const std::string& msg) {
   return 1;
 }
 
+// Fail, and the message kept in the report for the scenario runner.
+int FailRun(BenchReport* rep, const std::string& msg) {
+  rep->error = msg;
+  return Fail(msg);
+}
+
 // A live progress line, on terminals only.
 bool Progress() { return isatty(STDERR_FILENO); }
 
-// One request at a time: the warmup (first prompt through every row), then every prompt through
-// every row (rows interleaved per prompt) --repeat times. The first failure ends the run.
+}  // namespace
+
+const std::vector<std::string>& BuiltinPrompts() { return kBuiltinPrompts; }
+
 int RunSequential(v1::Router::Stub& stub, const BenchArgs& a, BenchReport* rep) {
   const auto& prompts = rep->prompts;
   const auto& variants = rep->variants;
@@ -49,7 +58,7 @@ int RunSequential(v1::Router::Stub& stub, const BenchArgs& a, BenchReport* rep) 
     for (const auto& v : variants) {
       RequestResult r;
       if (absl::Status s = RunRequest(stub, a, prompts[0], v, &r); !s.ok()) {
-        return Fail("warmup: " + std::string(s.message()));
+        return FailRun(rep, "warmup: " + std::string(s.message()));
       }
     }
   }
@@ -67,7 +76,7 @@ int RunSequential(v1::Router::Stub& stub, const BenchArgs& a, BenchReport* rep) 
         std::optional<std::map<std::string, double>> before;
         if (rep->stats) before = PipelineCounters(stub, &err);
         if (absl::Status s = RunRequest(stub, a, prompts[p], variants[vi], &r); !s.ok()) {
-          return Fail("prompt " + std::to_string(p + 1) + ": " + std::string(s.message()));
+          return FailRun(rep, "prompt " + std::to_string(p + 1) + ": " + std::string(s.message()));
         }
         if (before) {
           if (auto after = PipelineCounters(stub, &err))
@@ -104,15 +113,13 @@ int RunSequential(v1::Router::Stub& stub, const BenchArgs& a, BenchReport* rep) 
   return 0;
 }
 
-// The --concurrency levels in the order given; per level every row in turn: its warmup, then its
-// measured requests.
 int RunConcurrent(v1::Router::Stub& stub, const BenchArgs& a, BenchReport* rep) {
   const bool progress = Progress();
   for (int n : a.concurrency) {
     for (size_t vi = 0; vi < rep->variants.size(); ++vi) {
       const Variant& v = rep->variants[vi];
       if (absl::Status s = WarmLevel(stub, a, rep->prompts, v, n); !s.ok()) {
-        return Fail("warmup at N=" + std::to_string(n) + ": " + std::string(s.message()));
+        return FailRun(rep, "warmup at N=" + std::to_string(n) + ": " + std::string(s.message()));
       }
       if (progress) std::fprintf(stderr, "\r%-26s N=%-3d running...          ", v.label.c_str(), n);
       const int requests = RequestsPerLevel(a, n, rep->prompts.size());
@@ -133,6 +140,8 @@ int RunConcurrent(v1::Router::Stub& stub, const BenchArgs& a, BenchReport* rep) 
   SetSpeedups(rep->variants, &rep->rows);
   return 0;
 }
+
+namespace {
 
 // Under load a full admission queue is the router doing its job: counted in the table, not a
 // failure of the benchmark. Any other failed request, or a row without a single success, is.

@@ -5,6 +5,7 @@
 
 #include "cli/bench_args.h"
 #include "cli/bench_commands.h"
+#include "cli/bench_scenario_run.h"
 #include "spec/knob_flags.h"
 
 namespace pipeinfer::cli {
@@ -17,7 +18,7 @@ void RegisterBenchCommands(CLI::App& app) {
       "Run the same prompts through the speculation modes on a running cluster (Router gRPC) and "
       "print a markdown table; with temperature 0 also check that every mode gives the same "
       "tokens (exit status 2 if not)");
-  b->add_option("--router", a.router, "Router gRPC HOST:PORT")->required();
+  b->add_option("--router", a.router, "Router gRPC HOST:PORT (required without --scenario)");
   b->add_option("--draft", a.draft,
                 "Draft service HOST:PORT, to record its defaults and stages in the header "
                 "(optional)");
@@ -72,7 +73,36 @@ void RegisterBenchCommands(CLI::App& app) {
       ->check(CLI::Range(1, 1000000));
   b->add_option("--out", a.out, "Also write the markdown report to this file");
   b->add_option("--json", a.json_out, "Write rows and per-request data as JSON to this file");
-  b->final_callback([args] {
+  // A scenario file starts its own clusters (bench_scenario_run.h).
+  auto sc = std::make_shared<ScenarioArgs>();
+  b->add_option("--scenario", sc->scenario,
+                "Scenario YAML (bench/scenarios/*.yaml): start each cluster it describes, run "
+                "every row and write results.csv, itl.csv, report.md and PNG plots to --out-dir");
+  b->add_option("--out-dir", sc->out_dir, "Output folder of --scenario");
+  b->add_option("--only", sc->only, "With --scenario: run only this group of the scenario");
+  b->add_flag("--estimate", sc->estimate,
+              "With --scenario: print the estimated runtime and exit without running");
+  b->add_option("--plots", sc->plots_py,
+                "With --scenario: the plot script (default: plots.py in the scenario folder's "
+                "parent, i.e. bench/plots.py)");
+  b->final_callback([args, sc, b] {
+    if (!sc->scenario.empty()) {
+      // The scenario fixes the cluster and the bench settings: refuse flags that it would ignore.
+      for (const CLI::Option* o : b->get_options()) {
+        const std::string name = o->get_name();
+        if (o->count() == 0 || name == "--help" || name == "--scenario" || name == "--out-dir" ||
+            name == "--only" || name == "--estimate" || name == "--plots") {
+          continue;
+        }
+        throw CLI::ValidationError(name, "not used with --scenario (set it in the scenario file)");
+      }
+      if (int rc = RunScenario(*sc)) throw CLI::RuntimeError(rc);
+      return;
+    }
+    if (!sc->out_dir.empty() || !sc->only.empty() || sc->estimate || !sc->plots_py.empty()) {
+      throw CLI::ValidationError("--out-dir/--only/--estimate/--plots", "need --scenario");
+    }
+    if (args->router.empty()) throw CLI::RequiredError("--router");
     if (int rc = RunBench(*args)) throw CLI::RuntimeError(rc);
   });
 }

@@ -8,12 +8,7 @@
 namespace pipeinfer::cli {
 namespace {
 
-std::string Fmt(const char* fmt, double v) {
-  if (!std::isfinite(v)) return "—";
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), fmt, v);
-  return buf;
-}
+std::string Fmt(const char* fmt, double v) { return FormatCell(fmt, v); }
 
 // "0", or the count with its codes: "3 (RESOURCE_EXHAUSTED 2, UNAVAILABLE 1)".
 std::string FmtErrors(const Row& r) {
@@ -162,6 +157,13 @@ void LoadTable(std::ostream& md, const BenchReport& rep) {
 }
 
 }  // namespace
+
+std::string FormatCell(const char* fmt, double v) {
+  if (!std::isfinite(v)) return "—";
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), fmt, v);
+  return buf;
+}
 
 std::string MarkdownReport(const BenchReport& rep) {
   std::ostringstream md;

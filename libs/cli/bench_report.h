@@ -23,6 +23,7 @@ struct BenchReport {
   bool stats = false;  // --stats, and the router answered GetClusterStats
   bool greedy = false;
   bool identical = true;  // when greedy
+  std::string error;      // why the run stopped early (RunSequential, RunConcurrent)
   std::vector<Row> rows;
   // Exactly one of these holds the measured requests: one at a time, or the --concurrency levels.
   std::vector<RequestResult> sequential;
@@ -30,6 +31,10 @@ struct BenchReport {
 
   bool Concurrent() const { return !levels.empty(); }
 };
+
+// printf-formats one number for a table cell (`fmt` has one double conversion); "—" when not
+// finite.
+std::string FormatCell(const char* fmt, double v);
 
 std::string MarkdownReport(const BenchReport& r);
 std::string JsonReport(const BenchReport& r);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cluster/config.h"
+#include "cluster/link_emulation.h"
 #include "cluster/supervisor.h"
 #include "spec/knob_flags.h"
 #include "spec/knobs.h"
@@ -52,6 +53,8 @@ struct UpArgs {
   std::optional<int> concurrency, max_batch_tokens;
   std::optional<uint64_t> kv_memory;
   std::optional<int64_t> emulate_run_us, emulate_token_us;
+  std::optional<double> emulate_link_mbps;
+  std::optional<int64_t> emulate_link_us;
   std::optional<std::string> host;
   std::optional<std::string> chat_template;
   bool detach = false;
@@ -60,6 +63,62 @@ struct UpArgs {
   std::string log_dir;
   int health_timeout_s = 60;
 };
+
+// Removes the link emulation of a foreground cluster, or of one whose start failed, and the state
+// file that recorded it; Release() keeps both (a detached cluster).
+class LinkCleanup {
+ public:
+  LinkCleanup(cluster::LinkTopology links, std::string state_path)
+      : links_(std::move(links)), state_path_(std::move(state_path)) {}
+  LinkCleanup(const LinkCleanup&) = delete;
+  LinkCleanup& operator=(const LinkCleanup&) = delete;
+  ~LinkCleanup() {
+    if (released_) return;
+    if (absl::Status st = cluster::RemoveLinks(links_); !st.ok()) {
+      std::cerr << "error: " << st.message() << "\n";
+      return;  // the state file still names what is left
+    }
+    std::remove(state_path_.c_str());
+    std::fprintf(stderr, "removed link emulation (%zu network namespaces)\n",
+                 links_.namespaces.size());
+  }
+  void Release() { released_ = true; }
+
+ private:
+  cluster::LinkTopology links_;
+  std::string state_path_;
+  bool released_ = false;
+};
+
+// Checks root and the tools, refuses when the state file still names a cluster, plans the
+// topology, records it in the state file and creates it.
+absl::StatusOr<cluster::LinkTopology> SetUpLinks(const cluster::ClusterConfig& c,
+                                                 const std::string& state_path) {
+  if (absl::Status st = cluster::CheckLinkEmulationAvailable(); !st.ok()) return st;
+  if (auto old = cluster::ReadState(state_path); old.ok()) {
+    bool alive = !old->links.empty();
+    for (const auto& p : old->processes) {
+      alive = alive || cluster::ProcessAlive(p.pid, p.start_time);
+    }
+    if (alive) {
+      return absl::FailedPreconditionError(
+          "the state file " + state_path + " still names a cluster (or its link emulation); " +
+          "stop it first with `pipeinfer down --state " + state_path + "`");
+    }
+  }
+  absl::StatusOr<cluster::LinkTopology> t = cluster::PlanLinks(c.stages, c.emulate_link_mbps);
+  if (!t.ok()) return t.status();
+  cluster::ClusterState pending;
+  pending.links = *t;
+  if (absl::Status st = cluster::WriteState(pending, state_path); !st.ok()) return st;
+  if (absl::Status st = cluster::CreateLinks(*t); !st.ok()) {
+    std::remove(state_path.c_str());  // CreateLinks removed what it had created
+    return st;
+  }
+  std::printf("link emulation: %d network namespaces (%s-s*), %g Mbit/s per direction, %s\n",
+              c.stages, t->prefix.c_str(), c.emulate_link_mbps, t->block.c_str());
+  return t;
+}
 
 int RunUp(const UpArgs& a) {
   cluster::ClusterConfig c;
@@ -92,6 +151,8 @@ int RunUp(const UpArgs& a) {
   if (a.max_batch_tokens) c.max_batch_tokens = *a.max_batch_tokens;
   if (a.emulate_run_us) c.emulate_run_us = *a.emulate_run_us;
   if (a.emulate_token_us) c.emulate_token_us = *a.emulate_token_us;
+  if (a.emulate_link_mbps) c.emulate_link_mbps = *a.emulate_link_mbps;
+  if (a.emulate_link_us) c.emulate_link_us = *a.emulate_link_us;
   if (a.host) c.host = *a.host;
   if (a.chat_template) c.chat_template = *a.chat_template;
   if (auto st = cluster::ValidateClusterConfig(c); !st.ok()) {
@@ -109,19 +170,35 @@ int RunUp(const UpArgs& a) {
     }
   }
 
-  cluster::SupervisorOptions o;
-  o.bin_dir = cluster::SelfExeDir();
-  o.log_dir = a.log_dir.empty() ? cluster::DefaultRuntimeDir() + "/logs" : a.log_dir;
-  o.router = !a.no_router;
-  o.detach = a.detach;
-  o.health_timeout_s = a.health_timeout_s;
-
   struct sigaction sa = {};
   sa.sa_handler = OnSignal;
   sigemptyset(&sa.sa_mask);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGHUP, &sa, nullptr);
+
+  // Link emulation: namespaces and rate-limited veths, created before any process starts and
+  // recorded in the state file first, so that `down` removes them even after a crash of `up`.
+  std::optional<LinkCleanup> cleanup;  // destroyed after `sup` below: processes stop first
+  cluster::LinkTopology links;
+  if (c.emulate_link_mbps > 0) {
+    absl::StatusOr<cluster::LinkTopology> planned = SetUpLinks(c, state_path);
+    if (!planned.ok()) return Fail(std::string(planned.status().message()));
+    links = std::move(*planned);
+    cleanup.emplace(links, state_path);
+    if (g_stop) {
+      std::cerr << "interrupted\n";
+      return 1;
+    }
+  }
+
+  cluster::SupervisorOptions o;
+  o.links = links;
+  o.bin_dir = cluster::SelfExeDir();
+  o.log_dir = a.log_dir.empty() ? cluster::DefaultRuntimeDir() + "/logs" : a.log_dir;
+  o.router = !a.no_router;
+  o.detach = a.detach;
+  o.health_timeout_s = a.health_timeout_s;
 
   cluster::Supervisor sup(c, o);
   if (auto st = sup.Start(&g_stop); !st.ok()) {
@@ -163,6 +240,7 @@ int RunUp(const UpArgs& a) {
       return Fail(std::string(st.message()));  // the destructor stops the processes
     }
     sup.Release();
+    if (cleanup) cleanup->Release();
     std::printf("detached; state in %s (stop with `pipeinfer down --state %s`)\n",
                 state_path.c_str(), state_path.c_str());
     return 0;
@@ -192,6 +270,12 @@ int RunDown(const std::string& state_arg, int grace_ms) {
   const absl::Status st = cluster::StopState(*state, grace_ms, &report);
   for (const auto& line : report) std::printf("%s\n", line.c_str());
   if (!st.ok()) return Fail(std::string(st.message()));
+  if (!state->links.empty()) {
+    report.clear();
+    const absl::Status ls = cluster::RemoveLinks(state->links, &report);
+    for (const auto& line : report) std::printf("%s\n", line.c_str());
+    if (!ls.ok()) return Fail(std::string(ls.message()));
+  }
   std::remove(path.c_str());
   std::printf("cluster stopped\n");
   return 0;
@@ -248,6 +332,15 @@ void RegisterClusterCommands(CLI::App& app) {
                  "Benchmarks: stages pad each forward to this many microseconds (+ per token)");
   up->add_option("--emulate-token-us", u.emulate_token_us,
                  "Benchmarks: padding per run token (see --emulate-run-us)");
+  up->add_option("--emulate-link-mbps", u.emulate_link_mbps,
+                 "Benchmarks: each stage in its own network namespace, links rate limited to this "
+                 "many Mbit/s per direction with tc, and every message paced at that rate "
+                 "in-process (serialization delay; needs root; docs/link-emulation.md)")
+      ->check(CLI::Range(0.0, 100000.0));
+  up->add_option("--emulate-link-us", u.emulate_link_us,
+                 "Benchmarks: every message on a pipeline link is delayed by this many "
+                 "microseconds (in-process, by the sender)")
+      ->check(CLI::Range(int64_t{0}, int64_t{10000000}));
   up->add_option("--host", u.host, "Listen host for every process");
   up->add_option("--chat-template", u.chat_template, "Router chat template override");
   up->add_flag("--detach,-d", u.detach, "Return once healthy (stop with `pipeinfer down`)");

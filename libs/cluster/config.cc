@@ -33,7 +33,8 @@ bool IsDraftOption(const std::string& key) {
 }  // namespace
 
 const std::vector<std::string>& DraftOptionKeys() {
-  static const std::vector<std::string> kKeys = {"draft_threads", "draft_noise"};
+  static const std::vector<std::string> kKeys = {"draft_threads", "draft_noise", "draft_rank_model",
+                                                 "emulate_draft_us"};
   return kKeys;
 }
 
@@ -140,11 +141,13 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
       "kv_tokens", "host",           "base_port",        "http_port",
       "grpc_port", "chat_template",  "model_id",         "metrics_base_port",
       "spec",      "concurrency",    "kv_memory",        "max_batch_tokens"};
+  // Link emulation, benchmarks only (docs/link-emulation.md).
+  static const std::set<std::string> kLinkKeys = {"emulate_link_mbps", "emulate_link_us"};
   ClusterConfig c;
   try {
     for (const auto& kv : root) {
       const std::string key = kv.first.as<std::string>();
-      if (!kKeys.count(key)) {
+      if (!kKeys.count(key) && !kLinkKeys.count(key)) {
         return absl::InvalidArgumentError(absl::StrCat(path, ": unknown key '", key, "'"));
       }
     }
@@ -160,6 +163,8 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     if (root["max_batch_tokens"]) c.max_batch_tokens = root["max_batch_tokens"].as<int>();
     if (root["emulate_run_us"]) c.emulate_run_us = root["emulate_run_us"].as<int64_t>();
     if (root["emulate_token_us"]) c.emulate_token_us = root["emulate_token_us"].as<int64_t>();
+    if (root["emulate_link_mbps"]) c.emulate_link_mbps = root["emulate_link_mbps"].as<double>();
+    if (root["emulate_link_us"]) c.emulate_link_us = root["emulate_link_us"].as<int64_t>();
     if (root["host"]) c.host = root["host"].as<std::string>();
     if (root["base_port"]) c.base_port = root["base_port"].as<int>();
     if (root["http_port"]) c.http_port = root["http_port"].as<int>();
@@ -230,6 +235,13 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
   if (c.emulate_run_us < 0 || c.emulate_run_us > 10000000 || c.emulate_token_us < 0 ||
       c.emulate_token_us > 10000000) {
     return absl::InvalidArgumentError("emulate_run_us and emulate_token_us must be in [0, 1e7]");
+  }
+  if (!(c.emulate_link_mbps >= 0 && c.emulate_link_mbps <= 100000)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("emulate_link_mbps must be in [0, 100000], got ", c.emulate_link_mbps));
+  }
+  if (c.emulate_link_us < 0 || c.emulate_link_us > 10000000) {
+    return absl::InvalidArgumentError("emulate_link_us must be in [0, 1e7]");
   }
   auto port_ok = [](int p) { return p > 0 && p < 65536; };
   if (!port_ok(c.base_port) || !port_ok(c.base_port + c.stages + 1)) {

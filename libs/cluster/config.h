@@ -31,6 +31,13 @@ struct ClusterConfig {
   // (pipeinfer-stage --emulate-run-us / --emulate-token-us). 0 = real timing.
   int64_t emulate_run_us = 0;
   int64_t emulate_token_us = 0;
+  // Benchmarks only: each stage in its own network namespace, joined by veth pairs rate limited to
+  // emulate_link_mbps Mbit/s per direction (root needed; 0 = loopback, no namespaces) and every
+  // message paced at that rate in-process (serialization delay; pipeinfer-stage / pipeinfer-draft
+  // --emulate-link-mbps), and every message on a link delayed by emulate_link_us in-process
+  // (--emulate-link-us; works without namespaces too). docs/link-emulation.md.
+  double emulate_link_mbps = 0;
+  int64_t emulate_link_us = 0;
   std::string host = "127.0.0.1";  // every process listens here
   int base_port = 50051;           // stages base_port.., then draft, then router gRPC
   int http_port = 8080;            // router HTTP
@@ -43,8 +50,8 @@ struct ClusterConfig {
   // Settings of pipeinfer-draft, the YAML's `spec:` mapping and `up`'s flags: the speculation
   // knobs of the table in spec/knobs.h except the mode (the top-level `mode` above) -- draft_max,
   // p_accept, p_split, p_recovery, p_decay, max_branches, max_inflight, no_cancel, no_continuous --
-  // plus the draft model's draft_threads and draft_noise (DraftOptionKeys). Key -> value as text
-  // (switches "true"/"false"); DraftArgs() turns them into pipeinfer-draft's flags.
+  // plus the draft model's options (DraftOptionKeys: draft_threads, draft_noise, ...). Key ->
+  // value as text (switches "true"/"false"); DraftArgs() turns them into pipeinfer-draft's flags.
   std::map<std::string, std::string> spec;
 
   std::string StageAddress(int i) const;
@@ -59,7 +66,8 @@ struct ClusterConfig {
 };
 
 // The `spec:` keys that are not speculation knobs but options of the draft model, passed through to
-// pipeinfer-draft (which checks them): draft_threads, draft_noise.
+// pipeinfer-draft (which checks them): draft_threads, draft_noise, draft_rank_model and
+// emulate_draft_us (benchmarks only).
 const std::vector<std::string>& DraftOptionKeys();
 
 // Checks one `spec:` entry: an unknown key, or a knob value outside the knob table's range (the

@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -59,7 +60,32 @@ bool HealthServing(const std::string& address) {
          resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
+// The port of HOST:PORT.
+std::string PortOf(const std::string& address) { return address.substr(address.rfind(':') + 1); }
+
 }  // namespace
+
+std::string Supervisor::StageListen(int i) const {
+  if (options_.links.empty()) return config_.StageAddress(i);
+  return "0.0.0.0:" + PortOf(config_.StageAddress(i));
+}
+
+std::string Supervisor::StageEndpoint(int i) const {
+  if (options_.links.empty()) return config_.StageAddress(i);
+  return options_.links.StageManagementAddress(i) + ":" + PortOf(config_.StageAddress(i));
+}
+
+std::string Supervisor::StageMetricsListen(int i) const {
+  const std::string m = config_.StageMetricsAddress(i);
+  if (m.empty() || options_.links.empty()) return m;
+  return "0.0.0.0:" + PortOf(m);
+}
+
+std::string Supervisor::StageMetricsEndpoint(int i) const {
+  const std::string m = config_.StageMetricsAddress(i);
+  if (m.empty() || options_.links.empty()) return m;
+  return options_.links.StageManagementAddress(i) + ":" + PortOf(m);
+}
 
 std::string DefaultRuntimeDir() { return absl::StrCat("/tmp/pipeinfer-", getuid()); }
 
@@ -101,7 +127,7 @@ Supervisor::Supervisor(ClusterConfig config, SupervisorOptions options)
 Supervisor::~Supervisor() { StopAll(); }
 
 absl::Status Supervisor::Spawn(const std::string& name, const std::string& address,
-                               const std::vector<std::string>& argv) {
+                               const std::vector<std::string>& argv, const std::string& netns) {
   std::string file = name;
   for (char& ch : file) {
     if (ch == ' ') ch = '-';
@@ -109,6 +135,15 @@ absl::Status Supervisor::Spawn(const std::string& name, const std::string& addre
   const std::string log = options_.log_dir + "/" + file + ".log";
   const int fd = open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return absl::InternalError(absl::StrCat("cannot open log file ", log));
+  int ns_fd = -1;  // the child enters this network namespace before exec
+  if (!netns.empty()) {
+    const std::string ns_path = "/run/netns/" + netns;
+    ns_fd = open(ns_path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (ns_fd < 0) {
+      close(fd);
+      return absl::InternalError(absl::StrCat("cannot open network namespace ", ns_path));
+    }
+  }
   std::vector<char*> args;
   for (const auto& s : argv) args.push_back(const_cast<char*>(s.c_str()));
   args.push_back(nullptr);
@@ -117,6 +152,7 @@ absl::Status Supervisor::Spawn(const std::string& name, const std::string& addre
   const pid_t pid = fork();
   if (pid < 0) {
     close(fd);
+    if (ns_fd >= 0) close(ns_fd);
     return absl::InternalError(absl::StrCat("fork failed for ", name));
   }
   if (pid == 0) {
@@ -135,11 +171,16 @@ absl::Status Supervisor::Spawn(const std::string& name, const std::string& addre
     if (devnull >= 0) dup2(devnull, 0);
     dup2(fd, 1);
     dup2(fd, 2);
+    if (ns_fd >= 0 && setns(ns_fd, CLONE_NEWNET) != 0) {
+      dprintf(2, "cannot enter network namespace %s\n", netns.c_str());
+      _exit(126);
+    }
     execv(args[0], args.data());
     dprintf(2, "exec %s failed\n", args[0]);
     _exit(127);
   }
   close(fd);
+  if (ns_fd >= 0) close(ns_fd);
   ProcessInfo p;
   p.name = name;
   p.pid = pid;
@@ -202,7 +243,7 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
                                      "--model",
                                      c.model,
                                      "--listen",
-                                     c.StageAddress(i),
+                                     StageListen(i),
                                      "--stage",
                                      std::to_string(i),
                                      "--stages",
@@ -210,7 +251,17 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
                                      "--threads",
                                      std::to_string(c.threads)};
     if (i + 1 < c.stages) {
-      argv.insert(argv.end(), {"--downstream", c.StageAddress(i + 1)});
+      std::string next = c.StageAddress(i + 1);
+      if (!options_.links.empty()) {
+        next = options_.links.StageDataAddress(i + 1) + ":" + PortOf(next);
+      }
+      argv.insert(argv.end(), {"--downstream", next});
+    }
+    if (c.emulate_link_us > 0) {
+      argv.insert(argv.end(), {"--emulate-link-us", std::to_string(c.emulate_link_us)});
+    }
+    if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
+      argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
     }
     const std::vector<std::string> kv_args = StageKvArgs(c);
     argv.insert(argv.end(), kv_args.begin(), kv_args.end());
@@ -229,25 +280,23 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
       argv.insert(argv.end(), {"--weights", absl::StrJoin(w, ",")});
     }
     if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
-    if (const std::string m = c.StageMetricsAddress(i); !m.empty()) {
+    if (const std::string m = StageMetricsListen(i); !m.empty()) {
       argv.insert(argv.end(), {"--metrics-listen", m});
     }
-    if (auto st = Spawn(absl::StrCat("stage ", i), c.StageAddress(i), argv); !st.ok()) {
+    const std::string netns = options_.links.empty() ? "" : options_.links.namespaces[i];
+    if (auto st = Spawn(absl::StrCat("stage ", i), StageEndpoint(i), argv, netns); !st.ok()) {
       return fail(st);
     }
     if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
   }
   {
-    std::vector<std::string> argv = {draft_bin,
-                                     "--listen",
-                                     c.DraftAddress(),
-                                     "--stage0",
-                                     c.StageAddress(0),
-                                     "--last",
-                                     c.StageAddress(c.stages - 1),
-                                     "--model",
-                                     c.model,
-                                     "--mode",
+    std::string stage0 = c.StageAddress(0), last = c.StageAddress(c.stages - 1);
+    if (!options_.links.empty()) {  // over the emulated links
+      stage0 = options_.links.StageDataAddress(0) + ":" + PortOf(stage0);
+      last = options_.links.LastStageResultsAddress() + ":" + PortOf(last);
+    }
+    std::vector<std::string> argv = {draft_bin, "--listen", c.DraftAddress(), "--stage0", stage0,
+                                     "--last",  last,       "--model",        c.model,    "--mode",
                                      c.mode};
     if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
     if (!c.draft_model.empty()) argv.insert(argv.end(), {"--draft-model", c.draft_model});
@@ -256,6 +305,12 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
     }
     const std::vector<std::string> spec_args = DraftArgs(c);  // the knob table's flags
     argv.insert(argv.end(), spec_args.begin(), spec_args.end());
+    if (c.emulate_link_us > 0) {
+      argv.insert(argv.end(), {"--emulate-link-us", std::to_string(c.emulate_link_us)});
+    }
+    if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
+      argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
+    }
     if (auto st = Spawn("draft", c.DraftAddress(), argv); !st.ok()) return fail(st);
     if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
   }
@@ -336,9 +391,10 @@ ClusterState Supervisor::State() const {
   ClusterState s;
   s.processes = procs_;
   s.log_dir = options_.log_dir;
+  s.links = options_.links;
   for (int i = 0; i < config_.stages; ++i) {
-    s.endpoints.stages.push_back(config_.StageAddress(i));
-    const std::string m = config_.StageMetricsAddress(i);
+    s.endpoints.stages.push_back(StageEndpoint(i));
+    const std::string m = StageMetricsEndpoint(i);
     if (!m.empty()) s.endpoints.stage_metrics.push_back(m);
   }
   s.endpoints.draft = config_.DraftAddress();
@@ -368,6 +424,7 @@ absl::Status WriteState(const ClusterState& state, const std::string& path) {
                     {"draft", state.endpoints.draft},
                     {"router_http", state.endpoints.router_http},
                     {"router_grpc", state.endpoints.router_grpc}};
+  if (!state.links.empty()) j["links"] = nlohmann::json::parse(LinkTopologyToJson(state.links));
   std::error_code ec;
   const fs::path parent = fs::path(path).parent_path();
   if (!parent.empty()) fs::create_directories(parent, ec);
@@ -405,6 +462,13 @@ absl::StatusOr<ClusterState> ReadState(const std::string& path) {
     s.endpoints.draft = e.value("draft", "");
     s.endpoints.router_http = e.value("router_http", "");
     s.endpoints.router_grpc = e.value("router_grpc", "");
+    if (j.contains("links")) {
+      absl::StatusOr<LinkTopology> links = LinkTopologyFromJson(j["links"].dump());
+      if (!links.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ": ", links.status().message()));
+      }
+      s.links = std::move(*links);
+    }
   } catch (const nlohmann::json::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": bad state file: ", e.what()));
   }

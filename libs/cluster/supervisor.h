@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cluster/config.h"
+#include "cluster/link_emulation.h"
 
 namespace pipeinfer::cluster {
 
@@ -39,6 +40,7 @@ struct ClusterState {
   std::vector<ProcessInfo> processes;  // in start order
   Endpoints endpoints;
   std::string log_dir;
+  LinkTopology links;  // what link emulation created (empty: none); `down` removes it
 };
 
 struct SupervisorOptions {
@@ -48,6 +50,9 @@ struct SupervisorOptions {
   bool detach = false;  // children must outlive us: no PDEATHSIG, own session
   int health_timeout_s = 60;
   int stop_grace_ms = 10000;
+  // Link emulation (created by the caller; empty: none): each stage starts in its namespace,
+  // listens on every address there, and is reached over the topology's addresses.
+  LinkTopology links;
 };
 
 // /tmp/pipeinfer-<uid>, the default home of logs/ and cluster.json.
@@ -84,7 +89,12 @@ class Supervisor {
 
  private:
   absl::Status Spawn(const std::string& name, const std::string& address,
-                     const std::vector<std::string>& argv);
+                     const std::vector<std::string>& argv, const std::string& netns = "");
+  // Where stage i listens, where it is health checked, where its upstream peer reaches it.
+  std::string StageListen(int i) const;
+  std::string StageEndpoint(int i) const;
+  std::string StageMetricsListen(int i) const;
+  std::string StageMetricsEndpoint(int i) const;
   absl::Status WaitServing(const ProcessInfo& p, const volatile int* stop_requested);
 
   ClusterConfig config_;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "draft_server/oracle_noise.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
 
@@ -49,6 +50,12 @@ absl::StatusOr<std::unique_ptr<DraftModel>> DraftModel::Load(const DraftModelOpt
     return absl::InvalidArgumentError(absl::StrCat("draft noise must be in [0, 1], got ", o.noise));
   }
   d->noise_ = o.noise;
+  d->rank_model_ = o.rank_model;
+  if (o.emulate_us_per_token < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the emulated draft cost must be >= 0 us per token, got ", o.emulate_us_per_token));
+  }
+  d->emulate_us_per_token_ = o.emulate_us_per_token;
   engine::EngineOptions eo;
   eo.threads = std::max(1, o.threads);
   const int64_t n_ctx = model->hparams().n_ctx_train;
@@ -238,6 +245,13 @@ void DraftModel::RunPass(std::vector<std::shared_ptr<Request>>& batch) {
   if (in_pass.empty()) return;
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<engine::ForwardOutput> outs = pass.Run();
+  if (emulate_us_per_token_ > 0) {
+    // Benchmarks: pad the pass to the emulated cost of its tokens (nothing when the real compute
+    // took longer). Only this worker waits; sessions keep queueing meanwhile.
+    int64_t tokens = 0;
+    for (size_t n : n_of) tokens += static_cast<int64_t>(n);
+    std::this_thread::sleep_until(t0 + std::chrono::microseconds(emulate_us_per_token_ * tokens));
+  }
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   {
@@ -300,18 +314,7 @@ void SessionDrafter::Take(std::span<const int32_t> sequence, std::vector<float> 
   logits_ = std::move(logits);
   if (model_->noise_ > 0.0 && !logits_.empty()) {
     // A hash of the whole sequence decides, so the same context always gets the same draft.
-    uint64_t h = 0x9e3779b97f4a7c15ull;
-    for (int32_t t : sequence) {
-      h ^= static_cast<uint64_t>(t) + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-      h *= 0xff51afd7ed558ccdull;
-      h ^= h >> 33;
-    }
-    if (static_cast<double>(h % 1000000) < model_->noise_ * 1e6) {
-      const auto top = std::max_element(logits_.begin(), logits_.end()) - logits_.begin();
-      const size_t other =
-          ((h >> 20) % (logits_.size() - 1) + 1 + static_cast<size_t>(top)) % logits_.size();
-      std::swap(logits_[static_cast<size_t>(top)], logits_[other]);
-    }
+    ApplyDraftNoise(logits_, SequenceHash(sequence), model_->noise_, model_->rank_model_);
   }
 }
 

@@ -26,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "draft_server/oracle_ranks.h"
 #include "engine/engine.h"
 #include "spec/controller.h"
 
@@ -37,9 +38,16 @@ struct DraftModelOptions {
   int32_t threads = 1;
   int64_t kv_tokens = 0;  // KV slots over all sessions; 0 = 8 contexts' worth
   // Benchmarks: with this probability (decided by a hash of the sequence, so every mode sees the
-  // same draft), the draft's top token trades logits with another token: a way to set the draft's
-  // agreement with the target, e.g. with the target itself as the draft ("oracle" draft). 0 = off.
+  // same draft), the draft's top token is moved away from rank 1 (where to: rank_model): a way to
+  // set the draft's agreement with the target, e.g. with the target itself as the draft ("oracle"
+  // draft; docs/draft-emulation.md). 0 = off.
   double noise = 0.0;
+  // Benchmarks: where a "wrong" noisy draft puts the top token (oracle_noise.h).
+  RankModel rank_model = RankModel::kDemo;
+  // Benchmarks: every forward pass lasts at least this many microseconds per token in the pass
+  // (measured from the pass start; the worker sleeps the rest), to emulate a costlier draft model.
+  // 0 = off.
+  int64_t emulate_us_per_token = 0;
 };
 
 class DraftModel {
@@ -115,6 +123,8 @@ class DraftModel {
   int32_t max_run_tokens_ = 64;   // the longest chunk of one request in a pass
   int32_t max_pass_tokens_ = 64;  // a pass's tokens beyond its first request's chunk
   double noise_ = 0.0;
+  RankModel rank_model_ = RankModel::kDemo;
+  int64_t emulate_us_per_token_ = 0;
   friend class SessionDrafter;
 };
 

@@ -147,6 +147,8 @@ class DraftServer::Impl final : public v1::Draft::Service {
     lo.controller_id = opt_.controller_id;
     lo.model_id = pipeline_.model_id;
     lo.n_stages = pipeline_.n_stages;
+    lo.emulate_link_us = opt_.emulate_link_us;
+    lo.emulate_link_mbps = opt_.emulate_link_mbps;
     lo.on_state = [this](bool up) {
       if (!up) m_.pipeline_resets_total->Increment();
       SetServing(up);

@@ -53,6 +53,12 @@ struct DraftServerOptions {
   // The draft model (shared by all sessions). Null: only plain mode is served; sync and pipeinfer
   // requests fail with FAILED_PRECONDITION.
   std::shared_ptr<DraftModel> draft_model;
+  // Benchmarks only: emulated latency of the links to stage 0 and the last stage, in microseconds
+  // (PipelineLinkOptions::emulate_link_us). 0 = none.
+  int64_t emulate_link_us = 0;
+  // Benchmarks only: emulated rate of those links, Mbit/s per direction
+  // (PipelineLinkOptions::emulate_link_mbps). 0 = none.
+  double emulate_link_mbps = 0;
 };
 
 class DraftServer {

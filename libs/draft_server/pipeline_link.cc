@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/delay_line.h"
+#include "common/link_pacer.h"
 #include "draft_server/pipeline_proto.h"
 
 namespace pipeinfer::draft_server {
@@ -33,6 +35,13 @@ struct PipelineLink::Epoch {
   bool got_ready = false;
   std::vector<StageKv> capacity;        // from PipelineReady, stage order
   std::deque<v1::StageDownstream> out;  // waiting for credit
+  // Emulated link (latency and/or rate; `emulate` false: none): when each message of `out` may
+  // leave, i.e. the end of its transmission on the link to stage 0 (`pacer`, in queueing order)
+  // plus the latency.
+  bool emulate = false;
+  std::chrono::microseconds link_delay{0};
+  LinkPacer pacer{0};
+  std::deque<std::chrono::steady_clock::time_point> out_at;
   uint64_t next_run_id = 1;
   int64_t runs_in_flight = 0;  // sent and not yet answered (for Run.pipeline_runs)
   std::atomic<bool> dead{false};
@@ -40,6 +49,7 @@ struct PipelineLink::Epoch {
 
   std::mutex res_write_mu;  // serializes writes on the Results stream
   std::thread sender, pipe_reader, res_reader;
+  std::unique_ptr<DelayLine> cancel_line;  // emulated link of Cancels; null without
 };
 
 PipelineLink::PipelineLink(PipelineLinkOptions options)
@@ -130,6 +140,11 @@ bool PipelineLink::Enqueue(Epoch& ep, v1::StageDownstream m, uint64_t* run_id) {
       m.mutable_run()->set_pipeline_runs(static_cast<uint32_t>(++ep.runs_in_flight));
       if (run_id) *run_id = id;
     }
+    if (ep.emulate) {
+      const size_t bytes = ep.pacer.pacing() ? m.ByteSizeLong() : 0;
+      ep.out_at.push_back(ep.pacer.Release(std::chrono::steady_clock::now(), bytes) +
+                          ep.link_delay);
+    }
     ep.out.push_back(std::move(m));
   }
   ep.cv.notify_all();
@@ -140,6 +155,16 @@ void PipelineLink::SendCancel(Epoch& ep, std::span<const uint64_t> run_ids) {
   if (run_ids.empty()) return;
   v1::ResultsUpstream c;
   for (uint64_t id : run_ids) c.mutable_cancel()->add_run_ids(id);
+  if (ep.cancel_line) {
+    Epoch* e = &ep;  // the line is discarded before the epoch's streams end (StopEpoch)
+    ep.cancel_line->Post(
+        [e, c] {
+          std::lock_guard<std::mutex> l(e->res_write_mu);
+          if (!e->dead) e->res->Write(c);
+        },
+        c.ByteSizeLong());
+    return;
+  }
   std::lock_guard<std::mutex> l(ep.res_write_mu);
   if (!ep.dead) ep.res->Write(c);
 }
@@ -164,6 +189,12 @@ absl::StatusOr<std::shared_ptr<PipelineLink::Epoch>> PipelineLink::Connect(
             .count());
     ep->epoch = std::max(now_us, last_epoch_ + 1);
     last_epoch_ = ep->epoch;
+  }
+  if (opt_.emulate_link_us > 0 || opt_.emulate_link_mbps > 0) {
+    ep->emulate = true;
+    ep->link_delay = std::chrono::microseconds(opt_.emulate_link_us);
+    ep->pacer = LinkPacer(opt_.emulate_link_mbps);
+    ep->cancel_line = std::make_unique<DelayLine>(ep->link_delay, opt_.emulate_link_mbps);
   }
   ep->rctx = std::make_unique<grpc::ClientContext>();
   ep->pctx = std::make_unique<grpc::ClientContext>();
@@ -209,6 +240,14 @@ void PipelineLink::SendLoop(std::shared_ptr<Epoch> ep) {
       std::unique_lock<std::mutex> l(ep->mu);
       ep->cv.wait(l, [&] { return ep->dead || (!ep->out.empty() && ep->credit > 0); });
       if (ep->dead) return;
+      if (ep->emulate) {
+        const auto due = ep->out_at.front();
+        if (std::chrono::steady_clock::now() < due) {
+          ep->cv.wait_until(l, due, [&] { return ep->dead.load(); });
+          continue;
+        }
+        ep->out_at.pop_front();
+      }
       m = std::move(ep->out.front());
       ep->out.pop_front();
       --ep->credit;
@@ -306,6 +345,7 @@ void PipelineLink::EpochFailed(const std::shared_ptr<Epoch>& ep, const std::stri
 
 std::pair<grpc::Status, grpc::Status> PipelineLink::StopEpoch(const std::shared_ptr<Epoch>& ep) {
   EpochFailed(ep, "stopped");
+  if (ep->cancel_line) ep->cancel_line->Discard();
   if (ep->sender.joinable()) ep->sender.join();
   if (ep->pipe_reader.joinable()) ep->pipe_reader.join();
   if (ep->res_reader.joinable()) ep->res_reader.join();

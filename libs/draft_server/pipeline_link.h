@@ -50,6 +50,15 @@ struct PipelineLinkOptions {
   // Called with every stage's KV capacity (PipelineReady) when an epoch becomes current, before
   // any session can open on it (admission accounts against it). Never with the link's lock held.
   std::function<void(const std::vector<StageKv>&)> on_capacity;
+  // Benchmarks only (--emulate-link-us): every message to stage 0 leaves this many microseconds
+  // after it was queued, and every Cancel to the last stage is sent that late, in order. 0 =
+  // inline.
+  int64_t emulate_link_us = 0;
+  // Benchmarks only (--emulate-link-mbps): each of the two links carries this many Mbit/s; a
+  // message leaves only after the previous ones on its link and its own bytes (ByteSizeLong() +
+  // framing) have been serialized at this rate, then after emulate_link_us (common/link_pacer.h).
+  // 0 = no pacing; with both 0 every send is inline.
+  double emulate_link_mbps = 0;
 };
 
 class PipelineLink {

@@ -41,6 +41,14 @@ struct StageServerOptions {
   int connect_timeout_ms = 5000;  // how long opening the downstream link may wait to connect
   // HOST:PORT of the Prometheus /metrics endpoint (port 0 picks a free one); empty = none.
   std::string metrics_address;
+  // Benchmarks only: every message this stage sends on a link (downstream, upstream, results) is
+  // sent this many microseconds after it was produced, by a sender thread, in order. 0 = inline.
+  int64_t emulate_link_us = 0;
+  // Benchmarks only: each link direction carries this many Mbit/s: a message is released only once
+  // the previous ones on the same link and its own bytes (ByteSizeLong() + framing) have been
+  // serialized at this rate, then delayed by emulate_link_us (common/delay_line.h). 0 = no pacing.
+  // With both 0 every send is inline.
+  double emulate_link_mbps = 0;
 };
 
 class StageServer {

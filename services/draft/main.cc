@@ -30,6 +30,8 @@ int main(int argc, char** argv) {
   int draft_threads = 1;
   int64_t draft_kv_tokens = 0;
   double draft_noise = 0.0;
+  std::string draft_rank_model = "demo";
+  int64_t emulate_draft_us = 0;
   std::string metrics_listen;
   uint32_t max_sessions = 64;
   int connect_timeout_ms = 30000;
@@ -46,9 +48,20 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-listen", metrics_listen,
                  "Serve Prometheus /metrics on HOST:PORT (port 0 picks a free one; absent: none)");
   app.add_option("--draft-noise", draft_noise,
-                 "Benchmarks: probability that the draft's top token is swapped for another one "
-                 "(sets the draft's agreement, e.g. with the target itself as the draft)")
+                 "Benchmarks: probability that the draft's top token is moved away from rank 1 "
+                 "(sets the draft's agreement to 1 - p, e.g. with the target itself as the draft; "
+                 "see --draft-rank-model)")
       ->check(CLI::Range(0.0, 1.0));
+  app.add_option(
+         "--draft-rank-model", draft_rank_model,
+         "Benchmarks: where --draft-noise puts the top token when it makes the draft wrong: "
+         "demo (a rank drawn from the demo pair's calibrated histogram, confidence "
+         "tempered; docs/draft-emulation.md) or uniform (swapped with a random token)")
+      ->check(CLI::IsMember({"demo", "uniform"}));
+  app.add_option("--emulate-draft-us", emulate_draft_us,
+                 "Benchmarks only: pad each draft forward pass to this many microseconds per "
+                 "token in the pass (sleeps; no padding when the real pass took longer)")
+      ->check(CLI::Range(int64_t{0}, int64_t{10000000}));
   app.add_option("--draft-kv-tokens", draft_kv_tokens,
                  "Draft KV capacity in tokens over all sessions (default: 8 contexts)")
       ->check(CLI::NonNegativeNumber);
@@ -62,6 +75,17 @@ int main(int argc, char** argv) {
       "Default speculation mode: plain, sync or pipeinfer (default: pipeinfer with a draft "
       "model, else plain)");
   app.add_option("--model-id", model_id, "Model id served (default: the stages' model id)");
+  int64_t emulate_link_us = 0;
+  app.add_option("--emulate-link-us", emulate_link_us,
+                 "Benchmarks: send every message to stage 0 (and every cancel to the last stage) "
+                 "this many microseconds after it was queued, in order, to emulate link latency")
+      ->check(CLI::Range(int64_t{0}, int64_t{10000000}));
+  double emulate_link_mbps = 0;
+  app.add_option("--emulate-link-mbps", emulate_link_mbps,
+                 "Benchmarks: pace every message to stage 0 (and every cancel to the last stage) "
+                 "as on a link of this many Mbit/s (serialization delay, before "
+                 "--emulate-link-us); 0 = none")
+      ->check(CLI::Range(0.0, 100000.0));
   app.add_option("--max-sessions", max_sessions, "Most concurrent Generate calls")
       ->check(CLI::Range(1, 65536));
   int kv_wait_ms = 20000;
@@ -118,6 +142,8 @@ int main(int argc, char** argv) {
   o.connect_timeout_ms = connect_timeout_ms;
   o.spec_defaults = sp;
   o.metrics_address = metrics_listen;
+  o.emulate_link_us = emulate_link_us;
+  o.emulate_link_mbps = emulate_link_mbps;
   if (!draft_model.empty()) {
     pipeinfer::draft_server::DraftModelOptions dmo;
     dmo.path = draft_model;
@@ -125,6 +151,8 @@ int main(int argc, char** argv) {
     dmo.threads = draft_threads;
     dmo.kv_tokens = draft_kv_tokens;
     dmo.noise = draft_noise;
+    dmo.rank_model = *pipeinfer::draft_server::ParseRankModel(draft_rank_model);
+    dmo.emulate_us_per_token = emulate_draft_us;
     auto dm = pipeinfer::draft_server::DraftModel::Load(dmo);
     if (!dm.ok()) return Fail(std::string(dm.status().message()));
     o.draft_model = std::move(*dm);
@@ -135,9 +163,18 @@ int main(int argc, char** argv) {
   if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
   const std::string addr =
       listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());
-  std::printf("draft listening on %s (%s mode, draft model %s, stage 0 %s, last stage %s)\n",
+  std::string emulation;  // benchmark-only settings, shown when in use
+  if (!draft_model.empty() && draft_noise > 0.0) {
+    char noise[32];
+    std::snprintf(noise, sizeof(noise), "%g", draft_noise);
+    emulation += std::string(", draft noise ") + noise + " (" + draft_rank_model + " ranks)";
+  }
+  if (!draft_model.empty() && emulate_draft_us > 0) {
+    emulation += ", emulated draft cost " + std::to_string(emulate_draft_us) + " us/token";
+  }
+  std::printf("draft listening on %s (%s mode, draft model %s, stage 0 %s, last stage %s%s)\n",
               addr.c_str(), mode.c_str(), draft_model.empty() ? "none" : draft_model.c_str(),
-              stage0.c_str(), last.c_str());
+              stage0.c_str(), last.c_str(), emulation.c_str());
   if (server.metrics_port() != 0) {
     std::printf("draft metrics on http://%s:%d/metrics\n",
                 metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(), server.metrics_port());

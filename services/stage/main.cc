@@ -115,6 +115,17 @@ int main(int argc, char** argv) {
   app.add_option("--emulate-token-us", emulate_token_us,
                  "Benchmarks: padding per run token (see --emulate-run-us)")
       ->check(CLI::Range(0, 10000000));
+  int64_t emulate_link_us = 0;
+  app.add_option("--emulate-link-us", emulate_link_us,
+                 "Benchmarks: send every message on a link (downstream, upstream, results) this "
+                 "many microseconds after it was produced, in order, to emulate link latency")
+      ->check(CLI::Range(int64_t{0}, int64_t{10000000}));
+  double emulate_link_mbps = 0;
+  app.add_option("--emulate-link-mbps", emulate_link_mbps,
+                 "Benchmarks: pace every message on a link (downstream, upstream, results) as on "
+                 "a link of this many Mbit/s per direction (serialization delay, before "
+                 "--emulate-link-us); 0 = none")
+      ->check(CLI::Range(0.0, 100000.0));
   app.add_option("--metrics-listen", metrics_listen,
                  "Serve Prometheus /metrics on HOST:PORT (port 0 picks a free one; absent: none)");
   try {
@@ -212,6 +223,8 @@ int main(int argc, char** argv) {
   so.window = window;
   so.connect_timeout_ms = connect_timeout_ms;
   so.metrics_address = metrics_listen;
+  so.emulate_link_us = emulate_link_us;
+  so.emulate_link_mbps = emulate_link_mbps;
   pipeinfer::stage_server::StageServer server(std::move(core), so);
   if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
   std::string addr = listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());

@@ -1,11 +1,13 @@
 // The draft service's model wrapper: a session's drafter feeds only what changed and rolls its KV
 // back to the longest common prefix, and every answer equals a fresh forward pass over the whole
-// sequence; a draft with another vocabulary is refused; draft noise is deterministic.
+// sequence; a draft with another vocabulary is refused; draft noise is deterministic; the emulated
+// draft cost pads every pass.
 #include "draft_server/draft_model.h"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -17,11 +19,12 @@ namespace {
 
 const std::string kModels = PIPEINFER_MODELS_DIR;
 
-std::unique_ptr<DraftModel> LoadDemo(double noise = 0.0) {
+std::unique_ptr<DraftModel> LoadDemo(double noise = 0.0, int64_t emulate_us_per_token = 0) {
   DraftModelOptions o;
   o.path = kModels + "/demo-draft-q8_0.gguf";
   o.target_path = kModels + "/demo-target-q8_0.gguf";
   o.noise = noise;
+  o.emulate_us_per_token = emulate_us_per_token;
   auto m = DraftModel::Load(o);
   EXPECT_TRUE(m.ok()) << m.status();
   return m.ok() ? std::move(*m) : nullptr;
@@ -134,6 +137,51 @@ TEST(DraftModel, NoiseIsDeterministicAndMovesTheTopToken) {
   EXPECT_EQ(n1, n2);
   EXPECT_NE(std::max_element(c.begin(), c.end()) - c.begin(),
             std::max_element(n1.begin(), n1.end()) - n1.begin());
+}
+
+// --emulate-draft-us: a pass of n tokens lasts at least n x U from its start (the lower bound is
+// strict; the upper bounds are loose, the machine is shared).
+TEST(DraftModel, EmulatedDraftCostPadsEachPassPerToken) {
+  constexpr int64_t kUs = 4000;
+  auto slow = LoadDemo(0.0, kUs);
+  auto fast = LoadDemo(0.0, 0);
+  ASSERT_TRUE(slow && fast);
+  std::vector<double> pass_seconds;
+  slow->SetPassObserver([&](size_t, double s) { pass_seconds.push_back(s); });
+  std::vector<int32_t> seq = {1};
+  for (int32_t i = 0; i < 23; ++i) seq.push_back(300 + 7 * i);
+  using Clock = std::chrono::steady_clock;
+  auto elapsed_us = [](Clock::time_point t0) {
+    return std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+  };
+  SessionDrafter d(slow.get(), 1);
+  auto t0 = Clock::now();
+  ASSERT_TRUE(d.NextLogits(seq).ok());  // one pass of 24 tokens
+  EXPECT_GE(elapsed_us(t0), 24 * kUs);
+  seq.push_back(42);
+  t0 = Clock::now();
+  ASSERT_TRUE(d.NextLogits(seq).ok());  // one pass of 1 token
+  const int64_t one = elapsed_us(t0);
+  EXPECT_GE(one, kUs);
+  EXPECT_LT(one, 20 * kUs);  // per token, not per prompt
+  ASSERT_EQ(pass_seconds.size(), 2u);
+  EXPECT_GE(pass_seconds[0], 24 * kUs * 1e-6);  // the metrics see the padded pass
+  EXPECT_GE(pass_seconds[1], kUs * 1e-6);
+
+  // U = 0 pads nothing: the same 24-token pass takes far less than the padded one.
+  SessionDrafter f(fast.get(), 1);
+  seq.resize(24);
+  t0 = Clock::now();
+  ASSERT_TRUE(f.NextLogits(seq).ok());
+  EXPECT_LT(elapsed_us(t0), 24 * kUs);
+}
+
+TEST(DraftModel, NegativeEmulatedDraftCostIsRefused) {
+  DraftModelOptions o;
+  o.path = kModels + "/demo-draft-q8_0.gguf";
+  o.target_path = kModels + "/demo-target-q8_0.gguf";
+  o.emulate_us_per_token = -1;
+  EXPECT_FALSE(DraftModel::Load(o).ok());
 }
 
 }  // namespace

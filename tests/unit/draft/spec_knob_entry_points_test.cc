@@ -320,5 +320,15 @@ TEST(SpecKnobEntryPoints, UpPassesTheGivenKnobsToTheDraftService) {
   EXPECT_FALSE(s.given("p_accept"));
 }
 
+// The benchmark-only draft options (emulated draft cost, oracle rank model) flow from the YAML's
+// `spec:` mapping to pipeinfer-draft's flags.
+TEST(SpecKnobEntryPoints, DraftEmulationOptionsReachTheDraftService) {
+  TempYaml yaml;
+  auto ok = yaml.Load("  emulate_draft_us: 1500\n  draft_rank_model: uniform\n");
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(cluster::DraftArgs(*ok), (std::vector<std::string>{"--draft-rank-model", "uniform",
+                                                               "--emulate-draft-us", "1500"}));
+}
+
 }  // namespace
 }  // namespace pipeinfer
