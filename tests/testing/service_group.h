@@ -106,6 +106,24 @@ std::unique_ptr<ServiceGroup> StartServiceGroup(const std::string& suite, StartF
   return nullptr;
 }
 
+// The command line of pipeinfer-stage number `index` of `stages`, holding its share of `model` and
+// listening on `listen`, followed by `extra`.
+inline std::vector<std::string> StageArgv(const std::string& model, const std::string& listen,
+                                          const std::string& index, int stages,
+                                          const std::vector<std::string>& extra = {}) {
+  std::vector<std::string> argv = {BinPath("pipeinfer-stage"),
+                                   "--model",
+                                   model,
+                                   "--listen",
+                                   listen,
+                                   "--stage",
+                                   index,
+                                   "--stages",
+                                   std::to_string(stages)};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return argv;
+}
+
 // The addresses of a two-stage pipeline and the draft service that drives it.
 struct DraftPipeline {
   std::string stage0, stage1, draft;
@@ -116,11 +134,8 @@ struct DraftPipeline {
 inline bool StartDraftPipeline(ServiceGroup& g, const std::string& model, DraftPipeline& p,
                                const std::vector<std::string>& stage0_flags = {}) {
   p = {FreeLoopbackAddress(), FreeLoopbackAddress(), FreeLoopbackAddress()};
-  const std::string bin = BinPath("pipeinfer-stage");
   auto stage = [&](const std::string& listen, const std::string& index) {
-    std::vector<std::string> argv = {bin,   "--model",  model, "--listen",    listen, "--stage",
-                                     index, "--stages", "2",   "--kv-tokens", "2048"};
-    return argv;
+    return StageArgv(model, listen, index, 2, {"--kv-tokens", "2048"});
   };
   std::vector<std::string> stage0 = stage(p.stage0, "0");
   stage0.insert(stage0.end(), {"--downstream", p.stage1, "--connect-timeout-ms", "500"});

@@ -102,27 +102,10 @@ class LinkEmulationTest : public ::testing::Test {
 
   static bool Root() { return geteuid() == 0; }
 
+  // `up` of the demo 2-stage cluster at 10 Mbit/s, plus `extra`.
   std::vector<std::string> UpArgv(const std::vector<std::string>& extra) {
-    base_port_ = FreePortRange(8);
-    http_port_ = FreePortRange(1);
-    std::vector<std::string> argv = {BinPath("pipeinfer"),
-                                     "up",
-                                     "--model",
-                                     DemoModel(),
-                                     "--stages",
-                                     "2",
-                                     "--kv-tokens",
-                                     "4096",
-                                     "--base-port",
-                                     std::to_string(base_port_),
-                                     "--http-port",
-                                     std::to_string(http_port_),
-                                     "--state",
-                                     state_,
-                                     "--log-dir",
-                                     dir_ + "/logs",
-                                     "--emulate-link-mbps",
-                                     "10"};
+    std::vector<std::string> argv = BaseArgv();
+    argv.insert(argv.end(), {"--emulate-link-mbps", "10"});
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;
   }
@@ -131,26 +114,32 @@ class LinkEmulationTest : public ::testing::Test {
 
   // `up --detach` of the demo 2-stage cluster, without link emulation unless `extra` asks for it.
   std::vector<std::string> ClusterArgv(const std::vector<std::string>& extra) {
-    base_port_ = FreePortRange(8);
-    std::vector<std::string> argv = {BinPath("pipeinfer"),
-                                     "up",
-                                     "--model",
-                                     DemoModel(),
-                                     "--stages",
-                                     "2",
-                                     "--kv-tokens",
-                                     "4096",
-                                     "--base-port",
-                                     std::to_string(base_port_),
-                                     "--http-port",
-                                     std::to_string(FreePortRange(1)),
-                                     "--state",
-                                     state_,
-                                     "--log-dir",
-                                     dir_ + "/logs",
-                                     "--detach"};
+    std::vector<std::string> argv = BaseArgv();
+    argv.push_back("--detach");
     argv.insert(argv.end(), extra.begin(), extra.end());
     return argv;
+  }
+
+  // `pipeinfer up` of the demo 2-stage cluster on fresh ports, with this test's state and logs.
+  std::vector<std::string> BaseArgv() {
+    base_port_ = FreePortRange(8);
+    http_port_ = FreePortRange(1);
+    return {BinPath("pipeinfer"),
+            "up",
+            "--model",
+            DemoModel(),
+            "--stages",
+            "2",
+            "--kv-tokens",
+            "4096",
+            "--base-port",
+            std::to_string(base_port_),
+            "--http-port",
+            std::to_string(http_port_),
+            "--state",
+            state_,
+            "--log-dir",
+            dir_ + "/logs"};
   }
 
   // The pipeline's counters from `pipeinfer stats` ("service.name value" lines).

@@ -121,15 +121,7 @@ TEST_P(BatchEquivalenceTest, EightPromptsTogetherEqualOneAtATime) {
         draft = FreeLoopbackAddress();
         router = FreeLoopbackAddress();
         auto stage = [&](const std::string& listen, const std::string& index) {
-          return std::vector<std::string>{BinPath("pipeinfer-stage"),
-                                          "--model",
-                                          model,
-                                          "--listen",
-                                          listen,
-                                          "--stage",
-                                          index,
-                                          "--stages",
-                                          "2"};
+          return StageArgv(model, listen, index, 2);
         };
         std::vector<std::string> argv0 = stage(stage0, "0");
         argv0.insert(argv0.end(), {"--downstream", stage1});

@@ -105,19 +105,9 @@ std::unique_ptr<Cluster> StartCluster(const std::string& suite, int64_t kv_block
     c->http_port = FreePort();
     c->draft_metrics_port = FreePort();
     auto stage = [&](const std::string& listen, const std::string& index) {
-      std::vector<std::string> argv = {BinPath("pipeinfer-stage"),
-                                       "--model",
-                                       target,
-                                       "--listen",
-                                       listen,
-                                       "--stage",
-                                       index,
-                                       "--stages",
-                                       std::to_string(kStages),
-                                       "--kv-tokens",
-                                       std::to_string(kv_blocks * kBlockTokens)};
-      argv.insert(argv.end(), stage_flags.begin(), stage_flags.end());
-      return argv;
+      std::vector<std::string> flags = {"--kv-tokens", std::to_string(kv_blocks * kBlockTokens)};
+      flags.insert(flags.end(), stage_flags.begin(), stage_flags.end());
+      return StageArgv(target, listen, index, kStages, flags);
     };
     std::vector<std::string> stage0 = stage(c->stage0, "0");
     stage0.insert(stage0.end(), {"--downstream", c->stage1});

@@ -297,9 +297,11 @@ inline Counters ToCounters(const v1::ServiceStats& s) {
   return c;
 }
 
-// Stage.GetStats of one stage (without the stages behind it); empty on failure.
-inline Counters StageCounters(const std::string& addr) {
-  auto stub = v1::Stage::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+// GetStats of one service (Service: v1::Stage or v1::Draft) without the ones behind it; empty on
+// failure.
+template <typename Service>
+Counters ServiceCounters(const std::string& addr) {
+  auto stub = Service::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   v1::StatsResponse resp;
@@ -308,16 +310,11 @@ inline Counters StageCounters(const std::string& addr) {
   return st.ok() && resp.services_size() > 0 ? ToCounters(resp.services(0)) : Counters{};
 }
 
+// Stage.GetStats of one stage (without the stages behind it); empty on failure.
+inline Counters StageCounters(const std::string& addr) { return ServiceCounters<v1::Stage>(addr); }
+
 // Draft.GetStats of the draft service alone; empty on failure.
-inline Counters DraftCounters(const std::string& addr) {
-  auto stub = v1::Draft::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  v1::StatsResponse resp;
-  const grpc::Status st = stub->GetStats(&ctx, v1::StatsRequest(), &resp);
-  EXPECT_TRUE(st.ok()) << addr << ": " << st.error_message();
-  return st.ok() && resp.services_size() > 0 ? ToCounters(resp.services(0)) : Counters{};
-}
+inline Counters DraftCounters(const std::string& addr) { return ServiceCounters<v1::Draft>(addr); }
 
 inline v1::StageInfo StageInfoOf(const std::string& addr) {
   auto stub = v1::Stage::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
