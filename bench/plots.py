@@ -44,7 +44,8 @@ AXIS_FIELDS = {"agreement": ["agreement"], "stages": ["stages"],
                "link": ["link_mbps", "link_us"], "concurrency": ["concurrency"]}
 STYLE = {"plain": ("#555555", "o"), "sync": ("#1f77b4", "s"), "pipeinfer": ("#d62728", "^"),
          "pipeinfer --no-cancel": ("#ff7f0e", "v"),
-         "pipeinfer --no-continuous": ("#2ca02c", "D")}
+         "pipeinfer --no-continuous": ("#2ca02c", "D"),
+         "sync --paper-tree": ("#9ecae1", "P"), "pipeinfer --paper-tree": ("#9467bd", "X")}
 
 
 def num(s):

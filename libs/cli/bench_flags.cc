@@ -49,10 +49,11 @@ void RegisterBenchCommands(CLI::App& app) {
   // --ablations set the mode and the ablation switches per row.
   spec::KnobFlagOptions knob_flags;
   knob_flags.scope = spec::KnobScope::kRequest;
-  knob_flags.skip = {"mode", "no_cancel", "no_continuous"};
+  knob_flags.skip = {"mode", "no_cancel", "no_continuous", "paper_tree"};
   spec::AddKnobFlags(*b, &a.knobs, knob_flags);
   b->add_flag("--ablations", a.ablations,
-              "Also rows `pipeinfer --no-cancel` and `pipeinfer --no-continuous`");
+              "Also rows `pipeinfer --no-cancel`, `pipeinfer --no-continuous`, `sync --paper-tree` "
+              "and `pipeinfer --paper-tree` (the paper's micro-batches)");
   b->add_flag("--stats", a.stats,
               "Query Router.GetClusterStats around each request (under --concurrency: each "
               "level) and report stage runs skipped/stopped and bytes sent");

@@ -8,6 +8,7 @@
 
 #if PIPEINFER_HAVE_PLAN
 #include "plan/planner.h"
+#include "spec/params.h"
 #endif
 
 namespace pipeinfer::cli {
@@ -24,7 +25,8 @@ std::map<std::string, double> PredictRow(const ScenarioRow& row, const ScenarioB
   in.token_us = static_cast<double>(row.token_us);
   in.draft_us = static_cast<double>(row.draft_us);
   in.agreement = row.agreement;
-  in.draft_max = static_cast<int>(bench.knobs.params().draft_max);
+  in.draft_max = static_cast<int>(
+      bench.knobs.params().draft_max != 0 ? bench.knobs.params().draft_max : spec::kPaperDraftMax);
   in.link_mbps = row.link_mbps;
   in.link_us = static_cast<double>(row.link_us);
   in.hidden_bytes = hidden_bytes;

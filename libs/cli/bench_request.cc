@@ -21,6 +21,8 @@ std::vector<Variant> BenchVariants(const BenchArgs& a) {
   if (a.ablations) {
     variants.push_back({"pipeinfer --no-cancel", v1::SPEC_MODE_PIPEINFER, true, false});
     variants.push_back({"pipeinfer --no-continuous", v1::SPEC_MODE_PIPEINFER, false, true});
+    variants.push_back({"sync --paper-tree", v1::SPEC_MODE_SYNC, false, false, true});
+    variants.push_back({"pipeinfer --paper-tree", v1::SPEC_MODE_PIPEINFER, false, false, true});
   }
   return variants;
 }
@@ -49,6 +51,7 @@ absl::Status Run(v1::Router::Stub& stub, const BenchArgs& a, const std::string& 
   spec->set_mode(v.mode);
   if (v.no_cancel) spec->set_no_cancel(true);
   if (v.no_continuous) spec->set_no_continuous(true);
+  if (v.paper_tree) spec->set_paper_tree(true);
 
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));

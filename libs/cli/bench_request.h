@@ -26,6 +26,7 @@ struct Variant {
   v1::SpecMode mode = v1::SPEC_MODE_UNSPECIFIED;
   bool no_cancel = false;
   bool no_continuous = false;
+  bool paper_tree = false;  // the paper's micro-batches instead of the dynamic token tree
 
   // Plain decoding without ablations: the baseline of "speedup vs plain".
   bool IsPlain() const { return mode == v1::SPEC_MODE_PLAIN && !no_cancel && !no_continuous; }

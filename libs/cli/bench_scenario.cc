@@ -268,8 +268,13 @@ absl::Status ParseBench(const Parser& p, const Node& n, ScenarioBench* b) {
   if (st.ok() && n.node["requests_per_level"])
     st = p.Range(n.Child("requests_per_level"), &b->requests_per_level, 0, 1000000);
   if (st.ok() && n.node["modes"]) {
-    static const std::set<std::string> kModes = {
-        "plain", "sync", "pipeinfer", "pipeinfer --no-cancel", "pipeinfer --no-continuous"};
+    static const std::set<std::string> kModes = {"plain",
+                                                 "sync",
+                                                 "pipeinfer",
+                                                 "pipeinfer --no-cancel",
+                                                 "pipeinfer --no-continuous",
+                                                 "sync --paper-tree",
+                                                 "pipeinfer --paper-tree"};
     b->modes.clear();
     st = p.List(n.Child("modes"), [&](const Node& v) {
       std::string m;

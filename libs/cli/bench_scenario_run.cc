@@ -35,6 +35,10 @@ std::vector<Variant> ScenarioVariants(const std::vector<std::string>& modes) {
       out.push_back({m, v1::SPEC_MODE_PIPEINFER, true, false});
     } else if (m == "pipeinfer --no-continuous") {
       out.push_back({m, v1::SPEC_MODE_PIPEINFER, false, true});
+    } else if (m == "sync --paper-tree") {
+      out.push_back({m, v1::SPEC_MODE_SYNC, false, false, true});
+    } else if (m == "pipeinfer --paper-tree") {
+      out.push_back({m, v1::SPEC_MODE_PIPEINFER, false, false, true});
     } else {
       out.push_back({m, draft_server::ToProto(*spec::ParseMode(m)), false, false});
     }

@@ -253,7 +253,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
     }
     m_.prompt_tokens_total->Increment(static_cast<double>(req->prompt_token_ids_size()));
 
-    const SessionEnv env{&pipeline_, opt_.draft_model.get(), &m_, budget_.get()};
+    const SessionEnv env{&pipeline_, opt_.draft_model.get(), &m_, budget_.get(), &acceptance_};
     // Leaving the pipeline (SessionClose queued behind the session's last message) frees the
     // session slot and the KV reservation: the stages free it in the same stream order.
     GenerateSession session(
@@ -390,6 +390,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
 
   KvAdmission kv_admission_{opt_.kv_max_waiting != 0 ? opt_.kv_max_waiting : opt_.max_sessions};
   std::unique_ptr<spec::SpecBudget> budget_;  // set in Start, before any session
+  spec::SharedAcceptance acceptance_;         // the dynamic tree's counts over every request
 
   std::mutex mu_;  // guards link_ (set once, in Start), active_sessions_ and shutdown_
   std::unique_ptr<PipelineLink> link_;

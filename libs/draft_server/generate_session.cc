@@ -1,5 +1,6 @@
 #include "draft_server/generate_session.h"
 
+#include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
@@ -24,9 +25,11 @@ uint64_t MicrosBetween(Steady::time_point a, Steady::time_point b) {
 }
 
 spec::ControllerOptions ControllerOptionsFor(const v1::GenerateRequest& req,
-                                             const ValidatedRequest& v,
-                                             const ServedPipeline& pipeline) {
+                                             const ValidatedRequest& v, const SessionEnv& env) {
+  const ServedPipeline& pipeline = *env.pipeline;
   spec::ControllerOptions o;
+  o.acceptance = env.acceptance;
+  o.costs = env.budget;
   o.spec = v.spec;
   o.sampling = v.sampling;
   o.n_stages = pipeline.n_stages;
@@ -122,8 +125,8 @@ GenerateSession::GenerateSession(const SessionEnv& env, const v1::GenerateReques
   }
   sink_ = std::make_unique<Sink>(&link_, env_.metrics, env_.budget);
   if (env_.budget) env_.budget->AddSession(+1);
-  ctl_ = std::make_unique<spec::Controller>(ControllerOptionsFor(req_, request_, *env_.pipeline),
-                                            sink_.get(), drafter_.get());
+  ctl_ = std::make_unique<spec::Controller>(ControllerOptionsFor(req_, request_, env_), sink_.get(),
+                                            drafter_.get());
 }
 
 GenerateSession::~GenerateSession() {
@@ -162,7 +165,8 @@ absl::Status GenerateSession::Decode(const SessionCaller& caller) {
   if (drafter_) drafter_->SetInterrupt([&inbox] { return inbox.Waiting(); });
   // Drafting stops when an outcome is waiting (it is handled first) or when the pipeline-wide
   // budget has no room for another micro-batch.
-  const uint32_t micro_batch = request_.spec.draft_max;
+  const uint32_t micro_batch =
+      std::min(spec::EffectiveDraftMax(request_.spec), spec::kPaperDraftMax);
   const auto outcome_waiting = [this, &inbox, micro_batch] {
     return inbox.Waiting() || (env_.budget && !env_.budget->Allows(micro_batch, sink_->verified(),
                                                                    sink_->speculative()));

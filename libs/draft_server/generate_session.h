@@ -30,6 +30,8 @@ struct SessionEnv {
   DraftModel* draft_model = nullptr;  // null: plain mode only (validation refuses the others)
   DraftMetrics* metrics = nullptr;
   spec::SpecBudget* budget = nullptr;  // the pipeline-wide speculation budget; null: none
+  // The dynamic token tree's acceptance counts, shared by the service's requests; null: none.
+  spec::SharedAcceptance* acceptance = nullptr;
 };
 
 // The session's caller (the Generate stream).

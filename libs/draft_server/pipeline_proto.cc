@@ -51,6 +51,7 @@ v1::StageDownstream RunMessage(uint64_t session_id, const spec::RunSpec& run) {
   for (int32_t p : run.parents) r->add_parents(p);
   for (uint32_t b : run.branches) r->add_branches(b);
   for (uint32_t i : run.result_rows) r->add_result_rows(i);
+  for (int32_t a : run.anchors) r->add_anchors(a);
   return m;
 }
 

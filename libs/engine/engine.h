@@ -35,10 +35,13 @@ struct EngineOptions {
 struct ForwardInput {
   uint64_t session = 0;
   uint32_t partition = kv::KvCache::kCanonical;
-  std::span<const int32_t> tokens;       // first stage: token ids (one per run token)
-  std::span<const float> hidden;         // later stages: [n_tokens][n_embd]
-  int32_t n_tokens = 0;                  // 0: taken from tokens (first stage) or hidden
-  std::span<const int32_t> parents;      // empty: a chain continuing the sequence
+  std::span<const int32_t> tokens;   // first stage: token ids (one per run token)
+  std::span<const float> hidden;     // later stages: [n_tokens][n_embd]
+  int32_t n_tokens = 0;              // 0: taken from tokens (first stage) or hidden
+  std::span<const int32_t> parents;  // empty: a chain continuing the sequence
+  // Per token: the existing slot a root (parent -1) hangs off, -1 = the sequence's last slot;
+  // empty = every root hangs off the last slot (kv::KvCache::Append).
+  std::span<const int32_t> anchors;
   std::span<const int32_t> output_rows;  // last stage: ascending run-token indices to return
   std::function<bool()> cancelled;       // polled between layers; true stops the run
 };

@@ -39,6 +39,9 @@ absl::Status Engine::Batch::Add(const ForwardInput& in) {
   if (!in.parents.empty() && static_cast<int32_t>(in.parents.size()) != n) {
     return absl::InvalidArgumentError("parents must have one entry per token");
   }
+  if (!in.anchors.empty() && static_cast<int32_t>(in.anchors.size()) != n) {
+    return absl::InvalidArgumentError("anchors must have one entry per token");
+  }
   for (int32_t r : in.output_rows) {
     if (r < 0 || r >= n) return absl::InvalidArgumentError("output row outside the run");
   }
@@ -63,14 +66,24 @@ absl::Status Engine::Batch::Add(const ForwardInput& in) {
       return absl::InvalidArgumentError(
           absl::StrCat("token ", i, " has parent ", parents[i], " (must be -1 or earlier)"));
     }
-    positions[i] = parents[i] < 0 ? root_pos : positions[parents[i]] + 1;
+    if (parents[i] >= 0) {
+      positions[i] = positions[parents[i]] + 1;
+    } else if (!in.anchors.empty() && in.anchors[i] >= 0) {
+      if (in.anchors[i] >= before->size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("token ", i, " hangs off slot ", in.anchors[i], " of ", before->size()));
+      }
+      positions[i] = before->position[in.anchors[i]] + 1;
+    } else {
+      positions[i] = root_pos;
+    }
     if (positions[i] >= e_.max_context_) {
       return absl::OutOfRangeError(
           absl::StrCat("position ", positions[i], " exceeds the context length ", e_.max_context_));
     }
   }
   PI_ASSIGN_OR_RETURN(std::vector<int32_t> slots,
-                      e_.kv_->Append(in.session, in.partition, parents));
+                      e_.kv_->Append(in.session, in.partition, parents, in.anchors));
   Item item;
   item.in = in;
   item.in.n_tokens = n;

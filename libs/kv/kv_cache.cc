@@ -281,16 +281,24 @@ absl::Status KvCache::Fork(uint64_t session, uint32_t part, uint32_t src, int32_
 }
 
 absl::StatusOr<std::vector<int32_t>> KvCache::Append(uint64_t session, uint32_t part,
-                                                     std::span<const int32_t> parents) {
+                                                     std::span<const int32_t> parents,
+                                                     std::span<const int32_t> anchors) {
   PI_ASSIGN_OR_RETURN(Session * s, GetSession(session));
   auto it = s->find(part);
   if (it == s->end()) return NoPartition(session, part);
   Sequence& seq = it->second;
   const int32_t n = static_cast<int32_t>(parents.size());
+  if (!anchors.empty() && anchors.size() != parents.size()) {
+    return absl::InvalidArgumentError("KV: anchors must have one entry per token");
+  }
   for (int32_t i = 0; i < n; ++i) {
     if (parents[i] < -1 || parents[i] >= i) {
       return absl::InvalidArgumentError(absl::StrCat("KV: token ", i, " has parent ", parents[i],
                                                      " (must be -1 or an earlier token)"));
+    }
+    if (parents[i] < 0 && !anchors.empty() && (anchors[i] < -1 || anchors[i] >= seq.size())) {
+      return absl::InvalidArgumentError(absl::StrCat("KV: token ", i, " hangs off slot ",
+                                                     anchors[i], " of a sequence of ", seq.size()));
     }
   }
   PI_RETURN_IF_ERROR(CheckAvailable(session, BlocksNeededToGrow(seq, n)));
@@ -303,7 +311,8 @@ absl::StatusOr<std::vector<int32_t>> KvCache::Append(uint64_t session, uint32_t 
     if (slot / bt >= static_cast<int32_t>(seq.blocks.size())) {
       seq.blocks.push_back(Allocate(session));
     }
-    const int32_t parent = parents[i] < 0 ? base - 1 : base + parents[i];
+    int32_t parent = parents[i] < 0 ? base - 1 : base + parents[i];
+    if (parents[i] < 0 && !anchors.empty() && anchors[i] >= 0) parent = anchors[i];
     seq.parent.push_back(parent);
     seq.position.push_back(parent < 0 ? 0 : seq.position[parent] + 1);
     slots[i] = slot;

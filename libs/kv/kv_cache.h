@@ -101,11 +101,13 @@ class KvCache {
                     int32_t n_positions);
 
   // Appends one slot per token. parents[i] is the run-local index of token i's parent (< i) or -1:
-  // attached to the sequence's last slot before this call (the end of its prefix). Returns the
-  // new slots' indices; their positions are in the sequence. Blocks are made private (copy on
-  // write) so the caller can write K/V into the new slots.
+  // a root, attached to anchors[i] when `anchors` is given and anchors[i] >= 0 (an existing slot:
+  // a token tree grown over several runs), else to the sequence's last slot before this call (the
+  // end of its prefix). Returns the new slots' indices; their positions are in the sequence.
+  // Blocks are made private (copy on write) so the caller can write K/V into the new slots.
   absl::StatusOr<std::vector<int32_t>> Append(uint64_t session, uint32_t part,
-                                              std::span<const int32_t> parents);
+                                              std::span<const int32_t> parents,
+                                              std::span<const int32_t> anchors = {});
 
   // The canonical sequence becomes the first `n_positions` tokens of the path ending at `leaf` of
   // partition `part` (leaf = -1: its last slot). With part == kCanonical this truncates.

@@ -1,45 +1,15 @@
 #include "spec/controller.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
-#include <numeric>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "sampling/speculative.h"
+#include "spec/controller_common.h"
+#include "spec/top_k.h"
 
 namespace pipeinfer::spec {
-namespace {
-
-// Softmax (temperature 1) of raw logits as a distribution sorted by probability, truncated to the
-// `k` most likely tokens: the greedy draft's picks and their confidence.
-sampling::SparseDist TopK(std::span<const float> logits, size_t k) {
-  sampling::SparseDist d;
-  if (logits.empty()) return d;
-  float max_l = -INFINITY;
-  for (float l : logits) max_l = std::max(max_l, l);
-  double sum = 0.0;
-  for (float l : logits) {
-    if (std::isfinite(l)) sum += std::exp(static_cast<double>(l) - max_l);
-  }
-  if (!(sum > 0.0)) return d;
-  std::vector<int32_t> idx(logits.size());
-  std::iota(idx.begin(), idx.end(), 0);
-  k = std::min(k, idx.size());
-  std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
-                    [&](int32_t a, int32_t b) {
-                      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
-                    });
-  for (size_t i = 0; i < k; ++i) {
-    d.ids.push_back(idx[i]);
-    d.probs.push_back(
-        static_cast<float>(std::exp(static_cast<double>(logits[idx[i]]) - max_l) / sum));
-  }
-  return d;
-}
-
-}  // namespace
 
 Controller::Controller(ControllerOptions options, PipelineSink* sink, Drafter* drafter)
     : options_(std::move(options)),
@@ -51,6 +21,23 @@ Controller::Controller(ControllerOptions options, PipelineSink* sink, Drafter* d
                                                   : DefaultMaxInflight(options_.n_stages);
   max_inflight_ = std::max<uint32_t>(max_inflight_, 1);
   if (options_.max_run_tokens == 0) options_.max_run_tokens = 1;
+  if (mode_ != Mode::kPlain && !options_.spec.paper_tree) {
+    tree_ = std::make_unique<TreeController>(options_, sink_, drafter_, mode_, max_inflight_);
+  }
+}
+
+bool Controller::finished() const { return tree_ ? tree_->finished() : finish_ != Finish::kNone; }
+Finish Controller::finish_reason() const { return tree_ ? tree_->finish_reason() : finish_; }
+const std::vector<int32_t>& Controller::committed() const {
+  return tree_ ? tree_->committed() : committed_;
+}
+uint32_t Controller::prompt_length() const { return tree_ ? tree_->prompt_length() : prompt_len_; }
+const Counters& Controller::counters() const { return tree_ ? tree_->counters() : counters_; }
+size_t Controller::live_partitions() const {
+  return tree_ ? tree_->live_partitions() : live_partitions_.size();
+}
+size_t Controller::runs_in_flight() const {
+  return tree_ ? tree_->runs_in_flight() : ledger_.size();
 }
 
 float Controller::Adjust(uint32_t iter) const {
@@ -74,43 +61,28 @@ int32_t Controller::NewNode(int32_t token, uint32_t pos, int32_t parent, uint32_
   n.pos = pos;
   n.parent = parent;
   n.branch = branch;
-  nodes_.push_back(std::move(n));
-  const int32_t id = static_cast<int32_t>(nodes_.size()) - 1;
-  if (parent >= 0) nodes_[parent].children.push_back(id);
-  return id;
+  return AddNode(nodes_, std::move(n));
 }
 
 absl::Status Controller::Start(std::span<const int32_t> prompt) {
-  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (tree_) return tree_->Start(prompt);
   if (!committed_.empty()) return absl::FailedPreconditionError("Start called twice");
-  const StopRules& sr = options_.stop;
-  if (sr.max_context == 0 || prompt.size() >= sr.max_context) {
-    return absl::OutOfRangeError(absl::StrCat(
-        "the prompt (", prompt.size(), " tokens) does not fit max_context ", sr.max_context));
-  }
+  absl::StatusOr<uint32_t> limit = PositionLimit(prompt, options_.stop);
+  if (!limit.ok()) return limit.status();
+  limit_ = *limit;
   committed_.assign(prompt.begin(), prompt.end());
   prompt_len_ = static_cast<uint32_t>(prompt.size());
   emitted_ = committed_.size();
   for (int32_t t : prompt) sampler_.Accept(t);
-  const uint64_t want = static_cast<uint64_t>(prompt_len_) + sr.max_new_tokens;
-  limit_ = static_cast<uint32_t>(std::min<uint64_t>(want, sr.max_context));
-
-  for (uint32_t off = 0; off < prompt_len_; off += options_.max_run_tokens) {
-    const uint32_t n = std::min(options_.max_run_tokens, prompt_len_ - off);
-    RunSpec run;
-    run.verified = true;
-    for (uint32_t i = 0; i < n; ++i) {
-      run.tokens.push_back(committed_[off + i]);
-      run.positions.push_back(off + i);
-    }
-    const bool last = off + n == prompt_len_;
-    if (last) run.result_rows.push_back(n - 1);
+  uint32_t off = 0;
+  for (const RunSpec& run : PrefillRuns(prompt, options_.max_run_tokens)) {
     absl::StatusOr<uint64_t> id = sink_->SendRun(run);
     if (!id.ok()) return id.status();
     InFlight f;
     f.id = *id;
     f.start = off;
-    if (last) {
+    off += static_cast<uint32_t>(run.tokens.size());
+    if (!run.result_rows.empty()) {
       const int32_t node = NewNode(committed_.back(), prompt_len_ - 1, -1, 0);
       nodes_[node].run = f.id;
       nodes_[node].row = 0;
@@ -128,12 +100,7 @@ absl::Status Controller::Start(std::span<const int32_t> prompt) {
 absl::Status Controller::SendPlain() {
   // Feeds the newest committed token into canonical.
   const uint32_t pos = static_cast<uint32_t>(committed_.size()) - 1;
-  RunSpec run;
-  run.verified = true;
-  run.tokens.push_back(committed_.back());
-  run.positions.push_back(pos);
-  run.result_rows.push_back(0);
-  absl::StatusOr<uint64_t> id = sink_->SendRun(run);
+  absl::StatusOr<uint64_t> id = sink_->SendRun(NewestTokenRun(committed_));
   if (!id.ok()) return id.status();
   const int32_t node = NewNode(committed_.back(), pos, -1, 0);
   nodes_[node].run = *id;
@@ -179,7 +146,7 @@ Controller::Draft Controller::DraftTree(std::vector<int32_t> context, float cuto
     sampling::SparseDist q;
     std::vector<int32_t> picks;
     if (greedy()) {
-      q = TopK(*logits, 1 + std::max<uint32_t>(max_branches, 1));
+      q = DraftTopK(*logits, 1 + std::max<uint32_t>(max_branches, 1));
       if (q.empty() || q.probs[0] < cutoff) break;
       picks.push_back(q.ids[0]);
       for (size_t i = 1; i < q.size() && branches + (picks.size() - 1) < max_branches; ++i) {
@@ -290,7 +257,7 @@ absl::Status Controller::SendSync() {
   Draft d;
   if (room > 0 && !drafting_broken_) {
     d = DraftTree(committed_, options_.spec.p_accept, options_.spec.p_split,
-                  std::min({options_.spec.draft_max, room, options_.max_run_tokens - 1}),
+                  std::min({EffectiveDraftMax(options_.spec), room, options_.max_run_tokens - 1}),
                   options_.spec.max_branches);
   }
   if (d.tokens.empty()) return SendPlain();
@@ -306,6 +273,7 @@ absl::Status Controller::SendSync() {
 }
 
 absl::StatusOr<int> Controller::Speculate(const std::function<bool()>& result_waiting) {
+  if (tree_) return tree_->Speculate(result_waiting);
   if (mode_ != Mode::kPipeInfer || finished() || drafting_broken_) return 0;
   int launched = 0;
   uint32_t iter = 0;
@@ -319,9 +287,10 @@ absl::StatusOr<int> Controller::Speculate(const std::function<bool()>& result_wa
     const float adjust = Adjust(iter);
     const float cutoff = options_.spec.p_accept + adjust;
     if (cutoff >= 1.0f) break;
-    Draft d = DraftTree(Assumed(), cutoff, options_.spec.p_split + adjust,
-                        std::min({options_.spec.draft_max, limit_ - base, options_.max_run_tokens}),
-                        options_.spec.max_branches, result_waiting);
+    Draft d = DraftTree(
+        Assumed(), cutoff, options_.spec.p_split + adjust,
+        std::min({EffectiveDraftMax(options_.spec), limit_ - base, options_.max_run_tokens}),
+        options_.spec.max_branches, result_waiting);
     if (d.tokens.empty()) {
       if (!d.interrupted) ++n_failed_;
       break;
@@ -351,15 +320,7 @@ void Controller::CommitToken(int32_t token, int32_t node) {
   committed_.push_back(token);
   sampler_.Accept(token);
   line_ = node;
-  const StopRules& sr = options_.stop;
-  const bool eos =
-      !sr.ignore_eos && std::find(sr.eos_ids.begin(), sr.eos_ids.end(), token) != sr.eos_ids.end();
-  const bool stop = std::find(sr.stop_ids.begin(), sr.stop_ids.end(), token) != sr.stop_ids.end();
-  if (eos || stop) {
-    finish_ = Finish::kStop;
-  } else if (committed_.size() >= limit_) {
-    finish_ = Finish::kLength;
-  }
+  finish_ = FinishAfter(options_.stop, token, committed_.size(), limit_);
 }
 
 void Controller::RecomputeTip() {
@@ -419,23 +380,11 @@ absl::Status Controller::InvalidateStale() {
 }
 
 absl::Status Controller::OnOutcome(const Outcome& o) {
-  if (auto it = dropped_.find(o.run_id); it != dropped_.end()) {
-    dropped_.erase(it);
-    if (o.tombstone) ++counters_.runs_tombstoned;
-    return absl::OkStatus();
-  }
-  if (ledger_.empty() || ledger_.front().id != o.run_id) {
-    return absl::InternalError(absl::StrCat("unexpected outcome for run ", o.run_id,
-                                            " (expected run ",
-                                            ledger_.empty() ? 0 : ledger_.front().id, ")"));
-  }
-  InFlight r = std::move(ledger_.front());
-  ledger_.pop_front();
-  if (o.tombstone) {
-    ++counters_.runs_tombstoned;
-    return absl::AbortedError(
-        absl::StrCat("run ", r.id, " was skipped by the pipeline (", o.tombstone_reason, ")"));
-  }
+  if (tree_) return tree_->OnOutcome(o);
+  InFlight r;
+  absl::StatusOr<bool> taken = TakeOutcome(o, dropped_, ledger_, counters_, &r);
+  if (!taken.ok()) return taken.status();
+  if (!*taken) return absl::OkStatus();
   if (o.rows.size() != r.rows) {
     return absl::InternalError(
         absl::StrCat("run ", r.id, " returned ", o.rows.size(), " result rows, expected ", r.rows));
@@ -448,41 +397,12 @@ absl::Status Controller::OnOutcome(const Outcome& o) {
   bool emitted = false;
   while (!finished() && line_ >= 0 && nodes_[line_].run == r.id) {
     const Node& u = nodes_[line_];
-    const TargetRow& row = o.rows[static_cast<size_t>(u.row)];
-    sampling::SparseDist p;
-    switch (row.kind) {
-      case TargetRow::Kind::kArgmax:
-        if (!greedy()) return absl::InternalError("an ARGMAX row for a sampled request");
-        if (row.argmax < 0) return absl::InternalError("an ARGMAX row without a token");
-        p.ids.push_back(row.argmax);
-        p.probs.push_back(1.0f);
-        break;
-      case TargetRow::Kind::kSparse:
-        p = row.sparse;
-        break;
-      case TargetRow::Kind::kFull:
-        p = sampler_.Distribution(row.logits);
-        break;
-    }
-    if (p.empty()) return absl::InternalError(absl::StrCat("run ", r.id, ": an empty row"));
     std::vector<int32_t> cand;
     for (int32_t c : u.children) cand.push_back(nodes_[c].token);
-    int32_t token = -1, chosen = -1;
-    if (greedy()) {
-      token = p.ids[static_cast<size_t>(std::max_element(p.probs.begin(), p.probs.end()) -
-                                        p.probs.begin())];
-      for (size_t i = 0; i < cand.size(); ++i) {
-        if (cand[i] == token) chosen = static_cast<int32_t>(i);
-      }
-    } else if (!cand.empty()) {
-      const sampling::CandidatesResult a =
-          sampling::AcceptDraftCandidates(p, u.child_q, cand, sampler_.rng());
-      token = a.token;
-      chosen = a.accepted_index;
-    } else {
-      token = sampling::Sample(p, sampler_.rng());
-    }
-    if (token < 0) return absl::InternalError(absl::StrCat("run ", r.id, ": no token sampled"));
+    absl::StatusOr<Choice> choice =
+        ChooseToken(o.rows[static_cast<size_t>(u.row)], greedy(), sampler_, u.child_q, cand, r.id);
+    if (!choice.ok()) return choice.status();
+    const int32_t token = choice->token, chosen = choice->chosen;
     emitted = true;
     if (nodes_[line_].run == r.id) r.deepest = line_;
     if (chosen >= 0) {
@@ -527,17 +447,13 @@ absl::Status Controller::OnOutcome(const Outcome& o) {
 }
 
 std::vector<int32_t> Controller::TakeEmitted() {
-  std::vector<int32_t> out(committed_.begin() + static_cast<std::ptrdiff_t>(emitted_),
-                           committed_.end());
-  emitted_ = committed_.size();
-  return out;
+  if (tree_) return tree_->TakeEmitted();
+  return TakeSince(committed_, &emitted_);
 }
 
 std::vector<uint64_t> Controller::OutstandingRunIds() const {
-  std::vector<uint64_t> ids(dropped_.begin(), dropped_.end());
-  for (const InFlight& f : ledger_) ids.push_back(f.id);
-  std::sort(ids.begin(), ids.end());
-  return ids;
+  if (tree_) return tree_->OutstandingRunIds();
+  return OutstandingIds(dropped_, ledger_);
 }
 
 uint32_t Controller::AllocPartition() {

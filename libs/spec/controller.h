@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <set>
 #include <span>
@@ -44,113 +45,10 @@
 #include "absl/status/statusor.h"
 #include "sampling/sampling.h"
 #include "spec/params.h"
+#include "spec/pipeline_types.h"
+#include "spec/tree_controller.h"
 
 namespace pipeinfer::spec {
-
-struct ForkSpec {
-  uint32_t partition = 0;
-  uint32_t src_partition = 0;
-  uint32_t src_branch = 0;
-  uint32_t n_positions = 0;
-};
-
-// One run for the pipeline (stage.proto Run without transport fields). `parents` and `branches`
-// are empty for a linear chain on branch 0; otherwise one entry per token (parent = run-local
-// index or -1 for a root hanging off the partition's prefix).
-struct RunSpec {
-  bool speculative = false;
-  // Work the request needs in any case (a plain run, or a sync run whose first token is committed):
-  // stages compute it ahead of speculative runs when a pass is full (stage.proto Run.priority).
-  bool verified = false;
-  uint32_t partition = 0;  // 0 = canonical (plain runs)
-  std::optional<ForkSpec> fork;
-  std::vector<int32_t> tokens;
-  std::vector<uint32_t> positions;
-  std::vector<int32_t> parents;
-  std::vector<uint32_t> branches;
-  std::vector<uint32_t> result_rows;
-};
-
-// A KV operation sent in-band after the runs already sent.
-struct KvOpSpec {
-  enum class Kind { kCommit, kRelease };
-  Kind kind = Kind::kRelease;
-  uint32_t partition = 0;  // kCommit: the source partition
-  uint32_t branch = 0;     // kCommit: the branch whose path is adopted
-  uint32_t n_positions = 0;
-  bool release = false;              // kCommit: also release the partition
-  std::vector<uint32_t> partitions;  // kRelease
-};
-
-class PipelineSink {
- public:
-  virtual ~PipelineSink() = default;
-  // Queues a run behind everything sent before; returns its run id (increasing per stream).
-  virtual absl::StatusOr<uint64_t> SendRun(const RunSpec& run) = 0;
-  virtual absl::Status SendKvOp(const KvOpSpec& op) = 0;
-  // Asks the stages to skip these runs (best effort; their outcomes still arrive).
-  virtual void Cancel(std::span<const uint64_t> run_ids) = 0;
-};
-
-class Drafter {
- public:
-  virtual ~Drafter() = default;
-  // The draft model's logits (n_vocab values) for the token after `sequence`; valid until the next
-  // call. The drafter keeps its own KV and rolls back to the longest common prefix as needed.
-  // CANCELLED means the drafter was interrupted (the caller has something more urgent to do): the
-  // micro-batch ends there, and drafting goes on later.
-  virtual absl::StatusOr<std::span<const float>> NextLogits(std::span<const int32_t> sequence) = 0;
-  // The committed tokens grew (they never shrink): a drafter with multibuffered KV adopts the
-  // matching part of its speculative buffer into its canonical sequence.
-  virtual void Committed(std::span<const int32_t> committed) { (void)committed; }
-};
-
-// One result row of the last stage, in the reduction the session asked for.
-struct TargetRow {
-  enum class Kind { kArgmax, kSparse, kFull };
-  Kind kind = Kind::kArgmax;
-  int32_t argmax = -1;          // kArgmax
-  sampling::SparseDist sparse;  // kSparse: already filtered (temperature/top-k/top-p/min-p)
-  std::vector<float> logits;    // kFull: raw logits; the controller applies the sampler
-};
-
-struct Outcome {
-  uint64_t run_id = 0;
-  bool tombstone = false;
-  std::string tombstone_reason;  // for messages
-  std::vector<TargetRow> rows;
-};
-
-struct StopRules {
-  std::vector<int32_t> eos_ids;  // ignored when ignore_eos
-  std::vector<int32_t> stop_ids;
-  bool ignore_eos = false;
-  uint32_t max_new_tokens = UINT32_MAX;
-  uint32_t max_context = 0;  // positions < max_context; total length never exceeds it
-};
-
-enum class Finish { kNone, kStop, kLength };
-
-struct Counters {
-  uint64_t runs_plain = 0;
-  uint64_t runs_speculative = 0;
-  uint64_t runs_invalidated = 0;  // runs built on a rejected token (cancelled unless no_cancel)
-  uint64_t runs_cancelled = 0;    // invalidated runs the stages were asked to skip
-  uint64_t runs_tombstoned = 0;   // outcomes of invalidated runs that came back as tombstones
-  uint64_t tokens_drafted = 0;
-  uint64_t tokens_accepted = 0;  // guesses confirmed by verification
-  uint64_t sibling_accepts = 0;  // of which were not the main draft token (token trees)
-  uint64_t verifications = 0;    // outcomes with rows that were verified
-  uint64_t draft_failures = 0;   // drafter errors (speculation then stops for the request)
-};
-
-struct ControllerOptions {
-  SpecParams spec;
-  sampling::SamplingParams sampling;
-  StopRules stop;
-  uint32_t n_stages = 1;
-  uint32_t max_run_tokens = 512;  // prefill chunk size; runs never exceed it
-};
 
 class Controller {
  public:
@@ -167,21 +65,21 @@ class Controller {
   // a micro-batch, which is then launched as far as it got). Returns how many were launched.
   absl::StatusOr<int> Speculate(const std::function<bool()>& result_waiting);
 
-  bool finished() const { return finish_ != Finish::kNone; }
-  Finish finish_reason() const { return finish_; }
+  bool finished() const;
+  Finish finish_reason() const;
   // Generated tokens committed since the previous call, in order (the stop token included).
   std::vector<int32_t> TakeEmitted();
-  const std::vector<int32_t>& committed() const { return committed_; }
-  uint32_t prompt_length() const { return prompt_len_; }
-  uint32_t generated() const { return static_cast<uint32_t>(committed_.size()) - prompt_len_; }
+  const std::vector<int32_t>& committed() const;
+  uint32_t prompt_length() const;
+  uint32_t generated() const { return static_cast<uint32_t>(committed().size()) - prompt_length(); }
   // Run ids whose outcome has not been handled yet, valid or invalidated (for closing).
   std::vector<uint64_t> OutstandingRunIds() const;
-  const Counters& counters() const { return counters_; }
+  const Counters& counters() const;
   Mode mode() const { return mode_; }
   uint32_t max_inflight() const { return max_inflight_; }
   // Live non-canonical partitions right now (for tests: nothing leaks at the end).
-  size_t live_partitions() const { return live_partitions_.size(); }
-  size_t runs_in_flight() const { return ledger_.size(); }
+  size_t live_partitions() const;
+  size_t runs_in_flight() const;
 
  private:
   struct Node {
@@ -242,6 +140,9 @@ class Controller {
   std::vector<int32_t> Assumed() const;
 
   ControllerOptions options_;
+  // The dynamic token tree (tree_controller.h), which handles the request unless the mode is plain
+  // or paper_tree is set; everything below is the paper's algorithm.
+  std::unique_ptr<TreeController> tree_;
   PipelineSink* sink_;
   Drafter* drafter_;
   Mode mode_;

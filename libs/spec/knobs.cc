@@ -58,12 +58,13 @@ Knob Switch(std::string_view name, std::string_view flag, std::string_view help,
 }
 
 // The table. The names are also SpecConfig's field names (common.proto) and the README's list.
-const std::array<Knob, 10>& Table() {
-  static const std::array<Knob, 10> kKnobs = {
+const std::array<Knob, 11>& Table() {
+  static const std::array<Knob, 11> kKnobs = {
       ModeKnob(),
       Count("draft_max", "--draft-max",
-            "Most draft tokens in one speculative micro-batch (all branches together)", 1, 64,
-            &SpecParams::draft_max),
+            "Most draft tokens in one speculative run (all branches together)", 0, 64,
+            &SpecParams::draft_max,
+            "self-tuned: the dynamic tree sizes each run, at most 16; 4 with --paper-tree"),
       Fraction("p_accept", "--p-accept",
                "Base draft confidence cutoff: a branch keeps drafting while the draft's top-1 "
                "probability is >= p_accept + adjust",
@@ -94,6 +95,12 @@ const std::array<Knob, 10>& Table() {
              "Ablation: no continuous speculation; draft only right after a verification (at most "
              "one micro-batch per result)",
              &SpecParams::no_continuous),
+      Switch(
+          "paper_tree", "--paper-tree",
+          "Ablation: the PipeInfer paper's micro-batches (a main chain with sibling leaves, cut "
+          "by p_accept, p_split, p_recovery and p_decay) instead of the self-tuned dynamic token "
+          "tree",
+          &SpecParams::paper_tree),
   };
   return kKnobs;
 }

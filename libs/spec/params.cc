@@ -44,6 +44,11 @@ absl::Status Validate(const SpecParams& p) {
   return absl::OkStatus();
 }
 
+uint32_t EffectiveDraftMax(const SpecParams& p) {
+  if (p.draft_max != 0) return p.draft_max;
+  return p.paper_tree ? kPaperDraftMax : kDynamicNodeCap;
+}
+
 uint32_t DefaultMaxInflight(uint32_t n_stages) { return std::max<uint32_t>(2, n_stages + 1); }
 
 }  // namespace pipeinfer::spec

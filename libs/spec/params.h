@@ -23,8 +23,10 @@ absl::StatusOr<Mode> ParseMode(std::string_view name);
 
 struct SpecParams {
   Mode mode = Mode::kPipeInfer;
-  // The most draft tokens in one speculative micro-batch. Range [1, 64].
-  uint32_t draft_max = 4;
+  // The most draft tokens in one speculative run (all branches together). 0 = self-tuned: the
+  // dynamic token tree sizes every run from its cost model (at most kDynamicNodeCap nodes), and
+  // the paper's micro-batches use kPaperDraftMax. Range [0, 64] (a request's override: [1, 64]).
+  uint32_t draft_max = 0;
   // Base confidence cutoff: drafting continues while the draft's top-1 probability is >= the
   // effective cutoff p_accept + adjust. Range [0, 1].
   float p_accept = 0.5f;
@@ -45,7 +47,16 @@ struct SpecParams {
   // right after a verification (one micro-batch per result).
   bool no_cancel = false;
   bool no_continuous = false;
+  // The PipeInfer paper's speculation (micro-batches of a main chain with sibling leaves, cut by
+  // p_accept/p_split/p_recovery/p_decay) instead of the dynamic token tree, for ablations.
+  bool paper_tree = false;
 };
+
+// draft_max = 0 under the paper's micro-batches, and the dynamic tree's largest run.
+inline constexpr uint32_t kPaperDraftMax = 4;
+inline constexpr uint32_t kDynamicNodeCap = 16;
+// The draft tokens per run the controller may send at most.
+uint32_t EffectiveDraftMax(const SpecParams& params);
 
 // Checks every range above (the ranges of the knob table, spec/knobs.h).
 absl::Status Validate(const SpecParams& params);

@@ -192,6 +192,15 @@ void StageCore::EmitTombstone(const v1::StageDownstream& original, int reason, S
     t.set_partition(r.partition());
     if (r.has_fork()) *t.mutable_fork() = r.fork();
     t.set_n_tokens(static_cast<uint32_t>(r.token_ids_size()));
+    if (r.anchors_size() > 0) {
+      // A tree run: the stages downstream append its poisoned slots with the same shape.
+      if (r.parents_size() > 0) {
+        *t.mutable_parents() = r.parents();
+      } else {
+        for (int i = 0; i < r.token_ids_size(); ++i) t.add_parents(i - 1);
+      }
+      *t.mutable_anchors() = r.anchors();
+    }
     t.set_reason(static_cast<v1::TombstoneReason>(reason));
     t.set_stage_index(config_.stage_index);
   } else {

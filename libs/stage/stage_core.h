@@ -25,6 +25,7 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -144,6 +145,9 @@ class StageCore {
     int32_t valid_len = 0;  // positions [0, valid_len) of every path hold real keys/values
     bool written = false;
     std::map<uint32_t, int32_t> branch_leaf;  // branch label -> last slot with that label
+    // A token tree grown over several runs (Run.anchors): poison is kept per slot instead.
+    bool tree = false;
+    std::vector<uint8_t> poisoned;  // tree: per slot of the sequence (1 = no real keys/values)
   };
   struct Session {
     uint32_t max_context = 0;
@@ -177,8 +181,17 @@ class StageCore {
   // Forks partition `part` (KV + bookkeeping). Fails the session on error.
   absl::Status ApplyFork(uint64_t sid, Session& s, uint32_t part, uint32_t src, uint32_t src_branch,
                          uint32_t n_positions);
-  // Bookkeeping of a run that is not computed: positions become poisoned.
-  absl::Status PoisonRun(uint64_t sid, Session& s, int kind, uint32_t part, uint32_t n_tokens);
+  // Bookkeeping of a run that is not computed: positions become poisoned. A run with anchors
+  // (a token tree, `parents`/`anchors` non-empty) appends its slots, poisoned.
+  absl::Status PoisonRun(uint64_t sid, Session& s, int kind, uint32_t part, uint32_t n_tokens,
+                         std::span<const int32_t> parents = {},
+                         std::span<const int32_t> anchors = {});
+  // A tree partition's path ending at `leaf`, cut to `n_positions`: OK when no slot of it is
+  // poisoned.
+  static absl::Status CheckTreePath(const Partition& p, const kv::Sequence& seq, uint32_t part,
+                                    int32_t leaf, int32_t n_positions);
+  // Turns a partition into a tree partition (per-slot poison) before a run with anchors writes it.
+  static void MakeTree(Partition& p, int32_t seq_size);
   void FailSession(uint64_t sid, Session* s, absl::Status status, uint64_t run_id,
                    StageOutput& out);
   void EmitTombstone(const v1::StageDownstream& original_run, int reason, StageOutput& out);

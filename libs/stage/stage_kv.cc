@@ -110,7 +110,7 @@ void StageCore::HandleKvOp(const v1::StageDownstream& msg, StageOutput& out) {
         break;
       }
       int32_t leaf = -1;
-      if (p->second.written && p->second.valid_len == kAllValid) {
+      if (p->second.written && (p->second.tree || p->second.valid_len == kAllValid)) {
         auto b = p->second.branch_leaf.find(c.branch());
         if (b == p->second.branch_leaf.end()) {
           st = absl::FailedPreconditionError(
@@ -122,6 +122,11 @@ void StageCore::HandleKvOp(const v1::StageDownstream& msg, StageOutput& out) {
       if (c.n_positions() == 0) {
         st = absl::InvalidArgumentError("commit of 0 positions");
         break;
+      }
+      if (p->second.tree) {
+        st = CheckTreePath(p->second, *kv.Find(sid, c.partition()), c.partition(), leaf,
+                           static_cast<int32_t>(c.n_positions()));
+        if (!st.ok()) break;
       }
       if (p->second.valid_len != kAllValid &&
           static_cast<int32_t>(c.n_positions()) > p->second.valid_len) {
@@ -180,7 +185,11 @@ void StageCore::HandleTombstone(const v1::StageDownstream& msg, StageOutput& out
       st = ApplyFork(t.session_id(), s, t.fork().partition(), t.fork().src_partition(),
                      t.fork().src_branch(), t.fork().n_positions());
     }
-    if (st.ok()) st = PoisonRun(t.session_id(), s, t.kind(), t.partition(), t.n_tokens());
+    if (st.ok()) {
+      const std::vector<int32_t> parents(t.parents().begin(), t.parents().end());
+      const std::vector<int32_t> anchors(t.anchors().begin(), t.anchors().end());
+      st = PoisonRun(t.session_id(), s, t.kind(), t.partition(), t.n_tokens(), parents, anchors);
+    }
     if (!st.ok()) FailSession(t.session_id(), &s, st, t.run_id(), out);
   }
   EmitTombstone(msg, t.reason(), out);
@@ -214,7 +223,17 @@ absl::Status StageCore::ApplyFork(uint64_t sid, Session& s, uint32_t part, uint3
     }
     const Partition& p = it->second;
     src_valid = p.valid_len;
-    if (p.written && p.valid_len != kAllValid) {
+    if (p.tree) {
+      auto b = p.branch_leaf.find(src_branch);
+      if (b == p.branch_leaf.end()) {
+        return absl::FailedPreconditionError(
+            absl::StrCat("partition ", src, " has no branch ", src_branch));
+      }
+      leaf = b->second;
+      PI_RETURN_IF_ERROR(CheckTreePath(p, *from, src, leaf, static_cast<int32_t>(n_positions)));
+      available = from->position[leaf] + 1;
+      src_valid = kAllValid;
+    } else if (p.written && p.valid_len != kAllValid) {
       available = p.prefix_len;  // its run was skipped: only the prefix is real
     } else if (p.written) {
       auto b = p.branch_leaf.find(src_branch);
@@ -253,8 +272,34 @@ absl::Status StageCore::ApplyFork(uint64_t sid, Session& s, uint32_t part, uint3
   return absl::OkStatus();
 }
 
+absl::Status StageCore::CheckTreePath(const Partition& p, const kv::Sequence& seq, uint32_t part,
+                                      int32_t leaf, int32_t n_positions) {
+  if (leaf < 0) return absl::OkStatus();
+  for (int32_t slot : kv::KvCache::PathOf(seq, leaf)) {
+    if (seq.position[slot] >= n_positions) break;
+    if (slot < static_cast<int32_t>(p.poisoned.size()) && p.poisoned[slot]) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("partition ", part, ": the path to slot ", leaf, " has poisoned position ",
+                       seq.position[slot], " (a skipped or stopped run)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+void StageCore::MakeTree(Partition& p, int32_t seq_size) {
+  p.written = true;
+  if (p.tree) return;
+  p.tree = true;
+  p.poisoned.assign(static_cast<size_t>(seq_size), 0);
+  // The prefix is linear (slot = position): what its fork left unreal stays unreal.
+  if (p.valid_len != kAllValid) {
+    for (int32_t slot = std::max(p.valid_len, 0); slot < seq_size; ++slot) p.poisoned[slot] = 1;
+  }
+}
+
 absl::Status StageCore::PoisonRun(uint64_t sid, Session& s, int kind, uint32_t part,
-                                  uint32_t n_tokens) {
+                                  uint32_t n_tokens, std::span<const int32_t> parents,
+                                  std::span<const int32_t> anchors) {
   if (kind == v1::RUN_KIND_PLAIN) {
     std::vector<int32_t> chain(n_tokens);
     for (uint32_t i = 0; i < n_tokens; ++i) chain[i] = static_cast<int32_t>(i) - 1;
@@ -266,6 +311,23 @@ absl::Status StageCore::PoisonRun(uint64_t sid, Session& s, int kind, uint32_t p
   auto it = s.parts.find(part);
   if (it == s.parts.end()) {
     return absl::FailedPreconditionError(absl::StrCat("partition ", part, " is not live"));
+  }
+  if (!anchors.empty()) {
+    // A tree run: its slots exist on every stage, poisoned, so slot numbers stay the same.
+    Partition& p = it->second;
+    if (p.written && !p.tree) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("partition ", part, " was written by a run without anchors"));
+    }
+    if (parents.size() != n_tokens || anchors.size() != n_tokens) {
+      return absl::InvalidArgumentError("a tree run's tombstone needs its parents and anchors");
+    }
+    MakeTree(p, engine_->kv().Find(sid, part)->size());
+    PI_ASSIGN_OR_RETURN(std::vector<int32_t> slots,
+                        engine_->kv().Append(sid, part, parents, anchors));
+    p.poisoned.resize(engine_->kv().Find(sid, part)->size(), 0);
+    for (int32_t slot : slots) p.poisoned[slot] = 1;
+    return absl::OkStatus();
   }
   it->second.written = true;
   it->second.valid_len = std::min(it->second.valid_len, it->second.prefix_len);

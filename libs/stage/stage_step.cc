@@ -25,8 +25,10 @@ struct StageCore::PendingRun {
   int32_t before = 0;  // the sequence's length before the run
   int32_t n = 0;
   std::vector<int32_t> branches;
+  bool tree = false;            // a run with anchors (per-slot poison)
+  std::vector<uint8_t> poison;  // tree: per run token, whether it hangs below a poisoned slot
   // The engine reads these until the pass is over.
-  std::vector<int32_t> tokens, parents, rows;
+  std::vector<int32_t> tokens, parents, anchors, rows;
   std::vector<float> hidden;
 };
 
@@ -278,6 +280,20 @@ bool StageCore::PrepareRun(const v1::StageDownstream& msg, engine::Engine::Batch
       return fail(absl::InvalidArgumentError("a PLAIN run must be a linear chain on branch 0"));
     }
   }
+  std::vector<int32_t> anchors(run.anchors().begin(), run.anchors().end());
+  const bool tree = !anchors.empty();
+  if (tree) {
+    if (plain) return fail(absl::InvalidArgumentError("a PLAIN run has no anchors"));
+    if (static_cast<int32_t>(anchors.size()) != n) {
+      return fail(absl::InvalidArgumentError("run arrays must have one entry per token"));
+    }
+    for (int32_t i = 0; i < n; ++i) {
+      if (anchors[i] < -1 || (parents[i] >= 0 && anchors[i] != -1)) {
+        return fail(absl::InvalidArgumentError(absl::StrCat(
+            "token ", i, " has anchor ", anchors[i], " (-1 or a slot, for root tokens only)")));
+      }
+    }
+  }
   for (int32_t i = 0; i < run.result_rows_size(); ++i) {
     if (run.result_rows(i) >= static_cast<uint32_t>(n) ||
         (i > 0 && run.result_rows(i) <= run.result_rows(i - 1))) {
@@ -300,14 +316,16 @@ bool StageCore::PrepareRun(const v1::StageDownstream& msg, engine::Engine::Batch
   }
   if (!plain) {
     auto q = s.parts.find(part);
-    if (q == s.parts.end() || q->second.written) {
+    if (q == s.parts.end() || (q->second.written && !(tree && q->second.tree))) {
       return fail(absl::FailedPreconditionError(
           absl::StrCat("partition ", part, " is not live or was already written")));
     }
   }
 
   auto skip = [&](int reason) {
-    absl::Status st = PoisonRun(sid, s, run.kind(), part, static_cast<uint32_t>(n));
+    absl::Status st =
+        tree ? PoisonRun(sid, s, run.kind(), part, static_cast<uint32_t>(n), parents, anchors)
+             : PoisonRun(sid, s, run.kind(), part, static_cast<uint32_t>(n));
     if (!st.ok()) FailSession(sid, &s, st, rid, out);
     ForgetCancelled(rid);
     EmitTombstone(msg, reason, out);
@@ -321,16 +339,49 @@ bool StageCore::PrepareRun(const v1::StageDownstream& msg, engine::Engine::Batch
   // Positions and poison.
   const kv::Sequence* seq = engine_->kv().Find(sid, part);
   const int32_t before = seq->size();
-  const int32_t valid = plain ? s.canonical_valid : s.parts[part].valid_len;
-  if (valid != kAllValid && valid < before) {
-    m_.runs_dependency->Increment();
-    return skip(v1::TOMBSTONE_REASON_DEPENDENCY);
+  std::vector<uint8_t> poison;
+  if (tree) {
+    // Per-slot poison: a token below a poisoned slot holds nothing real; a run that is all such
+    // tokens is skipped.
+    Partition& tp = s.parts[part];
+    MakeTree(tp, before);
+    poison.resize(n);
+    bool all = true;
+    for (int32_t i = 0; i < n; ++i) {
+      if (parents[i] >= 0) {
+        poison[i] = poison[parents[i]];
+      } else {
+        const int32_t slot = anchors[i] >= 0 ? anchors[i] : before - 1;
+        if (slot >= before) {
+          return fail(absl::InvalidArgumentError(
+              absl::StrCat("token ", i, " hangs off slot ", slot, " of a partition of ", before)));
+        }
+        poison[i] = slot >= 0 ? tp.poisoned[slot] : 0;
+      }
+      all = all && poison[i];
+    }
+    if (all) {
+      m_.runs_dependency->Increment();
+      return skip(v1::TOMBSTONE_REASON_DEPENDENCY);
+    }
+  } else {
+    const int32_t valid = plain ? s.canonical_valid : s.parts[part].valid_len;
+    if (valid != kAllValid && valid < before) {
+      m_.runs_dependency->Increment();
+      return skip(v1::TOMBSTONE_REASON_DEPENDENCY);
+    }
   }
   const int32_t root = before == 0 ? 0 : seq->position.back() + 1;
   std::vector<int32_t> pos(n);
   std::map<int32_t, int32_t> last_of_branch;
   for (int32_t i = 0; i < n; ++i) {
-    pos[i] = parents[i] < 0 ? root : pos[parents[i]] + 1;
+    if (parents[i] >= 0) {
+      pos[i] = pos[parents[i]] + 1;
+    } else if (tree && anchors[i] >= 0) {
+      pos[i] = seq->position[anchors[i]] + 1;
+    } else {
+      pos[i] = root;
+    }
     if (static_cast<int32_t>(run.positions(i)) != pos[i]) {
       return fail(absl::InvalidArgumentError(
           absl::StrCat("token ", i, " has position ", run.positions(i), ", expected ", pos[i])));
@@ -356,6 +407,9 @@ bool StageCore::PrepareRun(const v1::StageDownstream& msg, engine::Engine::Batch
   p.n = n;
   p.branches = std::move(branches);
   p.parents = std::move(parents);
+  p.tree = tree;
+  p.anchors = std::move(anchors);
+  p.poison = std::move(poison);
   if (!engine_->model().is_first()) {
     if (!run.has_hidden()) return fail(absl::InvalidArgumentError("run without hidden states"));
     absl::Status st = DecodeHidden(run.hidden(), n, hp.n_embd, &p.hidden);
@@ -373,6 +427,7 @@ bool StageCore::PrepareRun(const v1::StageDownstream& msg, engine::Engine::Batch
     in.hidden = p.hidden;
   }
   in.parents = p.parents;
+  in.anchors = p.anchors;
   if (engine_->model().is_last()) in.output_rows = p.rows;
   in.cancelled = [this, rid] { return IsCancelled(rid); };
   if (absl::Status st = batch.Add(in); !st.ok()) return fail(st);
@@ -390,6 +445,10 @@ void StageCore::FinishRun(PendingRun& p, engine::ForwardOutput& res, const v1::S
     // Slots were appended; what they hold is incomplete: poisoned.
     if (p.plain) {
       s.canonical_valid = std::min(s.canonical_valid, p.before);
+    } else if (p.tree) {
+      Partition& tp = s.parts[p.part];
+      tp.poisoned.resize(static_cast<size_t>(p.before + p.n), 0);
+      for (int32_t i = 0; i < p.n; ++i) tp.poisoned[p.before + i] = 1;
     } else {
       s.parts[p.part].written = true;
       s.parts[p.part].valid_len = std::min(s.parts[p.part].valid_len, s.parts[p.part].prefix_len);
@@ -404,6 +463,10 @@ void StageCore::FinishRun(PendingRun& p, engine::ForwardOutput& res, const v1::S
     Partition& q = s.parts[p.part];
     q.written = true;
     for (int32_t i = 0; i < p.n; ++i) q.branch_leaf[p.branches[i]] = res.slots[i];
+    if (p.tree) {
+      q.poisoned.resize(static_cast<size_t>(p.before + p.n), 0);
+      for (int32_t i = 0; i < p.n; ++i) q.poisoned[res.slots[i]] = p.poison[i];
+    }
   }
   m_.runs_computed->Increment();
   m_.tokens_computed->Increment(static_cast<double>(p.n));

@@ -128,7 +128,8 @@ TEST_F(BenchCliTest, AllModesGiveIdenticalGreedyTokensOnTwoStages) {
       << bench.output;
   // One table row per mode and ablation, each with 2 requests of 16 tokens.
   for (const std::string mode :
-       {"plain", "sync", "pipeinfer", "pipeinfer --no-cancel", "pipeinfer --no-continuous"}) {
+       {"plain", "sync", "pipeinfer", "pipeinfer --no-cancel", "pipeinfer --no-continuous",
+        "sync --paper-tree", "pipeinfer --paper-tree"}) {
     EXPECT_TRUE(std::regex_search(bench.output, std::regex("\n\\| " + mode + " \\| 2 \\| 32 \\|")))
         << mode << "\n"
         << bench.output;
@@ -142,8 +143,8 @@ TEST_F(BenchCliTest, AllModesGiveIdenticalGreedyTokensOnTwoStages) {
   EXPECT_NE(bench.output.find(md), std::string::npos) << md;
   const auto j = nlohmann::json::parse(ReadText(json_path), nullptr, false);
   ASSERT_FALSE(j.is_discarded());
-  EXPECT_EQ(j["rows"].size(), 5u);
-  ASSERT_EQ(j["requests"].size(), 10u);
+  EXPECT_EQ(j["rows"].size(), 7u);
+  ASSERT_EQ(j["requests"].size(), 14u);
   for (const auto& r : j["requests"]) {
     EXPECT_EQ(r["completion_tokens"], 16) << r.dump();
     EXPECT_EQ(r["token_ids"].size(), 16u) << r.dump();

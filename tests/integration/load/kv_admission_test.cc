@@ -5,8 +5,9 @@
 // The reservation of a request is computed here from the documented formula, linked from the
 // libraries and not read back from the processes: kv::ReservationBlocks(spec::KvDemandOf(mode,
 // knobs, max_context, stages)), where max_context is prompt + max_tokens, or the whole context
-// without max_tokens. With 2 stages, draft_max 4 and max_inflight 3: P = 4 partitions, T = 9, a
-// full-context request (256) reserves ceil((256 + 5 * 9) / 16) + 4 * 4 + 2 = 37 blocks.
+// without max_tokens. With the paper's micro-batches (--paper-tree), 2 stages, draft_max 4 and
+// max_inflight 3: P = 4 partitions, T = 9, a full-context request (256) reserves ceil((256 + 5 * 9)
+// / 16) + 4 * 4 + 2 = 37 blocks.
 //
 // RefusesWhatDoesNotFitWith429BeforeTheStream: capacity = 2 full-context requests + L blocks.
 // Two long requests (gRPC, ignore_eos, no max_tokens) hold 2 x 37; the stages must report exactly
@@ -67,6 +68,7 @@ spec::SpecParams Knobs() {
   spec::SpecParams p;
   p.mode = spec::Mode::kPipeInfer;
   p.draft_max = kDraftMax;
+  p.paper_tree = true;  // the micro-batch formula of the header (the draft runs --paper-tree)
   p.max_inflight = kMaxInflight;
   return p;
 }
@@ -129,6 +131,7 @@ std::unique_ptr<Cluster> StartCluster(const std::string& suite, int64_t kv_block
                     "pipeinfer",
                     "--draft-max",
                     std::to_string(kDraftMax),
+                    "--paper-tree",
                     "--max-inflight",
                     std::to_string(kMaxInflight),
                     "--kv-wait-ms",

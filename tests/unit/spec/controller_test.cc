@@ -155,6 +155,15 @@ std::vector<Case> Cases() {
   small_runs.spec.draft_max = 6;
   small_runs.name = "pipeinfer_chunked";
   out.push_back(small_runs);
+  // Every speculative case also with the paper's micro-batches (the others run the dynamic tree).
+  const size_t n = out.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (out[i].spec.mode == Mode::kPlain) continue;
+    Case paper = out[i];
+    paper.spec.paper_tree = true;
+    paper.name += "_paper";
+    out.push_back(paper);
+  }
   return out;
 }
 
@@ -162,7 +171,7 @@ class GreedyIdentity : public ::testing::TestWithParam<Case> {};
 
 TEST_P(GreedyIdentity, CommittedEqualsTargetGreedyInEveryInterleaving) {
   const Case& cs = GetParam();
-  uint64_t cancels = 0, skipped = 0, accepted = 0, sibling_accepts = 0;
+  uint64_t cancels = 0, skipped = 0, accepted = 0, sibling_accepts = 0, branch_accepts = 0;
   for (uint64_t trial = 0; trial < 300; ++trial) {
     std::vector<int32_t> prompt;
     for (uint64_t i = 0; i < 1 + trial % 7; ++i) {
@@ -193,6 +202,7 @@ TEST_P(GreedyIdentity, CommittedEqualsTargetGreedyInEveryInterleaving) {
     skipped += pipe.skipped();
     accepted += c.counters().tokens_accepted;
     sibling_accepts += c.counters().sibling_accepts;
+    branch_accepts += c.counters().branch_accepts;
     if (cs.spec.mode == Mode::kPlain) {
       EXPECT_EQ(c.counters().runs_speculative, 0u);
     }
@@ -201,11 +211,15 @@ TEST_P(GreedyIdentity, CommittedEqualsTargetGreedyInEveryInterleaving) {
     }
   }
   const bool speculates = cs.spec.mode != Mode::kPlain;
-  if (cs.spec.max_branches > 1) {
+  if (cs.spec.max_branches > 1 || (speculates && !cs.spec.paper_tree && cs.agree < 1.0)) {
     EXPECT_GT(sibling_accepts, 0u) << cs.name << ": no sibling branch was ever accepted";
   }
   if (speculates && cs.agree > 0.0) {
     EXPECT_GT(accepted, 0u) << cs.name;
+  }
+  if (cs.spec.mode == Mode::kPipeInfer && !cs.spec.paper_tree && cs.agree > 0.0 && cs.agree < 1.0) {
+    // Real branches: a sibling's own subtree was drafted, sent and accepted.
+    EXPECT_GT(branch_accepts, 0u) << cs.name << ": no token below a sibling was ever accepted";
   }
   if (cs.spec.mode == Mode::kPipeInfer && !cs.spec.no_cancel && cs.agree < 1.0) {
     EXPECT_GT(cancels, 0u) << cs.name;
@@ -265,6 +279,37 @@ TEST(Controller, PerfectDraftNeedsFewerVerificationsThanTokens) {
   }
 }
 
+TEST(Controller, NoContinuousLaunchesOneRunPerVerification) {
+  // Both algorithms: with no_continuous, one speculative run per verification, none meanwhile.
+  for (bool paper : {false, true}) {
+    ControllerOptions opt;
+    opt.spec.mode = Mode::kPipeInfer;
+    opt.spec.no_continuous = true;
+    opt.spec.paper_tree = paper;
+    opt.spec.draft_max = 2;
+    opt.spec.p_accept = 0.0f;
+    opt.n_stages = 8;
+    opt.stop.max_new_tokens = 40;
+    opt.stop.max_context = 4096;
+    FakePipeline pipe(ArgmaxRow, 1, 0.5);
+    FakeDrafter drafter(GreedyDraft(1.0));
+    Controller c(opt, &pipe, &drafter);
+    ASSERT_TRUE(c.Start(std::vector<int32_t>{3, 4}).ok());
+    absl::StatusOr<int> first = c.Speculate(nullptr);
+    ASSERT_TRUE(first.ok());
+    EXPECT_EQ(*first, 1) << (paper ? "paper" : "tree");
+    absl::StatusOr<int> again = c.Speculate(nullptr);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(*again, 0) << (paper ? "paper" : "tree");
+    // After a verification, one more.
+    while (!pipe.HasOutcome()) pipe.Step();
+    ASSERT_TRUE(c.OnOutcome(pipe.PopOutcome()).ok());
+    absl::StatusOr<int> next = c.Speculate(nullptr);
+    ASSERT_TRUE(next.ok());
+    EXPECT_EQ(*next, 1) << (paper ? "paper" : "tree");
+  }
+}
+
 TEST(Controller, NoDrafterMeansPlain) {
   ControllerOptions opt;
   opt.spec.mode = Mode::kPipeInfer;
@@ -308,7 +353,9 @@ TEST(Controller, RejectsUnexpectedOutcome) {
 TEST(Params, Validate) {
   SpecParams p;
   EXPECT_TRUE(Validate(p).ok());
-  p.draft_max = 0;
+  p.draft_max = 0;  // self-tuned
+  EXPECT_TRUE(Validate(p).ok());
+  p.draft_max = 65;
   EXPECT_FALSE(Validate(p).ok());
   p = SpecParams{};
   p.p_accept = 1.5f;
@@ -349,7 +396,7 @@ std::vector<float> Logits(const std::vector<double>& p) {
 }
 
 void CheckSampledDistribution(Mode mode, bool close_draft, bool full_rows,
-                              uint32_t max_branches = 1) {
+                              uint32_t max_branches = 1, bool paper_tree = false) {
   const std::vector<int32_t> prompt{0, 2};
   std::map<int32_t, int64_t> counts;
   constexpr int64_t kRequests = 12000;
@@ -360,6 +407,7 @@ void CheckSampledDistribution(Mode mode, bool close_draft, bool full_rows,
     opt.spec.draft_max = 3;
     opt.spec.max_branches = max_branches;
     opt.spec.p_split = 0.2f;
+    opt.spec.paper_tree = paper_tree;
     opt.sampling.temperature = 1.0f;
     opt.sampling.top_k = 0;
     opt.sampling.seed = static_cast<uint64_t>(i) * 2654435761u + 7;
@@ -428,6 +476,13 @@ TEST(Sampling, PipeInferTreeCloseDraft) {
 }
 TEST(Sampling, PipeInferTreeFarDraft) {
   CheckSampledDistribution(Mode::kPipeInfer, false, false, 3);
+}
+
+TEST(Sampling, PaperSyncTreeFarDraft) {
+  CheckSampledDistribution(Mode::kSync, false, false, 3, /*paper_tree=*/true);
+}
+TEST(Sampling, PaperPipeInferTreeCloseDraft) {
+  CheckSampledDistribution(Mode::kPipeInfer, true, true, 2, /*paper_tree=*/true);
 }
 
 }  // namespace

@@ -150,7 +150,13 @@ class FakePipeline : public PipelineSink {
 
   void ApplyRun(uint64_t id, const RunSpec& run) {
     Seq* seq = &canonical_;
-    if (run.speculative) {
+    const bool extends = run.speculative && !run.fork.has_value();
+    if (extends) {
+      // A token tree grown over several runs: the partition exists and its roots name anchors.
+      ASSERT_FALSE(run.anchors.empty()) << "speculative run without fork or anchors";
+      ASSERT_EQ(parts_.count(run.partition), 1u) << "extension of unknown partition";
+      seq = &parts_[run.partition];
+    } else if (run.speculative) {
       ASSERT_NE(run.partition, 0u);
       ASSERT_TRUE(run.fork.has_value()) << "speculative run without fork";
       ASSERT_EQ(parts_.count(run.partition), 0u) << "fork into live partition " << run.partition;
@@ -174,6 +180,7 @@ class FakePipeline : public PipelineSink {
     ASSERT_EQ(run.positions.size(), n);
     ASSERT_TRUE(run.parents.empty() || run.parents.size() == n);
     ASSERT_TRUE(run.branches.empty() || run.branches.size() == n);
+    ASSERT_TRUE(run.anchors.empty() || run.anchors.size() == n);
     bool skip =
         cancelled_.count(id) > 0 && std::uniform_real_distribution<double>(0, 1)(rng_) < p_skip_;
     std::string reason = "CANCELLED";
@@ -187,20 +194,34 @@ class FakePipeline : public PipelineSink {
       }
     }
     const size_t base = seq->cells.size();
-    const int32_t prefix_end = static_cast<int32_t>(seq->prefix) - 1;
+    const int32_t last_slot = static_cast<int32_t>(base) - 1;
+    bool all_poisoned = true;
     for (size_t i = 0; i < n; ++i) {
       Cell c;
       c.token = run.tokens[i];
-      c.poisoned = skip;
       const int32_t p = run.parents.empty() ? static_cast<int32_t>(i) - 1 : run.parents[i];
       ASSERT_LT(p, static_cast<int32_t>(i));
-      c.parent = p < 0 ? prefix_end : static_cast<int32_t>(base) + p;
+      if (p >= 0) {
+        c.parent = static_cast<int32_t>(base) + p;
+      } else if (!run.anchors.empty() && run.anchors[i] >= 0) {
+        ASSERT_LT(run.anchors[i], static_cast<int32_t>(base)) << "anchor beyond the partition";
+        c.parent = run.anchors[i];
+      } else {
+        c.parent = last_slot;
+      }
+      // Below a poisoned cell nothing is real (a tree partition keeps poison per cell).
+      c.poisoned = skip || (c.parent >= 0 && seq->cells[c.parent].poisoned);
+      all_poisoned = all_poisoned && c.poisoned;
       c.pos = c.parent < 0 ? 0 : seq->cells[c.parent].pos + 1;
       c.branch = run.branches.empty() ? 0 : run.branches[i];
       ASSERT_EQ(run.positions[i], c.pos) << "run " << id << " token " << i;
       seq->cells.push_back(c);
     }
     if (run.speculative) seq->written = true;
+    if (!skip && !run.anchors.empty() && all_poisoned) {
+      skip = true;
+      reason = "DEPENDENCY";
+    }
     Outcome o;
     o.run_id = id;
     if (skip) {
@@ -213,7 +234,8 @@ class FakePipeline : public PipelineSink {
         if (next_row < run.result_rows.size() && run.result_rows[next_row] == i) {
           std::vector<int32_t> path;
           for (int32_t k = static_cast<int32_t>(base + i); k >= 0; k = seq->cells[k].parent) {
-            path.push_back(seq->cells[k].token);
+            // A poisoned cell holds garbage: the row comes out wrong (token 0 in its place).
+            path.push_back(seq->cells[k].poisoned ? 0 : seq->cells[k].token);
           }
           std::reverse(path.begin(), path.end());
           o.rows.push_back(target_(path));

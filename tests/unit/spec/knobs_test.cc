@@ -78,9 +78,10 @@ TEST(Knobs, TableIsWellFormed) {
   }
   EXPECT_EQ(FindKnob("no_such_knob"), nullptr);
   // SpecParams' knobs, all of them.
-  EXPECT_EQ(names, (std::set<std::string_view>{"mode", "draft_max", "p_accept", "p_split",
-                                               "p_recovery", "p_decay", "max_branches",
-                                               "max_inflight", "no_cancel", "no_continuous"}));
+  EXPECT_EQ(names,
+            (std::set<std::string_view>{"mode", "draft_max", "p_accept", "p_split", "p_recovery",
+                                        "p_decay", "max_branches", "max_inflight", "no_cancel",
+                                        "no_continuous", "paper_tree"}));
   EXPECT_TRUE(Validate(defaults).ok());
 }
 
@@ -101,8 +102,12 @@ TEST(Knobs, TextRoundTrips) {
 
 TEST(Knobs, RangesHaveOneMessage) {
   const Knob& draft_max = *FindKnob("draft_max");
-  EXPECT_EQ(CheckKnob(draft_max, 0).message(), "draft_max must be in [1, 64], got 0");
-  EXPECT_EQ(CheckKnob(draft_max, 65).message(), "draft_max must be in [1, 64], got 65");
+  // draft_max: 0 is "self-tuned" as a service default, not a request's value.
+  EXPECT_TRUE(CheckKnob(draft_max, 0, KnobScope::kDefault).ok());
+  EXPECT_EQ(CheckKnob(draft_max, 0, KnobScope::kRequest).message(),
+            "draft_max must be in [1, 64], got 0");
+  EXPECT_EQ(CheckKnob(draft_max, 65, KnobScope::kRequest).message(),
+            "draft_max must be in [1, 64], got 65");
   EXPECT_EQ(CheckKnob(*FindKnob("p_accept"), 1.5).message(), "p_accept must be in [0, 1], got 1.5");
   EXPECT_EQ(CheckKnob(*FindKnob("p_split"), NAN).message(), "p_split must be in [0, 1], got nan");
   // max_inflight: 0 is "derived" as a service default, not a request's value.

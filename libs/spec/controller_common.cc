@@ -1,0 +1,111 @@
+#include "spec/controller_common.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "sampling/speculative.h"
+
+namespace pipeinfer::spec {
+
+absl::StatusOr<uint32_t> PositionLimit(std::span<const int32_t> prompt, const StopRules& stop) {
+  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (stop.max_context == 0 || prompt.size() >= stop.max_context) {
+    return absl::OutOfRangeError(absl::StrCat(
+        "the prompt (", prompt.size(), " tokens) does not fit max_context ", stop.max_context));
+  }
+  const uint64_t want = static_cast<uint64_t>(prompt.size()) + stop.max_new_tokens;
+  return static_cast<uint32_t>(std::min<uint64_t>(want, stop.max_context));
+}
+
+std::vector<RunSpec> PrefillRuns(std::span<const int32_t> prompt, uint32_t max_run_tokens) {
+  const uint32_t chunk = std::max<uint32_t>(max_run_tokens, 1);
+  const uint32_t len = static_cast<uint32_t>(prompt.size());
+  std::vector<RunSpec> runs;
+  for (uint32_t off = 0; off < len; off += chunk) {
+    const uint32_t n = std::min(chunk, len - off);
+    RunSpec run;
+    run.verified = true;
+    for (uint32_t i = 0; i < n; ++i) {
+      run.tokens.push_back(prompt[off + i]);
+      run.positions.push_back(off + i);
+    }
+    if (off + n == len) run.result_rows.push_back(n - 1);
+    runs.push_back(std::move(run));
+  }
+  return runs;
+}
+
+RunSpec NewestTokenRun(const std::vector<int32_t>& committed) {
+  RunSpec run;
+  run.verified = true;
+  run.tokens.push_back(committed.back());
+  run.positions.push_back(static_cast<uint32_t>(committed.size()) - 1);
+  run.result_rows.push_back(0);
+  return run;
+}
+
+std::vector<int32_t> TakeSince(const std::vector<int32_t>& committed, size_t* emitted) {
+  std::vector<int32_t> out(committed.begin() + static_cast<std::ptrdiff_t>(*emitted),
+                           committed.end());
+  *emitted = committed.size();
+  return out;
+}
+
+Finish FinishAfter(const StopRules& stop, int32_t token, size_t length, uint32_t limit) {
+  const bool eos = !stop.ignore_eos &&
+                   std::find(stop.eos_ids.begin(), stop.eos_ids.end(), token) != stop.eos_ids.end();
+  const bool stop_id =
+      std::find(stop.stop_ids.begin(), stop.stop_ids.end(), token) != stop.stop_ids.end();
+  if (eos || stop_id) return Finish::kStop;
+  if (length >= limit) return Finish::kLength;
+  return Finish::kNone;
+}
+
+absl::StatusOr<sampling::SparseDist> RowDistribution(const TargetRow& row, bool greedy,
+                                                     sampling::Sampler& sampler, uint64_t run_id) {
+  sampling::SparseDist p;
+  switch (row.kind) {
+    case TargetRow::Kind::kArgmax:
+      if (!greedy) return absl::InternalError("an ARGMAX row for a sampled request");
+      if (row.argmax < 0) return absl::InternalError("an ARGMAX row without a token");
+      p.ids.push_back(row.argmax);
+      p.probs.push_back(1.0f);
+      break;
+    case TargetRow::Kind::kSparse:
+      p = row.sparse;
+      break;
+    case TargetRow::Kind::kFull:
+      p = sampler.Distribution(row.logits);
+      break;
+  }
+  if (p.empty()) return absl::InternalError(absl::StrCat("run ", run_id, ": an empty row"));
+  return p;
+}
+
+absl::StatusOr<Choice> ChooseToken(const TargetRow& row, bool greedy, sampling::Sampler& sampler,
+                                   const sampling::SparseDist& children_q,
+                                   std::span<const int32_t> children, uint64_t run_id) {
+  absl::StatusOr<sampling::SparseDist> dist = RowDistribution(row, greedy, sampler, run_id);
+  if (!dist.ok()) return dist.status();
+  const sampling::SparseDist& p = *dist;
+  sampling::Rng& rng = sampler.rng();
+  Choice c;
+  if (greedy) {
+    c.token = p.ids[static_cast<size_t>(std::max_element(p.probs.begin(), p.probs.end()) -
+                                        p.probs.begin())];
+    for (size_t i = 0; i < children.size(); ++i) {
+      if (children[i] == c.token) c.chosen = static_cast<int32_t>(i);
+    }
+  } else if (!children.empty()) {
+    const sampling::CandidatesResult a =
+        sampling::AcceptDraftCandidates(p, children_q, children, rng);
+    c.token = a.token;
+    c.chosen = a.accepted_index;
+  } else {
+    c.token = sampling::Sample(p, rng);
+  }
+  if (c.token < 0) return absl::InternalError(absl::StrCat("run ", run_id, ": no token sampled"));
+  return c;
+}
+
+}  // namespace pipeinfer::spec
