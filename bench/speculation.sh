@@ -3,7 +3,7 @@
 # stages emulated at 10 ms + 0.5 ms per token (--emulate-*: benchmarks only), every mode and
 # ablation side by side on the same cluster, greedy tokens checked identical in every table.
 #
-#   bench/speculation.sh OUT_DIR            # all rows (about 25 minutes on 2 vCPUs; root for "link")
+#   bench/speculation.sh OUT_DIR            # all rows (about 15 minutes on 2 vCPUs; root for link10)
 #   bench/speculation.sh OUT_DIR demo6      # one row: demo6 | oracle8-a08 | oracle8-a01 | link10
 #
 # Rows:

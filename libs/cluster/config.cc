@@ -111,8 +111,15 @@ std::vector<std::string> StageKvArgs(const ClusterConfig& c) {
       (void)spec::ParseKnob(*k, value, spec::KnobScope::kDefault, &p);  // validated on load
     }
   }
-  const spec::KvDemand headroom =
-      spec::KvDemandOf(p, /*max_context=*/0, static_cast<uint32_t>(c.stages));
+  // A request may pick either speculation algorithm (SpecConfig.paper_tree), so every session's
+  // share covers the larger of the two demands.
+  spec::KvDemand headroom = spec::KvDemandOf(p, /*max_context=*/0, static_cast<uint32_t>(c.stages));
+  spec::SpecParams other = p;
+  other.paper_tree = !p.paper_tree;
+  const spec::KvDemand alt =
+      spec::KvDemandOf(other, /*max_context=*/0, static_cast<uint32_t>(c.stages));
+  headroom.reserve_tokens = std::max(headroom.reserve_tokens, alt.reserve_tokens);
+  headroom.partitions = std::max(headroom.partitions, alt.partitions);
   std::vector<std::string> argv = {"--kv-sessions",           absl::StrCat(c.concurrency),
                                    "--kv-headroom-tokens",    absl::StrCat(headroom.reserve_tokens),
                                    "--kv-session-partitions", absl::StrCat(headroom.partitions)};

@@ -68,8 +68,13 @@ const std::vector<ModeRun>& Modes() {
       {"pipeinfer", {"--mode", "pipeinfer"}},
       {"pipeinfer --no-cancel", {"--mode", "pipeinfer", "--no-cancel"}},
       {"pipeinfer --no-continuous", {"--mode", "pipeinfer", "--no-continuous"}},
-      {"sync trees", {"--mode", "sync", "--max-branches", "3", "--p-split", "0.05"}},
-      {"pipeinfer trees", {"--mode", "pipeinfer", "--max-branches", "3", "--p-split", "0.05"}},
+      // The paper's algorithm, chains and sibling-leaf trees (the rows above run the dynamic tree).
+      {"sync --paper-tree", {"--mode", "sync", "--paper-tree"}},
+      {"pipeinfer --paper-tree", {"--mode", "pipeinfer", "--paper-tree"}},
+      {"sync --paper-tree trees",
+       {"--mode", "sync", "--paper-tree", "--max-branches", "3", "--p-split", "0.05"}},
+      {"pipeinfer --paper-tree trees",
+       {"--mode", "pipeinfer", "--paper-tree", "--max-branches", "3", "--p-split", "0.05"}},
   };
   return kModes;
 }
