@@ -172,8 +172,9 @@ absl::Status GenerateSession::Decode(const SessionCaller& caller) {
                                                                    sink_->speculative()));
   };
   while (!ctl_->finished()) {
-    if (ctl_->mode() == spec::Mode::kPipeInfer) {
-      // Draft while the pipeline has room and nothing is waiting to be verified.
+    if (ctl_->mode() != spec::Mode::kPlain) {
+      // Draft while the pipeline has room and nothing is waiting to be verified (sync: only
+      // ahead of its first round).
       absl::StatusOr<int> launched = ctl_->Speculate(outcome_waiting);
       if (!launched.ok()) return launched.status();
     }

@@ -60,9 +60,10 @@ class Controller {
   // Handles the next outcome of this request (outcomes arrive in sending order). Verifies,
   // commits, cancels invalidated runs and launches the next plain (or sync) run.
   absl::Status OnOutcome(const Outcome& outcome);
-  // pipeinfer only: launches draft micro-batches while the pipeline has room, the draft is
-  // confident enough and `result_waiting()` is false (it is also asked between the draft tokens of
-  // a micro-batch, which is then launched as far as it got). Returns how many were launched.
+  // pipeinfer: launches speculative runs while the pipeline has room and `result_waiting()` is
+  // false (it is also asked between draft passes, and a run is then launched as far as it got).
+  // Returns how many were launched. The dynamic tree in sync mode only drafts ahead (after the
+  // prompt, while the prefill is in flight) and launches nothing.
   absl::StatusOr<int> Speculate(const std::function<bool()>& result_waiting);
 
   bool finished() const;

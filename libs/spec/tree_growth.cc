@@ -242,7 +242,18 @@ void TreeController::Grow(Build& b, uint32_t cap, bool sync, const std::function
 }
 
 absl::StatusOr<int> TreeController::Speculate(const std::function<bool()>& result_waiting) {
-  if (mode_ != Mode::kPipeInfer || finished() || drafting_broken_) return 0;
+  if (finished() || drafting_broken_) return 0;
+  if (mode_ == Mode::kSync) {
+    // While the prefill is in flight, draft after the prompt: the drafter's cache then holds it,
+    // and the first round's drafting (done before the first token is streamed) is short.
+    if (line_ >= 0 && !nodes_[line_].expanded && !(result_waiting && result_waiting())) {
+      Build scratch;
+      scratch.nodes.push_back(line_);
+      Expand(line_, result_waiting, scratch);
+    }
+    return 0;
+  }
+  if (mode_ != Mode::kPipeInfer) return 0;
   int launched = 0;
   const uint32_t cap = std::min(EffectiveDraftMax(options_.spec), options_.max_run_tokens);
   while (ledger_.size() < max_inflight_ && !frozen_ && line_ >= 0) {
