@@ -27,6 +27,7 @@
 #include "cluster/supervisor.h"
 #include "pipeinfer/v1/router.grpc.pb.h"
 #include "testing/cluster_harness.h"
+#include "testing/detached_cluster_test.h"
 #include "testing/fixtures.h"
 #include "testing/process.h"
 
@@ -41,20 +42,9 @@ using pipeinfer::testing::FreePortRange;
 using pipeinfer::testing::ReadText;
 using pipeinfer::testing::RunCmd;
 
-class BenchCliTest : public ::testing::Test {
+class BenchCliTest : public testing::DetachedClusterTest {
  protected:
-  void SetUp() override {
-    dir_ = ::testing::TempDir() + "/bench_cli_test." + std::to_string(getpid());
-    fs::create_directories(dir_);
-    state_ = dir_ + "/cluster.json";
-  }
-  void TearDown() override {
-    // Never leave a detached cluster behind, even when an assertion failed half-way.
-    if (fs::exists(state_)) {
-      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(30));
-    }
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
+  BenchCliTest() : DetachedClusterTest("bench_cli_test") {}
 
   // A detached 2-stage demo cluster (pipeinfer mode by default; each request picks its own);
   // false (with a failure recorded) if `pipeinfer up` keeps failing.
@@ -105,8 +95,6 @@ class BenchCliTest : public ::testing::Test {
                            << "Emma Woodhouse, handsome, clever, and rich,\n";
     return prompts;
   }
-
-  std::string dir_, state_;
 };
 
 TEST_F(BenchCliTest, AllModesGiveIdenticalGreedyTokensOnTwoStages) {

@@ -22,6 +22,7 @@
 #include "cluster/supervisor.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "testing/cluster_harness.h"
+#include "testing/detached_cluster_test.h"
 #include "testing/fixtures.h"
 #include "testing/grpc_health.h"
 #include "testing/process.h"
@@ -54,21 +55,9 @@ bool AllGone(const std::vector<pid_t>& pids, std::chrono::seconds timeout) {
   }
 }
 
-class ClusterCliTest : public ::testing::Test {
+class ClusterCliTest : public testing::DetachedClusterTest {
  protected:
-  void SetUp() override {
-    dir_ = ::testing::TempDir() + "/cluster_cli_test." + std::to_string(getpid()) + "." +
-           ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    fs::create_directories(dir_);
-    state_ = dir_ + "/cluster.json";
-  }
-  void TearDown() override {
-    // Never leave a detached cluster behind, even when an assertion failed half-way.
-    if (fs::exists(state_)) {
-      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(30));
-    }
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
+  ClusterCliTest() : DetachedClusterTest("cluster_cli_test") {}
 
   // `pipeinfer up --detach` for the tiny model on 2 stages (retrying on a port race).
   CommandResult UpDetached(const std::vector<std::string>& extra, int ports) {
@@ -103,7 +92,6 @@ class ClusterCliTest : public ::testing::Test {
     return r;
   }
 
-  std::string dir_, state_;
   int base_port_ = 0;
 };
 

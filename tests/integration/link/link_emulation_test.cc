@@ -27,6 +27,7 @@
 #include "cluster/link_emulation.h"
 #include "cluster/supervisor.h"
 #include "testing/cluster_harness.h"
+#include "testing/detached_cluster_test.h"
 #include "testing/fixtures.h"
 #include "testing/process.h"
 
@@ -85,20 +86,9 @@ bool WaitFor(const std::function<bool()>& pred, std::chrono::seconds timeout) {
   return pred();
 }
 
-class LinkEmulationTest : public ::testing::Test {
+class LinkEmulationTest : public testing::DetachedClusterTest {
  protected:
-  void SetUp() override {
-    dir_ = ::testing::TempDir() + "/link_emulation_test." + std::to_string(getpid()) + "." +
-           ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    fs::create_directories(dir_);
-    state_ = dir_ + "/cluster.json";
-  }
-  void TearDown() override {
-    if (fs::exists(state_)) {
-      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(60));
-    }
-    if (!HasFailure()) fs::remove_all(dir_);
-  }
+  LinkEmulationTest() : DetachedClusterTest("link_emulation_test") {}
 
   static bool Root() { return geteuid() == 0; }
 
@@ -158,7 +148,6 @@ class LinkEmulationTest : public ::testing::Test {
     return out;
   }
 
-  std::string dir_, state_;
   int base_port_ = 0, http_port_ = 0;
 };
 
