@@ -25,8 +25,11 @@
 #include "testing/grpc_health.h"
 #include "testing/process.h"
 #include "testing/service_group.h"
+#include "testing/stage_messages.h"
 
 namespace pipeinfer::stage_testing {
+
+using stage::PlainRun;
 
 using Clock = std::chrono::system_clock;
 
@@ -55,21 +58,6 @@ inline v1::StageInfo Info(v1::Stage::Stub& stub) {
   v1::StageInfo info;
   EXPECT_TRUE(stub.GetInfo(&ctx, req, &info).ok());
   return info;
-}
-
-inline v1::StageDownstream PlainRun(uint64_t rid, uint64_t sid, const std::vector<int32_t>& toks,
-                                    uint32_t first_pos) {
-  v1::StageDownstream m;
-  auto* r = m.mutable_run();
-  r->set_run_id(rid);
-  r->set_session_id(sid);
-  r->set_kind(v1::RUN_KIND_PLAIN);
-  for (size_t i = 0; i < toks.size(); ++i) {
-    r->add_token_ids(static_cast<uint32_t>(toks[i]));
-    r->add_positions(first_pos + static_cast<uint32_t>(i));
-  }
-  r->add_result_rows(static_cast<uint32_t>(toks.size() - 1));
-  return m;
 }
 
 // The controller's side of one epoch: a Pipeline stream to stage 0 and a Results stream from the

@@ -17,8 +17,8 @@
 #include "engine/synth.h"
 #include "pipeinfer/v1/stage.pb.h"
 #include "stage/stage_core.h"
-#include "stage_test_messages.h"
 #include "testing/fixtures.h"
+#include "testing/stage_messages.h"
 
 namespace pipeinfer::stage {
 namespace {

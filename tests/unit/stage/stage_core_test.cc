@@ -13,8 +13,8 @@
 
 #include "pipeinfer/v1/stage.pb.h"
 #include "stage_chain.h"
-#include "stage_test_messages.h"
 #include "testing/fixtures.h"
+#include "testing/stage_messages.h"
 
 namespace pipeinfer::stage {
 namespace {

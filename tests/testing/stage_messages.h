@@ -1,4 +1,5 @@
-// Builders of the pipeline messages the stage tests feed to StageCore.
+// Builders of the pipeline messages the stage tests send (to StageCore in process, or to a stage
+// server over gRPC).
 #pragma once
 
 #include <cstdint>
