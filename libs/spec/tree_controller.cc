@@ -168,7 +168,7 @@ void TreeController::Observe(const Node& u, int32_t target) {
 }
 
 absl::Status TreeController::Prune() {
-  // Alive = line_ and its subtree.
+  // Alive = line_ and its subtree; a run with none of it is cancelled.
   std::vector<uint8_t> alive(nodes_.size(), 0);
   if (line_ >= 0) {
     std::vector<int32_t> stack{line_};
@@ -179,9 +179,7 @@ absl::Status TreeController::Prune() {
       for (int32_t c : nodes_[n].children) stack.push_back(c);
     }
   }
-  for (size_t n = 0; n < nodes_.size(); ++n) {
-    if (!alive[n]) nodes_[n].dead = true;
-  }
+  // Nodes outside it are never visited again (growth starts at line_): nothing to mark.
   std::vector<uint64_t> ids;
   std::deque<InFlight> kept;
   for (InFlight& f : ledger_) {
