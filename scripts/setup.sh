@@ -18,6 +18,14 @@ if [[ "${1:-}" == "--list" ]]; then
   printf '%s\n' "${PACKAGES[@]}"
   exit 0
 fi
+# Test tools that may come from elsewhere (google-cloud-sdk's kubectl, NodeSource's node): their
+# Debian package is added only when the command is missing, and --list leaves them out (the
+# container build needs none). tests/deploy renders deploy/k8s with `kubectl kustomize`
+# (kubernetes-client: kubectl 1.20 with kustomize v2.0.3, which the manifests stay compatible with)
+# and validates the renders with npm packages (nodejs, npm).
+if ! command -v kubectl >/dev/null; then PACKAGES+=(kubernetes-client); fi
+if ! command -v node >/dev/null; then PACKAGES+=(nodejs); fi
+if ! command -v npm >/dev/null; then PACKAGES+=(npm); fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do

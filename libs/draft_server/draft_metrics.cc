@@ -31,8 +31,8 @@ DraftMetrics::DraftMetrics()
       tokens_accepted_total(
           &registry->Counter("tokens_accepted_total", "Draft tokens accepted by verification")),
       verifications_total(&registry->Counter("verifications_total", "Run results verified")),
-      draft_failures_total(&registry->Counter(
-          "draft_failures_total", "Draft model errors (speculation stopped for a request)")),
+      model_failures_total(&registry->Counter(
+          "model_failures_total", "Draft model errors (speculation stopped for a request)")),
       tokens_accepted_sibling_total(&registry->Counter(
           "tokens_accepted_sibling_total", "Accepted draft tokens from sibling branches")),
       sessions_open(&registry->Gauge("sessions_open", "Generate calls in progress")),
@@ -71,9 +71,23 @@ DraftMetrics::DraftMetrics()
                                                "Sessions served by one draft forward pass",
                                                {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64})),
       draft_pass_seconds(&registry->Histogram(
-          "draft_pass_seconds", "Duration of one draft forward pass", metrics::LatencyBuckets())) {}
+          "draft_pass_seconds", "Duration of one draft forward pass", metrics::LatencyBuckets())),
+      spec_decode_draft_tokens(&registry->CounterFamily(
+          "pipeinfer_spec_decode_num_draft_tokens_total",
+          "Draft tokens sent for verification, by model and speculation mode")),
+      spec_decode_accepted_tokens(&registry->CounterFamily(
+          "pipeinfer_spec_decode_num_accepted_tokens_total",
+          "Draft tokens accepted by verification, by model and speculation mode")),
+      spec_decode_verifications(&registry->CounterFamily(
+          "pipeinfer_spec_decode_num_verifications_total",
+          "Run results verified against the target, by model and speculation mode")) {}
 
-void DraftMetrics::AddUp(const spec::Counters& c) {
+void DraftMetrics::AddUp(const spec::Counters& c, const std::string& model,
+                         const std::string& mode) {
+  const prometheus::Labels labels{{"model", model}, {"mode", mode}};
+  spec_decode_draft_tokens->Add(labels).Increment(static_cast<double>(c.tokens_drafted));
+  spec_decode_accepted_tokens->Add(labels).Increment(static_cast<double>(c.tokens_accepted));
+  spec_decode_verifications->Add(labels).Increment(static_cast<double>(c.verifications));
   runs_plain_total->Increment(static_cast<double>(c.runs_plain));
   runs_speculative_total->Increment(static_cast<double>(c.runs_speculative));
   runs_cancelled_total->Increment(static_cast<double>(c.runs_cancelled));
@@ -83,7 +97,7 @@ void DraftMetrics::AddUp(const spec::Counters& c) {
   tokens_accepted_total->Increment(static_cast<double>(c.tokens_accepted));
   verifications_total->Increment(static_cast<double>(c.verifications));
   tokens_accepted_sibling_total->Increment(static_cast<double>(c.sibling_accepts));
-  draft_failures_total->Increment(static_cast<double>(c.draft_failures));
+  model_failures_total->Increment(static_cast<double>(c.draft_failures));
 }
 
 }  // namespace pipeinfer::draft_server

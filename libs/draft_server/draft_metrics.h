@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include "metrics/metrics.h"
 #include "spec/controller.h"
@@ -14,8 +15,9 @@ struct DraftMetrics {
   DraftMetrics(const DraftMetrics&) = delete;
   DraftMetrics& operator=(const DraftMetrics&) = delete;
 
-  // Adds a finished session's controller counters to the service totals.
-  void AddUp(const spec::Counters& c);
+  // Adds a finished session's controller counters to the service totals and to the
+  // pipeinfer_spec_decode_* series of its model and mode.
+  void AddUp(const spec::Counters& c, const std::string& model, const std::string& mode);
 
   std::shared_ptr<metrics::Metrics> registry;
   prometheus::Counter* requests_total;
@@ -33,7 +35,7 @@ struct DraftMetrics {
   prometheus::Counter* tokens_drafted_total;
   prometheus::Counter* tokens_accepted_total;
   prometheus::Counter* verifications_total;
-  prometheus::Counter* draft_failures_total;
+  prometheus::Counter* model_failures_total;
   prometheus::Counter* tokens_accepted_sibling_total;
   prometheus::Gauge* sessions_open;
   prometheus::Gauge* pipeline_ready;
@@ -53,6 +55,10 @@ struct DraftMetrics {
   prometheus::Counter* draft_passes_total;
   prometheus::Histogram* draft_pass_sessions;
   prometheus::Histogram* draft_pass_seconds;
+  // vLLM-style speculative decoding series, labelled {model, mode}.
+  prometheus::Family<prometheus::Counter>* spec_decode_draft_tokens;
+  prometheus::Family<prometheus::Counter>* spec_decode_accepted_tokens;
+  prometheus::Family<prometheus::Counter>* spec_decode_verifications;
 };
 
 }  // namespace pipeinfer::draft_server

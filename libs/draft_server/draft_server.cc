@@ -4,6 +4,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -20,6 +21,7 @@
 #include "draft_server/pipeline_link.h"
 #include "draft_server/request_validation.h"
 #include "draft_server/spec_proto.h"
+#include "log/log.h"
 #include "metrics/metrics.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
@@ -33,6 +35,16 @@ using Clock = std::chrono::system_clock;
 using Steady = std::chrono::steady_clock;
 
 constexpr const char kServiceName[] = "pipeinfer.v1.Draft";
+
+// The caller's request id: the x-request-id metadata the router sends, else the message's field.
+std::string RequestIdOf(const grpc::ServerContext& ctx, const v1::GenerateRequest& req) {
+  const auto& md = ctx.client_metadata();
+  const auto it = md.find("x-request-id");
+  if (it != md.end() && !it->second.empty() && it->second.size() <= 128) {
+    return std::string(it->second.data(), it->second.size());
+  }
+  return req.request_id();
+}
 
 grpc::Status ToGrpc(const absl::Status& st) {
   if (st.ok()) return grpc::Status::OK;
@@ -133,6 +145,12 @@ class DraftServer::Impl final : public v1::Draft::Service {
     absl::StatusOr<ServedPipeline> pipeline = LearnPipeline(opt_, info0, info_last);
     if (!pipeline.ok()) return pipeline.status();
     pipeline_ = std::move(*pipeline);
+    for (const char* mode : {"sync", "pipeinfer"}) {  // listed at 0 before the first request
+      const prometheus::Labels labels{{"model", pipeline_.model_id}, {"mode", mode}};
+      m_.spec_decode_draft_tokens->Add(labels);
+      m_.spec_decode_accepted_tokens->Add(labels);
+      m_.spec_decode_verifications->Add(labels);
+    }
     created_ =
         std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
 
@@ -224,10 +242,12 @@ class DraftServer::Impl final : public v1::Draft::Service {
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
     const auto t_start = Steady::now();
     m_.requests_total->Increment();
+    const log::RequestScope scope(RequestIdOf(*ctx, *req));
     absl::StatusOr<ValidatedRequest> request =
         ValidateRequest(*req, pipeline_, opt_.spec_defaults, opt_.draft_model != nullptr);
     if (!request.ok()) {
       m_.requests_failed_total->Increment();
+      spdlog::warn("generate refused: {}", request.status().ToString());
       return ToGrpc(request.status());
     }
     // The request's worst case in KV must fit on every stage before it starts (it may wait).
@@ -242,6 +262,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
       } else {
         m_.kv_refused_total->Increment();
         m_.requests_failed_total->Increment();
+        spdlog::warn("generate refused for KV: {}", ticket.status().ToString());
       }
       return ToGrpc(ticket.status());
     }
@@ -249,9 +270,11 @@ class DraftServer::Impl final : public v1::Draft::Service {
     absl::StatusOr<std::unique_ptr<PipelineLink::Session>> link = Admit();
     if (!link.ok()) {
       m_.requests_failed_total->Increment();
+      spdlog::warn("generate refused: {}", link.status().ToString());
       return ToGrpc(link.status());
     }
     m_.prompt_tokens_total->Increment(static_cast<double>(req->prompt_token_ids_size()));
+    const spec::Mode mode = request->spec.mode;
 
     const SessionEnv env{&pipeline_, opt_.draft_model.get(), &m_, budget_.get(), &acceptance_};
     // Leaving the pipeline (SessionClose queued behind the session's last message) frees the
@@ -273,6 +296,13 @@ class DraftServer::Impl final : public v1::Draft::Service {
       m_.requests_failed_total->Increment();
     }
     UpdateBudgetGauges();
+    log::Event(st.ok() || absl::IsCancelled(st) ? spdlog::level::info : spdlog::level::warn,
+               "generate finished",
+               {{"mode", std::string(spec::ModeName(mode))},
+                {"status", std::string(absl::StatusCodeToString(st.code()))},
+                {"prompt_tokens", req->prompt_token_ids_size()},
+                {"seconds", std::chrono::duration<double>(Steady::now() - t_start).count()},
+                {"error", std::string(st.message())}});
     return ToGrpc(st);
   }
 
@@ -329,6 +359,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
     info->set_active_sessions(active_sessions_);
     info->set_pipeline_ready(link_ && link_->ready());
     info->set_epoch(link_ ? link_->epoch() : 0);
+    info->set_kv_reserved_fraction(static_cast<float>(m_.kv_reserved_fraction->Value()));
     return grpc::Status::OK;
   }
 

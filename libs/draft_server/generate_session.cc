@@ -235,7 +235,8 @@ v1::SpecCounters GenerateSession::Close() {
   if (on_close_) on_close_();
   v1::SpecCounters counters = ToSpecCounters(ctl_->mode(), ctl_->counters());
   counters.set_runs_cancelled(counters.runs_cancelled() + closed_runs);
-  env_.metrics->AddUp(ctl_->counters());
+  env_.metrics->AddUp(ctl_->counters(), env_.pipeline->model_id,
+                      std::string(spec::ModeName(ctl_->mode())));
   drafter_.reset();  // frees the session's draft KV
   return counters;
 }

@@ -1,5 +1,7 @@
 #include "draft_server/pipeline_link.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
@@ -282,7 +284,7 @@ void PipelineLink::PipeReadLoop(std::shared_ptr<Epoch> ep) {
     } else if (m.has_error()) {
       const v1::ErrorDetail& e = m.error();
       if (e.session_id() == 0) {
-        std::fprintf(stderr, "draft: pipeline error: %s\n", e.ShortDebugString().c_str());
+        spdlog::error("pipeline error: {}", e.ShortDebugString());
       } else if (std::shared_ptr<SessionInbox> inbox = InboxOf(e.session_id(), ep)) {
         inbox->Fail(StatusFromDetail(e));
       }
@@ -336,8 +338,7 @@ void PipelineLink::EpochFailed(const std::shared_ptr<Epoch>& ep, const std::stri
         absl::StrCat("the pipeline was reset while the request was in flight (", reason, ")")));
   }
   if (current) {
-    std::fprintf(stderr, "draft: pipeline epoch %llu lost: %s\n",
-                 static_cast<unsigned long long>(ep->epoch), reason.c_str());
+    spdlog::warn("pipeline epoch {} lost: {}", ep->epoch, reason);
     if (opt_.on_state) opt_.on_state(false);
   }
   cv_.notify_all();
@@ -365,15 +366,13 @@ void PipelineLink::Supervise() {
     l.unlock();
     if (old) {
       auto [ps, rs] = StopEpoch(old);
-      std::fprintf(stderr, "draft: epoch %llu ended (Pipeline: %s; Results: %s)\n",
-                   static_cast<unsigned long long>(old->epoch), ps.error_message().c_str(),
-                   rs.error_message().c_str());
+      spdlog::info("epoch {} ended (Pipeline: {}; Results: {})", old->epoch, ps.error_message(),
+                   rs.error_message());
     }
     auto fresh = Connect(Clock::now() + std::chrono::seconds(5));
     l.lock();
     if (!fresh.ok()) {
-      std::fprintf(stderr, "draft: reconnecting: %s\n",
-                   std::string(fresh.status().message()).c_str());
+      spdlog::warn("reconnecting: {}", std::string(fresh.status().message()));
       cv_.wait_for(l, std::chrono::seconds(1), [&] { return stopping_; });
       continue;
     }
@@ -387,8 +386,7 @@ void PipelineLink::Supervise() {
     if (opt_.on_capacity) opt_.on_capacity((*fresh)->capacity);
     l.lock();
     current_ = *fresh;
-    std::fprintf(stderr, "draft: pipeline reconnected with epoch %llu\n",
-                 static_cast<unsigned long long>(current_->epoch));
+    spdlog::info("pipeline reconnected with epoch {}", current_->epoch);
     l.unlock();
     if (opt_.on_state) opt_.on_state(true);
     l.lock();

@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "metrics/process_metrics.h"
 #include "pipeinfer/v1/common.pb.h"
 
 namespace pipeinfer::metrics {
@@ -21,11 +22,22 @@ std::vector<double> LatencyBuckets() {
           0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30};
 }
 
-Metrics::Metrics(std::string service, std::string subsystem)
+Metrics::Metrics(std::string service, std::string subsystem,
+                 std::map<std::string, std::string> const_labels)
     : service_(std::move(service)),
       subsystem_(std::move(subsystem)),
       prefix_(absl::StrCat("pipeinfer_", subsystem_, "_")),
-      registry_(std::make_shared<prometheus::Registry>()) {}
+      const_labels_(std::move(const_labels)),
+      registry_(std::make_shared<prometheus::Registry>()) {
+  GaugeFamily("pipeinfer_build_info",
+              "Always 1: the build of this process (version and git commit) as labels")
+      .Add({{"service", service_}, {"version", PIPEINFER_VERSION}, {"commit", PIPEINFER_COMMIT}})
+      .Set(1);
+}
+
+std::string Metrics::FullName(const std::string& name) const {
+  return absl::StartsWith(name, "pipeinfer_") ? name : prefix_ + name;
+}
 
 prometheus::Counter& Metrics::Counter(const std::string& name, const std::string& help) {
   return CounterFamily(name, help).Add({});
@@ -37,26 +49,41 @@ prometheus::Gauge& Metrics::Gauge(const std::string& name, const std::string& he
 
 prometheus::Histogram& Metrics::Histogram(const std::string& name, const std::string& help,
                                           const std::vector<double>& buckets) {
-  return prometheus::BuildHistogram()
-      .Name(prefix_ + name)
-      .Help(help)
-      .Register(*registry_)
-      .Add({}, prometheus::Histogram::BucketBoundaries(buckets));
+  return HistogramFamily(name, help).Add({}, prometheus::Histogram::BucketBoundaries(buckets));
 }
 
 prometheus::Family<prometheus::Counter>& Metrics::CounterFamily(const std::string& name,
                                                                 const std::string& help) {
-  return prometheus::BuildCounter().Name(prefix_ + name).Help(help).Register(*registry_);
+  return prometheus::BuildCounter()
+      .Name(FullName(name))
+      .Help(help)
+      .Labels(const_labels_)
+      .Register(*registry_);
 }
 
 prometheus::Family<prometheus::Gauge>& Metrics::GaugeFamily(const std::string& name,
                                                             const std::string& help) {
-  return prometheus::BuildGauge().Name(prefix_ + name).Help(help).Register(*registry_);
+  return prometheus::BuildGauge()
+      .Name(FullName(name))
+      .Help(help)
+      .Labels(const_labels_)
+      .Register(*registry_);
+}
+
+prometheus::Family<prometheus::Histogram>& Metrics::HistogramFamily(const std::string& name,
+                                                                    const std::string& help) {
+  return prometheus::BuildHistogram()
+      .Name(FullName(name))
+      .Help(help)
+      .Labels(const_labels_)
+      .Register(*registry_);
 }
 
 std::string Metrics::Serialize() const {
   prometheus::TextSerializer ser;
-  return ser.Serialize(registry_->Collect());
+  std::vector<prometheus::MetricFamily> families = registry_->Collect();
+  for (prometheus::MetricFamily& f : ProcessMetricFamilies()) families.push_back(std::move(f));
+  return ser.Serialize(families);
 }
 
 void Metrics::FillServiceStats(v1::ServiceStats* out) const {

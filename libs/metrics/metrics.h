@@ -9,6 +9,13 @@
 // with labels is listed once, summed over its label sets; a histogram is listed as `<name>_count`
 // and `<name>_sum`.
 //
+// A name given that already starts with `pipeinfer_` is used as is: the request-level series that
+// follow vLLM's names (`pipeinfer_e2e_request_latency_seconds`) and `pipeinfer_build_info`.
+// Constant labels given at construction (a stage's `stage` and `model`) are on every series.
+// Every registry also carries `pipeinfer_build_info{service,version,commit}` = 1, and the
+// exposition adds the standard `process_*` series (CPU, memory, file descriptors, start time) read
+// from /proc (process_metrics.h).
+//
 // No gRPC include here; the ServiceStats conversion only needs the protobuf message.
 #pragma once
 
@@ -18,6 +25,7 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,7 +45,9 @@ class Metrics {
  public:
   // `service`: the name the service reports in ServiceStats ("router", "draft", "stage0", ...).
   // `subsystem`: the middle part of every metric name ("router", "draft", "stage").
-  Metrics(std::string service, std::string subsystem);
+  // `const_labels`: labels every series of this registry carries (e.g. {{"stage", "0"}}).
+  Metrics(std::string service, std::string subsystem,
+          std::map<std::string, std::string> const_labels = {});
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
@@ -58,6 +68,8 @@ class Metrics {
                                                          const std::string& help);
   prometheus::Family<prometheus::Gauge>& GaugeFamily(const std::string& name,
                                                      const std::string& help);
+  prometheus::Family<prometheus::Histogram>& HistogramFamily(const std::string& name,
+                                                             const std::string& help);
 
   // The Prometheus text exposition format (version 0.0.4) of the current values.
   std::string Serialize() const;
@@ -67,7 +79,10 @@ class Metrics {
   void FillServiceStats(v1::ServiceStats* out) const;
 
  private:
+  std::string FullName(const std::string& name) const;
+
   std::string service_, subsystem_, prefix_;
+  std::map<std::string, std::string> const_labels_;
   std::shared_ptr<prometheus::Registry> registry_;
 };
 

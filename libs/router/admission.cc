@@ -55,4 +55,9 @@ void Admission::Release() {
   cv_.notify_one();
 }
 
+int Admission::Busy() {
+  std::lock_guard<std::mutex> l(mu_);
+  return inflight_ + queued_;
+}
+
 }  // namespace pipeinfer::router

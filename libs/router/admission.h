@@ -37,6 +37,9 @@ class Admission {
   // true while waiting; then `*gave_up` (may be null) is set.
   std::shared_ptr<Slot> Acquire(const std::function<bool()>& gone = {}, bool* gave_up = nullptr);
 
+  // Requests generating or waiting now.
+  int Busy();
+
  private:
   void Release();
 

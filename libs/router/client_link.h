@@ -3,13 +3,12 @@
 // and the DisconnectWatcher callback.
 #pragma once
 
-#include <grpcpp/client_context.h>
-
 #include <atomic>
 #include <memory>
 
 #include "router/connection_watch.h"
 #include "router/core.h"
+#include "router/draft_call.h"
 
 namespace httplib {
 struct Request;
@@ -22,12 +21,12 @@ struct ClientLink {
   // it as it starts). Thread-safe.
   void Gone() {
     gone = true;
-    ctx.TryCancel();
+    call.Cancel();
   }
 
   std::atomic<bool> gone{false};
-  grpc::ClientContext ctx;  // of the Draft.Generate call
-  // Declared last: removed (waiting for a running callback) before ctx is destroyed.
+  DraftCall call;  // the Draft.Generate call
+  // Declared last: removed (waiting for a running callback) before call is destroyed.
   std::unique_ptr<DisconnectWatcher::Watch> watch;
 };
 

@@ -2,26 +2,27 @@
 // Router::Start and read-only afterwards (the parts synchronize themselves).
 #pragma once
 
+#include <atomic>
 #include <memory>
+#include <string>
 
 #include "router/admission.h"
 #include "router/connection_watch.h"
+#include "router/draft_pool.h"
 #include "router/generation.h"
 #include "router/request_builder.h"
 #include "router/router.h"
 #include "router/router_metrics.h"
 #include "router/served_model.h"
 
-namespace grpc {
-class Channel;
-}  // namespace grpc
-
 namespace pipeinfer::router {
 
 struct Core {
   RouterOptions options;
   ServedModel model;
-  std::shared_ptr<grpc::Channel> draft_channel;
+  std::unique_ptr<DraftPool> drafts;  // the draft services (pipeline replicas)
+  std::string default_mode;           // the draft services' default speculation mode
+  std::atomic<bool> draining{false};  // SIGTERM: /ready answers 503, requests still served
   std::unique_ptr<RequestBuilder> requests;
   std::unique_ptr<RouterMetrics> metrics;
   std::unique_ptr<Admission> admission;

@@ -25,6 +25,14 @@ struct GenRequest {
   bool ignore_eos = false;
   v1::SpecConfig spec;
   std::optional<std::chrono::system_clock::time_point> deadline;
+
+  // Bookkeeping for metrics and the access log (request_report.h).
+  std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
+  std::string mode = "unknown";  // metrics label: the request's or the default speculation mode
+  std::string client;            // the client's address
+  std::string replica;           // the draft service replica that served it
+  double queue_s = -1;           // waited for a slot (-1: not admitted)
+  double ttft_s = -1;            // arrival to first token (-1: none)
 };
 
 struct GenResult {

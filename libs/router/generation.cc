@@ -1,6 +1,7 @@
 #include "router/generation.h"
 
 #include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <string>
@@ -8,6 +9,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
+#include "router/draft_call.h"
+#include "router/draft_pool.h"
 #include "router/router_metrics.h"
 #include "router/stop_matcher.h"
 #include "tokenizer/tokenizer.h"
@@ -16,16 +19,46 @@ namespace pipeinfer::router {
 
 using Clock = std::chrono::steady_clock;
 
-Generator::Generator(std::shared_ptr<grpc::Channel> draft, const tokenizer::Tokenizer& tok,
-                     RouterMetrics& metrics)
-    : draft_(std::move(draft)), tok_(tok), metrics_(metrics) {}
+Generator::Generator(DraftPool& pool, const tokenizer::Tokenizer& tok, RouterMetrics& metrics)
+    : pool_(pool), tok_(tok), metrics_(metrics) {}
 
 Error ClientGone() { return Error{absl::StatusCode::kCancelled, "the client went away", "", ""}; }
 
-std::optional<Error> Generator::Generate(GenRequest& g, grpc::ClientContext* ctx,
-                                         const GenSink& sink, GenResult* result, bool* started) {
+std::optional<Error> Generator::Generate(GenRequest& g, DraftCall& call, const GenSink& sink,
+                                         GenResult* result, bool* started) {
   *started = false;
+  std::vector<const DraftPool::Replica*> tried;
+  std::optional<Error> last;
+  for (;;) {
+    std::unique_ptr<DraftPool::Lease> lease = pool_.Pick(tried);
+    if (!lease) {
+      if (last) return last;
+      return Error{absl::StatusCode::kUnavailable,
+                   pool_.size() == 1 ? "the draft service is not serving"
+                                     : "no draft service replica is serving",
+                   "", ""};
+    }
+    grpc::ClientContext* ctx = call.NewAttempt();
+    if (ctx == nullptr) return ClientGone();
+    DraftPool::Replica& r = lease->replica();
+    g.replica = r.address;
+    bool retry = false;
+    std::optional<Error> e = Attempt(g, ctx, r.channel, sink, result, started, &retry);
+    if (!retry) return e;
+    spdlog::warn("draft replica {} unavailable ({}); trying another", r.address,
+                 e ? e->message : "");
+    pool_.Eject(r);
+    tried.push_back(&r);
+    last = std::move(e);
+  }
+}
+
+std::optional<Error> Generator::Attempt(GenRequest& g, grpc::ClientContext* ctx,
+                                        const std::shared_ptr<grpc::Channel>& channel,
+                                        const GenSink& sink, GenResult* result, bool* started,
+                                        bool* retry) {
   const auto t_start = Clock::now();
+  ctx->AddMetadata("x-request-id", g.request_id);
   v1::GenerateRequest req;
   req.set_request_id(g.request_id);
   for (uint32_t id : g.prompt) req.add_prompt_token_ids(id);
@@ -37,8 +70,9 @@ std::optional<Error> Generator::Generate(GenRequest& g, grpc::ClientContext* ctx
   if (g.deadline) ctx->set_deadline(*g.deadline);
 
   // A stub is two pointers and the method names; the channel (and its connection) is shared.
-  auto stub = v1::Draft::NewStub(draft_);
+  auto stub = v1::Draft::NewStub(channel);
   auto reader = stub->Generate(ctx, req);
+  RouterMetrics::ModeSeries& series = metrics_.Mode(g.mode);
   tokenizer::IncrementalDetokenizer detok(tok_);
   StopMatcher stops(g.stops);
   result->prompt_tokens = static_cast<uint32_t>(g.prompt.size());
@@ -58,16 +92,17 @@ std::optional<Error> Generator::Generate(GenRequest& g, grpc::ClientContext* ctx
       const auto now = Clock::now();
       const int n = ev.tokens().token_ids_size();
       if (result->completion_tokens == 0) {
-        metrics_.ttft().Observe(std::chrono::duration<double>(now - t_start).count());
+        g.ttft_s = std::chrono::duration<double>(now - g.arrival).count();
+        series.ttft->Observe(g.ttft_s);
         result->timings.set_ttft_us(
             std::chrono::duration_cast<std::chrono::microseconds>(now - t_start).count());
       } else if (n > 0) {
         const double dt = std::chrono::duration<double>(now - last_token).count() / n;
-        for (int i = 0; i < n; ++i) metrics_.itl().Observe(dt);
+        for (int i = 0; i < n; ++i) series.itl->Observe(dt);
       }
       last_token = now;
       result->completion_tokens += n;
-      metrics_.generated_tokens().Increment(n);
+      series.generation_tokens->Increment(n);
       result->spec = ev.tokens().counters();
       std::string text;
       for (uint32_t id : ev.tokens().token_ids()) {
@@ -115,6 +150,9 @@ std::optional<Error> Generator::Generate(GenRequest& g, grpc::ClientContext* ctx
     return std::nullopt;
   }
   if (!st.ok() || !finished) {
+    // Nothing streamed and the replica could not take the call: another replica may.
+    *retry = !*started && result->completion_tokens == 0 && !draft_error &&
+             st.error_code() == grpc::StatusCode::UNAVAILABLE;
     if (draft_error) return draft_error;
     Error e{st.ok() ? absl::StatusCode::kInternal : static_cast<absl::StatusCode>(st.error_code()),
             st.ok() ? "the draft service ended the stream without a result"

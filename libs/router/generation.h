@@ -1,8 +1,9 @@
-// The generation core shared by both front ends: one Draft.Generate call per request, token
-// batches turned into text deltas (incremental detokenizing, UTF-8 safe), text stop sequences
-// (text that may start one is held back), and the token-latency metrics. The caller owns the
-// grpc::ClientContext, so it can cancel the call (TryCancel) from another thread when its client
-// goes away.
+// The generation core shared by both front ends: one Draft.Generate call per request on a
+// replica of the DraftPool (moved to another replica when its replica is unavailable before
+// anything was streamed), token batches turned into text deltas (incremental detokenizing, UTF-8
+// safe), text stop sequences (text that may start one is held back), and the token-latency
+// metrics. The caller owns the DraftCall, so it can cancel the call from another thread when its
+// client goes away.
 #pragma once
 
 #include <memory>
@@ -22,22 +23,29 @@ class Tokenizer;
 
 namespace pipeinfer::router {
 
+class DraftCall;
+class DraftPool;
 class RouterMetrics;
 
 class Generator {
  public:
-  Generator(std::shared_ptr<grpc::Channel> draft, const tokenizer::Tokenizer& tok,
-            RouterMetrics& metrics);
+  Generator(DraftPool& pool, const tokenizer::Tokenizer& tok, RouterMetrics& metrics);
 
   // Runs `g` to the end, a stop sequence, an error or the client going away (sink.on_delta
   // returns false or sink.cancelled() turns true: CANCELLED "the client went away"). Returns
   // nullopt on success (*result filled) or the error; *started tells whether any delta was
-  // delivered.
-  std::optional<Error> Generate(GenRequest& g, grpc::ClientContext* ctx, const GenSink& sink,
+  // delivered. Sets g.ttft_s at the first token. UNAVAILABLE when no replica is serving.
+  std::optional<Error> Generate(GenRequest& g, DraftCall& call, const GenSink& sink,
                                 GenResult* result, bool* started);
 
  private:
-  std::shared_ptr<grpc::Channel> draft_;
+  // One attempt on one replica; *retry is set when the replica was unavailable before anything
+  // was delivered (the request may move to another replica).
+  std::optional<Error> Attempt(GenRequest& g, grpc::ClientContext* ctx,
+                               const std::shared_ptr<grpc::Channel>& channel, const GenSink& sink,
+                               GenResult* result, bool* started, bool* retry);
+
+  DraftPool& pool_;
   const tokenizer::Tokenizer& tok_;
   RouterMetrics& metrics_;
 };

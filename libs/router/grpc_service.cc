@@ -10,6 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/router.grpc.pb.h"
+#include "router/draft_call.h"
+#include "router/draft_pool.h"
+#include "router/request_report.h"
 
 namespace pipeinfer::router {
 namespace {
@@ -28,6 +31,8 @@ class RouterService final : public v1::Router::Service {
                     grpc::ServerWriter<v1::GenerateEvent>* writer) override {
     const auto t0 = Clock::now();
     GenRequest g;
+    g.arrival = t0;
+    g.client = ctx->peer();
     std::optional<Error> err = b_.CheckModel(req->model());
     if (!err) {
       std::vector<chat::ChatMessage> msgs;
@@ -36,18 +41,20 @@ class RouterService final : public v1::Router::Service {
     }
     if (!err) err = b_.FromOptions(req->options(), &g);
     if (!err) err = b_.SetRequestId(req->request_id(), &g);
-    return Serve("grpc_chat", ctx, t0, err, &g, writer);
+    return Serve("Chat", ctx, t0, err, &g, writer);
   }
 
   grpc::Status Complete(grpc::ServerContext* ctx, const v1::CompletionRequest* req,
                         grpc::ServerWriter<v1::GenerateEvent>* writer) override {
     const auto t0 = Clock::now();
     GenRequest g;
+    g.arrival = t0;
+    g.client = ctx->peer();
     std::optional<Error> err = b_.CheckModel(req->model());
     if (!err) err = Prompt(*req, &g);
     if (!err) err = b_.FromOptions(req->options(), &g);
     if (!err) err = b_.SetRequestId(req->request_id(), &g);
-    return Serve("grpc_complete", ctx, t0, err, &g, writer);
+    return Serve("Complete", ctx, t0, err, &g, writer);
   }
 
   grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
@@ -58,8 +65,8 @@ class RouterService final : public v1::Router::Service {
     m->set_n_vocab(static_cast<uint32_t>(core_.model.tok->n_vocab()));
     m->set_owned_by("pipeinfer");
     m->set_created(core_.model.created);
-    m->set_replicas(1);
-    core_.metrics->CountRequest("grpc_models", 0);
+    m->set_replicas(static_cast<uint32_t>(core_.drafts->size()));
+    core_.metrics->CountGrpc("ListModels", 0, "none");
     return grpc::Status::OK;
   }
 
@@ -71,21 +78,25 @@ class RouterService final : public v1::Router::Service {
     auto* me = resp->add_services();
     core_.metrics->metrics()->FillServiceStats(me);
     me->set_address(core_.options.grpc_address);
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    v1::StatsRequest sreq;
-    sreq.set_include_pipeline(req->include_stages());
-    v1::StatsResponse sresp;
-    const grpc::Status st = v1::Draft::NewStub(core_.draft_channel)->GetStats(&ctx, sreq, &sresp);
-    if (st.ok()) {
-      for (auto& s : *sresp.mutable_services()) *resp->add_services() = std::move(s);
-    } else {
-      auto* d = resp->add_services();
-      d->set_service("draft");
-      d->set_address(core_.options.draft_address);
-      d->mutable_error()->set_code(static_cast<v1::StatusCode>(st.error_code()));
-      d->mutable_error()->set_message(st.error_message());
+    // Every pipeline replica in turn: its draft service, then its stages.
+    for (const auto& replica : core_.drafts->replicas()) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      v1::StatsRequest sreq;
+      sreq.set_include_pipeline(req->include_stages());
+      v1::StatsResponse sresp;
+      const grpc::Status st = v1::Draft::NewStub(replica->channel)->GetStats(&ctx, sreq, &sresp);
+      if (st.ok()) {
+        for (auto& s : *sresp.mutable_services()) *resp->add_services() = std::move(s);
+      } else {
+        auto* d = resp->add_services();
+        d->set_service("draft");
+        d->set_address(replica->address);
+        d->mutable_error()->set_code(static_cast<v1::StatusCode>(st.error_code()));
+        d->mutable_error()->set_message(st.error_message());
+      }
     }
+    core_.metrics->CountGrpc("GetClusterStats", 0, "none");
     resp->set_collected_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
                                     std::chrono::system_clock::now().time_since_epoch())
                                     .count());
@@ -122,26 +133,34 @@ class RouterService final : public v1::Router::Service {
                      std::optional<Error> err, GenRequest* g,
                      grpc::ServerWriter<v1::GenerateEvent>* writer) {
     if (!err) err = b_.CheckContext(g);
+    g->mode = ModeLabel(g->spec, core_.default_mode);
+    RequestEnd end;
+    end.endpoint = endpoint;
+    end.grpc = true;
     if (err) {
-      core_.metrics->CountRequest(endpoint, static_cast<int>(err->code));
+      end.code = static_cast<int>(err->code);
+      ReportRequest(*core_.metrics, *g, end);
       return ToGrpc(*err);
     }
+    const auto queued_at = Clock::now();
     bool gave_up = false;
     auto slot = core_.admission->Acquire([sctx] { return sctx->IsCancelled(); }, &gave_up);
     if (gave_up) {
-      core_.metrics->CountRequest(endpoint, static_cast<int>(grpc::StatusCode::CANCELLED));
-      core_.metrics->CountCancelled(endpoint);
+      end.code = static_cast<int>(grpc::StatusCode::CANCELLED);
+      end.aborted = true;
+      ReportRequest(*core_.metrics, *g, end);
       return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
     }
     if (!slot) {
-      core_.metrics->CountRequest(endpoint, static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED));
+      end.code = static_cast<int>(grpc::StatusCode::RESOURCE_EXHAUSTED);
+      ReportRequest(*core_.metrics, *g, end);
       return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
                           "too many requests: the admission queue is full, retry later");
     }
-    core_.metrics->prompt_tokens().Increment(static_cast<double>(g->prompt.size()));
+    Admitted(*core_.metrics, g, queued_at);
     sctx->AddInitialMetadata("x-request-id", g->request_id);
-    // Propagates the client's deadline and cancellation to the draft call.
-    auto ctx = grpc::ClientContext::FromServerContext(*sctx);
+    // Every attempt inherits the client's deadline and cancellation.
+    DraftCall call(sctx);
     GenSink sink;
     sink.on_delta = [&](const std::string& text, const std::vector<uint32_t>& ids, uint32_t index) {
       v1::GenerateEvent ev;
@@ -155,10 +174,11 @@ class RouterService final : public v1::Router::Service {
     r.timings.set_queue_us(
         std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count());
     bool started = false;
-    err = core_.generator->Generate(*g, ctx.get(), sink, &r, &started);
+    err = core_.generator->Generate(*g, call, sink, &r, &started);
     if (err) {
-      core_.metrics->CountRequest(endpoint, static_cast<int>(err->code));
-      if (err->code == absl::StatusCode::kCancelled) core_.metrics->CountCancelled(endpoint);
+      end.code = static_cast<int>(err->code);
+      end.aborted = err->code == absl::StatusCode::kCancelled;
+      ReportRequest(*core_.metrics, *g, end);
       if (started) {
         v1::GenerateEvent ev;
         auto* e = ev.mutable_error();
@@ -182,7 +202,9 @@ class RouterService final : public v1::Router::Service {
     *f->mutable_spec() = r.spec;
     f->set_request_id(g->request_id);
     writer->Write(ev);
-    core_.metrics->CountRequest(endpoint, 0);
+    end.code = 0;
+    end.result = &r;
+    ReportRequest(*core_.metrics, *g, end);
     return grpc::Status::OK;
   }
 

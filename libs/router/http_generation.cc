@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -14,6 +15,7 @@
 #include "router/http_reply.h"
 #include "router/openai_request.h"
 #include "router/openai_response.h"
+#include "router/request_report.h"
 #include "router/sse_stream.h"
 
 namespace pipeinfer::router {
@@ -33,15 +35,20 @@ void ServeWhole(Core& core, httplib::Response& res, const std::string& endpoint,
   sink.cancelled = [&] { return link.gone.load(); };
   GenResult r;
   bool started = false;
-  std::optional<Error> err = core.generator->Generate(g, &link.ctx, sink, &r, &started);
+  std::optional<Error> err = core.generator->Generate(g, link.call, sink, &r, &started);
   slot.reset();
   if (err) {
-    SendError(core, res, endpoint, *err);
+    SendError(core, res, endpoint, *err, &g);
     return;
   }
   res.status = 200;
+  res.set_header("X-Request-Id", g.request_id);
   res.set_content(Dump(CompletionBody(header, text, r)), "application/json");
-  core.metrics->CountRequest(endpoint, 200);
+  RequestEnd end;
+  end.endpoint = endpoint;
+  end.code = 200;
+  end.result = &r;
+  ReportRequest(*core.metrics, g, end);
 }
 
 }  // namespace
@@ -49,20 +56,30 @@ void ServeWhole(Core& core, httplib::Response& res, const std::string& endpoint,
 void ServeGeneration(Core& core, const httplib::Request& req, httplib::Response& res,
                      const httplib::ContentReader& reader, bool chat) {
   const std::string endpoint = chat ? "/v1/chat/completions" : "/v1/completions";
+  auto g = std::make_shared<GenRequest>();
+  g->client = req.remote_addr;
   std::string body;
   if (auto e = ReadBody(req, res, reader, core.options.max_body_bytes, &body)) {
-    SendError(core, res, endpoint, *e);
+    SendError(core, res, endpoint, *e, g.get());
     return;
   }
-  auto g = std::make_shared<GenRequest>();
   bool stream = false;
   if (auto e = ParseOpenAiRequest(body, chat, *core.requests, g.get(), &stream)) {
-    SendError(core, res, endpoint, *e);
+    SendError(core, res, endpoint, *e, g.get());
     return;
   }
+  // A client's own id (X-Request-Id, printable and short) replaces the generated one.
+  const std::string client_id = req.get_header_value("X-Request-Id");
+  if (!client_id.empty() && client_id.size() <= 128 &&
+      std::all_of(client_id.begin(), client_id.end(),
+                  [](char c) { return c > 0x20 && c < 0x7f; })) {
+    g->request_id = client_id;
+  }
+  g->mode = ModeLabel(g->spec, core.default_mode);
   body.clear();
   body.shrink_to_fit();
   auto link = WatchClient(core, req);
+  const auto queued_at = std::chrono::steady_clock::now();
   bool gave_up = false;
   auto slot = core.admission->Acquire([&link] { return link->gone.load(); }, &gave_up);
   if (!slot) {
@@ -70,10 +87,11 @@ void ServeGeneration(Core& core, const httplib::Request& req, httplib::Response&
               gave_up ? ClientGone()
                       : Error{absl::StatusCode::kResourceExhausted,
                               "Too many requests: the router's queue is full. Retry later.", "",
-                              "rate_limit_exceeded"});
+                              "rate_limit_exceeded"},
+              g.get());
     return;
   }
-  core.metrics->prompt_tokens().Increment(static_cast<double>(g->prompt.size()));
+  Admitted(*core.metrics, g.get(), queued_at);
   AnswerHeader header;
   header.chat = chat;
   header.id = g->request_id;

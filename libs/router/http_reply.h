@@ -5,6 +5,7 @@
 
 #include "router/core.h"
 #include "router/error.h"
+#include "router/gen_request.h"
 
 namespace httplib {
 struct Response;
@@ -12,8 +13,11 @@ struct Response;
 
 namespace pipeinfer::router {
 
-// Status from the error (429 with Retry-After), JSON body {"error": {...}}, counted in
-// requests_total{endpoint, code}; a client that went away (499) also in requests_cancelled_total.
-void SendError(Core& core, httplib::Response& res, const std::string& endpoint, const Error& e);
+// Status from the error (429 with Retry-After), JSON body {"error": {...}}, reported as the end of
+// `g` (request_report.h; null: a request refused before it was parsed): counted in
+// http_requests_total{endpoint, http_code} and access-logged; a client that went away (499) is an
+// abort.
+void SendError(Core& core, httplib::Response& res, const std::string& endpoint, const Error& e,
+               const GenRequest* g = nullptr);
 
 }  // namespace pipeinfer::router

@@ -1,6 +1,5 @@
 #include "router/http_server.h"
 
-#include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
 #include <chrono>
@@ -8,7 +7,6 @@
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "router/http_generation.h"
 #include "router/http_limits.h"
 #include "router/http_reply.h"
@@ -43,15 +41,20 @@ absl::Status HttpServer::Start(const std::string& address) {
   http_->set_read_timeout(o.http_read_timeout_s, 0);
   http_->set_write_timeout(kWriteTimeoutS, 0);
   http_->set_keep_alive_timeout(o.http_keep_alive_s);
-  // The hook runs on the listening socket only (before bind); the library's own options
-  // (SO_REUSEPORT) are kept.
+  // The hook runs on the listening socket only (before bind). Only SO_REUSEADDR (restart while
+  // old connections linger in TIME_WAIT): the library's default also sets SO_REUSEPORT, which lets
+  // a second router bind the same port and take half of this one's connections.
   http_->set_socket_options([this](int sock) {
     listen_fd_ = sock;
-    httplib::default_socket_options(sock);
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
   });
   SetUpRoutes();
   port_ = port == 0 ? http_->bind_to_any_port(host) : (http_->bind_to_port(host, port) ? port : -1);
-  if (port_ <= 0) return absl::UnavailableError(absl::StrCat("cannot listen on ", address));
+  if (port_ <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", address, " (HTTP): the port is taken or not allowed"));
+  }
   // cpp-httplib listens with the backlog it was compiled with (5): a burst of connections beyond
   // it would be dropped or delayed by SYN retries.
   if (auto st = RaiseListenBacklog(listen_fd_, o.http_backlog); !st.ok()) return st;
@@ -65,16 +68,6 @@ absl::Status HttpServer::Start(const std::string& address) {
 void HttpServer::Stop() {
   if (http_) http_->stop();
   if (thread_.joinable()) thread_.join();
-}
-
-bool HttpServer::DraftServing() {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  auto stub = grpc::health::v1::Health::NewStub(core_.draft_channel);
-  grpc::health::v1::HealthCheckRequest req;
-  grpc::health::v1::HealthCheckResponse resp;
-  return stub->Check(&ctx, req, &resp).ok() &&
-         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
 void HttpServer::SetUpRoutes() {
@@ -103,21 +96,24 @@ void HttpServer::SetUpRoutes() {
            {"owned_by", "pipeinfer"},
            {"context_length", core.requests->n_ctx()}};
     r.set_content(Dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
-    core.metrics->CountRequest("/v1/models", 200);
+    core.metrics->CountHttp("/v1/models", 200, "none");
   });
   http_->Get("/health", [&core](const httplib::Request&, httplib::Response& r) {
     r.set_content("{\"status\":\"ok\"}", "application/json");
-    core.metrics->CountRequest("/health", 200);
+    core.metrics->CountHttp("/health", 200, "none");
   });
   http_->Get("/ready", [this](const httplib::Request&, httplib::Response& r) {
-    const bool ok = DraftServing();
+    const bool draining = core_.draining;
+    const bool ok = !draining && core_.drafts->AnyHealthy();
     r.status = ok ? 200 : 503;
-    r.set_content(ok ? "{\"status\":\"ready\"}" : "{\"status\":\"draft service not serving\"}",
+    r.set_content(ok         ? "{\"status\":\"ready\"}"
+                  : draining ? "{\"status\":\"draining\"}"
+                             : "{\"status\":\"no draft service replica is serving\"}",
                   "application/json");
-    core_.metrics->CountRequest("/ready", r.status);
+    core_.metrics->CountHttp("/ready", r.status, "none");
   });
   http_->Get("/metrics", [&core](const httplib::Request&, httplib::Response& r) {
-    core.metrics->CountRequest("/metrics", 200);
+    core.metrics->CountHttp("/metrics", 200, "none");
     r.set_content(core.metrics->metrics()->Serialize(), "text/plain; version=0.0.4; charset=utf-8");
   });
   // Every error status the library produces itself (404, a 413 for a GET with a large body,

@@ -33,7 +33,6 @@ class HttpServer {
 
  private:
   void SetUpRoutes();
-  bool DraftServing();
 
   Core& core_;
   std::unique_ptr<httplib::Server> http_;

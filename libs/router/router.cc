@@ -8,6 +8,9 @@
 //   stop_matcher.{h,cc}      text stop sequences
 //   generation.{h,cc}        the Draft.Generate call and incremental detokenizing
 //   admission.{h,cc}         max_inflight slots and max_queue waiters
+//   draft_pool.{h,cc}        the draft service replicas: health checks, least-loaded choice
+//   draft_call.h             one request's draft call attempts, cancellable
+//   request_report.{h,cc}    request-level metrics and the access log
 //   router_metrics.{h,cc}    the router's Prometheus metrics
 //   connection_watch.{h,cc}  noticing that an HTTP client went away (socket polling)
 //   client_link.{h,cc}       one HTTP request's client: gone flag, draft call, watch
@@ -22,16 +25,20 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "router/core.h"
 #include "router/grpc_service.h"
 #include "router/http_server.h"
+#include "router/request_report.h"
 #include "rpc/server.h"
 
 namespace pipeinfer::router {
@@ -56,22 +63,34 @@ class Router::Impl {
           "--max-body-bytes, --http-backlog and the HTTP timeouts must be >= 1");
     }
 
-    grpc::ChannelArguments args;
-    args.SetMaxReceiveMessageSize(64 << 20);
-    core_.draft_channel =
-        grpc::CreateCustomChannel(o.draft_address, grpc::InsecureChannelCredentials(), args);
+    core_.metrics = std::make_unique<RouterMetrics>(core_.model.id);
+    auto pool = DraftPool::Create(o.draft_address, *core_.metrics,
+                                  std::chrono::milliseconds(std::max(50, o.draft_check_ms)));
+    if (!pool.ok()) return pool.status();
+    core_.drafts = std::move(*pool);
+    core_.drafts->Start(std::chrono::milliseconds(std::max(0, o.draft_wait_ms)));
     uint32_t n_ctx = core_.model.n_ctx;
-    {
-      // n_ctx as the draft service serves it (it may be smaller than the training context).
+    for (const auto& replica : core_.drafts->replicas()) {
+      // n_ctx as the draft services serve it (it may be smaller than the training context), and
+      // their default mode (the metrics label of requests that leave it unset).
       grpc::ClientContext ctx;
       ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
       v1::DraftInfo info;
-      if (v1::Draft::NewStub(core_.draft_channel)
-              ->GetInfo(&ctx, v1::DraftInfoRequest(), &info)
-              .ok() &&
-          info.model().n_ctx() > 0) {
-        n_ctx = info.model().n_ctx();
+      if (!v1::Draft::NewStub(replica->channel)
+               ->GetInfo(&ctx, v1::DraftInfoRequest(), &info)
+               .ok()) {
+        continue;
       }
+      if (info.model().n_ctx() > 0) n_ctx = info.model().n_ctx();
+      v1::SpecConfig mode;
+      mode.set_mode(info.model().default_mode());
+      core_.default_mode = ModeLabel(mode, "");
+      break;
+    }
+    if (core_.default_mode.empty()) {
+      spdlog::warn(
+          "no draft service answered GetInfo at start; the context length comes from "
+          "the model file");
     }
     if (n_ctx == 0) n_ctx = 2048;
     const bool explicit_bound = o.max_prompt_chars > 0;
@@ -80,11 +99,9 @@ class Router::Impl {
     core_.requests =
         std::make_unique<RequestBuilder>(core_.model, n_ctx, prompt_bound, explicit_bound);
 
-    core_.metrics = std::make_unique<RouterMetrics>();
     core_.admission = std::make_unique<Admission>(
-        o.max_inflight, o.max_queue, &core_.metrics->inflight(), &core_.metrics->queue());
-    core_.generator =
-        std::make_unique<Generator>(core_.draft_channel, *core_.model.tok, *core_.metrics);
+        o.max_inflight, o.max_queue, &core_.metrics->running(), &core_.metrics->waiting());
+    core_.generator = std::make_unique<Generator>(*core_.drafts, *core_.model.tok, *core_.metrics);
     core_.watcher = std::make_unique<DisconnectWatcher>();
 
     service_ = MakeRouterService(core_);
@@ -97,6 +114,28 @@ class Router::Impl {
     }
     http_ = std::make_unique<HttpServer>(core_);
     return http_->Start(o.http_address);
+  }
+
+  void Drain(std::chrono::milliseconds limit) {
+    core_.draining = true;
+    if (grpc_server_) {
+      if (auto* h = grpc_server_->GetHealthCheckService()) {
+        h->SetServingStatus(false);
+        h->SetServingStatus("pipeinfer.v1.Router", false);
+      }
+    }
+    const auto until = std::chrono::steady_clock::now() + limit;
+    int busy = core_.admission ? core_.admission->Busy() : 0;
+    spdlog::info("draining: {} request(s) in progress, up to {} ms", busy, limit.count());
+    while (busy > 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      busy = core_.admission->Busy();
+    }
+    if (busy > 0) {
+      spdlog::warn("drain limit reached with {} request(s) still in progress", busy);
+    } else {
+      spdlog::info("drained");
+    }
   }
 
   void Shutdown() {
@@ -137,6 +176,7 @@ absl::Status Router::Start() { return impl_->Start(); }
 int Router::http_port() const { return impl_->http_port(); }
 int Router::grpc_port() const { return impl_->grpc_port(); }
 const std::string& Router::model_id() const { return impl_->model_id(); }
+void Router::Drain(std::chrono::milliseconds limit) { impl_->Drain(limit); }
 void Router::Shutdown() { impl_->Shutdown(); }
 void Router::Wait() { impl_->Wait(); }
 

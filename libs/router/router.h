@@ -25,6 +25,7 @@
 // includes stay in the .cc files.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -37,13 +38,16 @@ namespace pipeinfer::router {
 struct RouterOptions {
   std::string http_address = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one
   std::string grpc_address = "127.0.0.1:0";  // HOST:PORT; port 0 picks a free one
-  std::string draft_address;                 // the draft service (Draft.Generate)
-  std::string model_path;                    // the target GGUF (tokenizer, template, n_ctx)
-  std::string model_id;                      // empty = the file name without ".gguf"
-  std::string chat_template;                 // template name override; empty = detect
-  int max_inflight = 8;                      // requests generating at once
-  int max_queue = 16;                        // requests waiting for a slot
-  int retry_after_s = 1;                     // Retry-After of a 429
+  // The draft services, one per pipeline replica: HOST:PORT[,HOST:PORT...] (or gRPC targets).
+  std::string draft_address;
+  int draft_check_ms = 1000;  // how often every replica's health is checked
+  int draft_wait_ms = 5000;   // at start, how long to wait for a first healthy replica
+  std::string model_path;     // the target GGUF (tokenizer, template, n_ctx)
+  std::string model_id;       // empty = the file name without ".gguf"
+  std::string chat_template;  // template name override; empty = detect
+  int max_inflight = 8;       // requests generating at once
+  int max_queue = 16;         // requests waiting for a slot
+  int retry_after_s = 1;      // Retry-After of a 429
 
   // HTTP limits (see http_limits.h).
   size_t max_body_bytes = size_t{8} << 20;  // larger request bodies get 413 unread
@@ -71,6 +75,10 @@ class Router {
   int grpc_port() const;
   // The model id served.
   const std::string& model_id() const;
+  // Graceful drain (SIGTERM): /ready answers 503 and the gRPC health service NOT_SERVING at
+  // once, so that load balancers stop sending; requests keep being served; returns when no
+  // request is generating or waiting, or after `limit`. Then call Shutdown().
+  void Drain(std::chrono::milliseconds limit);
   // Stops both servers (idempotent).
   void Shutdown();
   // Blocks until Shutdown() has run.

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "router/http_reply.h"
+#include "router/request_report.h"
 
 namespace pipeinfer::router {
 namespace {
@@ -54,7 +55,7 @@ void ServeStream(Core& core, httplib::Response& res, const std::string& endpoint
     gs.cancelled = [&] { return run->link->gone.load(); };
     GenResult r;
     bool started = false;
-    std::optional<Error> e = core.generator->Generate(*g, &run->link->ctx, gs, &r, &started);
+    std::optional<Error> e = core.generator->Generate(*g, run->link->call, gs, &r, &started);
     slot.reset();
     {
       std::lock_guard<std::mutex> l(run->mu);
@@ -71,13 +72,13 @@ void ServeStream(Core& core, httplib::Response& res, const std::string& endpoint
       const Error e = *run->error;
       l.unlock();
       run->worker.join();
-      SendError(core, res, endpoint, e);
+      SendError(core, res, endpoint, e, g.get());
       return;
     }
   }
   res.status = 200;
   res.set_header("Cache-Control", "no-cache");
-  res.set_header("X-Request-Id", header.id);
+  res.set_header("X-Request-Id", g->request_id);
   res.set_chunked_content_provider(
       "text/event-stream",
       [run, header](size_t, httplib::DataSink& sink) {
@@ -115,13 +116,18 @@ void ServeStream(Core& core, httplib::Response& res, const std::string& endpoint
         sink.done();
         return true;
       },
-      [&core, run, endpoint](bool) {
+      [&core, run, endpoint, g](bool) {
         // The response is finished or abandoned: stop the generation and reap its thread.
         run->link->Gone();
         if (run->worker.joinable()) run->worker.join();
-        const bool completed = run->completed;
-        core.metrics->CountRequest(endpoint, completed ? 200 : 499);
-        if (!completed) core.metrics->CountCancelled(endpoint);
+        RequestEnd end;
+        end.endpoint = endpoint;
+        end.code = run->completed ? 200 : 499;
+        // An error after the first event was sent in-band; it counts as a 200 that failed.
+        if (run->completed && run->error) end.code = HttpStatusFor(*run->error);
+        end.aborted = !run->completed;
+        end.result = run->completed && !run->error ? &run->result : nullptr;
+        ReportRequest(*core.metrics, *g, end);
       });
 }
 

@@ -1,5 +1,7 @@
 #include "spec/controller.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <utility>
@@ -139,8 +141,7 @@ Controller::Draft Controller::DraftTree(std::vector<int32_t> context, float cuto
     if (!logits.ok()) {
       ++counters_.draft_failures;
       drafting_broken_ = true;
-      std::fprintf(stderr, "spec: drafting stopped for this request: %s\n",
-                   std::string(logits.status().message()).c_str());
+      spdlog::warn("drafting stopped for this request: {}", std::string(logits.status().message()));
       break;
     }
     sampling::SparseDist q;

@@ -1,5 +1,7 @@
 // TreeController's growth (docs/speculation.md, "Growing the tree"): drafting nodes, their
 // values and timing weights, the cost inputs, and the best-first building of a run.
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -58,8 +60,7 @@ bool TreeController::Expand(int32_t node, const std::function<bool()>& stop, Bui
   if (!logits.ok()) {
     ++counters_.draft_failures;
     drafting_broken_ = true;
-    std::fprintf(stderr, "spec: drafting stopped for this request: %s\n",
-                 std::string(logits.status().message()).c_str());
+    spdlog::warn("drafting stopped for this request: {}", std::string(logits.status().message()));
     return false;
   }
   draft_us_ = draft_us_ == 0 ? us : 0.8 * draft_us_ + 0.2 * us;

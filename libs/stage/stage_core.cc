@@ -1,5 +1,7 @@
 #include "stage/stage_core.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <chrono>
 #include <climits>
@@ -11,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/kernels.h"
+#include "log/log.h"
 #include "metrics/metrics.h"
 #include "pipeinfer/v1/stage.pb.h"
 #include "stage/stage_wire.h"
@@ -36,8 +39,10 @@ StageCore::StageCore(std::unique_ptr<engine::Engine> engine, StageCoreConfig con
                      std::shared_ptr<metrics::Metrics> metrics)
     : engine_(std::move(engine)), config_(std::move(config)), metrics_(std::move(metrics)) {
   if (!metrics_) {
-    metrics_ =
-        std::make_shared<metrics::Metrics>(absl::StrCat("stage", config_.stage_index), "stage");
+    metrics_ = std::make_shared<metrics::Metrics>(
+        absl::StrCat("stage", config_.stage_index), "stage",
+        std::map<std::string, std::string>{{"stage", absl::StrCat(config_.stage_index)},
+                                           {"model", config_.model_id}});
   }
   metrics::Metrics& m = *metrics_;
   m_.runs_computed = &m.Counter("runs_computed_total", "Runs computed completely");
@@ -169,6 +174,11 @@ void StageCore::Forward(const v1::StageDownstream& msg, StageOutput& out) {
 void StageCore::FailSession(uint64_t sid, Session* s, absl::Status status, uint64_t run_id,
                             StageOutput& out) {
   if (s) s->failed = true;
+  {
+    const log::RequestScope scope(s ? s->request_id : std::string());
+    log::Event(spdlog::level::warn, "session failed",
+               {{"session", sid}, {"run", run_id}, {"error", status.ToString()}});
+  }
   auto e = std::make_unique<v1::ErrorDetail>();
   e->set_code(ToProtoCode(status.code()));
   e->set_message(std::string(status.message()));

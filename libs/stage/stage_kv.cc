@@ -1,11 +1,14 @@
 // The session and KV bookkeeping of a stage: session open/close, KV operations, tombstones and
 // barriers (every message that is not a run), forks and poisoned positions (stage.proto sections 4
 // and 6).
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kv/kv_cache.h"
+#include "log/log.h"
 #include "pipeinfer/v1/stage.pb.h"
 #include "stage/stage_core.h"
 
@@ -48,13 +51,24 @@ StageOutput StageCore::HandleMessage(const v1::StageDownstream& msg) {
         s.max_candidates = o.result().max_candidates();
         s.result = std::make_shared<v1::ResultSpec>(o.result());
         sessions_[sid] = std::move(s);
+        const log::RequestScope scope(o.request_id());
+        log::Event(spdlog::level::info, "session open",
+                   {{"session", sid},
+                    {"max_context", static_cast<int64_t>(o.max_context())},
+                    {"kv_reserve_tokens", static_cast<int64_t>(o.kv_reserve_tokens())}});
       }
       Forward(msg, out);
       break;
     }
     case v1::StageDownstream::kSessionClose: {
       const uint64_t sid = msg.session_close().session_id();
-      if (sessions_.erase(sid)) (void)engine_->kv().CloseSession(sid);
+      if (auto it = sessions_.find(sid); it != sessions_.end()) {
+        const log::RequestScope scope(it->second.request_id);
+        log::Event(spdlog::level::info, "session closed",
+                   {{"session", sid}, {"failed", it->second.failed ? "true" : "false"}});
+        sessions_.erase(it);
+        (void)engine_->kv().CloseSession(sid);
+      }
       Forward(msg, out);
       break;
     }

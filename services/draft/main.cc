@@ -1,6 +1,8 @@
 // `pipeinfer-draft`: the draft service. Drives one pipeline of pipeinfer-stage processes (stage 0
 // and the last stage are given; the middle stages are chained by the stages themselves) and serves
 // pipeinfer.v1.Draft (plus health and reflection) until SIGINT or SIGTERM.
+#include <spdlog/spdlog.h>
+
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -13,14 +15,12 @@
 #include "draft_server/draft_server.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
+#include "log/log_flags.h"
 #include "spec/knob_flags.h"
 
 namespace {
 
-int Fail(const std::string& message) {
-  std::cerr << "error: " << message << "\n";
-  return 1;
-}
+int Fail(const std::string& message) { return pipeinfer::log::Fail(message); }
 
 }  // namespace
 
@@ -105,10 +105,15 @@ int main(int argc, char** argv) {
   app.add_option("--connect-timeout-ms", connect_timeout_ms,
                  "How long to wait for the stages and the pipeline at startup")
       ->check(CLI::Range(1, 600000));
+  pipeinfer::log::Options log_options;
+  pipeinfer::log::AddFlags(app, &log_options);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
+  }
+  if (auto st = pipeinfer::log::Init("draft", log_options); !st.ok()) {
+    return Fail(std::string(st.message()));
   }
   pipeinfer::spec::SpecParams sp = knobs.params();
   if (!knobs.given("mode")) {
@@ -172,17 +177,15 @@ int main(int argc, char** argv) {
   if (!draft_model.empty() && emulate_draft_us > 0) {
     emulation += ", emulated draft cost " + std::to_string(emulate_draft_us) + " us/token";
   }
-  std::printf("draft listening on %s (%s mode, draft model %s, stage 0 %s, last stage %s%s)\n",
-              addr.c_str(), mode.c_str(), draft_model.empty() ? "none" : draft_model.c_str(),
-              stage0.c_str(), last.c_str(), emulation.c_str());
+  spdlog::info("draft listening on {} ({} mode, draft model {}, stage 0 {}, last stage {}{})", addr,
+               mode, draft_model.empty() ? "none" : draft_model, stage0, last, emulation);
   if (server.metrics_port() != 0) {
-    std::printf("draft metrics on http://%s:%d/metrics\n",
-                metrics_listen.substr(0, metrics_listen.rfind(':')).c_str(), server.metrics_port());
+    spdlog::info("draft metrics on http://{}:{}/metrics",
+                 metrics_listen.substr(0, metrics_listen.rfind(':')), server.metrics_port());
   }
-  std::fflush(stdout);
 
   const int sig = stop_signals.Wait();
-  std::fprintf(stderr, "draft: signal %d, shutting down\n", sig);
+  spdlog::info("draft: signal {}, shutting down", sig);
   server.Shutdown();
   server.Wait();
   return 0;

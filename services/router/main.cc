@@ -1,7 +1,12 @@
 // `pipeinfer-router`: the cluster's front door. Serves the OpenAI-compatible HTTP API and the
-// pipeinfer.v1.Router gRPC service in front of one draft service, until SIGINT or SIGTERM.
+// pipeinfer.v1.Router gRPC service in front of one or more draft services (pipeline replicas),
+// until SIGINT (stops at once) or SIGTERM (drains first: /ready turns 503, requests in progress
+// finish within --drain-seconds).
 #include <signal.h>
 
+#include <spdlog/spdlog.h>
+
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -10,14 +15,12 @@
 #include <CLI/CLI.hpp>
 
 #include "common/stop_signals.h"
+#include "log/log_flags.h"
 #include "router/router.h"
 
 namespace {
 
-int Fail(const std::string& message) {
-  std::cerr << "error: " << message << "\n";
-  return 1;
-}
+int Fail(const std::string& message) { return pipeinfer::log::Fail(message); }
 
 std::string Host(const std::string& addr) { return addr.substr(0, addr.rfind(':')); }
 
@@ -28,7 +31,22 @@ int main(int argc, char** argv) {
   pipeinfer::router::RouterOptions o;
   app.add_option("--http", o.http_address, "HTTP listen address HOST:PORT")->required();
   app.add_option("--grpc", o.grpc_address, "gRPC listen address HOST:PORT")->required();
-  app.add_option("--draft", o.draft_address, "The draft service's HOST:PORT")->required();
+  app.add_option("--draft", o.draft_address,
+                 "The draft service's HOST:PORT; several (one per pipeline replica) separated "
+                 "by commas: requests go to the least-loaded healthy one")
+      ->required();
+  app.add_option("--draft-check-ms", o.draft_check_ms,
+                 "How often every draft service replica's health is checked")
+      ->capture_default_str()
+      ->check(CLI::Range(50, 600000));
+  int drain_seconds = 30;
+  app.add_option("--drain-seconds", drain_seconds,
+                 "On SIGTERM: /ready turns 503 at once, requests in progress get this long to "
+                 "finish, then the router exits")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 3600));
+  pipeinfer::log::Options log_options;
+  pipeinfer::log::AddFlags(app, &log_options);
   app.add_option("--model,-m", o.model_path, "The target GGUF model (tokenizer, chat template)")
       ->required()
       ->check(CLI::ExistingFile);
@@ -68,6 +86,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
   }
+  if (auto st = pipeinfer::log::Init("router", log_options); !st.ok()) {
+    return Fail(std::string(st.message()));
+  }
 
   // Before any thread exists: workers inherit the blocked SIGINT/SIGTERM.
   const pipeinfer::StopSignals stop_signals;
@@ -75,13 +96,17 @@ int main(int argc, char** argv) {
 
   pipeinfer::router::Router router(o);
   if (auto st = router.Start(); !st.ok()) return Fail(std::string(st.message()));
-  std::printf("router listening on http://%s:%d (gRPC %s:%d), model %s, draft %s\n",
-              Host(o.http_address).c_str(), router.http_port(), Host(o.grpc_address).c_str(),
-              router.grpc_port(), router.model_id().c_str(), o.draft_address.c_str());
-  std::fflush(stdout);
+  spdlog::info("router listening on http://{}:{} (gRPC {}:{}), model {}, draft {}",
+               Host(o.http_address), router.http_port(), Host(o.grpc_address), router.grpc_port(),
+               router.model_id(), o.draft_address);
 
   const int sig = stop_signals.Wait();
-  std::fprintf(stderr, "router: signal %d, shutting down\n", sig);
+  if (sig == SIGTERM && drain_seconds > 0) {
+    spdlog::info("router: SIGTERM, draining for up to {} s", drain_seconds);
+    router.Drain(std::chrono::seconds(drain_seconds));
+  } else {
+    spdlog::info("router: signal {}, shutting down", sig);
+  }
   router.Shutdown();
   return 0;
 }

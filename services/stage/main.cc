@@ -1,6 +1,10 @@
 // `pipeinfer-stage`: one stage server of a pipeline. Loads only its layer range of a GGUF llama
 // model and serves pipeinfer.v1.Stage (plus health and reflection) until SIGINT or SIGTERM.
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -15,6 +19,7 @@
 #include "engine/engine.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
+#include "log/log_flags.h"
 #include "spec/kv_demand.h"
 #include "stage/kv_sizing.h"
 #include "stage/stage_core.h"
@@ -22,10 +27,7 @@
 
 namespace {
 
-int Fail(const std::string& message) {
-  std::cerr << "error: " << message << "\n";
-  return 1;
-}
+int Fail(const std::string& message) { return pipeinfer::log::Fail(message); }
 
 // "FIRST:LAST" (LAST exclusive).
 bool ParseLayers(const std::string& s, uint32_t* first, uint32_t* last) {
@@ -44,6 +46,48 @@ bool ParseLayers(const std::string& s, uint32_t* first, uint32_t* last) {
   }
 }
 
+// The stage index from the trailing "-N" of the host name (a StatefulSet pod's ordinal).
+bool StageFromHostname(int* stage, std::string* why) {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) {
+    *why = "cannot read the host name";
+    return false;
+  }
+  const std::string host(name);
+  const size_t dash = host.rfind('-');
+  const std::string digits = dash == std::string::npos ? "" : host.substr(dash + 1);
+  if (digits.empty() || digits.size() > 6 ||
+      digits.find_first_not_of("0123456789") != std::string::npos) {
+    *why = "--stage-from-hostname: host name '" + host + "' does not end in -<number>";
+    return false;
+  }
+  *stage = std::stoi(digits);
+  return true;
+}
+
+// The PIPEINFER_STAGE environment variable (-1 when unset).
+bool StageFromEnv(int* stage, std::string* why) {
+  const char* v = std::getenv("PIPEINFER_STAGE");
+  if (v == nullptr || *v == 0) return true;
+  const std::string s(v);
+  if (s.size() > 6 || s.find_first_not_of("0123456789") != std::string::npos) {
+    *why = "PIPEINFER_STAGE must be a stage index (0, 1, ...), not '" + s + "'";
+    return false;
+  }
+  *stage = std::stoi(s);
+  return true;
+}
+
+// Replaces every "{next}" of `pattern` with `next`.
+std::string ExpandNext(std::string pattern, int next) {
+  const std::string key = "{next}", value = std::to_string(next);
+  for (size_t at = pattern.find(key); at != std::string::npos; at = pattern.find(key, at)) {
+    pattern.replace(at, key.size(), value);
+    at += value.size();
+  }
+  return pattern;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,9 +101,19 @@ int main(int argc, char** argv) {
   uint32_t window = 64, max_run_tokens = 512, max_batch_tokens = 512;
   app.add_option("--model,-m", model, "GGUF model file")->required();
   app.add_option("--listen", listen, "Listen address HOST:PORT")->required();
-  app.add_option("--downstream", downstream, "The next stage's HOST:PORT (absent on the last)");
+  app.add_option("--downstream", downstream,
+                 "The next stage's HOST:PORT (absent on the last); {next} stands for this stage's "
+                 "index + 1, and the flag is ignored on the last stage of --stages N");
   auto* layers_opt = app.add_option("--layers", layers, "Layer range FIRST:LAST (LAST exclusive)");
-  app.add_option("--stage", stage, "This stage's index")->check(CLI::NonNegativeNumber);
+  auto* stage_opt =
+      app.add_option("--stage", stage, "This stage's index (default: env PIPEINFER_STAGE)")
+          ->check(CLI::NonNegativeNumber);
+  bool stage_from_hostname = false;
+  app.add_flag("--stage-from-hostname", stage_from_hostname,
+               "Take the stage index from the trailing -N of the host name (StatefulSet ordinal)")
+      ->excludes(stage_opt);
+  pipeinfer::log::Options log_options;
+  pipeinfer::log::AddFlags(app, &log_options);
   app.add_option("--stages", stages, "Number of stages")->check(CLI::PositiveNumber);
   app.add_option("--weights", weights, "Relative layer weights per stage (with --stages)")
       ->delimiter(',');
@@ -134,6 +188,15 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
   }
 
+  std::string why;
+  if (stage_from_hostname && !StageFromHostname(&stage, &why)) return Fail(why);
+  if (stage < 0 && !StageFromEnv(&stage, &why)) return Fail(why);
+  if (auto st =
+          pipeinfer::log::Init(stage >= 0 ? "stage" + std::to_string(stage) : "stage", log_options);
+      !st.ok()) {
+    return Fail(std::string(st.message()));
+  }
+
   // Before any thread exists: workers inherit the blocked SIGINT/SIGTERM.
   const pipeinfer::StopSignals stop_signals;
 
@@ -172,12 +235,14 @@ int main(int argc, char** argv) {
     if (!split.ok()) return Fail(std::string(split.status().message()));
     spec = (*split)[stage];
   }
-  if (spec.head && !downstream.empty()) {
+  if (spec.head && !layers_opt->empty() && !downstream.empty()) {
     return Fail("the last stage (it holds the output head) takes no --downstream");
   }
+  if (spec.head) downstream.clear();  // --stage/--stages: one command line for every stage
   if (!spec.head && downstream.empty()) {
     return Fail("a stage that is not last needs --downstream HOST:PORT");
   }
+  downstream = ExpandNext(downstream, stage + 1);
 
   auto sm = pipeinfer::engine::StageModel::FromFile(shared, spec, /*prefault=*/true);
   if (!sm.ok()) return Fail(std::string(sm.status().message()));
@@ -201,7 +266,7 @@ int main(int argc, char** argv) {
     kr.memory_budget = kv_memory > 0 ? kv_memory : pipeinfer::stage::DefaultKvMemoryBudget();
     const pipeinfer::stage::KvSizing sized = pipeinfer::stage::SizeKvCache(kr);
     eo.kv_capacity_tokens = sized.blocks * eo.kv_block_tokens;
-    std::printf("%s\n", sized.Describe(static_cast<uint32_t>(stage), kr.memory_budget).c_str());
+    spdlog::info("{}", sized.Describe(static_cast<uint32_t>(stage), kr.memory_budget));
   }
   auto engine = pipeinfer::engine::Engine::Create(std::move(*sm), eo);
   if (!engine.ok()) return Fail(std::string(engine.status().message()));
@@ -228,18 +293,17 @@ int main(int argc, char** argv) {
   pipeinfer::stage_server::StageServer server(std::move(core), so);
   if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
   std::string addr = listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());
-  std::printf("stage %d listening on %s (layers %u:%u%s%s)\n", stage, addr.c_str(),
-              spec.first_layer, spec.last_layer, spec.embedding ? ", embedding" : "",
-              spec.head ? ", head" : "");
+  spdlog::info("stage {} listening on {} (layers {}:{}{}{}{})", stage, addr, spec.first_layer,
+               spec.last_layer, spec.embedding ? ", embedding" : "", spec.head ? ", head" : "",
+               spec.head ? "" : ", downstream " + downstream);
   if (server.metrics_port() > 0) {
     const std::string maddr = metrics_listen.substr(0, metrics_listen.rfind(':')) + ":" +
                               std::to_string(server.metrics_port());
-    std::printf("stage %d metrics on http://%s/metrics\n", stage, maddr.c_str());
+    spdlog::info("stage {} metrics on http://{}/metrics", stage, maddr);
   }
-  std::fflush(stdout);
 
   const int sig = stop_signals.Wait();
-  std::fprintf(stderr, "stage %d: signal %d, shutting down\n", stage, sig);
+  spdlog::info("stage {}: signal {}, shutting down", stage, sig);
   server.Shutdown();
   server.Wait();
   return 0;

@@ -200,10 +200,27 @@ TEST_F(MetricsIntegrationTest, StageMetricsEqualStats) {
     ASSERT_FALSE(text.empty()) << "no /metrics at " << endpoints_.stage_metrics[i];
     const Exposition e = ParseExposition(text);
     EXPECT_TRUE(e.errors.empty()) << e.errors.front() << "\n" << text;
+    // Besides its own series, every process exposes pipeinfer_build_info and process_*.
+    EXPECT_TRUE(e.types.count("pipeinfer_build_info")) << text;
+    EXPECT_TRUE(e.types.count("process_resident_memory_bytes")) << text;
+    EXPECT_TRUE(e.types.count("process_cpu_seconds_total")) << text;
     for (const auto& [name, type] : e.types) {
-      EXPECT_EQ(name.rfind("pipeinfer_stage_", 0), 0u) << name;
+      const bool shared = name == "pipeinfer_build_info" || name.rfind("process_", 0) == 0;
+      if (!shared) EXPECT_EQ(name.rfind("pipeinfer_stage_", 0), 0u) << name;
       const bool total = name.size() > 6 && name.compare(name.size() - 6, 6, "_total") == 0;
       EXPECT_EQ(type == "counter", total) << name << " is a " << type;
+    }
+    // Every stage series carries this stage's index (and the model) as labels; by name without
+    // its labels (a stage series has one label set).
+    const std::string stage_label = "stage=\"" + std::to_string(i) + "\"";
+    std::map<std::string, double> by_name;
+    for (const auto& [key, value] : e.samples) {
+      const size_t brace = key.find('{');
+      const std::string name = key.substr(0, brace);
+      if (name.rfind("pipeinfer_", 0) != 0) continue;
+      EXPECT_NE(key.find(stage_label), std::string::npos) << key;
+      EXPECT_NE(key.find("model=\""), std::string::npos) << key;
+      if (key.find("le=\"") == std::string::npos) by_name[name] += value;
     }
     for (const char* want :
          {"pipeinfer_stage_runs_computed_total", "pipeinfer_stage_runs_skipped_total",
@@ -223,13 +240,15 @@ TEST_F(MetricsIntegrationTest, StageMetricsEqualStats) {
     // Every stats line is a metric with the same value, and every metric is a stats line.
     std::set<std::string> covered;
     for (const auto& [name, value] : s) {
-      const std::string full = "pipeinfer_stage_" + name;
-      ASSERT_TRUE(e.samples.count(full)) << full << " is not in /metrics:\n" << text;
-      EXPECT_TRUE(Near(e.samples.at(full), value))
-          << name << ": /metrics " << e.samples.at(full) << ", stats " << value;
+      const std::string full =
+          name == "build_info" ? "pipeinfer_build_info" : "pipeinfer_stage_" + name;
+      ASSERT_TRUE(by_name.count(full)) << full << " is not in /metrics:\n" << text;
+      EXPECT_TRUE(Near(by_name.at(full), value))
+          << name << ": /metrics " << by_name.at(full) << ", stats " << value;
       covered.insert(full);
     }
     for (const auto& [name, type] : e.types) {
+      if (name.rfind("process_", 0) == 0) continue;  // read from /proc at scrape time only
       if (type == "histogram") {
         EXPECT_TRUE(covered.count(name + "_count") && covered.count(name + "_sum")) << name;
       } else {
@@ -266,12 +285,21 @@ TEST_F(MetricsIntegrationTest, DraftMetricsEqualStats) {
                                      std::chrono::seconds(30));
   ASSERT_EQ(stats.exit_code, 0) << stats.output;
   const auto s = ParseStats(stats.output);
-  for (const auto& [name, value] : s) {
-    const std::string full = "pipeinfer_draft_" + name;
-    ASSERT_TRUE(e.samples.count(full)) << full << " is not in /metrics:\n" << text;
-    EXPECT_TRUE(Near(e.samples.at(full), value))
-        << name << ": /metrics " << e.samples.at(full) << ", stats " << value;
+  // By family name, summed over label sets (as stats lists them); histogram buckets left out.
+  std::map<std::string, double> by_name;
+  for (const auto& [key, value] : e.samples) {
+    if (key.find("le=\"") == std::string::npos) by_name[key.substr(0, key.find('{'))] += value;
   }
+  for (const auto& [name, value] : s) {
+    // The draft's own series, or a top-level one (pipeinfer_spec_decode_*, pipeinfer_build_info).
+    const std::string full =
+        by_name.count("pipeinfer_draft_" + name) ? "pipeinfer_draft_" + name : "pipeinfer_" + name;
+    ASSERT_TRUE(by_name.count(full)) << full << " is not in /metrics:\n" << text;
+    EXPECT_TRUE(Near(by_name.at(full), value))
+        << name << ": /metrics " << by_name.at(full) << ", stats " << value;
+  }
+  EXPECT_EQ(s.at("spec_decode_num_draft_tokens_total"), s.at("tokens_drafted_total"));
+  EXPECT_EQ(s.at("spec_decode_num_accepted_tokens_total"), s.at("tokens_accepted_total"));
   EXPECT_GT(s.at("requests_total"), 0);
   EXPECT_GT(s.at("tokens_generated_total"), 0);
 }
@@ -299,8 +327,9 @@ TEST_F(MetricsIntegrationTest, RouterStatsListEveryService) {
   EXPECT_EQ(order[2], "stage0");
   EXPECT_EQ(order[3], "stage1");
   EXPECT_EQ(order[4], "stage2");
-  EXPECT_GE(values["router.requests_total"], 3) << r.output;
-  EXPECT_GE(values["router.generated_tokens_total"], 24) << r.output;
+  EXPECT_GE(values["router.http_requests_total"] + values["router.grpc_requests_total"], 3)
+      << r.output;
+  EXPECT_GE(values["router.generation_tokens_total"], 24) << r.output;
   EXPECT_EQ(values["router.time_to_first_token_seconds_count"], 3) << r.output;
   for (int i = 0; i < 3; ++i) {
     const std::string svc = "stage" + std::to_string(i);

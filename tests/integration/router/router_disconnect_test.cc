@@ -51,6 +51,28 @@ double Metric(const std::string& text, const std::string& series) {
   return 0;
 }
 
+// The sum over the series of family `name` whose labels include every `key="value"` of `labels`.
+double SumMetric(const std::string& text, const std::string& name,
+                 const std::vector<std::string>& labels) {
+  double sum = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(name + "{", 0) != 0) continue;
+    const size_t close = line.find("} ");
+    if (close == std::string::npos) continue;
+    const std::string set = line.substr(name.size(), close - name.size() + 1);
+    bool all = true;
+    for (const std::string& l : labels) {
+      all = all && (set.find("{" + l + ",") != std::string::npos ||
+                    set.find("," + l + ",") != std::string::npos ||
+                    set.find("," + l + "}") != std::string::npos ||
+                    set.find("{" + l + "}") != std::string::npos);
+    }
+    if (all) sum += std::stod(line.substr(close + 2));
+  }
+  return sum;
+}
+
 std::string Scrape(int http_port) {
   httplib::Client c("127.0.0.1", http_port);
   auto r = c.Get("/metrics");
@@ -129,13 +151,17 @@ TEST_F(RouterDisconnectTest, DroppedWholeAnswerFreesSessionAndKvWithinOneSecond)
   const std::string after = Scrape(cluster->http_port);
   const std::string cancelled =
       "pipeinfer_router_requests_cancelled_total{endpoint=\"/v1/completions\"}";
-  const std::string code499 =
-      "pipeinfer_router_requests_total{code=\"499\",endpoint=\"/v1/completions\"}";
-  const std::string code200 =
-      "pipeinfer_router_requests_total{code=\"200\",endpoint=\"/v1/completions\"}";
+  const auto by_code = [](const std::string& text, const char* code) {
+    return SumMetric(text, "pipeinfer_router_http_requests_total",
+                     {"endpoint=\"/v1/completions\"", std::string("http_code=\"") + code + "\""});
+  };
+  const auto aborted = [](const std::string& text) {
+    return SumMetric(text, "pipeinfer_request_success_total", {"finished_reason=\"abort\""});
+  };
   EXPECT_EQ(Metric(after, cancelled) - Metric(before, cancelled), 1) << after;
-  EXPECT_EQ(Metric(after, code499) - Metric(before, code499), 1) << after;
-  EXPECT_EQ(Metric(after, code200), Metric(before, code200)) << after;
+  EXPECT_EQ(by_code(after, "499") - by_code(before, "499"), 1) << after;
+  EXPECT_EQ(by_code(after, "200"), by_code(before, "200")) << after;
+  EXPECT_EQ(aborted(after) - aborted(before), 1) << after;
 }
 
 TEST_F(RouterDisconnectTest, StreamDroppedDuringPrefillFreesWithinOneSecond) {
@@ -182,7 +208,9 @@ TEST_F(RouterDisconnectTest, QueuedRequestGivesUpItsPlace) {
   ASSERT_GE(running, 0) << ReadText(log);
   const int queued = ConnectLoopback(http_port);
   ASSERT_TRUE(SendAll(queued, PostRequest("/v1/completions", long_request.dump())));
-  const auto depth = [&] { return Metric(Scrape(http_port), "pipeinfer_router_queue_depth"); };
+  const auto depth = [&] {
+    return SumMetric(Scrape(http_port), "pipeinfer_num_requests_waiting", {});
+  };
   ASSERT_LT(TimeUntil([&] { return depth() == 1; }, std::chrono::seconds(5)),
             std::chrono::seconds(5));
   close(queued);

@@ -365,11 +365,12 @@ TEST_F(RouterHttpTest, ModelsHealthReadyMetrics) {
   ASSERT_TRUE(r);
   EXPECT_EQ(r->status, 200);
   for (const char* name :
-       {"pipeinfer_router_requests_total", "pipeinfer_router_prompt_tokens_total",
-        "pipeinfer_router_generated_tokens_total",
-        "pipeinfer_router_time_to_first_token_seconds_bucket",
-        "pipeinfer_router_inter_token_latency_seconds_bucket",
-        "pipeinfer_router_requests_in_flight", "pipeinfer_router_queue_depth"}) {
+       {"pipeinfer_router_http_requests_total", "pipeinfer_prompt_tokens_total",
+        "pipeinfer_generation_tokens_total", "pipeinfer_time_to_first_token_seconds_bucket",
+        "pipeinfer_inter_token_latency_seconds_bucket", "pipeinfer_e2e_request_latency_seconds",
+        "pipeinfer_request_queue_time_seconds", "pipeinfer_request_success_total",
+        "pipeinfer_num_requests_running", "pipeinfer_num_requests_waiting", "pipeinfer_build_info",
+        "process_cpu_seconds_total", "process_resident_memory_bytes"}) {
     EXPECT_NE(r->body.find(name), std::string::npos) << name;
   }
 }

@@ -5,6 +5,8 @@
 
 #include <httplib.h>
 
+#include <cstdio>
+#include <ctime>
 #include <map>
 #include <string>
 
@@ -42,7 +44,8 @@ TEST(MetricsTest, ServiceStatsReadTheRegistry) {
   m.FillServiceStats(&s);
   EXPECT_EQ(s.service(), "stage1");
   auto c = ByName(s);
-  ASSERT_EQ(c.size(), 5u);
+  ASSERT_EQ(c.size(), 6u);  // and pipeinfer_build_info, in every registry
+  EXPECT_EQ(c["build_info"].value(), 1);
   EXPECT_EQ(c["runs_computed_total"].value(), 5);
   EXPECT_FALSE(c["runs_computed_total"].gauge());
   EXPECT_EQ(c["kv_blocks_in_use"].value(), 7);
@@ -99,6 +102,62 @@ TEST(MetricsTest, SplitHostPort) {
   EXPECT_FALSE(SplitHostPort("host", &h, &p));
   EXPECT_FALSE(SplitHostPort("host:99999", &h, &p));
   EXPECT_FALSE(SplitHostPort("host:12a", &h, &p));
+}
+
+}  // namespace
+}  // namespace pipeinfer::metrics
+
+namespace pipeinfer::metrics {
+namespace {
+
+// `name value` of an unlabelled sample in the exposition text, or -1.
+double Sample(const std::string& text, const std::string& name) {
+  const size_t at = text.find("\n" + name + " ");
+  if (at == std::string::npos) return -1;
+  return std::stod(text.substr(at + name.size() + 2));
+}
+
+TEST(MetricsLabelsTest, ConstantLabelsAndBuildInfoOnEverySeries) {
+  Metrics m("stage2", "stage", {{"stage", "2"}, {"model", "demo"}});
+  m.Counter("runs_computed_total", "runs").Increment(3);
+  m.CounterFamily("pipeinfer_spec_decode_num_draft_tokens_total", "top-level")
+      .Add({{"mode", "sync"}})
+      .Increment(2);
+  const std::string text = m.Serialize();
+  EXPECT_NE(text.find("pipeinfer_stage_runs_computed_total{model=\"demo\",stage=\"2\"} 3"),
+            std::string::npos)
+      << text;
+  // A name given with the pipeinfer_ prefix is used as is; constant labels come first.
+  EXPECT_NE(text.find("pipeinfer_spec_decode_num_draft_tokens_total{model=\"demo\",stage=\"2\","
+                      "mode=\"sync\"} 2"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("pipeinfer_build_info{model=\"demo\",stage=\"2\",commit=\""),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("service=\"stage2\""), std::string::npos) << text;
+}
+
+// The process series against what the test process can see for itself.
+TEST(MetricsProcessTest, ProcessSeriesDescribeThisProcess) {
+  Metrics m("router", "router");
+  const std::string before = m.Serialize();
+  const double rss = Sample(before, "process_resident_memory_bytes");
+  const double vsz = Sample(before, "process_virtual_memory_bytes");
+  EXPECT_GT(rss, 1 << 20);  // a gtest binary holds more than 1 MiB
+  EXPECT_GE(vsz, rss);
+  const double start = Sample(before, "process_start_time_seconds");
+  const double now = static_cast<double>(time(nullptr));
+  EXPECT_LE(start, now + 1);
+  EXPECT_GT(start, now - 3600);  // this test process started within the hour
+  EXPECT_GE(Sample(before, "process_cpu_seconds_total"), 0);
+  const double fds = Sample(before, "process_open_fds");
+  FILE* f = std::fopen("/proc/self/stat", "r");
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(Sample(m.Serialize(), "process_open_fds"), fds + 1);
+  std::fclose(f);
+  EXPECT_GT(Sample(before, "process_max_fds"), fds);
+  EXPECT_NE(before.find("# TYPE process_cpu_seconds_total counter"), std::string::npos);
 }
 
 }  // namespace
