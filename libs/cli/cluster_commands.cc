@@ -1,4 +1,5 @@
 #include "cli/cluster_commands.h"
+#include "absl/strings/str_cat.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -57,6 +58,8 @@ struct UpArgs {
   std::optional<int64_t> emulate_link_us;
   std::optional<std::string> host;
   std::optional<std::string> chat_template;
+  std::optional<int> replicas;
+  std::optional<std::string> log_format, log_level;
   bool detach = false;
   bool no_router = false;
   std::string state;
@@ -155,6 +158,9 @@ int RunUp(const UpArgs& a) {
   if (a.emulate_link_us) c.emulate_link_us = *a.emulate_link_us;
   if (a.host) c.host = *a.host;
   if (a.chat_template) c.chat_template = *a.chat_template;
+  if (a.replicas) c.replicas = *a.replicas;
+  if (a.log_format) c.log_format = *a.log_format;
+  if (a.log_level) c.log_level = *a.log_level;
   if (auto st = cluster::ValidateClusterConfig(c); !st.ok()) {
     return Fail(std::string(st.message()));
   }
@@ -209,12 +215,18 @@ int RunUp(const UpArgs& a) {
     return Fail(std::string(st.message()));
   }
   const cluster::ClusterState state = sup.State();
-  std::printf("cluster is up (%d stage%s, mode %s, model %s)\n", c.stages, c.stages == 1 ? "" : "s",
+  std::printf("cluster is up (%d stage%s%s, mode %s, model %s)\n", c.stages,
+              c.stages == 1 ? "" : "s",
+              c.replicas > 1 ? absl::StrCat(" x ", c.replicas, " replicas").c_str() : "",
               c.mode.c_str(), c.model.c_str());
   for (size_t i = 0; i < state.endpoints.stages.size(); ++i) {
     std::printf("  stage %zu        %s\n", i, state.endpoints.stages[i].c_str());
   }
   std::printf("  draft          %s\n", state.endpoints.draft.c_str());
+  for (size_t r = 1; r < state.endpoints.drafts.size(); ++r) {
+    std::printf("  replica %zu      draft %s, stages from %s\n", r,
+                state.endpoints.drafts[r].c_str(), c.StageAddress(0, static_cast<int>(r)).c_str());
+  }
   if (!state.endpoints.router_http.empty()) {
     std::printf("  router http    http://%s  (OpenAI API: /v1/chat/completions)\n",
                 state.endpoints.router_http.c_str());
@@ -342,6 +354,13 @@ void RegisterClusterCommands(CLI::App& app) {
                  "microseconds (in-process, by the sender)")
       ->check(CLI::Range(int64_t{0}, int64_t{10000000}));
   up->add_option("--host", u.host, "Listen host for every process");
+  up->add_option("--replicas", u.replicas,
+                 "Independent pipelines (stages + draft service each) behind the one router")
+      ->check(CLI::Range(1, 64));
+  up->add_option("--log-format", u.log_format, "Every process's log format: text or json")
+      ->check(CLI::IsMember({"text", "json"}));
+  up->add_option("--log-level", u.log_level, "Every process's log level")
+      ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   up->add_option("--chat-template", u.chat_template, "Router chat template override");
   up->add_flag("--detach,-d", u.detach, "Return once healthy (stop with `pipeinfer down`)");
   up->add_flag("--no-router", u.no_router, "Start only the stages and the draft service");

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "spec/knobs.h"
 #include "spec/kv_demand.h"
 
@@ -84,22 +85,50 @@ std::vector<std::string> DraftArgs(const ClusterConfig& c) {
   return argv;
 }
 
-std::string ClusterConfig::StageAddress(int i) const {
-  return host + ":" + std::to_string(base_port + i);
+std::string ClusterConfig::StageAddress(int i, int r) const {
+  return host + ":" + std::to_string(base_port + r * (stages + 1) + i);
 }
-std::string ClusterConfig::DraftAddress() const {
-  return host + ":" + std::to_string(base_port + stages);
-}
+std::string ClusterConfig::DraftAddress(int r) const { return StageAddress(stages, r); }
 std::string ClusterConfig::RouterGrpcAddress() const {
-  return host + ":" + std::to_string(grpc_port > 0 ? grpc_port : base_port + stages + 1);
+  return host + ":" +
+         std::to_string(grpc_port > 0 ? grpc_port : base_port + replicas * (stages + 1));
 }
 std::string ClusterConfig::RouterHttpAddress() const {
   return host + ":" + std::to_string(http_port);
 }
-std::string ClusterConfig::StageMetricsAddress(int i) const {
+std::string ClusterConfig::StageMetricsAddress(int i, int r) const {
   if (metrics_base_port < 0) return "";
-  const int base = metrics_base_port > 0 ? metrics_base_port : base_port + stages + 2;
-  return host + ":" + std::to_string(base + i);
+  const int base =
+      metrics_base_port > 0 ? metrics_base_port : base_port + replicas * (stages + 1) + 1;
+  return host + ":" + std::to_string(base + r * (stages + 1) + i);
+}
+std::string ClusterConfig::DraftAddresses() const {
+  std::vector<std::string> all;
+  for (int r = 0; r < replicas; ++r) all.push_back(DraftAddress(r));
+  return absl::StrJoin(all, ",");
+}
+
+std::vector<std::pair<std::string, std::string>> Listeners(const ClusterConfig& c) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (int r = 0; r < c.replicas; ++r) {
+    const std::string who = c.replicas > 1 ? absl::StrCat("replica ", r, " ") : "";
+    for (int i = 0; i < c.stages; ++i) {
+      out.emplace_back(c.StageAddress(i, r), absl::StrCat(who, "stage ", i));
+      const std::string m = c.StageMetricsAddress(i, r);
+      if (!m.empty()) out.emplace_back(m, absl::StrCat(who, "stage ", i, " metrics"));
+    }
+    out.emplace_back(c.DraftAddress(r), absl::StrCat(who, "draft service"));
+    if (const std::string m = c.DraftMetricsAddress(r); !m.empty()) {
+      out.emplace_back(m, absl::StrCat(who, "draft service metrics"));
+    }
+  }
+  out.emplace_back(c.RouterGrpcAddress(), "router gRPC");
+  out.emplace_back(c.RouterHttpAddress(), "router HTTP");
+  return out;
+}
+
+std::vector<std::string> LogArgs(const ClusterConfig& c) {
+  return {"--log-format", c.log_format, "--log-level", c.log_level};
 }
 
 std::vector<std::string> StageKvArgs(const ClusterConfig& c) {
@@ -143,11 +172,12 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     return (base / p).lexically_normal().string();
   };
   static const std::set<std::string> kKeys = {
-      "model",     "draft_model",    "stages",           "weights",
-      "mode",      "emulate_run_us", "emulate_token_us", "threads",
-      "kv_tokens", "host",           "base_port",        "http_port",
-      "grpc_port", "chat_template",  "model_id",         "metrics_base_port",
-      "spec",      "concurrency",    "kv_memory",        "max_batch_tokens"};
+      "model",       "draft_model",    "stages",           "weights",
+      "mode",        "emulate_run_us", "emulate_token_us", "threads",
+      "kv_tokens",   "host",           "base_port",        "http_port",
+      "grpc_port",   "chat_template",  "model_id",         "metrics_base_port",
+      "replicas",    "log_format",     "log_level",        "spec",
+      "concurrency", "kv_memory",      "max_batch_tokens"};
   // Link emulation, benchmarks only (docs/link-emulation.md).
   static const std::set<std::string> kLinkKeys = {"emulate_link_mbps", "emulate_link_us"};
   ClusterConfig c;
@@ -173,6 +203,9 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     if (root["emulate_link_mbps"]) c.emulate_link_mbps = root["emulate_link_mbps"].as<double>();
     if (root["emulate_link_us"]) c.emulate_link_us = root["emulate_link_us"].as<int64_t>();
     if (root["host"]) c.host = root["host"].as<std::string>();
+    if (root["replicas"]) c.replicas = root["replicas"].as<int>();
+    if (root["log_format"]) c.log_format = root["log_format"].as<std::string>();
+    if (root["log_level"]) c.log_level = root["log_level"].as<std::string>();
     if (root["base_port"]) c.base_port = root["base_port"].as<int>();
     if (root["http_port"]) c.http_port = root["http_port"].as<int>();
     if (root["grpc_port"]) c.grpc_port = root["grpc_port"].as<int>();
@@ -250,8 +283,21 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
   if (c.emulate_link_us < 0 || c.emulate_link_us > 10000000) {
     return absl::InvalidArgumentError("emulate_link_us must be in [0, 1e7]");
   }
+  if (c.replicas < 1 || c.replicas > 64) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("replicas must be in [1, 64], got ", c.replicas));
+  }
+  if (c.log_format != "text" && c.log_format != "json") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("log_format must be text or json, got '", c.log_format, "'"));
+  }
+  static const std::set<std::string> kLevels = {"trace", "debug", "info", "warn", "error", "off"};
+  if (!kLevels.count(c.log_level)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "log_level must be trace, debug, info, warn, error or off, got '", c.log_level, "'"));
+  }
   auto port_ok = [](int p) { return p > 0 && p < 65536; };
-  if (!port_ok(c.base_port) || !port_ok(c.base_port + c.stages + 1)) {
+  if (!port_ok(c.base_port) || !port_ok(c.base_port + c.replicas * (c.stages + 1))) {
     return absl::InvalidArgumentError(absl::StrCat("base_port out of range: ", c.base_port));
   }
   if (!port_ok(c.http_port)) {
@@ -262,26 +308,16 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
   }
   if (c.metrics_base_port < -1 || c.metrics_base_port >= 65536 ||
       (c.metrics_base_port != -1 &&
-       !port_ok((c.metrics_base_port > 0 ? c.metrics_base_port : c.base_port + c.stages + 2) +
-                c.stages - 1))) {
+       !port_ok((c.metrics_base_port > 0 ? c.metrics_base_port
+                                         : c.base_port + c.replicas * (c.stages + 1) + 1) +
+                c.replicas * (c.stages + 1) - 1))) {
     return absl::InvalidArgumentError(absl::StrCat(
         "metrics_base_port out of range: ", c.metrics_base_port, " (-1 = none, 0 = derived)"));
   }
   if (c.host.empty()) return absl::InvalidArgumentError("host must not be empty");
   // Every process listens on its own port(s).
   std::map<std::string, std::string> used;  // address -> what listens there
-  std::vector<std::pair<std::string, std::string>> listeners;
-  for (int i = 0; i < c.stages; ++i) {
-    listeners.emplace_back(c.StageAddress(i), absl::StrCat("stage ", i));
-    const std::string m = c.StageMetricsAddress(i);
-    if (!m.empty()) listeners.emplace_back(m, absl::StrCat("stage ", i, " metrics"));
-  }
-  listeners.emplace_back(c.DraftAddress(), "the draft service");
-  if (const std::string m = c.DraftMetricsAddress(); !m.empty()) {
-    listeners.emplace_back(m, "the draft service's metrics");
-  }
-  listeners.emplace_back(c.RouterGrpcAddress(), "router gRPC");
-  listeners.emplace_back(c.RouterHttpAddress(), "router HTTP");
+  const std::vector<std::pair<std::string, std::string>> listeners = Listeners(c);
   for (const auto& [addr, what] : listeners) {
     auto [it, fresh] = used.emplace(addr, what);
     if (!fresh) {

@@ -38,12 +38,19 @@ struct ClusterConfig {
   // (--emulate-link-us; works without namespaces too). docs/link-emulation.md.
   double emulate_link_mbps = 0;
   int64_t emulate_link_us = 0;
-  std::string host = "127.0.0.1";  // every process listens here
-  int base_port = 50051;           // stages base_port.., then draft, then router gRPC
-  int http_port = 8080;            // router HTTP
-  int grpc_port = 0;               // router gRPC (0 = the port after the draft's)
-  // First stage /metrics port; stage i serves Prometheus metrics on metrics_base_port + i.
-  // 0 = derived: base_port + stages + 2 (right after the router's default gRPC port); -1 = none.
+  // Independent pipelines (stage chain + draft service each) behind the one router, which
+  // balances requests over their draft services.
+  int replicas = 1;
+  std::string log_format = "text";  // every process's --log-format (text | json)
+  std::string log_level = "info";   // every process's --log-level
+  std::string host = "127.0.0.1";   // every process listens here
+  // Replica r's stages listen on base_port + r * (stages + 1) + i, its draft service on the port
+  // after its last stage's; the router's gRPC (by default) on the port after the last replica's.
+  int base_port = 50051;
+  int http_port = 8080;  // router HTTP
+  int grpc_port = 0;     // router gRPC (0 = the port after the draft's)
+  // First stage /metrics port; stage i serves Prometheus metrics on metrics_base_port + i (replica
+  // r: + r * (stages + 1)). 0 = derived: right after the router's default gRPC port; -1 = none.
   int metrics_base_port = 0;
   std::string chat_template;  // router --chat-template (empty = the model's)
   std::string model_id;       // optional served model id
@@ -54,16 +61,26 @@ struct ClusterConfig {
   // value as text (switches "true"/"false"); DraftArgs() turns them into pipeinfer-draft's flags.
   std::map<std::string, std::string> spec;
 
-  std::string StageAddress(int i) const;
-  std::string DraftAddress() const;
+  // Addresses of replica r's processes (r = 0 with one replica).
+  std::string StageAddress(int i, int r = 0) const;
+  std::string DraftAddress(int r = 0) const;
   std::string RouterGrpcAddress() const;
   std::string RouterHttpAddress() const;
   // HOST:PORT of the draft service's /metrics endpoint (right after the last stage's); empty when
   // metrics_base_port is -1.
-  std::string DraftMetricsAddress() const { return StageMetricsAddress(stages); }
+  std::string DraftMetricsAddress(int r = 0) const { return StageMetricsAddress(stages, r); }
   // HOST:PORT of stage i's /metrics endpoint; empty when metrics_base_port is -1.
-  std::string StageMetricsAddress(int i) const;
+  std::string StageMetricsAddress(int i, int r = 0) const;
+  // Every draft service address, comma-separated (the router's --draft).
+  std::string DraftAddresses() const;
 };
+
+// Every address the cluster's processes listen on, with what listens there ("stage 0", "replica 1
+// stage 0 metrics", "router HTTP", ...).
+std::vector<std::pair<std::string, std::string>> Listeners(const ClusterConfig& c);
+
+// The log flags every process of the cluster gets.
+std::vector<std::string> LogArgs(const ClusterConfig& c);
 
 // The `spec:` keys that are not speculation knobs but options of the draft model, passed through to
 // pipeinfer-draft (which checks them): draft_threads, draft_noise, draft_rank_model and

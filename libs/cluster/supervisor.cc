@@ -2,15 +2,19 @@
 
 #include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <netdb.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <algorithm>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -65,24 +69,24 @@ std::string PortOf(const std::string& address) { return address.substr(address.r
 
 }  // namespace
 
-std::string Supervisor::StageListen(int i) const {
-  if (options_.links.empty()) return config_.StageAddress(i);
-  return "0.0.0.0:" + PortOf(config_.StageAddress(i));
+std::string Supervisor::StageListen(int i, int r) const {
+  if (options_.links.empty()) return config_.StageAddress(i, r);
+  return "0.0.0.0:" + PortOf(config_.StageAddress(i, r));
 }
 
-std::string Supervisor::StageEndpoint(int i) const {
-  if (options_.links.empty()) return config_.StageAddress(i);
-  return options_.links.StageManagementAddress(i) + ":" + PortOf(config_.StageAddress(i));
+std::string Supervisor::StageEndpoint(int i, int r) const {
+  if (options_.links.empty()) return config_.StageAddress(i, r);
+  return options_.links.StageManagementAddress(i) + ":" + PortOf(config_.StageAddress(i, r));
 }
 
-std::string Supervisor::StageMetricsListen(int i) const {
-  const std::string m = config_.StageMetricsAddress(i);
+std::string Supervisor::StageMetricsListen(int i, int r) const {
+  const std::string m = config_.StageMetricsAddress(i, r);
   if (m.empty() || options_.links.empty()) return m;
   return "0.0.0.0:" + PortOf(m);
 }
 
-std::string Supervisor::StageMetricsEndpoint(int i) const {
-  const std::string m = config_.StageMetricsAddress(i);
+std::string Supervisor::StageMetricsEndpoint(int i, int r) const {
+  const std::string m = config_.StageMetricsAddress(i, r);
   if (m.empty() || options_.links.empty()) return m;
   return options_.links.StageManagementAddress(i) + ":" + PortOf(m);
 }
@@ -194,6 +198,44 @@ absl::Status Supervisor::Spawn(const std::string& name, const std::string& addre
   return absl::OkStatus();
 }
 
+absl::Status CheckPortsFree(const ClusterConfig& c, bool stages_in_namespaces) {
+  for (const auto& [address, what] : Listeners(c)) {
+    // With link emulation the stages listen inside their own network namespaces.
+    if (stages_in_namespaces && what.rfind("stage ", 0) == 0) continue;
+    const size_t colon = address.rfind(':');
+    const std::string host = address.substr(0, colon), port = address.substr(colon + 1);
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    addrinfo* res = nullptr;
+    if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot resolve ", address, " (", what, ")"));
+    }
+    const int fd = socket(res->ai_family, res->ai_socktype, res->ai_protocol);
+    int err = 0;
+    if (fd >= 0) {
+      const int yes = 1;  // like the servers: TIME_WAIT leftovers do not count as taken
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+      if (bind(fd, res->ai_addr, res->ai_addrlen) != 0) err = errno;
+      close(fd);
+    }
+    freeaddrinfo(res);
+    if (err == EADDRINUSE) {
+      return absl::AlreadyExistsError(
+          absl::StrCat("port ", port, " (", address, ", wanted by ", what,
+                       ") is already in use: is another cluster or server running? Stop it "
+                       "(`pipeinfer down`) or choose other ports (--base-port, --http-port, "
+                       "--grpc-port, --metrics-base-port)"));
+    }
+    if (err != 0) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot bind ", address, " (", what, "): ", std::strerror(err)));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* stop_requested) {
   const auto end = Clock::now() + std::chrono::seconds(options_.health_timeout_s);
   const size_t index = &p - procs_.data();
@@ -237,82 +279,96 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
     StopAll();
     return st;
   };
-  // The last stage first: a stage reports SERVING only once its downstream link is up.
-  for (int i = c.stages - 1; i >= 0; --i) {
-    std::vector<std::string> argv = {stage_bin,
-                                     "--model",
-                                     c.model,
-                                     "--listen",
-                                     StageListen(i),
-                                     "--stage",
-                                     std::to_string(i),
-                                     "--stages",
-                                     std::to_string(c.stages),
-                                     "--threads",
-                                     std::to_string(c.threads)};
-    if (i + 1 < c.stages) {
-      std::string next = c.StageAddress(i + 1);
-      if (!options_.links.empty()) {
-        next = options_.links.StageDataAddress(i + 1) + ":" + PortOf(next);
-      }
-      argv.insert(argv.end(), {"--downstream", next});
-    }
-    if (c.emulate_link_us > 0) {
-      argv.insert(argv.end(), {"--emulate-link-us", std::to_string(c.emulate_link_us)});
-    }
-    if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
-      argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
-    }
-    const std::vector<std::string> kv_args = StageKvArgs(c);
-    argv.insert(argv.end(), kv_args.begin(), kv_args.end());
-    if (c.max_batch_tokens > 0) {
-      argv.insert(argv.end(), {"--max-batch-tokens", std::to_string(c.max_batch_tokens)});
-    }
-    if (c.emulate_run_us > 0) {
-      argv.insert(argv.end(), {"--emulate-run-us", std::to_string(c.emulate_run_us)});
-    }
-    if (c.emulate_token_us > 0) {
-      argv.insert(argv.end(), {"--emulate-token-us", std::to_string(c.emulate_token_us)});
-    }
-    if (!c.weights.empty()) {
-      std::vector<std::string> w;
-      for (double x : c.weights) w.push_back(absl::StrCat(x));
-      argv.insert(argv.end(), {"--weights", absl::StrJoin(w, ",")});
-    }
-    if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
-    if (const std::string m = StageMetricsListen(i); !m.empty()) {
-      argv.insert(argv.end(), {"--metrics-listen", m});
-    }
-    const std::string netns = options_.links.empty() ? "" : options_.links.namespaces[i];
-    if (auto st = Spawn(absl::StrCat("stage ", i), StageEndpoint(i), argv, netns); !st.ok()) {
-      return fail(st);
-    }
-    if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
+  if (!options_.links.empty() && c.replicas > 1) {
+    return absl::InvalidArgumentError("link emulation runs one pipeline replica only");
   }
-  {
-    std::string stage0 = c.StageAddress(0), last = c.StageAddress(c.stages - 1);
-    if (!options_.links.empty()) {  // over the emulated links
-      stage0 = options_.links.StageDataAddress(0) + ":" + PortOf(stage0);
-      last = options_.links.LastStageResultsAddress() + ":" + PortOf(last);
+  // Every port must be free: a server binds its ports exclusively and exits when one is taken,
+  // but the health check would find whatever else serves there (another cluster) and take it.
+  if (auto st = CheckPortsFree(c, !options_.links.empty()); !st.ok()) return st;
+  for (int r = 0; r < c.replicas; ++r) {
+    const std::string who = c.replicas > 1 ? absl::StrCat("replica ", r, " ") : "";
+    // The last stage first: a stage reports SERVING only once its downstream link is up.
+    for (int i = c.stages - 1; i >= 0; --i) {
+      std::vector<std::string> argv = {stage_bin,
+                                       "--model",
+                                       c.model,
+                                       "--listen",
+                                       StageListen(i, r),
+                                       "--stage",
+                                       std::to_string(i),
+                                       "--stages",
+                                       std::to_string(c.stages),
+                                       "--threads",
+                                       std::to_string(c.threads)};
+      if (i + 1 < c.stages) {
+        std::string next = c.StageAddress(i + 1, r);
+        if (!options_.links.empty()) {
+          next = options_.links.StageDataAddress(i + 1) + ":" + PortOf(next);
+        }
+        argv.insert(argv.end(), {"--downstream", next});
+      }
+      if (c.emulate_link_us > 0) {
+        argv.insert(argv.end(), {"--emulate-link-us", std::to_string(c.emulate_link_us)});
+      }
+      if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
+        argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
+      }
+      const std::vector<std::string> kv_args = StageKvArgs(c);
+      argv.insert(argv.end(), kv_args.begin(), kv_args.end());
+      if (c.max_batch_tokens > 0) {
+        argv.insert(argv.end(), {"--max-batch-tokens", std::to_string(c.max_batch_tokens)});
+      }
+      if (c.emulate_run_us > 0) {
+        argv.insert(argv.end(), {"--emulate-run-us", std::to_string(c.emulate_run_us)});
+      }
+      if (c.emulate_token_us > 0) {
+        argv.insert(argv.end(), {"--emulate-token-us", std::to_string(c.emulate_token_us)});
+      }
+      if (!c.weights.empty()) {
+        std::vector<std::string> w;
+        for (double x : c.weights) w.push_back(absl::StrCat(x));
+        argv.insert(argv.end(), {"--weights", absl::StrJoin(w, ",")});
+      }
+      if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
+      if (const std::string m = StageMetricsListen(i, r); !m.empty()) {
+        argv.insert(argv.end(), {"--metrics-listen", m});
+      }
+      const std::string netns = options_.links.empty() ? "" : options_.links.namespaces[i];
+      const std::vector<std::string> log_args = LogArgs(c);
+      argv.insert(argv.end(), log_args.begin(), log_args.end());
+      if (auto st = Spawn(absl::StrCat(who, "stage ", i), StageEndpoint(i, r), argv, netns);
+          !st.ok()) {
+        return fail(st);
+      }
+      if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
     }
-    std::vector<std::string> argv = {draft_bin, "--listen", c.DraftAddress(), "--stage0", stage0,
-                                     "--last",  last,       "--model",        c.model,    "--mode",
-                                     c.mode};
-    if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
-    if (!c.draft_model.empty()) argv.insert(argv.end(), {"--draft-model", c.draft_model});
-    if (const std::string m = c.DraftMetricsAddress(); !m.empty()) {
-      argv.insert(argv.end(), {"--metrics-listen", m});
+    {
+      std::string stage0 = c.StageAddress(0, r), last = c.StageAddress(c.stages - 1, r);
+      if (!options_.links.empty()) {  // over the emulated links
+        stage0 = options_.links.StageDataAddress(0) + ":" + PortOf(stage0);
+        last = options_.links.LastStageResultsAddress() + ":" + PortOf(last);
+      }
+      std::vector<std::string> argv = {
+          draft_bin, "--listen", c.DraftAddress(r), "--stage0", stage0, "--last",
+          last,      "--model",  c.model,           "--mode",   c.mode};
+      if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
+      if (!c.draft_model.empty()) argv.insert(argv.end(), {"--draft-model", c.draft_model});
+      if (const std::string m = c.DraftMetricsAddress(r); !m.empty()) {
+        argv.insert(argv.end(), {"--metrics-listen", m});
+      }
+      const std::vector<std::string> spec_args = DraftArgs(c);  // the knob table's flags
+      argv.insert(argv.end(), spec_args.begin(), spec_args.end());
+      if (c.emulate_link_us > 0) {
+        argv.insert(argv.end(), {"--emulate-link-us", std::to_string(c.emulate_link_us)});
+      }
+      if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
+        argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
+      }
+      const std::vector<std::string> log_args = LogArgs(c);
+      argv.insert(argv.end(), log_args.begin(), log_args.end());
+      if (auto st = Spawn(who + "draft", c.DraftAddress(r), argv); !st.ok()) return fail(st);
+      if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
     }
-    const std::vector<std::string> spec_args = DraftArgs(c);  // the knob table's flags
-    argv.insert(argv.end(), spec_args.begin(), spec_args.end());
-    if (c.emulate_link_us > 0) {
-      argv.insert(argv.end(), {"--emulate-link-us", std::to_string(c.emulate_link_us)});
-    }
-    if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
-      argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
-    }
-    if (auto st = Spawn("draft", c.DraftAddress(), argv); !st.ok()) return fail(st);
-    if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
   }
   if (options_.router) {
     std::vector<std::string> argv = {router_bin,
@@ -321,13 +377,15 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
                                      "--grpc",
                                      c.RouterGrpcAddress(),
                                      "--draft",
-                                     c.DraftAddress(),
+                                     c.DraftAddresses(),
                                      "--model",
                                      c.model,
                                      "--max-inflight",
                                      std::to_string(c.concurrency)};
     if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
     if (!c.chat_template.empty()) argv.insert(argv.end(), {"--chat-template", c.chat_template});
+    const std::vector<std::string> log_args = LogArgs(c);
+    argv.insert(argv.end(), log_args.begin(), log_args.end());
     if (auto st = Spawn("router", c.RouterGrpcAddress(), argv); !st.ok()) return fail(st);
     if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
   }
@@ -399,6 +457,7 @@ ClusterState Supervisor::State() const {
   }
   s.endpoints.draft = config_.DraftAddress();
   s.endpoints.draft_metrics = config_.DraftMetricsAddress();
+  for (int r = 0; r < config_.replicas; ++r) s.endpoints.drafts.push_back(config_.DraftAddress(r));
   if (options_.router) {
     s.endpoints.router_http = config_.RouterHttpAddress();
     s.endpoints.router_grpc = config_.RouterGrpcAddress();
@@ -422,6 +481,7 @@ absl::Status WriteState(const ClusterState& state, const std::string& path) {
                     {"stage_metrics", state.endpoints.stage_metrics},
                     {"draft_metrics", state.endpoints.draft_metrics},
                     {"draft", state.endpoints.draft},
+                    {"drafts", state.endpoints.drafts},
                     {"router_http", state.endpoints.router_http},
                     {"router_grpc", state.endpoints.router_grpc}};
   if (!state.links.empty()) j["links"] = nlohmann::json::parse(LinkTopologyToJson(state.links));
@@ -460,6 +520,7 @@ absl::StatusOr<ClusterState> ReadState(const std::string& path) {
     s.endpoints.stage_metrics = e.value("stage_metrics", std::vector<std::string>{});
     s.endpoints.draft_metrics = e.value("draft_metrics", "");
     s.endpoints.draft = e.value("draft", "");
+    s.endpoints.drafts = e.value("drafts", std::vector<std::string>{s.endpoints.draft});
     s.endpoints.router_http = e.value("router_http", "");
     s.endpoints.router_grpc = e.value("router_grpc", "");
     if (j.contains("links")) {

@@ -31,9 +31,10 @@ struct Endpoints {
   std::vector<std::string> stages;
   std::vector<std::string> stage_metrics;  // HOST:PORT of each stage's /metrics (empty: none)
   std::string draft_metrics;               // HOST:PORT of the draft's /metrics (empty: none)
-  std::string draft;
-  std::string router_http;  // empty without a router
-  std::string router_grpc;  // empty without a router
+  std::string draft;                       // replica 0's draft service
+  std::vector<std::string> drafts;         // every replica's draft service
+  std::string router_http;                 // empty without a router
+  std::string router_grpc;                 // empty without a router
 };
 
 struct ClusterState {
@@ -64,6 +65,11 @@ uint64_t ProcessStartTime(pid_t pid);
 // True when `pid` exists, is not a zombie, and (when start_time != 0) started at start_time.
 bool ProcessAlive(pid_t pid, uint64_t start_time);
 
+// OK when every address the cluster would listen on can be bound now; ALREADY_EXISTS naming the
+// port and what it was meant for when one is taken. `stages_in_namespaces`: link emulation (the
+// stages listen in their own network namespaces and are not checked).
+absl::Status CheckPortsFree(const ClusterConfig& c, bool stages_in_namespaces);
+
 class Supervisor {
  public:
   Supervisor(ClusterConfig config, SupervisorOptions options);
@@ -91,10 +97,10 @@ class Supervisor {
   absl::Status Spawn(const std::string& name, const std::string& address,
                      const std::vector<std::string>& argv, const std::string& netns = "");
   // Where stage i listens, where it is health checked, where its upstream peer reaches it.
-  std::string StageListen(int i) const;
-  std::string StageEndpoint(int i) const;
-  std::string StageMetricsListen(int i) const;
-  std::string StageMetricsEndpoint(int i) const;
+  std::string StageListen(int i, int r = 0) const;
+  std::string StageEndpoint(int i, int r = 0) const;
+  std::string StageMetricsListen(int i, int r = 0) const;
+  std::string StageMetricsEndpoint(int i, int r = 0) const;
   absl::Status WaitServing(const ProcessInfo& p, const volatile int* stop_requested);
 
   ClusterConfig config_;

@@ -109,7 +109,11 @@ std::unique_ptr<DraftPool::Lease> DraftPool::Pick(const std::vector<const Replic
   std::lock_guard<std::mutex> l(mu_);  // a consistent choice between concurrent picks
   Replica* best = nullptr;
   double best_load = 0;
-  for (const auto& r : replicas_) {
+  // Starting the scan one replica further each time spreads requests over equally loaded
+  // replicas (one client sending requests one after another uses them all).
+  const size_t n = replicas_.size(), first = next_++ % n;
+  for (size_t k = 0; k < n; ++k) {
+    const auto& r = replicas_[(first + k) % n];
     if (!r->healthy) continue;
     if (std::find(tried.begin(), tried.end(), r.get()) != tried.end()) continue;
     // Requests first; the KV fraction (< 1) only orders replicas with equal counts.

@@ -1,0 +1,316 @@
+// What an operator relies on, against real processes started by `pipeinfer up --detach`:
+//   * ports are exclusive: a second cluster on taken ports fails at once, naming the port, and the
+//     first keeps serving;
+//   * SIGTERM drains the router: /ready turns 503 at once, a stream in progress completes, then the
+//     router exits 0;
+//   * JSON logs: every line of every process parses, and one request's id appears in the router's,
+//     the draft service's and every stage's lines;
+//   * pipeline replicas: two replicas behind one router share sequential requests, and with one
+//     replica killed every new request is still served.
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <httplib.h>
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "cluster/supervisor.h"
+#include "testing/cluster_harness.h"
+#include "testing/detached_cluster_test.h"
+#include "testing/fixtures.h"
+
+namespace pipeinfer {
+namespace {
+
+using json = nlohmann::json;
+using pipeinfer::testing::BinPath;
+using pipeinfer::testing::CommandResult;
+using pipeinfer::testing::FixturePath;
+using pipeinfer::testing::FreePortRange;
+using pipeinfer::testing::ReadText;
+using pipeinfer::testing::RunCmd;
+
+// The sum of the samples of `family` whose label set contains every one of `labels`.
+double Sum(const std::string& text, const std::string& family,
+           const std::vector<std::string>& labels = {}) {
+  double sum = 0;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(family + "{", 0) != 0 && line.rfind(family + " ", 0) != 0) continue;
+    const size_t sp = line.rfind(' ');
+    const std::string set = line.substr(family.size(), sp - family.size());
+    bool all = true;
+    for (const std::string& l : labels) all = all && set.find(l) != std::string::npos;
+    if (all) sum += std::stod(line.substr(sp + 1));
+  }
+  return sum;
+}
+
+class OperationsTest : public testing::DetachedClusterTest {
+ protected:
+  OperationsTest() : DetachedClusterTest("operations_test") {}
+
+  // `pipeinfer up --detach` of the tiny model, plain mode, 2 stages per replica, on free ports.
+  CommandResult Up(int replicas, const std::vector<std::string>& extra) {
+    CommandResult r;
+    const int stages = 2;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      base_port_ = FreePortRange(2 * replicas * (stages + 1) + 1);
+      http_port_ = FreePortRange(1);
+      std::vector<std::string> argv = {BinPath("pipeinfer"),
+                                       "up",
+                                       "--model",
+                                       FixturePath("models/tiny-f32.gguf"),
+                                       "--stages",
+                                       std::to_string(stages),
+                                       "--replicas",
+                                       std::to_string(replicas),
+                                       "--kv-tokens",
+                                       "2048",
+                                       "--base-port",
+                                       std::to_string(base_port_),
+                                       "--http-port",
+                                       std::to_string(http_port_),
+                                       "--detach",
+                                       "--state",
+                                       state_,
+                                       "--log-dir",
+                                       dir_ + "/logs"};
+      argv.insert(argv.end(), extra.begin(), extra.end());
+      r = RunCmd(argv, std::chrono::seconds(120));
+      if (r.exit_code == 0) return r;
+      std::fprintf(stderr, "up failed (attempt %d):\n%s\n", attempt, r.output.c_str());
+    }
+    return r;
+  }
+
+  cluster::ClusterState State() {
+    absl::StatusOr<cluster::ClusterState> s = cluster::ReadState(state_);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return s.ok() ? *s : cluster::ClusterState();
+  }
+
+  httplib::Client Http() {
+    httplib::Client c("127.0.0.1", http_port_);
+    c.set_read_timeout(60, 0);
+    return c;
+  }
+
+  // One whole completion; the HTTP status (0 when the connection failed).
+  int Complete(const std::string& request_id = "", int max_tokens = 4) {
+    httplib::Headers h;
+    if (!request_id.empty()) h.emplace("X-Request-Id", request_id);
+    auto r = Http().Post("/v1/completions", h,
+                         json{{"prompt", "Once upon"}, {"max_tokens", max_tokens}}.dump(),
+                         "application/json");
+    return r ? r->status : 0;
+  }
+
+  std::string Metrics() {
+    auto r = Http().Get("/metrics");
+    return r ? r->body : "";
+  }
+
+  int base_port_ = 0;
+  int http_port_ = 0;
+};
+
+TEST_F(OperationsTest, SecondClusterOnTakenPortsFailsAndTheFirstKeepsServing) {
+  const CommandResult first = Up(1, {});
+  ASSERT_EQ(first.exit_code, 0) << first.output;
+  ASSERT_EQ(Complete(), 200);
+  const double served = Sum(Metrics(), "pipeinfer_router_http_requests_total",
+                            {"endpoint=\"/v1/completions\"", "http_code=\"200\""});
+
+  // The same ports again, through another state file.
+  const CommandResult second =
+      RunCmd({BinPath("pipeinfer"), "up", "--model", FixturePath("models/tiny-f32.gguf"),
+              "--stages", "2", "--kv-tokens", "2048", "--base-port", std::to_string(base_port_),
+              "--http-port", std::to_string(http_port_), "--detach", "--state",
+              dir_ + "/second.json", "--log-dir", dir_ + "/logs2"},
+             std::chrono::seconds(60));
+  EXPECT_NE(second.exit_code, 0) << second.output;
+  EXPECT_NE(second.output.find("port " + std::to_string(base_port_) + " "), std::string::npos)
+      << second.output;
+  EXPECT_NE(second.output.find("already in use"), std::string::npos) << second.output;
+  EXPECT_FALSE(std::filesystem::exists(dir_ + "/second.json"));
+
+  // Only the router's HTTP port taken (by the first cluster's router): still refused.
+  const int other_base = FreePortRange(7);
+  const CommandResult third =
+      RunCmd({BinPath("pipeinfer"), "up", "--model", FixturePath("models/tiny-f32.gguf"),
+              "--stages", "2", "--kv-tokens", "2048", "--base-port", std::to_string(other_base),
+              "--http-port", std::to_string(http_port_), "--detach", "--state",
+              dir_ + "/third.json", "--log-dir", dir_ + "/logs3"},
+             std::chrono::seconds(60));
+  EXPECT_NE(third.exit_code, 0) << third.output;
+  EXPECT_NE(third.output.find("port " + std::to_string(http_port_) + " "), std::string::npos)
+      << third.output;
+  EXPECT_NE(third.output.find("router HTTP"), std::string::npos) << third.output;
+
+  // The first cluster is undisturbed: every process alive, and its router still answers, counting
+  // exactly the requests sent to it.
+  for (const cluster::ProcessInfo& p : State().processes) {
+    EXPECT_TRUE(cluster::ProcessAlive(p.pid, p.start_time)) << p.name;
+  }
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Complete(), 200);
+  EXPECT_EQ(Sum(Metrics(), "pipeinfer_router_http_requests_total",
+                {"endpoint=\"/v1/completions\"", "http_code=\"200\""}),
+            served + 3);
+}
+
+TEST_F(OperationsTest, SigtermDrainsTheRouter) {
+  // Every forward pass takes >= 20 ms, so 60 tokens over 2 stages stream for more than 2 s.
+  const CommandResult up = Up(1, {"--emulate-run-us", "20000"});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  const cluster::ClusterState state = State();
+  pid_t router = -1;
+  for (const auto& p : state.processes) {
+    if (p.name == "router") router = p.pid;
+  }
+  ASSERT_GT(router, 0);
+  ASSERT_EQ(Http().Get("/ready")->status, 200);
+
+  std::string streamed;
+  int stream_status = 0;
+  std::thread client([&] {
+    httplib::Client c("127.0.0.1", http_port_);
+    c.set_read_timeout(60, 0);
+    auto r = c.Post(
+        "/v1/completions",
+        json{{"prompt", "Once upon"}, {"max_tokens", 60}, {"temperature", 0}, {"stream", true}}
+            .dump(),
+        "application/json");
+    if (r) {
+      stream_status = r->status;
+      streamed = r->body;
+    }
+  });
+  // Wait until the request generates, then SIGTERM.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (Sum(Metrics(), "pipeinfer_num_requests_running") < 1 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_EQ(Sum(Metrics(), "pipeinfer_num_requests_running"), 1);
+  ASSERT_EQ(kill(router, SIGTERM), 0);
+  // /ready turns 503 at once (within 0.5 s) while the stream goes on.
+  int ready = 0;
+  const auto t_term = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - t_term < std::chrono::milliseconds(500)) {
+    auto r = Http().Get("/ready");
+    ready = r ? r->status : 0;
+    if (ready == 503) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ(ready, 503);
+  EXPECT_TRUE(cluster::ProcessAlive(router, 0)) << "the router exited before its stream ended";
+  client.join();
+  EXPECT_EQ(stream_status, 200);
+  // The stream completed: the final chunk with its finish reason (the tiny model may end with
+  // EOS before max_tokens), and [DONE].
+  EXPECT_TRUE(streamed.find("\"finish_reason\":\"length\"") != std::string::npos ||
+              streamed.find("\"finish_reason\":\"stop\"") != std::string::npos)
+      << streamed;
+  EXPECT_NE(streamed.find("data: [DONE]"), std::string::npos) << streamed;
+  EXPECT_EQ(streamed.find("\"error\""), std::string::npos) << streamed;
+  // Then the router exits on its own, well before its 30 s drain limit.
+  const auto t_end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (cluster::ProcessAlive(router, 0) && std::chrono::steady_clock::now() < t_end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_FALSE(cluster::ProcessAlive(router, 0));
+  const std::string log = ReadText(dir_ + "/logs/router.log");
+  EXPECT_NE(log.find("draining"), std::string::npos) << log;
+  EXPECT_NE(log.find("drained"), std::string::npos) << log;
+}
+
+TEST_F(OperationsTest, JsonLogsCarryOneRequestIdThroughEveryProcess) {
+  const CommandResult up = Up(1, {"--log-format", "json"});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  const std::string id = "ops-test-" + std::to_string(getpid());
+  ASSERT_EQ(Complete(id), 200);
+  ASSERT_EQ(Complete(), 200);  // another request, whose lines must not carry the id
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the stages' close lines
+  std::map<std::string, int> with_id;                           // service -> lines with the id
+  for (const cluster::ProcessInfo& p : State().processes) {
+    std::ifstream in(p.log);
+    int lines = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++lines;
+      json j;
+      ASSERT_NO_THROW(j = json::parse(line)) << p.log << ": " << line;
+      ASSERT_TRUE(j.contains("ts") && j.contains("level") && j.contains("service") &&
+                  j.contains("msg"))
+          << line;
+      if (j.value("request_id", "") == id) ++with_id[j["service"].get<std::string>()];
+    }
+    EXPECT_GT(lines, 0) << p.log;
+  }
+  EXPECT_EQ(with_id["router"], 1);  // the access-log line
+  EXPECT_GE(with_id["draft"], 1);
+  EXPECT_GE(with_id["stage0"], 2);  // session open and closed
+  EXPECT_GE(with_id["stage1"], 2);
+  // The access-log line has the request's facts.
+  std::ifstream in(dir_ + "/logs/router.log");
+  bool found = false;
+  for (std::string line; std::getline(in, line);) {
+    const json j = json::parse(line);
+    if (j.value("request_id", "") != id) continue;
+    found = true;
+    EXPECT_EQ(j["msg"], "request");
+    EXPECT_EQ(j["status"], "200");
+    EXPECT_EQ(j["endpoint"], "/v1/completions");
+    EXPECT_EQ(j["completion_tokens"], 4);
+    EXPECT_GT(j["prompt_tokens"].get<int>(), 0);
+    EXPECT_GT(j["e2e_s"].get<double>(), 0);
+    EXPECT_EQ(j["client"], "127.0.0.1");
+  }
+  EXPECT_TRUE(found);
+}
+
+TEST_F(OperationsTest, ReplicasShareTheLoadAndSurviveOneKilled) {
+  const CommandResult up = Up(2, {});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  const cluster::ClusterState state = State();
+  ASSERT_EQ(state.endpoints.drafts.size(), 2u);
+  for (int i = 0; i < 6; ++i) ASSERT_EQ(Complete(), 200);
+  const std::string m = Metrics();
+  for (const std::string& d : state.endpoints.drafts) {
+    EXPECT_GE(Sum(m, "pipeinfer_router_replica_requests_total", {"replica=\"" + d + "\""}), 2)
+        << d << "\n"
+        << m;
+    EXPECT_EQ(Sum(m, "pipeinfer_router_replica_healthy", {"replica=\"" + d + "\""}), 1) << d;
+  }
+  // Kill replica 1 (its stages and draft service) and send at once: the requests that find it
+  // gone move to replica 0 before the health check has noticed.
+  for (const cluster::ProcessInfo& p : state.processes) {
+    if (p.name.rfind("replica 1 ", 0) == 0) kill(p.pid, SIGKILL);
+  }
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(Complete(), 200) << "request " << i;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (Sum(Metrics(), "pipeinfer_router_replica_healthy",
+             {"replica=\"" + state.endpoints.drafts[1] + "\""}) != 0 &&
+         std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(Sum(Metrics(), "pipeinfer_router_replica_healthy",
+                {"replica=\"" + state.endpoints.drafts[1] + "\""}),
+            0);
+  EXPECT_EQ(Http().Get("/ready")->status, 200);  // one replica still serves
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(Complete(), 200);
+}
+
+}  // namespace
+}  // namespace pipeinfer
