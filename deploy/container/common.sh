@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034  # the variables set here are used by the sourcing scripts
 # Shared by build.sh and smoke.sh (sourced, not run): the image names and the podman flags that
 # make podman work in restricted hosts such as this project's sandbox. Every workaround is
 # harmless on an ordinary host; deploy/container/README.md explains each one.

@@ -89,11 +89,13 @@ if "${PODMAN[@]}" exec "$name" sh -c 'command -v cc || command -v gcc || command
 then
   fail "a compiler is installed in the runtime image"
 fi
+# shellcheck disable=SC2016  # expanded by the shell in the container
 uids=$("${PODMAN[@]}" exec "$name" sh -c \
   'for p in /proc/[0-9]*; do awk "/^Uid:/ {print \$2}" $p/status; done | sort -u' | tr '\n' ' ')
 [[ "$uids" == "10001 " ]] || fail "processes run as uids '$uids', expected only 10001"
-procs=$("${PODMAN[@]}" exec "$name" sh -c 'cat /proc/[0-9]*/comm | sort | uniq -c | tr -s " "')
-echo "smoke: processes (uid 10001):" $procs
+procs=$("${PODMAN[@]}" exec "$name" sh -c 'cat /proc/[0-9]*/comm | sort | uniq -c' |
+        tr -s ' \n' ' ')
+echo "smoke: processes (uid 10001):$procs"
 
 answer=$("${PODMAN[@]}" exec "$name" timeout 120 pipeinfer chat --router-http "$http" \
   --max-tokens 24 --temperature 0 "Tell me a short story.") || fail "pipeinfer chat failed"

@@ -1,6 +1,6 @@
 // The router of a PipeInfer cluster: an OpenAI-compatible HTTP gateway (cpp-httplib) and the
-// pipeinfer.v1.Router gRPC service (plus health and reflection), both in front of one draft
-// service (Draft.Generate).
+// pipeinfer.v1.Router gRPC service (plus health and reflection), both in front of one or more
+// draft services (Draft.Generate), one per pipeline replica (draft_pool.h).
 //
 // For each request the router renders the chat template (or takes a raw prompt), bounds the
 // prompt text, tokenizes, enforces the context limit, admits the request (at most max_inflight
