@@ -25,7 +25,7 @@ done
 
 jobs=$(nproc)
 cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo)
-label_args=(-LE "fuzz|soak|bench|container")
+label_args=(-LE "fuzz|soak|bench|container|browser")
 build_args=()
 case "$mode" in
   release) build=build ;;

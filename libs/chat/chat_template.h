@@ -1,6 +1,7 @@
-// Chat templates rendered in plain C++ (no Jinja engine): the prompt text for a conversation in
-// the format a model family was fine-tuned on, chosen by name or detected from the GGUF's
-// `tokenizer.chat_template`.
+// The built-in chat templates, rendered in plain C++: the prompt text for a conversation in the
+// format a model family was fine-tuned on, chosen by name (--chat-template) or detected from a
+// template's text. The router renders the GGUF's own `tokenizer.chat_template` with the Jinja
+// interpreter instead (model_template.h, jinja.h); these formats are the overrides.
 //
 // BOS: the rendering NEVER starts with the BOS text ("<s>", "<|begin_of_text|>"). The router
 // tokenizes the rendered prompt with add_bos=true and parse_special=true, so the tokenizer adds

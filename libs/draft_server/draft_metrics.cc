@@ -72,6 +72,9 @@ DraftMetrics::DraftMetrics()
                                                {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64})),
       draft_pass_seconds(&registry->Histogram(
           "draft_pass_seconds", "Duration of one draft forward pass", metrics::LatencyBuckets())),
+      trace_events_total(&registry->Counter(
+          "trace_events_total",
+          "Run and request events built for live trace viewers (none while nobody watches)")),
       spec_decode_draft_tokens(&registry->CounterFamily(
           "pipeinfer_spec_decode_num_draft_tokens_total",
           "Draft tokens sent for verification, by model and speculation mode")),

@@ -55,6 +55,8 @@ struct DraftMetrics {
   prometheus::Counter* draft_passes_total;
   prometheus::Histogram* draft_pass_sessions;
   prometheus::Histogram* draft_pass_seconds;
+  // Live tracing (trace_hub.h): events built for Trace viewers.
+  prometheus::Counter* trace_events_total;
   // vLLM-style speculative decoding series, labelled {model, mode}.
   prometheus::Family<prometheus::Counter>* spec_decode_draft_tokens;
   prometheus::Family<prometheus::Counter>* spec_decode_accepted_tokens;

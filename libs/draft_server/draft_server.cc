@@ -21,6 +21,7 @@
 #include "draft_server/pipeline_link.h"
 #include "draft_server/request_validation.h"
 #include "draft_server/spec_proto.h"
+#include "draft_server/trace_hub.h"
 #include "log/log.h"
 #include "metrics/metrics.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
@@ -276,7 +277,8 @@ class DraftServer::Impl final : public v1::Draft::Service {
     m_.prompt_tokens_total->Increment(static_cast<double>(req->prompt_token_ids_size()));
     const spec::Mode mode = request->spec.mode;
 
-    const SessionEnv env{&pipeline_, opt_.draft_model.get(), &m_, budget_.get(), &acceptance_};
+    const SessionEnv env{&pipeline_,    opt_.draft_model.get(), &m_,
+                         budget_.get(), &acceptance_,           &trace_};
     // Leaving the pipeline (SessionClose queued behind the session's last message) frees the
     // session slot and the KV reservation: the stages free it in the same stream order.
     GenerateSession session(
@@ -296,6 +298,18 @@ class DraftServer::Impl final : public v1::Draft::Service {
       m_.requests_failed_total->Increment();
     }
     UpdateBudgetGauges();
+    if (trace_.active()) {
+      v1::TraceEvent end;
+      end.set_request_id(req->request_id());
+      end.set_done_us(UnixMicros());
+      end.set_status(std::string(absl::StatusCodeToString(st.code())));
+      end.set_completion_tokens(session.completion_tokens());
+      const spec::Counters& c = session.counters();
+      end.set_drafted(static_cast<uint32_t>(c.tokens_drafted));
+      end.set_accepted(static_cast<uint32_t>(c.tokens_accepted));
+      m_.trace_events_total->Increment();
+      trace_.Publish(end);
+    }
     log::Event(st.ok() || absl::IsCancelled(st) ? spdlog::level::info : spdlog::level::warn,
                "generate finished",
                {{"mode", std::string(spec::ModeName(mode))},
@@ -331,6 +345,20 @@ class DraftServer::Impl final : public v1::Draft::Service {
                           : static_cast<v1::StatusCode>(st.error_code()));
       e->set_message(st.ok() ? "stage 0 returned no statistics" : st.error_message());
       e->set_origin("stage0");
+    }
+    return grpc::Status::OK;
+  }
+
+  grpc::Status Trace(grpc::ServerContext* ctx, const v1::TraceRequest* req,
+                     grpc::ServerWriter<v1::TraceEvent>* writer) override {
+    std::shared_ptr<TraceHub::Subscription> sub = trace_.Subscribe(req->request_id());
+    v1::TraceEvent ev;
+    while (!ctx->IsCancelled()) {
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (shutdown_) break;
+      }
+      if (sub->Next(&ev, std::chrono::milliseconds(200)) && !writer->Write(ev)) break;
     }
     return grpc::Status::OK;
   }
@@ -422,6 +450,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
   KvAdmission kv_admission_{opt_.kv_max_waiting != 0 ? opt_.kv_max_waiting : opt_.max_sessions};
   std::unique_ptr<spec::SpecBudget> budget_;  // set in Start, before any session
   spec::SharedAcceptance acceptance_;         // the dynamic tree's counts over every request
+  TraceHub trace_;                            // run events for live views (Trace)
 
   std::mutex mu_;  // guards link_ (set once, in Start), active_sessions_ and shutdown_
   std::unique_ptr<PipelineLink> link_;

@@ -39,6 +39,7 @@ spec::ControllerOptions ControllerOptionsFor(const v1::GenerateRequest& req,
   for (uint32_t id : req.stop_token_ids()) o.stop.stop_ids.push_back(static_cast<int32_t>(id));
   o.stop.max_new_tokens = req.has_max_tokens() ? req.max_tokens() : UINT32_MAX;
   o.stop.max_context = v.max_context;
+  o.logprobs = v.logprobs;
   return o;
 }
 
@@ -48,8 +49,8 @@ spec::ControllerOptions ControllerOptionsFor(const v1::GenerateRequest& req,
 // messages on the shared link.
 class GenerateSession::Sink : public spec::PipelineSink {
  public:
-  Sink(SessionLink* link, DraftMetrics* metrics, spec::SpecBudget* budget)
-      : link_(link), metrics_(metrics), budget_(budget) {}
+  Sink(SessionLink* link, DraftMetrics* metrics, spec::SpecBudget* budget, TraceHub* trace)
+      : link_(link), metrics_(metrics), budget_(budget), trace_(trace) {}
   ~Sink() override {
     // Runs whose outcome never came (the session ended): no longer in flight.
     for (const auto& [id, r] : in_flight_) Count(r, -1);
@@ -59,11 +60,23 @@ class GenerateSession::Sink : public spec::PipelineSink {
     absl::StatusOr<uint64_t> id = link_->Enqueue(RunMessage(link_->id(), run));
     if (id.ok()) {
       metrics_->runs_launched_total->Increment();
-      const InFlight r{static_cast<int64_t>(run.tokens.size()), run.verified};
+      InFlight r{static_cast<int64_t>(run.tokens.size()), run.verified};
+      if (trace_ && trace_->active()) r.sent_us = UnixMicros();
       in_flight_[*id] = r;
       Count(r, +1);
     }
     return id;
+  }
+
+  // What a traced run needs from its launch: kind, size, send time (0: not traced). False when the
+  // run is unknown.
+  bool Launch(uint64_t run_id, bool* speculative, uint32_t* tokens, uint64_t* sent_us) const {
+    auto it = in_flight_.find(run_id);
+    if (it == in_flight_.end()) return false;
+    *speculative = !it->second.verified;
+    *tokens = static_cast<uint32_t>(it->second.tokens);
+    *sent_us = it->second.sent_us;
+    return true;
   }
 
   // This session's tokens in flight.
@@ -88,6 +101,7 @@ class GenerateSession::Sink : public spec::PipelineSink {
   struct InFlight {
     int64_t tokens = 0;
     bool verified = false;
+    uint64_t sent_us = 0;  // tracing only
   };
   void Count(const InFlight& r, int sign) {
     (r.verified ? own_verified_ : own_speculative_) += sign * r.tokens;
@@ -102,6 +116,7 @@ class GenerateSession::Sink : public spec::PipelineSink {
   SessionLink* link_;
   DraftMetrics* metrics_;
   spec::SpecBudget* budget_;
+  TraceHub* trace_;
   std::map<uint64_t, InFlight> in_flight_;
   int64_t own_verified_ = 0, own_speculative_ = 0;
 };
@@ -123,7 +138,7 @@ GenerateSession::GenerateSession(const SessionEnv& env, const v1::GenerateReques
     DraftModel* model = env_.draft_model;
     link_.inbox().SetWaker([model] { model->Wake(); });
   }
-  sink_ = std::make_unique<Sink>(&link_, env_.metrics, env_.budget);
+  sink_ = std::make_unique<Sink>(&link_, env_.metrics, env_.budget, env_.trace);
   if (env_.budget) env_.budget->AddSession(+1);
   ctl_ = std::make_unique<spec::Controller>(ControllerOptionsFor(req_, request_, env_), sink_.get(),
                                             drafter_.get());
@@ -152,7 +167,7 @@ absl::Status GenerateSession::Open() {
   const KvDemand demand = KvDemandOf(request_, env_.pipeline->n_stages);
   o->set_kv_reserve_tokens(demand.reserve_tokens);
   o->set_max_partitions(demand.partitions);
-  *o->mutable_result() = ResultSpecFor(request_.sampling);
+  *o->mutable_result() = ResultSpecFor(request_.sampling, request_.logprobs >= 0);
   if (absl::Status st = link_.Enqueue(std::move(open)).status(); !st.ok()) return st;
   const std::vector<int32_t> prompt(req_.prompt_token_ids().begin(), req_.prompt_token_ids().end());
   return ctl_->Start(prompt);
@@ -191,13 +206,21 @@ absl::Status GenerateSession::Decode(const SessionCaller& caller) {
       }
       return st;
     }
-    if (absl::Status st = Stream(ctl_->TakeEmitted(), caller); !st.ok()) return st;
+    const std::vector<int32_t> tokens = ctl_->TakeEmitted();
+    if (absl::Status st = Stream(tokens, ctl_->TakeLogprobs(), caller); !st.ok()) return st;
   }
   return absl::OkStatus();
 }
 
 void GenerateSession::Account(const v1::ResultsDownstream& raw) {
-  sink_->Done(raw.has_result() ? raw.result().run_id() : raw.tombstone().run_id());
+  const uint64_t run_id = raw.has_result() ? raw.result().run_id() : raw.tombstone().run_id();
+  // The controller already verified this outcome: its acceptance counter moved by this run's.
+  const uint64_t accepted = ctl_->counters().tokens_accepted;
+  if (env_.trace && env_.trace->active()) {
+    Trace(raw, run_id, static_cast<uint32_t>(accepted - traced_accepted_));
+  }
+  traced_accepted_ = accepted;
+  sink_->Done(run_id);
   if (!env_.budget) return;
   if (raw.has_result()) {
     for (const v1::StageTiming& t : raw.result().trace()) {
@@ -211,7 +234,44 @@ void GenerateSession::Account(const v1::ResultsDownstream& raw) {
   accepted_seen_ = c.tokens_accepted;
 }
 
+void GenerateSession::Trace(const v1::ResultsDownstream& raw, uint64_t run_id, uint32_t accepted) {
+  v1::TraceEvent ev;
+  bool speculative = false;
+  uint32_t tokens = 0;
+  uint64_t sent_us = 0;
+  if (!sink_->Launch(run_id, &speculative, &tokens, &sent_us) || sent_us == 0) {
+    return;  // launched before anyone listened
+  }
+  const uint64_t done_us = UnixMicros();
+  ev.set_request_id(req_.request_id());
+  ev.set_session_id(link_.id());
+  ev.set_run_id(run_id);
+  ev.set_speculative(speculative);
+  ev.set_tokens(tokens);
+  ev.set_sent_us(sent_us);
+  ev.set_done_us(done_us);
+  ev.set_drafted(speculative ? tokens : 0);
+  ev.set_accepted(accepted);
+  if (raw.has_result()) {
+    ev.set_outcome(v1::TRACE_OUTCOME_COMPUTED);
+    env_.trace->AlignSpans(raw.result().trace(), sent_us, done_us, &ev);
+  } else {
+    const v1::Tombstone& t = raw.tombstone();
+    const bool stopped = t.trace_size() > 0 && t.trace(t.trace_size() - 1).stopped();
+    if (!t.has_stage_index()) {
+      ev.set_outcome(v1::TRACE_OUTCOME_CANCELLED);
+    } else {
+      ev.set_outcome(stopped ? v1::TRACE_OUTCOME_STOPPED : v1::TRACE_OUTCOME_SKIPPED);
+      ev.set_outcome_stage(t.stage_index());
+    }
+    env_.trace->AlignSpans(t.trace(), sent_us, done_us, &ev);
+  }
+  env_.metrics->trace_events_total->Increment();
+  env_.trace->Publish(ev);
+}
+
 absl::Status GenerateSession::Stream(const std::vector<int32_t>& tokens,
+                                     const std::vector<spec::TokenLogprob>& logprobs,
                                      const SessionCaller& caller) {
   if (tokens.empty()) return absl::OkStatus();
   const auto now = Steady::now();
@@ -220,6 +280,17 @@ absl::Status GenerateSession::Stream(const std::vector<int32_t>& tokens,
   v1::GenerateResponse ev;
   auto* batch = ev.mutable_tokens();
   for (int32_t t : tokens) batch->add_token_ids(static_cast<uint32_t>(t));
+  if (request_.logprobs >= 0) {
+    if (logprobs.size() != tokens.size()) {
+      return absl::InternalError("the controller's log-probabilities do not match its tokens");
+    }
+    for (const spec::TokenLogprob& lp : logprobs) {
+      v1::TokenLogprob* out = batch->add_logprobs();
+      out->set_logprob(lp.logprob);
+      for (int32_t id : lp.top_ids) out->add_top_token_ids(static_cast<uint32_t>(id));
+      for (float x : lp.top_logprobs) out->add_top_logprobs(x);
+    }
+  }
   batch->set_index(completion_);
   *batch->mutable_counters() = ToSpecCounters(ctl_->mode(), ctl_->counters());
   if (!caller.write(ev)) return absl::CancelledError("the caller went away");

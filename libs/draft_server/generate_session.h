@@ -18,6 +18,7 @@
 #include "draft_server/draft_model.h"
 #include "draft_server/request_validation.h"
 #include "draft_server/session_link.h"
+#include "draft_server/trace_hub.h"
 #include "pipeinfer/v1/draft.pb.h"
 #include "spec/controller.h"
 #include "spec/spec_budget.h"
@@ -32,6 +33,8 @@ struct SessionEnv {
   spec::SpecBudget* budget = nullptr;  // the pipeline-wide speculation budget; null: none
   // The dynamic token tree's acceptance counts, shared by the service's requests; null: none.
   spec::SharedAcceptance* acceptance = nullptr;
+  // Run tracing for live views; null: none.
+  TraceHub* trace = nullptr;
 };
 
 // The session's caller (the Generate stream).
@@ -60,6 +63,10 @@ class GenerateSession {
   // status (CANCELLED when the caller cancelled or went away).
   absl::Status Run(const SessionCaller& caller);
 
+  // After Run: tokens streamed, and the controller's counters.
+  uint32_t completion_tokens() const { return completion_; }
+  const spec::Counters& counters() const { return ctl_->counters(); }
+
  private:
   class Sink;
 
@@ -68,12 +75,15 @@ class GenerateSession {
   // Outcomes -> verification -> committed tokens, until the controller finishes.
   absl::Status Decode(const SessionCaller& caller);
   // Streams newly committed tokens with the running counters.
-  absl::Status Stream(const std::vector<int32_t>& tokens, const SessionCaller& caller);
+  absl::Status Stream(const std::vector<int32_t>& tokens,
+                      const std::vector<spec::TokenLogprob>& logprobs, const SessionCaller& caller);
   // Cancels what is still in flight, closes the session on the stages, adds up the counters.
   v1::SpecCounters Close();
   // Budget bookkeeping: an outcome arrived (its run leaves the in-flight count; its stage timings
-  // feed the cost model; the controller's acceptance since the last call feeds alpha).
+  // feed the cost model; the controller's acceptance since the last call feeds alpha); and its
+  // trace event while someone listens.
   void Account(const v1::ResultsDownstream& raw);
+  void Trace(const v1::ResultsDownstream& raw, uint64_t run_id, uint32_t accepted);
   absl::Status Fail(const absl::Status& st, const SessionCaller& caller);
   absl::Status Finish(const v1::SpecCounters& counters, const SessionCaller& caller);
 
@@ -88,6 +98,7 @@ class GenerateSession {
 
   uint32_t completion_ = 0;                        // tokens streamed
   uint64_t drafted_seen_ = 0, accepted_seen_ = 0;  // controller counters already reported
+  uint64_t traced_accepted_ = 0;                   // accepted tokens already accounted
   Steady::time_point t_start_, t_open_, t_prefill_, t_first_, t_last_;
 };
 

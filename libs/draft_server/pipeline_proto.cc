@@ -7,9 +7,9 @@
 
 namespace pipeinfer::draft_server {
 
-v1::ResultSpec ResultSpecFor(const sampling::SamplingParams& params) {
+v1::ResultSpec ResultSpecFor(const sampling::SamplingParams& params, bool logprobs) {
   // ARGMAX rows suffice for greedy decoding without penalties; everything else needs the logits.
-  const bool no_penalty = params.repetition_penalty == 1.0f || params.repeat_last_n == 0;
+  const bool no_penalty = !sampling::AdjustsLogits(params) && !logprobs;
   const bool argmax_only = params.temperature <= 0.0f && no_penalty;
   // Sampling without penalties and with a top-k bound: SPARSE rows (a few candidates) instead of
   // the full vocabulary's logits.

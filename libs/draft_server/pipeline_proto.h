@@ -15,9 +15,11 @@
 namespace pipeinfer::draft_server {
 
 // The reduction the last stage applies to a session's result rows: ARGMAX for greedy decoding
-// without penalties, SPARSE (the history-free part of the sampler, top_k candidates) for sampling
-// with a top-k bound and no penalty, FULL logits otherwise.
-v1::ResultSpec ResultSpecFor(const sampling::SamplingParams& params);
+// without bias or penalties, SPARSE (the history-free part of the sampler, top_k candidates) for
+// sampling with a top-k bound and neither, FULL logits otherwise (bias and penalties are applied
+// by the controller, to the whole row, exactly as to the draft's logits) and whenever
+// `logprobs` (the raw distribution's log-probabilities are reported).
+v1::ResultSpec ResultSpecFor(const sampling::SamplingParams& params, bool logprobs = false);
 
 // A Run message (the run id is assigned when it is queued, see PipelineLink).
 v1::StageDownstream RunMessage(uint64_t session_id, const spec::RunSpec& run);

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
-#include <tuple>
 
 #include "absl/strings/str_cat.h"
 #include "draft_server/spec_proto.h"
@@ -64,7 +63,7 @@ absl::StatusOr<uint32_t> MaxContext(const v1::GenerateRequest& req, uint32_t n_c
   return static_cast<uint32_t>(prompt_len + req.max_tokens());
 }
 
-absl::StatusOr<sampling::SamplingParams> Sampling(const v1::SamplingParams& sp) {
+absl::StatusOr<sampling::SamplingParams> Sampling(const v1::SamplingParams& sp, uint32_t n_vocab) {
   sampling::SamplingParams p;
   if (sp.has_temperature()) {
     if (!std::isfinite(sp.temperature())) {
@@ -77,22 +76,19 @@ absl::StatusOr<sampling::SamplingParams> Sampling(const v1::SamplingParams& sp) 
   if (sp.has_min_p()) p.min_p = sp.min_p();
   if (sp.has_repetition_penalty()) p.repetition_penalty = sp.repetition_penalty();
   if (sp.has_repeat_last_n()) p.repeat_last_n = sp.repeat_last_n();
+  if (sp.has_frequency_penalty()) p.frequency_penalty = sp.frequency_penalty();
+  if (sp.has_presence_penalty()) p.presence_penalty = sp.presence_penalty();
+  for (const auto& [id, bias] : sp.logit_bias()) {
+    if (id >= n_vocab) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "logit_bias: token id ", id, " is not a valid token id (n_vocab is ", n_vocab, ")"));
+    }
+    p.logit_bias.emplace_back(static_cast<int32_t>(id), bias);
+  }
+  // The map's order is unspecified: sort for a deterministic application order.
+  std::sort(p.logit_bias.begin(), p.logit_bias.end());
   if (absl::Status v = sampling::Validate(p); !v.ok()) {
     return absl::InvalidArgumentError(v.message());
-  }
-  for (const auto& [name, has, value] :
-       {std::tuple<const char*, bool, float>{"frequency_penalty", sp.has_frequency_penalty(),
-                                             sp.frequency_penalty()},
-        std::tuple<const char*, bool, float>{"presence_penalty", sp.has_presence_penalty(),
-                                             sp.presence_penalty()}}) {
-    if (!has) continue;
-    if (!(value >= -2.0f && value <= 2.0f)) {
-      return absl::InvalidArgumentError(absl::StrCat(name, " must be in [-2, 2], got ", value));
-    }
-    if (value != 0.0f) {
-      return absl::UnimplementedError(
-          absl::StrCat(name, " is not supported yet (only 0 is accepted)"));
-    }
   }
   if (sp.has_seed()) {
     p.seed = sp.seed();
@@ -125,9 +121,16 @@ absl::StatusOr<ValidatedRequest> ValidateRequest(const v1::GenerateRequest& req,
   }
   v.spec = *spec;
 
-  absl::StatusOr<sampling::SamplingParams> sampling = Sampling(req.sampling());
+  absl::StatusOr<sampling::SamplingParams> sampling = Sampling(req.sampling(), pipeline.n_vocab);
   if (!sampling.ok()) return sampling.status();
   v.sampling = *sampling;
+  if (req.has_logprobs()) {
+    if (req.logprobs() > 20) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("logprobs must be in [0, 20], got ", req.logprobs()));
+    }
+    v.logprobs = static_cast<int32_t>(req.logprobs());
+  }
   return v;
 }
 

@@ -28,11 +28,11 @@ struct ValidatedRequest {
   sampling::SamplingParams sampling;  // with a seed (drawn when the request has none)
   spec::SpecParams spec;              // SpecConfig over the service defaults
   uint32_t max_context = 0;           // prompt + max_tokens, or n_ctx without max_tokens
+  int32_t logprobs = -1;              // GenerateRequest.logprobs, -1 when unset
 };
 
-// INVALID_ARGUMENT, NOT_FOUND (another model), OUT_OF_RANGE (context), UNIMPLEMENTED (penalties
-// other than 0) or FAILED_PRECONDITION (a speculative mode without a draft model), each with a
-// readable message.
+// INVALID_ARGUMENT, NOT_FOUND (another model), OUT_OF_RANGE (context) or FAILED_PRECONDITION (a
+// speculative mode without a draft model), each with a readable message.
 absl::StatusOr<ValidatedRequest> ValidateRequest(const v1::GenerateRequest& req,
                                                  const ServedPipeline& pipeline,
                                                  const spec::SpecParams& spec_defaults,

@@ -10,16 +10,13 @@
 namespace pipeinfer::engine {
 
 void ApplyRope(float* x, int32_t head_dim, int32_t position, float freq_base, float freq_scale) {
-  // Same recurrence as ggml: theta_i = scale * pos * base^(-2i/d), built by repeated products.
-  const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(head_dim));
-  float theta = freq_scale * static_cast<float>(position);
-  for (int32_t i = 0; i < head_dim; i += 2) {
-    const float c = std::cos(theta), s = std::sin(theta);
-    const float x0 = x[i], x1 = x[i + 1];
-    x[i] = x0 * c - x1 * s;
-    x[i + 1] = x0 * s + x1 * c;
-    theta *= theta_scale;
-  }
+  RopeConfig rope;
+  rope.n_rot = head_dim;
+  rope.freq_base = freq_base;
+  rope.freq_scale = freq_scale;
+  std::vector<float> c(head_dim / 2), s(head_dim / 2);
+  RopeAngles(rope, position, c.data(), s.data());
+  RopeRotate(gguf::RopeStyle::kNormal, head_dim, c.data(), s.data(), x);
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<StageModel> model,

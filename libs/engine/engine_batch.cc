@@ -102,7 +102,7 @@ void Engine::Attention(const std::vector<const kv::Sequence*>& seqs, int32_t lay
   const int32_t n_head = static_cast<int32_t>(hp.n_head);
   const int32_t hd = static_cast<int32_t>(hp.head_dim());
   const int32_t n_gqa = static_cast<int32_t>(hp.n_gqa());
-  const int64_t n_embd = hp.n_embd;
+  const int64_t n_q = hp.n_embd_q();  // row stride of q and out
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const bool f16 = options_.kv_type == kv::ElemType::kF16;
   const size_t elem = f16 ? 2 : 4;
@@ -116,7 +116,7 @@ void Engine::Attention(const std::vector<const kv::Sequence*>& seqs, int32_t lay
           const int32_t kvh = h / n_gqa;  // consecutive query heads share a KV head
           const kv::Sequence& seq = *seqs[t];
           const std::vector<int32_t>& keys = visible[t];
-          const float* qv = q + t * n_embd + h * hd;
+          const float* qv = q + t * n_q + h * hd;
           scores.resize(keys.size());
           for (size_t j = 0; j < keys.size(); ++j) {
             const uint8_t* krow = kv_->KeyRow(seq, layer, keys[j]) + kvh * hd * elem;
@@ -125,7 +125,7 @@ void Engine::Attention(const std::vector<const kv::Sequence*>& seqs, int32_t lay
                              : kernels::DotF32(qv, reinterpret_cast<const float*>(krow), hd));
           }
           kernels::SoftmaxInPlace(scores.data(), static_cast<int64_t>(scores.size()));
-          float* o = out + t * n_embd + h * hd;
+          float* o = out + t * n_q + h * hd;
           std::fill(o, o + hd, 0.0f);
           for (size_t j = 0; j < keys.size(); ++j) {
             const uint8_t* vrow = kv_->ValueRow(seq, layer, keys[j]) + kvh * hd * elem;
@@ -139,12 +139,46 @@ void Engine::Attention(const std::vector<const kv::Sequence*>& seqs, int32_t lay
       });
 }
 
+namespace {
+
+// One row's q, k and v between the projections and the KV cache: biases (qwen2, optional in
+// llama), per-head RMSNorm of q and k (qwen3), then RoPE of q and k in the architecture's style.
+void PrepareQkv(const gguf::LlamaHParams& hp, const RopeConfig& rope, const LayerWeights& w,
+                int32_t pos, float* q, float* k, float* v) {
+  const int32_t hd = static_cast<int32_t>(hp.head_dim());
+  const int32_t n_q = static_cast<int32_t>(hp.n_embd_q());
+  const int32_t n_kv = static_cast<int32_t>(hp.n_embd_kv());
+  if (!w.bq.empty()) {
+    for (int32_t j = 0; j < n_q; ++j) q[j] += w.bq[j];
+    for (int32_t j = 0; j < n_kv; ++j) k[j] += w.bk[j];
+    for (int32_t j = 0; j < n_kv; ++j) v[j] += w.bv[j];
+  }
+  float head[1024];  // head_dim <= 1024 (LlamaHParams::FromGguf)
+  auto norm_heads = [&](float* x, int32_t n_heads, const std::vector<float>& weight) {
+    for (int32_t hh = 0; hh < n_heads; ++hh) {
+      std::copy(x + hh * hd, x + (hh + 1) * hd, head);
+      kernels::RmsNorm(head, weight.data(), hd, hp.rms_norm_eps, x + hh * hd);
+    }
+  };
+  if (!w.q_norm.empty()) norm_heads(q, static_cast<int32_t>(hp.n_head), w.q_norm);
+  if (!w.k_norm.empty()) norm_heads(k, static_cast<int32_t>(hp.n_head_kv), w.k_norm);
+  float cos_v[512], sin_v[512];
+  RopeAngles(rope, pos, cos_v, sin_v);
+  for (int32_t hh = 0; hh < static_cast<int32_t>(hp.n_head); ++hh) {
+    RopeRotate(rope.style, rope.n_rot, cos_v, sin_v, q + hh * hd);
+  }
+  for (int32_t hh = 0; hh < static_cast<int32_t>(hp.n_head_kv); ++hh) {
+    RopeRotate(rope.style, rope.n_rot, cos_v, sin_v, k + hh * hd);
+  }
+}
+
+}  // namespace
+
 std::vector<ForwardOutput> Engine::Batch::Run(BatchStats* stats) {
   Engine& e = e_;
   const StageModel& model = *e.model_;
   const auto& hp = model.hparams();
-  const int64_t n_embd = hp.n_embd, n_kv = hp.n_embd_kv(), n_ff = hp.n_ff;
-  const int32_t hd = static_cast<int32_t>(hp.head_dim());
+  const int64_t n_embd = hp.n_embd, n_q = hp.n_embd_q(), n_kv = hp.n_embd_kv(), n_ff = hp.n_ff;
   const int32_t n_items = static_cast<int32_t>(items_.size());
   std::vector<ForwardOutput> outs(n_items);
   for (int32_t i = 0; i < n_items; ++i) {
@@ -227,10 +261,10 @@ std::vector<ForwardOutput> Engine::Batch::Run(BatchStats* stats) {
     if (n == 0) break;
     if (stats) stats->rows_per_layer.push_back(n);
     h.resize(n * n_embd);
-    q.resize(n * n_embd);
+    q.resize(n * n_q);
     k.resize(n * n_kv);
     v.resize(n * n_kv);
-    attn.resize(n * n_embd);
+    attn.resize(n * n_q);
     tmp.resize(n * n_embd);
     gate.resize(n * n_ff);
     up.resize(n * n_ff);
@@ -240,18 +274,12 @@ std::vector<ForwardOutput> Engine::Batch::Run(BatchStats* stats) {
       kernels::RmsNorm(x.data() + i * n_embd, w.attn_norm.data(), n_embd, hp.rms_norm_eps,
                        h.data() + i * n_embd);
     }
-    kernels::MatMul(w.wq, h.data(), n_embd, n, q.data(), n_embd, *e.pool_);
+    kernels::MatMul(w.wq, h.data(), n_embd, n, q.data(), n_q, *e.pool_);
     kernels::MatMul(w.wk, h.data(), n_embd, n, k.data(), n_kv, *e.pool_);
     kernels::MatMul(w.wv, h.data(), n_embd, n, v.data(), n_kv, *e.pool_);
     for (int32_t i = 0; i < n; ++i) {
-      for (int32_t hh = 0; hh < static_cast<int32_t>(hp.n_head); ++hh) {
-        ApplyRope(q.data() + i * n_embd + hh * hd, hd, row_pos[i], hp.rope_freq_base,
-                  hp.rope_freq_scale);
-      }
-      for (int32_t hh = 0; hh < static_cast<int32_t>(hp.n_head_kv); ++hh) {
-        ApplyRope(k.data() + i * n_kv + hh * hd, hd, row_pos[i], hp.rope_freq_base,
-                  hp.rope_freq_scale);
-      }
+      PrepareQkv(hp, model.rope(), w, row_pos[i], q.data() + i * n_q, k.data() + i * n_kv,
+                 v.data() + i * n_kv);
       uint8_t* krow = e.kv_->KeyRow(*row_seq[i], l, row_slot[i]);
       uint8_t* vrow = e.kv_->ValueRow(*row_seq[i], l, row_slot[i]);
       if (f16) {
@@ -263,7 +291,7 @@ std::vector<ForwardOutput> Engine::Batch::Run(BatchStats* stats) {
       }
     }
     e.Attention(row_seq, l, visible, q.data(), attn.data(), n);
-    kernels::MatMul(w.wo, attn.data(), n_embd, n, tmp.data(), n_embd, *e.pool_);
+    kernels::MatMul(w.wo, attn.data(), n_q, n, tmp.data(), n_embd, *e.pool_);
     for (int64_t j = 0; j < n * n_embd; ++j) x[j] += tmp[j];
 
     for (int32_t i = 0; i < n; ++i) {

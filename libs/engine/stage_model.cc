@@ -26,7 +26,7 @@ absl::StatusOr<kernels::Matrix> MatrixOf(const gguf::TensorInfo& t) {
 
 namespace {
 
-// Norm weights as floats (stored F32 in practice; other types are decoded once).
+// Norm weights and biases as floats (stored F32 in practice; other types are decoded once).
 absl::StatusOr<std::vector<float>> VectorOf(const gguf::TensorInfo& t) {
   if (t.shape.size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' is not a vector"));
@@ -74,12 +74,27 @@ absl::StatusOr<std::unique_ptr<StageModel>> StageModel::FromFile(std::shared_ptr
   if (st.token_embd) {
     PI_ASSIGN_OR_RETURN(m->token_embd_, MatrixOf(*st.token_embd));
   }
+  std::vector<float> rope_freqs;
+  if (st.rope_freqs) {
+    PI_ASSIGN_OR_RETURN(rope_freqs, VectorOf(*st.rope_freqs));
+  }
+  PI_ASSIGN_OR_RETURN(m->rope_, RopeConfig::For(m->hp_, std::move(rope_freqs)));
+  // Optional per-layer vectors: empty when the file has none.
+  auto vector_or_empty = [](const gguf::TensorInfo* t) -> absl::StatusOr<std::vector<float>> {
+    if (t == nullptr) return std::vector<float>();
+    return VectorOf(*t);
+  };
   for (const auto& lt : st.layers) {
     LayerWeights lw;
     PI_ASSIGN_OR_RETURN(lw.attn_norm, VectorOf(*lt.attn_norm));
     PI_ASSIGN_OR_RETURN(lw.wq, MatrixOf(*lt.wq));
     PI_ASSIGN_OR_RETURN(lw.wk, MatrixOf(*lt.wk));
     PI_ASSIGN_OR_RETURN(lw.wv, MatrixOf(*lt.wv));
+    PI_ASSIGN_OR_RETURN(lw.bq, vector_or_empty(lt.bq));
+    PI_ASSIGN_OR_RETURN(lw.bk, vector_or_empty(lt.bk));
+    PI_ASSIGN_OR_RETURN(lw.bv, vector_or_empty(lt.bv));
+    PI_ASSIGN_OR_RETURN(lw.q_norm, vector_or_empty(lt.q_norm));
+    PI_ASSIGN_OR_RETURN(lw.k_norm, vector_or_empty(lt.k_norm));
     PI_ASSIGN_OR_RETURN(lw.wo, MatrixOf(*lt.wo));
     PI_ASSIGN_OR_RETURN(lw.ffn_norm, VectorOf(*lt.ffn_norm));
     PI_ASSIGN_OR_RETURN(lw.w_gate, MatrixOf(*lt.w_gate));

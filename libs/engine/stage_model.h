@@ -1,5 +1,6 @@
-// The weights one stage computes with: layers [first, last) of a llama model, plus the token
-// embedding (first stage) and the output norm and head (last stage). Weights stay in the file's
+// The weights one stage computes with: layers [first, last) of a llama-family model (llama, qwen2,
+// qwen3; gguf/architectures.h), plus the token embedding (first stage) and the output norm and
+// head (last stage; the head is token_embd when the file ties them). Weights stay in the file's
 // memory mapping in their stored format; only the tensors of the stage are ever read.
 #pragma once
 
@@ -8,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/rope.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
 #include "kernels/kernels.h"
@@ -17,7 +19,9 @@ namespace pipeinfer::engine {
 struct LayerWeights {
   std::vector<float> attn_norm;  // [n_embd]
   kernels::Matrix wq, wk, wv, wo;
-  std::vector<float> ffn_norm;  // [n_embd]
+  std::vector<float> bq, bk, bv;      // [n_embd_q], [n_embd_kv] x2 (qwen2), or empty
+  std::vector<float> q_norm, k_norm;  // [head_dim] per-head RMSNorm (qwen3), or empty
+  std::vector<float> ffn_norm;        // [n_embd]
   kernels::Matrix w_gate, w_up, w_down;
 };
 
@@ -45,6 +49,7 @@ class StageModel {
   const kernels::Matrix& token_embd() const { return token_embd_; }
   const std::vector<float>& output_norm() const { return output_norm_; }
   const kernels::Matrix& output() const { return output_; }
+  const RopeConfig& rope() const { return rope_; }
   uint64_t weight_bytes() const { return weight_bytes_; }
 
  private:
@@ -57,6 +62,7 @@ class StageModel {
   kernels::Matrix token_embd_;
   std::vector<float> output_norm_;
   kernels::Matrix output_;
+  RopeConfig rope_;
   uint64_t weight_bytes_ = 0;
 };
 

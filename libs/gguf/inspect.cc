@@ -36,6 +36,14 @@ std::string InspectReport(const GgufFile& f, const InspectOptions& opts) {
                               hp->n_layer, hp->n_ff, hp->n_head, hp->n_head_kv, hp->head_dim(),
                               hp->n_rot, hp->rope_freq_base, hp->rope_freq_scale, hp->rms_norm_eps,
                               static_cast<int>(hp->file_type)));
+    absl::StrAppend(&out, "  rope_style ",
+                    hp->rope_style == RopeStyle::kNeox ? "neox (pairs i, i+n_rot/2)"
+                                                       : "normal (consecutive pairs)",
+                    "\n", "  rope_scaling ",
+                    hp->rope_scaling == RopeScaling::kLlama3   ? "llama3"
+                    : hp->rope_scaling == RopeScaling::kLinear ? "linear"
+                                                               : "none",
+                    "\n");
     StageSpec all{0, hp->n_layer, true, true};
     auto st = SelectStageTensors(f, *hp, all);
     absl::StrAppend(&out, "  tensors: ",

@@ -31,13 +31,70 @@ absl::Status Bad(const GgufFile& f, const std::string& msg) {
 
 }  // namespace
 
+TensorDims LlamaHParams::dims() const {
+  TensorDims d;
+  d.embd = n_embd;
+  d.vocab = n_vocab;
+  d.ff = n_ff;
+  d.q = n_embd_q();
+  d.kv = n_embd_kv();
+  d.head_dim = n_embd_head;
+  d.rope_half = n_rot / 2;
+  return d;
+}
+
+namespace {
+
+// rope.freq_base, rope.scale_linear and the rope.scaling.* keys.
+absl::Status ReadRope(const GgufFile& f, const std::string& a, LlamaHParams* hp) {
+  PI_ASSIGN_OR_RETURN(double base, f.GetFloatOr(a + ".rope.freq_base", 10000.0));
+  PI_ASSIGN_OR_RETURN(double scale, f.GetFloatOr(a + ".rope.scale_linear", 1.0));
+  if (!(base > 0) || !(scale > 0))
+    return Bad(f, "rope.freq_base and rope.scale_linear must be > 0");
+  hp->rope_freq_base = static_cast<float>(base);
+  hp->rope_freq_scale = static_cast<float>(1.0 / scale);
+  hp->rope_scaling = scale != 1.0 ? RopeScaling::kLinear : RopeScaling::kNone;
+  const std::string type_key = a + ".rope.scaling.type";
+  if (!f.Find(type_key)) return absl::OkStatus();
+  PI_ASSIGN_OR_RETURN(std::string type, f.GetString(type_key));
+  if (type == "none") return absl::OkStatus();
+  PI_ASSIGN_OR_RETURN(double factor, f.GetFloatOr(a + ".rope.scaling.factor", 1.0));
+  if (!(factor > 0)) return Bad(f, absl::StrCat(a, ".rope.scaling.factor must be > 0"));
+  hp->rope_scaling_factor = static_cast<float>(factor);
+  if (type == "linear") {
+    hp->rope_scaling = RopeScaling::kLinear;
+    hp->rope_freq_scale = static_cast<float>(1.0 / factor);
+    return absl::OkStatus();
+  }
+  if (type == "llama3") {
+    hp->rope_scaling = RopeScaling::kLlama3;
+    PI_ASSIGN_OR_RETURN(double lo, f.GetFloatOr(a + ".rope.scaling.low_freq_factor", 1.0));
+    PI_ASSIGN_OR_RETURN(double hi, f.GetFloatOr(a + ".rope.scaling.high_freq_factor", 4.0));
+    PI_ASSIGN_OR_RETURN(hp->rope_orig_ctx, GetU32(f, a + ".rope.scaling.original_context_length"));
+    if (!(lo > 0) || !(hi > lo) || hp->rope_orig_ctx == 0) {
+      return Bad(f, absl::StrCat("llama3 rope scaling needs 0 < low_freq_factor < "
+                                 "high_freq_factor and original_context_length > 0 (got ",
+                                 lo, ", ", hi, ", ", hp->rope_orig_ctx, ")"));
+    }
+    hp->rope_low_freq_factor = static_cast<float>(lo);
+    hp->rope_high_freq_factor = static_cast<float>(hi);
+    return absl::OkStatus();
+  }
+  return Bad(f, absl::StrCat(type_key, " = '", type, "' is not supported (none, linear, llama3)"));
+}
+
+}  // namespace
+
 absl::StatusOr<LlamaHParams> LlamaHParams::FromGguf(const GgufFile& f) {
   LlamaHParams hp;
   PI_ASSIGN_OR_RETURN(hp.architecture, f.GetString("general.architecture"));
-  if (hp.architecture != "llama") {
-    return Bad(f, absl::StrCat("architecture '", hp.architecture,
-                               "' is not supported (only 'llama' and its relatives)"));
+  const ArchDef* def = FindArchitecture(hp.architecture);
+  if (def == nullptr) {
+    return Bad(f, absl::StrCat("architecture '", hp.architecture, "' is not supported (only ",
+                               SupportedArchitectureNames(), ")"));
   }
+  hp.arch = def->arch;
+  hp.rope_style = def->rope;
   if (const Value* v = f.Find("general.name"); v && v->AsString()) hp.name = *v->AsString();
   const std::string a = hp.architecture;
   PI_ASSIGN_OR_RETURN(hp.n_ctx_train, GetU32(f, a + ".context_length"));
@@ -52,25 +109,35 @@ absl::StatusOr<LlamaHParams> LlamaHParams::FromGguf(const GgufFile& f) {
                "embedding_length, block_count, feed_forward_length, head counts and "
                "context_length must all be positive");
   }
-  if (hp.n_embd % hp.n_head != 0) {
-    return Bad(f, absl::StrCat("embedding_length ", hp.n_embd, " is not divisible by head_count ",
-                               hp.n_head));
-  }
   if (hp.n_head % hp.n_head_kv != 0) {
     return Bad(f, absl::StrCat("head_count ", hp.n_head, " is not a multiple of head_count_kv ",
                                hp.n_head_kv));
   }
-  PI_ASSIGN_OR_RETURN(hp.n_rot, GetU32Or(f, a + ".rope.dimension_count", hp.n_embd / hp.n_head));
+  const std::string key_len = a + ".attention.key_length";
+  if (f.Find(key_len)) {
+    PI_ASSIGN_OR_RETURN(hp.n_embd_head, GetU32(f, key_len));
+    PI_ASSIGN_OR_RETURN(uint32_t v_len, GetU32Or(f, a + ".attention.value_length", hp.n_embd_head));
+    if (v_len != hp.n_embd_head) {
+      return Bad(
+          f, absl::StrCat("attention.value_length ", v_len, " differs from attention.key_length ",
+                          hp.n_embd_head, " (not supported)"));
+    }
+  } else {
+    if (hp.n_embd % hp.n_head != 0) {
+      return Bad(f, absl::StrCat("embedding_length ", hp.n_embd, " is not divisible by head_count ",
+                                 hp.n_head));
+    }
+    hp.n_embd_head = hp.n_embd / hp.n_head;
+  }
+  if (hp.n_embd_head == 0 || hp.n_embd_head > 1024) {
+    return Bad(f, absl::StrCat("head size ", hp.n_embd_head, " is out of range (1..1024)"));
+  }
+  PI_ASSIGN_OR_RETURN(hp.n_rot, GetU32Or(f, a + ".rope.dimension_count", hp.n_embd_head));
   if (hp.n_rot != hp.head_dim() || hp.n_rot % 2 != 0) {
     return Bad(f, absl::StrCat("rope.dimension_count ", hp.n_rot,
                                " must be even and equal the head size ", hp.head_dim()));
   }
-  PI_ASSIGN_OR_RETURN(double base, f.GetFloatOr(a + ".rope.freq_base", 10000.0));
-  PI_ASSIGN_OR_RETURN(double scale, f.GetFloatOr(a + ".rope.scale_linear", 1.0));
-  if (!(base > 0) || !(scale > 0))
-    return Bad(f, "rope.freq_base and rope.scale_linear must be > 0");
-  hp.rope_freq_base = static_cast<float>(base);
-  hp.rope_freq_scale = static_cast<float>(1.0 / scale);
+  PI_RETURN_IF_ERROR(ReadRope(f, a, &hp));
   PI_ASSIGN_OR_RETURN(double eps, f.GetFloat(a + ".attention.layer_norm_rms_epsilon"));
   if (!(eps > 0)) return Bad(f, "attention.layer_norm_rms_epsilon must be > 0");
   hp.rms_norm_eps = static_cast<float>(eps);
@@ -117,6 +184,9 @@ absl::StatusOr<TokenizerMetadata> TokenizerMetadata::FromGguf(const GgufFile& f)
     if (f.Find("tokenizer.ggml.merges")) {
       PI_ASSIGN_OR_RETURN(t.merges, f.GetStringArray("tokenizer.ggml.merges"));
     }
+    if (f.Find("tokenizer.ggml.pre")) {
+      PI_ASSIGN_OR_RETURN(t.pre, f.GetString("tokenizer.ggml.pre"));
+    }
   } else {
     return Bad(f, absl::StrCat("tokenizer model '", t.model, "' is not supported (llama, gpt2)"));
   }
@@ -136,6 +206,7 @@ absl::StatusOr<TokenizerMetadata> TokenizerMetadata::FromGguf(const GgufFile& f)
     *k.out = static_cast<int32_t>(id);
   }
   PI_ASSIGN_OR_RETURN(t.add_bos, f.GetBoolOr("tokenizer.ggml.add_bos_token", t.model == "llama"));
+  t.add_bos_in_file = f.Find("tokenizer.ggml.add_bos_token") != nullptr;
   PI_ASSIGN_OR_RETURN(t.add_eos, f.GetBoolOr("tokenizer.ggml.add_eos_token", false));
   if (f.Find("tokenizer.chat_template")) {
     PI_ASSIGN_OR_RETURN(std::string tmpl, f.GetString("tokenizer.chat_template"));
@@ -144,9 +215,19 @@ absl::StatusOr<TokenizerMetadata> TokenizerMetadata::FromGguf(const GgufFile& f)
   return t;
 }
 
+std::vector<const TensorInfo*> LayerTensors::all() const {
+  std::vector<const TensorInfo*> out;
+  for (const TensorInfo* t :
+       {attn_norm, wq, wk, wv, bq, bk, bv, q_norm, k_norm, wo, ffn_norm, w_gate, w_up, w_down}) {
+    if (t) out.push_back(t);
+  }
+  return out;
+}
+
 std::vector<const TensorInfo*> StageTensors::all() const {
   std::vector<const TensorInfo*> out;
   if (token_embd) out.push_back(token_embd);
+  if (rope_freqs) out.push_back(rope_freqs);
   for (const auto& l : layers) {
     for (const TensorInfo* t : l.all()) out.push_back(t);
   }
@@ -163,18 +244,69 @@ uint64_t StageTensors::total_bytes() const {
 
 namespace {
 
-absl::StatusOr<const TensorInfo*> Expect(const GgufFile& f, const std::string& name,
-                                         std::vector<uint64_t> shape) {
-  PI_ASSIGN_OR_RETURN(const TensorInfo* t, f.GetTensor(name));
-  if (t->shape != shape) {
-    return absl::InvalidArgumentError(absl::StrCat(f.name(), ": tensor '", name, "' has shape ",
-                                                   t->ShapeString(), ", expected [",
-                                                   absl::StrJoin(shape, ", "), "]"));
+std::string ShapeText(const std::vector<uint64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+// The layer of a "blk.N.rest" name and its rest; false for other names.
+bool SplitLayerName(const std::string& name, uint32_t* layer, std::string* rest) {
+  if (name.rfind("blk.", 0) != 0) return false;
+  const size_t dot = name.find('.', 4);
+  if (dot == std::string::npos || dot == 4) return false;
+  uint64_t n = 0;
+  for (size_t i = 4; i < dot; ++i) {
+    if (name[i] < '0' || name[i] > '9' || n > UINT32_MAX / 10) return false;
+    n = n * 10 + static_cast<uint64_t>(name[i] - '0');
   }
-  return t;
+  *layer = static_cast<uint32_t>(n);
+  *rest = name.substr(dot + 1);
+  return true;
 }
 
 }  // namespace
+
+absl::Status ValidateTensors(const GgufFile& f, const LlamaHParams& hp) {
+  const ArchDef& def = ArchitectureOf(hp.arch);
+  const TensorDims dims = hp.dims();
+  auto dims_text = [&] {
+    return absl::StrCat("n_embd ", dims.embd, ", n_vocab ", dims.vocab, ", n_ff ", dims.ff,
+                        ", n_head ", hp.n_head, ", n_head_kv ", hp.n_head_kv, ", head_dim ",
+                        dims.head_dim);
+  };
+  // Every tensor of the file must be one of the architecture's, with its shape.
+  for (const TensorInfo& t : f.tensors()) {
+    uint32_t layer = 0;
+    std::string rest;
+    const bool in_layer = SplitLayerName(t.name, &layer, &rest);
+    const TensorDef* match = nullptr;
+    for (const TensorDef& d : def.tensors) {
+      if (d.per_layer == in_layer && (in_layer ? rest == d.name : t.name == d.name)) match = &d;
+    }
+    if (match == nullptr || (in_layer && layer >= hp.n_layer)) {
+      return Bad(f, absl::StrCat("unexpected tensor '", t.name, "': architecture '", def.name,
+                                 "' with ", hp.n_layer, " layers has no such tensor"));
+    }
+    const std::vector<uint64_t> want = ResolveShape(*match, dims);
+    if (t.shape != want) {
+      return Bad(f, absl::StrCat("tensor '", t.name, "' has shape ", t.ShapeString(), ", expected ",
+                                 ShapeText(want), " (", dims_text(), ")"));
+    }
+  }
+  // And every required tensor must be there.
+  for (const TensorDef& d : def.tensors) {
+    if (!d.required) continue;
+    const uint32_t n = d.per_layer ? hp.n_layer : 1;
+    for (uint32_t i = 0; i < n; ++i) {
+      const std::string name = TensorName(d, i);
+      if (!f.FindTensor(name)) {
+        return absl::NotFoundError(absl::StrCat(f.name(), ": tensor '", name,
+                                                "' not found (architecture '", def.name,
+                                                "' requires it)"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<StageTensors> SelectStageTensors(const GgufFile& f, const LlamaHParams& hp,
                                                 const StageSpec& spec) {
@@ -183,35 +315,41 @@ absl::StatusOr<StageTensors> SelectStageTensors(const GgufFile& f, const LlamaHP
         absl::StrCat("layer range [", spec.first_layer, ", ", spec.last_layer,
                      ") is invalid for a model with ", hp.n_layer, " layers"));
   }
+  PI_RETURN_IF_ERROR(ValidateTensors(f, hp));
+  // Shapes are checked above; here only presence matters.
+  auto get = [&](const std::string& name) { return f.FindTensor(name); };
   StageTensors st;
   st.first_layer = spec.first_layer;
   st.last_layer = spec.last_layer;
-  const uint64_t e = hp.n_embd, kv = hp.n_embd_kv(), ff = hp.n_ff, v = hp.n_vocab;
-  if (spec.embedding) {
-    PI_ASSIGN_OR_RETURN(st.token_embd, Expect(f, "token_embd.weight", {e, v}));
-  }
+  if (spec.embedding) st.token_embd = get("token_embd.weight");
+  st.rope_freqs = get("rope_freqs.weight");
   for (uint32_t i = spec.first_layer; i < spec.last_layer; ++i) {
     const std::string p = absl::StrCat("blk.", i, ".");
     LayerTensors l;
-    PI_ASSIGN_OR_RETURN(l.attn_norm, Expect(f, p + "attn_norm.weight", {e}));
-    PI_ASSIGN_OR_RETURN(l.wq, Expect(f, p + "attn_q.weight", {e, e}));
-    PI_ASSIGN_OR_RETURN(l.wk, Expect(f, p + "attn_k.weight", {e, kv}));
-    PI_ASSIGN_OR_RETURN(l.wv, Expect(f, p + "attn_v.weight", {e, kv}));
-    PI_ASSIGN_OR_RETURN(l.wo, Expect(f, p + "attn_output.weight", {e, e}));
-    PI_ASSIGN_OR_RETURN(l.ffn_norm, Expect(f, p + "ffn_norm.weight", {e}));
-    PI_ASSIGN_OR_RETURN(l.w_gate, Expect(f, p + "ffn_gate.weight", {e, ff}));
-    PI_ASSIGN_OR_RETURN(l.w_up, Expect(f, p + "ffn_up.weight", {e, ff}));
-    PI_ASSIGN_OR_RETURN(l.w_down, Expect(f, p + "ffn_down.weight", {ff, e}));
+    l.attn_norm = get(p + "attn_norm.weight");
+    l.wq = get(p + "attn_q.weight");
+    l.wk = get(p + "attn_k.weight");
+    l.wv = get(p + "attn_v.weight");
+    l.bq = get(p + "attn_q.bias");
+    l.bk = get(p + "attn_k.bias");
+    l.bv = get(p + "attn_v.bias");
+    l.q_norm = get(p + "attn_q_norm.weight");
+    l.k_norm = get(p + "attn_k_norm.weight");
+    l.wo = get(p + "attn_output.weight");
+    l.ffn_norm = get(p + "ffn_norm.weight");
+    l.w_gate = get(p + "ffn_gate.weight");
+    l.w_up = get(p + "ffn_up.weight");
+    l.w_down = get(p + "ffn_down.weight");
+    if (!l.bq != !l.bk || !l.bq != !l.bv) {
+      return Bad(f, absl::StrCat("block ", i, " has only some of attn_q/k/v.bias"));
+    }
     st.layers.push_back(l);
   }
   if (spec.head) {
-    PI_ASSIGN_OR_RETURN(st.output_norm, Expect(f, "output_norm.weight", {e}));
-    if (f.FindTensor("output.weight")) {
-      PI_ASSIGN_OR_RETURN(st.output, Expect(f, "output.weight", {e, v}));
-    } else {
-      // Tied embeddings: the head reuses token_embd.
-      PI_ASSIGN_OR_RETURN(st.output, Expect(f, "token_embd.weight", {e, v}));
-    }
+    st.output_norm = get("output_norm.weight");
+    st.output = get("output.weight");
+    // Tied embeddings: the head reuses token_embd (which this stage then reads too).
+    if (st.output == nullptr) st.output = get("token_embd.weight");
   }
   return st;
 }

@@ -22,6 +22,7 @@ struct Core {
   ServedModel model;
   std::unique_ptr<DraftPool> drafts;  // the draft services (pipeline replicas)
   std::string default_mode;           // the draft services' default speculation mode
+  uint32_t n_stages = 0;              // stages per pipeline (0: unknown)
   std::atomic<bool> draining{false};  // SIGTERM: /ready answers 503, requests still served
   std::unique_ptr<RequestBuilder> requests;
   std::unique_ptr<RouterMetrics> metrics;

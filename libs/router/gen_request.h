@@ -14,6 +14,14 @@
 
 namespace pipeinfer::router {
 
+// One generated token's log-probability under the target's raw distribution and the most likely
+// alternatives at its position (draft.proto TokenLogprob).
+struct TokenLogprobs {
+  float logprob = 0.0f;
+  std::vector<uint32_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+
 struct GenRequest {
   std::string request_id;
   std::vector<uint32_t> prompt;
@@ -25,11 +33,14 @@ struct GenRequest {
   bool ignore_eos = false;
   v1::SpecConfig spec;
   std::optional<std::chrono::system_clock::time_point> deadline;
+  // Set: report log-probabilities with this many alternatives per token (0..20).
+  std::optional<uint32_t> logprobs;
 
   // Bookkeeping for metrics and the access log (request_report.h).
   std::chrono::steady_clock::time_point arrival = std::chrono::steady_clock::now();
   std::string mode = "unknown";  // metrics label: the request's or the default speculation mode
   std::string client;            // the client's address
+  std::string user;              // the client's end-user id (OpenAI "user"), for the access log
   std::string replica;           // the draft service replica that served it
   double queue_s = -1;           // waited for a slot (-1: not admitted)
   double ttft_s = -1;            // arrival to first token (-1: none)
@@ -46,9 +57,10 @@ struct GenResult {
 
 // Event callbacks of a generation.
 struct GenSink {
-  // Text and the token ids it came from; index = number of ids delivered before. Returns false
-  // when the client is gone.
-  std::function<bool(const std::string& text, const std::vector<uint32_t>& ids, uint32_t index)>
+  // Text and the token ids it came from; index = number of ids delivered before; `logprobs` one
+  // per id when the request asked for them (else empty). Returns false when the client is gone.
+  std::function<bool(const std::string& text, const std::vector<uint32_t>& ids, uint32_t index,
+                     const std::vector<TokenLogprobs>& logprobs)>
       on_delta;
   // Checked between events and at the end; true = the client went away.
   std::function<bool()> cancelled;

@@ -67,6 +67,7 @@ std::optional<Error> Generator::Attempt(GenRequest& g, grpc::ClientContext* ctx,
   for (uint32_t id : g.stop_token_ids) req.add_stop_token_ids(id);
   req.set_ignore_eos(g.ignore_eos);
   *req.mutable_spec() = g.spec;
+  if (g.logprobs) req.set_logprobs(*g.logprobs);
   if (g.deadline) ctx->set_deadline(*g.deadline);
 
   // A stub is two pointers and the method names; the channel (and its connection) is shared.
@@ -82,6 +83,7 @@ std::optional<Error> Generator::Attempt(GenRequest& g, grpc::ClientContext* ctx,
   Clock::time_point last_token;
   uint32_t sent_index = 0;
   std::vector<uint32_t> unsent_ids;
+  std::vector<TokenLogprobs> unsent_lps;
   while (reader->Read(&ev)) {
     if (sink.cancelled && sink.cancelled()) {
       client_gone = true;
@@ -109,10 +111,26 @@ std::optional<Error> Generator::Attempt(GenRequest& g, grpc::ClientContext* ctx,
         unsent_ids.push_back(id);
         text += detok.Push(static_cast<int32_t>(id));
       }
+      if (g.logprobs) {
+        if (ev.tokens().logprobs_size() != n) {
+          draft_error =
+              Error{absl::StatusCode::kInternal,
+                    "the draft service sent tokens without their log-probabilities", "", ""};
+          ctx->TryCancel();
+          break;
+        }
+        for (const v1::TokenLogprob& lp : ev.tokens().logprobs()) {
+          TokenLogprobs t;
+          t.logprob = lp.logprob();
+          t.top_ids.assign(lp.top_token_ids().begin(), lp.top_token_ids().end());
+          t.top_logprobs.assign(lp.top_logprobs().begin(), lp.top_logprobs().end());
+          unsent_lps.push_back(std::move(t));
+        }
+      }
       std::string out = stops.Push(text, &result->stop_sequence);
       if (!result->stop_sequence.empty()) stopped = true;
       if (!out.empty() || !unsent_ids.empty()) {
-        if (!sink.on_delta(out, unsent_ids, sent_index)) {
+        if (!sink.on_delta(out, unsent_ids, sent_index, unsent_lps)) {
           client_gone = true;
           ctx->TryCancel();
           break;
@@ -120,6 +138,7 @@ std::optional<Error> Generator::Attempt(GenRequest& g, grpc::ClientContext* ctx,
         *started = true;
         sent_index += static_cast<uint32_t>(unsent_ids.size());
         unsent_ids.clear();
+        unsent_lps.clear();
       }
       if (stopped) {
         ctx->TryCancel();
@@ -170,7 +189,7 @@ std::optional<Error> Generator::Attempt(GenRequest& g, grpc::ClientContext* ctx,
     tail += stops.Flush();
   }
   if (!tail.empty() || !unsent_ids.empty()) {
-    if (!sink.on_delta(tail, unsent_ids, sent_index)) return ClientGone();
+    if (!sink.on_delta(tail, unsent_ids, sent_index, unsent_lps)) return ClientGone();
     *started = true;
   }
   return std::nullopt;

@@ -162,7 +162,8 @@ class RouterService final : public v1::Router::Service {
     // Every attempt inherits the client's deadline and cancellation.
     DraftCall call(sctx);
     GenSink sink;
-    sink.on_delta = [&](const std::string& text, const std::vector<uint32_t>& ids, uint32_t index) {
+    sink.on_delta = [&](const std::string& text, const std::vector<uint32_t>& ids, uint32_t index,
+                        const std::vector<TokenLogprobs>&) {
       v1::GenerateEvent ev;
       ev.mutable_delta()->set_text(text);
       for (uint32_t id : ids) ev.mutable_delta()->add_token_ids(id);

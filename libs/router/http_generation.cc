@@ -10,9 +10,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include "log/build_info.h"
 #include "router/client_link.h"
 #include "router/http_limits.h"
 #include "router/http_reply.h"
+#include "router/openai_logprobs.h"
 #include "router/openai_request.h"
 #include "router/openai_response.h"
 #include "router/request_report.h"
@@ -26,9 +28,17 @@ void ServeWhole(Core& core, httplib::Response& res, const std::string& endpoint,
                 std::shared_ptr<Admission::Slot> slot, ClientLink& link,
                 const AnswerHeader& header) {
   std::string text;
+  LogprobsRenderer renderer(*core.model.tok, header.chat);
+  std::vector<uint32_t> ids;
+  std::vector<TokenLogprobs> lps;
   GenSink sink;
-  sink.on_delta = [&](const std::string& t, const std::vector<uint32_t>&, uint32_t) {
+  sink.on_delta = [&](const std::string& t, const std::vector<uint32_t>& delta_ids, uint32_t,
+                      const std::vector<TokenLogprobs>& delta_lps) {
     text += t;
+    if (header.logprobs) {
+      ids.insert(ids.end(), delta_ids.begin(), delta_ids.end());
+      lps.insert(lps.end(), delta_lps.begin(), delta_lps.end());
+    }
     return true;
   };
   // Nothing is written before the end, so only the watcher can tell that the client left.
@@ -43,7 +53,8 @@ void ServeWhole(Core& core, httplib::Response& res, const std::string& endpoint,
   }
   res.status = 200;
   res.set_header("X-Request-Id", g.request_id);
-  res.set_content(Dump(CompletionBody(header, text, r)), "application/json");
+  const nlohmann::json logprobs = header.logprobs ? renderer.Render(ids, lps) : nlohmann::json();
+  res.set_content(Dump(CompletionBody(header, text, r, logprobs)), "application/json");
   RequestEnd end;
   end.endpoint = endpoint;
   end.code = 200;
@@ -63,8 +74,8 @@ void ServeGeneration(Core& core, const httplib::Request& req, httplib::Response&
     SendError(core, res, endpoint, *e, g.get());
     return;
   }
-  bool stream = false;
-  if (auto e = ParseOpenAiRequest(body, chat, *core.requests, g.get(), &stream)) {
+  HttpOptions options;
+  if (auto e = ParseOpenAiRequest(body, chat, *core.requests, g.get(), &options)) {
     SendError(core, res, endpoint, *e, g.get());
     return;
   }
@@ -99,7 +110,11 @@ void ServeGeneration(Core& core, const httplib::Request& req, httplib::Response&
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
   header.model = core.model.id;
-  if (stream) {
+  static const std::string fingerprint = log::SystemFingerprint();
+  header.fingerprint = fingerprint;
+  header.logprobs = g->logprobs.has_value();
+  header.include_usage = options.include_usage;
+  if (options.stream) {
     ServeStream(core, res, endpoint, std::move(g), std::move(slot), std::move(link), header);
   } else {
     ServeWhole(core, res, endpoint, *g, std::move(slot), *link, header);

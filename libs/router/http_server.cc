@@ -10,6 +10,8 @@
 #include "router/http_generation.h"
 #include "router/http_limits.h"
 #include "router/http_reply.h"
+#include "router/trace_stream.h"
+#include "router/web_assets.h"
 
 namespace pipeinfer::router {
 
@@ -98,6 +100,17 @@ void HttpServer::SetUpRoutes() {
     r.set_content(Dump(json{{"object", "list"}, {"data", json::array({m})}}), "application/json");
     core.metrics->CountHttp("/v1/models", 200, "none");
   });
+  // The browser pages (web_assets.h) and the trace stream they read.
+  http_->Get("/", [&core](const httplib::Request&, httplib::Response& r) {
+    r.set_content(std::string(ChatPageHtml()), "text/html; charset=utf-8");
+    core.metrics->CountHttp("/", 200, "none");
+  });
+  http_->Get("/pipeline", [&core](const httplib::Request&, httplib::Response& r) {
+    r.set_content(std::string(PipelinePageHtml()), "text/html; charset=utf-8");
+    core.metrics->CountHttp("/pipeline", 200, "none");
+  });
+  http_->Get("/v1/internal/trace",
+             [&core](const httplib::Request& q, httplib::Response& r) { ServeTrace(core, q, r); });
   http_->Get("/health", [&core](const httplib::Request&, httplib::Response& r) {
     r.set_content("{\"status\":\"ok\"}", "application/json");
     core.metrics->CountHttp("/health", 200, "none");

@@ -1,11 +1,13 @@
 #include "router/openai_request.h"
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
+#include "router/openai_fields.h"
 
 namespace pipeinfer::router {
 namespace {
@@ -32,17 +34,171 @@ std::optional<Error> Get(const json& body, const char* key, std::optional<T>* ou
   return std::nullopt;
 }
 
+// "logit_bias": {"<token id>": bias in [-100, 100], ...}.
+std::optional<Error> ParseLogitBias(const json& body, const RequestBuilder& b, GenRequest* g) {
+  auto it = body.find("logit_bias");
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_object()) {
+    return Invalid("'logit_bias' must be an object mapping token ids to biases", "logit_bias");
+  }
+  if (it->size() > 1024) return Invalid("'logit_bias' may hold at most 1024 tokens", "logit_bias");
+  const int64_t n_vocab = b.model().tok->n_vocab();
+  for (auto e = it->begin(); e != it->end(); ++e) {
+    const std::string& key = e.key();
+    int64_t id = -1;
+    if (!key.empty() && key.size() <= 10 &&
+        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      id = std::stoll(key);
+    }
+    if (id < 0 || id >= n_vocab) {
+      return Invalid(
+          absl::StrCat("logit_bias: '", key, "' is not a token id (0 to ", n_vocab - 1, ")"),
+          "logit_bias");
+    }
+    if (!e->is_number()) {
+      return Invalid(absl::StrCat("logit_bias: the bias of token ", key, " must be a number"),
+                     "logit_bias");
+    }
+    const double v = e->get<double>();
+    if (!(v >= -100.0 && v <= 100.0)) {
+      return Invalid(absl::StrCat("logit_bias: the bias of token ", key, " must be in [-100, 100]"),
+                     "logit_bias");
+    }
+    (*g->sampling.mutable_logit_bias())[static_cast<uint32_t>(id)] = static_cast<float>(v);
+  }
+  return std::nullopt;
+}
+
+// Chat: "logprobs": bool, "top_logprobs": 0..20 (only with logprobs). Completions: "logprobs":
+// 0..5 alternatives (null = none).
+std::optional<Error> ParseLogprobs(const json& body, bool chat, GenRequest* g) {
+  if (chat) {
+    std::optional<bool> logprobs;
+    std::optional<int64_t> top;
+    if (auto e = Get(body, "logprobs", &logprobs)) return e;
+    if (auto e = Get(body, "top_logprobs", &top)) return e;
+    if (top && (*top < 0 || *top > 20)) {
+      return Invalid("'top_logprobs' must be in [0, 20]", "top_logprobs");
+    }
+    if (top && !logprobs.value_or(false)) {
+      return Invalid("'top_logprobs' needs 'logprobs' set to true", "top_logprobs");
+    }
+    if (logprobs.value_or(false)) g->logprobs = static_cast<uint32_t>(top.value_or(0));
+    return std::nullopt;
+  }
+  std::optional<int64_t> n;
+  if (auto e = Get(body, "logprobs", &n)) return e;
+  if (n && (*n < 0 || *n > 5)) return Invalid("'logprobs' must be in [0, 5]", "logprobs");
+  if (n) g->logprobs = static_cast<uint32_t>(*n);
+  return std::nullopt;
+}
+
+// "stream_options": {"include_usage": bool}, only with "stream": true.
+std::optional<Error> ParseStreamOptions(const json& body, HttpOptions* o) {
+  auto it = body.find("stream_options");
+  if (it == body.end() || it->is_null()) return std::nullopt;
+  if (!it->is_object()) return Invalid("'stream_options' must be an object", "stream_options");
+  if (!o->stream) {
+    return Invalid("'stream_options' is only allowed when 'stream' is true", "stream_options");
+  }
+  for (auto e = it->begin(); e != it->end(); ++e) {
+    if (e.key() != "include_usage") {
+      return Invalid(absl::StrCat("unknown field 'stream_options.", e.key(), "'"),
+                     "stream_options");
+    }
+    if (e->is_null()) continue;
+    if (!e->is_boolean()) {
+      return Invalid("'stream_options.include_usage' must be a boolean", "stream_options");
+    }
+    o->include_usage = e->get<bool>();
+  }
+  return std::nullopt;
+}
+
+// Extension "mode": the speculation mode of this request.
+std::optional<Error> ParseMode(const json& body, GenRequest* g) {
+  std::optional<std::string> mode;
+  if (auto e = Get(body, "mode", &mode)) return e;
+  if (!mode) return std::nullopt;
+  if (*mode == "plain") {
+    g->spec.set_mode(v1::SPEC_MODE_PLAIN);
+  } else if (*mode == "sync") {
+    g->spec.set_mode(v1::SPEC_MODE_SYNC);
+  } else if (*mode == "pipeinfer") {
+    g->spec.set_mode(v1::SPEC_MODE_PIPEINFER);
+  } else {
+    return Invalid(
+        absl::StrCat("'mode' must be \"plain\", \"sync\" or \"pipeinfer\", got \"", *mode, "\""),
+        "mode");
+  }
+  return std::nullopt;
+}
+
+// "user" (and "safety_identifier"): a printable string of at most 256 bytes, for the access log.
+std::optional<Error> ParseUser(const json& body, GenRequest* g) {
+  for (const char* key : {"user", "safety_identifier"}) {
+    std::optional<std::string> user;
+    if (auto e = Get(body, key, &user)) return e;
+    if (!user) continue;
+    if (user->size() > 256 ||
+        !std::all_of(user->begin(), user->end(), [](char c) { return c >= 0x20 && c != 0x7f; })) {
+      return Invalid(
+          absl::StrCat("'", key, "' must be at most 256 bytes without control characters"), key);
+    }
+    if (g->user.empty()) g->user = *user;
+  }
+  return std::nullopt;
+}
+
+// Sampling fields -> g->sampling, checked.
+std::optional<Error> ParseSampling(const json& body, const RequestBuilder& b, GenRequest* g) {
+  std::optional<int64_t> seed, top_k;
+  std::optional<double> temperature, top_p, min_p, repetition_penalty, frequency_penalty,
+      presence_penalty;
+  if (auto e = Get(body, "temperature", &temperature)) return e;
+  if (auto e = Get(body, "top_p", &top_p)) return e;
+  if (auto e = Get(body, "top_k", &top_k)) return e;
+  if (auto e = Get(body, "min_p", &min_p)) return e;
+  if (auto e = Get(body, "repetition_penalty", &repetition_penalty)) return e;
+  if (auto e = Get(body, "frequency_penalty", &frequency_penalty)) return e;
+  if (auto e = Get(body, "presence_penalty", &presence_penalty)) return e;
+  if (auto e = Get(body, "seed", &seed)) return e;
+  g->sampling.set_temperature(static_cast<float>(temperature.value_or(1.0)));
+  if (top_p) g->sampling.set_top_p(static_cast<float>(*top_p));
+  if (top_k) {
+    if (*top_k < 0 || *top_k > 1000000000) return Invalid("top_k must be >= 0", "top_k");
+    g->sampling.set_top_k(static_cast<int32_t>(*top_k));
+  }
+  if (min_p) g->sampling.set_min_p(static_cast<float>(*min_p));
+  if (repetition_penalty) {
+    g->sampling.set_repetition_penalty(static_cast<float>(*repetition_penalty));
+  }
+  if (frequency_penalty) g->sampling.set_frequency_penalty(static_cast<float>(*frequency_penalty));
+  if (presence_penalty) g->sampling.set_presence_penalty(static_cast<float>(*presence_penalty));
+  if (seed) g->sampling.set_seed(static_cast<uint64_t>(*seed));
+  if (auto e = ParseLogitBias(body, b, g)) return e;
+  if (auto e = b.CheckSampling(g->sampling)) {
+    const std::string& m = e->message;
+    for (const char* p : {"temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                          "frequency_penalty", "presence_penalty", "logit_bias"}) {
+      if (m.rfind(p, 0) == 0) e->param = p;
+    }
+    return e;
+  }
+  return std::nullopt;
+}
+
 // Common OpenAI fields -> GenRequest.
 std::optional<Error> ParseCommon(const json& body, bool chat, const RequestBuilder& b,
-                                 GenRequest* g, bool* stream) {
+                                 GenRequest* g, HttpOptions* o) {
+  if (auto e = CheckFields(body, chat)) return e;
   std::optional<std::string> model;
   if (auto e = Get(body, "model", &model)) return e;
   if (auto e = b.CheckModel(model.value_or(""))) return e;
-  std::optional<int64_t> n, max_tokens, max_completion_tokens, seed, top_k;
-  std::optional<double> temperature, top_p, repetition_penalty;
-  std::optional<bool> stream_opt;
+  std::optional<int64_t> n, max_tokens, max_completion_tokens;
+  std::optional<bool> stream_opt, ignore_eos;
   if (auto e = Get(body, "n", &n)) return e;
-  if (n && *n != 1) return Invalid("only n = 1 is supported", "n");
+  if (n && *n != 1) return Invalid("'n' is not supported by this server (only n = 1)", "n");
   if (auto e = Get(body, "max_tokens", &max_tokens)) return e;
   if (auto e = Get(body, "max_completion_tokens", &max_completion_tokens)) return e;
   if (max_completion_tokens) max_tokens = max_completion_tokens;
@@ -52,30 +208,15 @@ std::optional<Error> ParseCommon(const json& body, bool chat, const RequestBuild
     }
     g->max_tokens = static_cast<uint32_t>(*max_tokens);
   }
-  if (auto e = Get(body, "temperature", &temperature)) return e;
-  if (auto e = Get(body, "top_p", &top_p)) return e;
-  if (auto e = Get(body, "top_k", &top_k)) return e;
-  if (auto e = Get(body, "repetition_penalty", &repetition_penalty)) return e;
-  if (auto e = Get(body, "seed", &seed)) return e;
   if (auto e = Get(body, "stream", &stream_opt)) return e;
-  *stream = stream_opt.value_or(false);
-  g->sampling.set_temperature(static_cast<float>(temperature.value_or(1.0)));
-  if (top_p) g->sampling.set_top_p(static_cast<float>(*top_p));
-  if (top_k) {
-    if (*top_k < 0 || *top_k > 1000000000) return Invalid("top_k must be >= 0", "top_k");
-    g->sampling.set_top_k(static_cast<int32_t>(*top_k));
-  }
-  if (repetition_penalty) {
-    g->sampling.set_repetition_penalty(static_cast<float>(*repetition_penalty));
-  }
-  if (seed) g->sampling.set_seed(static_cast<uint64_t>(*seed));
-  if (auto e = b.CheckSampling(g->sampling)) {
-    const std::string& m = e->message;
-    for (const char* p : {"temperature", "top_p", "top_k", "repetition_penalty"}) {
-      if (m.rfind(p, 0) == 0) e->param = p;
-    }
-    return e;
-  }
+  o->stream = stream_opt.value_or(false);
+  if (auto e = ParseStreamOptions(body, o)) return e;
+  if (auto e = Get(body, "ignore_eos", &ignore_eos)) return e;
+  g->ignore_eos = ignore_eos.value_or(false);
+  if (auto e = ParseSampling(body, b, g)) return e;
+  if (auto e = ParseLogprobs(body, chat, g)) return e;
+  if (auto e = ParseMode(body, g)) return e;
+  if (auto e = ParseUser(body, g)) return e;
   auto it = body.find("stop");
   if (it != body.end() && !it->is_null()) {
     std::vector<std::string> stops;
@@ -83,7 +224,8 @@ std::optional<Error> ParseCommon(const json& body, bool chat, const RequestBuild
       stops.push_back(it->get<std::string>());
     } else if (it->is_array()) {
       for (const auto& s : *it) {
-        if (!s.is_string()) return Invalid("'stop' must be a string or an array of strings");
+        if (!s.is_string())
+          return Invalid("'stop' must be a string or an array of strings", "stop");
         stops.push_back(s.get<std::string>());
       }
     } else {
@@ -102,10 +244,12 @@ std::optional<Error> ParseMessages(const json& body, const RequestBuilder& b, Ge
     return Invalid("'messages' must be an array of messages", "messages");
   }
   std::vector<chat::ChatMessage> msgs;
+  size_t index = 0;
   for (const auto& m : *it) {
     if (!m.is_object() || !m.contains("role") || !m["role"].is_string()) {
       return Invalid("each message must be an object with a string 'role'", "messages");
     }
+    if (auto e = CheckMessageFields(m, index++)) return e;
     std::string content;
     if (m.contains("content") && !m["content"].is_null()) {
       const auto& c = m["content"];
@@ -113,8 +257,15 @@ std::optional<Error> ParseMessages(const json& body, const RequestBuilder& b, Ge
         content = c.get<std::string>();
       } else if (c.is_array()) {
         for (const auto& part : c) {
-          if (!part.is_object() || !part.contains("text") || !part["text"].is_string()) {
+          if (!part.is_object() || !part.contains("text") || !part["text"].is_string() ||
+              (part.contains("type") && part["type"] != "text")) {
             return Invalid("only text content parts are supported", "messages");
+          }
+          for (auto f = part.begin(); f != part.end(); ++f) {
+            if (f.key() != "type" && f.key() != "text") {
+              return Invalid(absl::StrCat("unknown field '", f.key(), "' in a content part"),
+                             "messages");
+            }
           }
           content += part["text"].get<std::string>();
         }
@@ -166,7 +317,7 @@ std::optional<Error> ParsePrompt(const json& body, const RequestBuilder& b, GenR
 
 std::optional<Error> ParseOpenAiRequest(const std::string& body_text, bool chat,
                                         const RequestBuilder& builder, GenRequest* g,
-                                        bool* stream) {
+                                        HttpOptions* options) {
   json body;
   try {
     body = json::parse(body_text);
@@ -175,7 +326,7 @@ std::optional<Error> ParseOpenAiRequest(const std::string& body_text, bool chat,
   }
   if (!body.is_object()) return Invalid("the request body must be a JSON object");
   try {
-    if (auto e = ParseCommon(body, chat, builder, g, stream)) return e;
+    if (auto e = ParseCommon(body, chat, builder, g, options)) return e;
     if (auto e = chat ? ParseMessages(body, builder, g) : ParsePrompt(body, builder, g)) return e;
     return builder.CheckContext(g);
   } catch (const std::exception& ex) {

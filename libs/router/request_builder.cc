@@ -59,7 +59,10 @@ std::optional<Error> RequestBuilder::BuildChat(const std::vector<chat::ChatMessa
       return Invalid("message content is not valid UTF-8", "messages");
     }
   }
-  chat::TemplateId t = model_.chat_template;
+  // The served template (the GGUF's through the Jinja interpreter, or --chat-template's); a
+  // request may name a built-in format, or pass a Jinja text whose family selects one.
+  const chat::ModelTemplate* t = &model_.chat_template;
+  std::optional<chat::ModelTemplate> requested;
   if (!template_name.empty()) {
     auto named = chat::TemplateByName(template_name);
     if (!named) {
@@ -70,10 +73,11 @@ std::optional<Error> RequestBuilder::BuildChat(const std::vector<chat::ChatMessa
       }
       named = detected;
     }
-    t = *named;
+    requested = chat::ModelTemplate::Builtin(*named);
+    t = &*requested;
   }
   std::vector<chat::TextRange> content;
-  auto text = chat::Render(t, msgs, /*add_generation_prompt=*/true, &content);
+  auto text = t->Render(msgs, /*add_generation_prompt=*/true, &content);
   if (!text.ok()) return Invalid(S(text.status().message()), "messages");
   // The bound counts the whole rendered text: every message's content plus the template's.
   if (auto e = CheckPromptBytes(text->size(), "messages")) return e;
@@ -84,7 +88,7 @@ std::optional<Error> RequestBuilder::BuildChat(const std::vector<chat::ChatMessa
   for (int32_t id : tok.Encode(*text, tok.add_bos(), /*parse_special=*/true, literal)) {
     g->prompt.push_back(static_cast<uint32_t>(id));
   }
-  g->stops = chat::StopStrings(t);
+  g->stops = t->StopStrings();
   return std::nullopt;
 }
 
@@ -119,6 +123,17 @@ std::optional<Error> RequestBuilder::CheckSampling(const v1::SamplingParams& p) 
   if (p.has_min_p()) sp.min_p = p.min_p();
   if (p.has_repetition_penalty()) sp.repetition_penalty = p.repetition_penalty();
   if (p.has_repeat_last_n()) sp.repeat_last_n = p.repeat_last_n();
+  if (p.has_frequency_penalty()) sp.frequency_penalty = p.frequency_penalty();
+  if (p.has_presence_penalty()) sp.presence_penalty = p.presence_penalty();
+  const uint32_t n_vocab = static_cast<uint32_t>(model_.tok->n_vocab());
+  for (const auto& [id, bias] : p.logit_bias()) {
+    if (id >= n_vocab) {
+      return Invalid(absl::StrCat("logit_bias: token id ", id,
+                                  " is not in the vocabulary (n_vocab ", n_vocab, ")"),
+                     "logit_bias");
+    }
+    sp.logit_bias.emplace_back(static_cast<int32_t>(id), bias);
+  }
   const absl::Status st = sampling::Validate(sp);
   if (!st.ok()) return Invalid(S(st.message()));
   return std::nullopt;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "chat/chat_template.h"
+#include "chat/model_template.h"
 #include "router/error.h"
 #include "router/gen_request.h"
 #include "router/served_model.h"

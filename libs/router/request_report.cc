@@ -64,6 +64,7 @@ void ReportRequest(RouterMetrics& metrics, const GenRequest& g, const RequestEnd
               {"ttft_s", g.ttft_s},
               {"e2e_s", e2e},
               {"client", g.client},
+              {"user", g.user},
               {"replica", g.replica}});
 }
 

@@ -1,6 +1,7 @@
 // The end of one generation request, as metrics and the access log see it: the request count by
 // front end and status, pipeinfer_request_success_total and the end-to-end latency of finished
-// requests, and one access-log line (id, model, mode, status, tokens, TTFT, e2e, client, replica).
+// requests, and one access-log line (id, model, mode, status, tokens, TTFT, e2e, client, the
+// client's end user (OpenAI "user"), replica).
 #pragma once
 
 #include <chrono>

@@ -85,6 +85,7 @@ class Router::Impl {
       v1::SpecConfig mode;
       mode.set_mode(info.model().default_mode());
       core_.default_mode = ModeLabel(mode, "");
+      core_.n_stages = info.model().n_stages();
       break;
     }
     if (core_.default_mode.empty()) {

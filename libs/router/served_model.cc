@@ -27,17 +27,21 @@ absl::StatusOr<ServedModel> LoadServedModel(const std::string& path,
   m.tok = std::move(*tok);
   auto hp = gguf::LlamaHParams::FromGguf(**file);
   if (hp.ok()) m.n_ctx = hp->n_ctx_train;
-  if (!template_name.empty()) {
-    auto t = chat::TemplateByName(template_name);
-    if (!t) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("unknown chat template '", template_name,
-                       "' (known: chatml, llama2, mistral, zephyr, llama3, plain)"));
-    }
-    m.chat_template = *t;
-  } else {
-    m.chat_template = chat::DetectTemplate(meta->chat_template.value_or(""));
+  // bos_token / eos_token are the texts of the vocabulary's BOS/EOS ids (what llama.cpp passes);
+  // the tokenizer adds the BOS token itself, so a rendering's leading BOS text is dropped.
+  chat::TemplateTokens tokens;
+  const auto text_of = [&](int32_t id) {
+    return id >= 0 && static_cast<size_t>(id) < meta->tokens.size() ? meta->tokens[id]
+                                                                    : std::string();
+  };
+  tokens.bos = text_of(meta->bos_id);
+  tokens.eos = text_of(meta->eos_id);
+  tokens.strip_leading_bos = m.tok->add_bos();
+  auto tmpl = chat::ModelTemplate::Select(template_name, meta->chat_template, std::move(tokens));
+  if (!tmpl.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": ", S(tmpl.status().message())));
   }
+  m.chat_template = std::move(*tmpl);
   m.id = model_id;
   if (m.id.empty()) {
     std::string base = path.substr(path.find_last_of('/') + 1);
@@ -53,7 +57,9 @@ absl::StatusOr<ServedModel> LoadServedModel(const std::string& path,
 }
 
 size_t PromptBytesBound(const tokenizer::Tokenizer& tok, uint32_t n_ctx) {
-  if (tok.unk_id() < 0) {
+  // Byte-level BPE covers every byte; a token's stored text (bytes mapped to printable
+  // characters) is at least as long as the bytes it stands for, so the bound below holds.
+  if (tok.unk_id() < 0 && tok.kind() != tokenizer::Tokenizer::Kind::kByteLevelBpe) {
     for (int b = 0; b < 256; ++b) {
       char text[8];
       std::snprintf(text, sizeof(text), "<0x%02X>", b);

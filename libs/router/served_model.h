@@ -9,20 +9,23 @@
 
 #include "absl/status/statusor.h"
 #include "chat/chat_template.h"
+#include "chat/model_template.h"
 #include "tokenizer/tokenizer.h"
 
 namespace pipeinfer::router {
 
 struct ServedModel {
   std::unique_ptr<tokenizer::Tokenizer> tok;
-  chat::TemplateId chat_template = chat::TemplateId::kChatml;
-  std::string id;       // the model id clients name
-  uint32_t n_ctx = 0;   // the GGUF's training context (0 when absent)
-  int64_t created = 0;  // unix seconds, for /v1/models
+  chat::ModelTemplate chat_template;  // the GGUF's (Jinja) or a built-in one
+  std::string id;                     // the model id clients name
+  uint32_t n_ctx = 0;                 // the GGUF's training context (0 when absent)
+  int64_t created = 0;                // unix seconds, for /v1/models
 };
 
-// Loads the tokenizer and template of `path`. `template_name` overrides the GGUF's template;
-// `model_id` empty = the file name without ".gguf".
+// Loads the tokenizer and template of `path`. `template_name` (a built-in name) overrides the
+// GGUF's template; without it the GGUF's tokenizer.chat_template is rendered by the Jinja
+// interpreter, and one it cannot render is an error naming --chat-template (chatml when the file
+// has no template). `model_id` empty = the file name without ".gguf".
 absl::StatusOr<ServedModel> LoadServedModel(const std::string& path,
                                             const std::string& template_name,
                                             const std::string& model_id);

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "router/http_reply.h"
+#include "router/openai_logprobs.h"
 #include "router/request_report.h"
 
 namespace pipeinfer::router {
@@ -41,15 +42,34 @@ void ServeStream(Core& core, httplib::Response& res, const std::string& endpoint
   run->link = std::move(link);
   run->worker = std::thread([&core, g, run, slot, header]() mutable {
     GenSink gs;
-    gs.on_delta = [&](const std::string& t, const std::vector<uint32_t>&, uint32_t) {
-      if (run->link->gone) return false;
-      if (t.empty()) return true;
+    // Tokens whose text is held back (a partial character, a possible stop sequence) keep their
+    // log-probabilities until the chunk that carries their text.
+    LogprobsRenderer renderer(*core.model.tok, header.chat);
+    std::vector<uint32_t> held_ids;
+    std::vector<TokenLogprobs> held_lps;
+    auto push = [&](const std::string& t) {
+      json logprobs;
+      if (header.logprobs) {
+        logprobs = renderer.Render(held_ids, held_lps);
+        held_ids.clear();
+        held_lps.clear();
+      }
       {
         std::lock_guard<std::mutex> l(run->mu);
-        run->events.push_back(
-            SseEvent(ChunkBody(header, header.chat ? json{{"content", t}} : json(t), nullptr)));
+        run->events.push_back(SseEvent(
+            ChunkBody(header, header.chat ? json{{"content", t}} : json(t), nullptr, logprobs)));
       }
       run->cv.notify_all();
+    };
+    gs.on_delta = [&](const std::string& t, const std::vector<uint32_t>& ids, uint32_t,
+                      const std::vector<TokenLogprobs>& lps) {
+      if (run->link->gone) return false;
+      if (header.logprobs) {
+        held_ids.insert(held_ids.end(), ids.begin(), ids.end());
+        held_lps.insert(held_lps.end(), lps.begin(), lps.end());
+      }
+      if (t.empty()) return true;
+      push(t);
       return true;
     };
     gs.cancelled = [&] { return run->link->gone.load(); };
@@ -57,6 +77,8 @@ void ServeStream(Core& core, httplib::Response& res, const std::string& endpoint
     bool started = false;
     std::optional<Error> e = core.generator->Generate(*g, run->link->call, gs, &r, &started);
     slot.reset();
+    // Tokens that produced no text at all (e.g. a stop token) still get their log-probabilities.
+    if (!e && !held_ids.empty()) push("");
     {
       std::lock_guard<std::mutex> l(run->mu);
       run->error = std::move(e);
@@ -89,8 +111,8 @@ void ServeStream(Core& core, httplib::Response& res, const std::string& endpoint
         };
         bool ok = true;
         if (header.chat) {
-          ok = send(
-              SseEvent(ChunkBody(header, json{{"role", "assistant"}, {"content", ""}}, nullptr)));
+          ok = send(SseEvent(
+              ChunkBody(header, json{{"role", "assistant"}, {"content", ""}}, nullptr, nullptr)));
         }
         while (ok) {
           std::unique_lock<std::mutex> l(run->mu);
@@ -109,6 +131,8 @@ void ServeStream(Core& core, httplib::Response& res, const std::string& endpoint
             if (!gone) ok = send(SseEvent(ErrorBody(*run->error)));
           } else {
             ok = send(SseEvent(LastChunkBody(header, run->result)));
+            if (ok && header.include_usage)
+              ok = send(SseEvent(UsageChunkBody(header, run->result)));
           }
           ok = send("data: [DONE]\n\n") && ok && !gone;
           run->completed = ok;

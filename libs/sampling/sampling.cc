@@ -45,6 +45,19 @@ absl::Status Validate(const SamplingParams& p) {
   if (!(p.repetition_penalty > 0.0f && p.repetition_penalty <= 10.0f)) {
     return OutOfRange("repetition_penalty", "in (0, 10]", p.repetition_penalty);
   }
+  if (!(p.frequency_penalty >= -2.0f && p.frequency_penalty <= 2.0f)) {
+    return OutOfRange("frequency_penalty", "in [-2, 2]", p.frequency_penalty);
+  }
+  if (!(p.presence_penalty >= -2.0f && p.presence_penalty <= 2.0f)) {
+    return OutOfRange("presence_penalty", "in [-2, 2]", p.presence_penalty);
+  }
+  for (const auto& [id, bias] : p.logit_bias) {
+    if (id < 0) return absl::InvalidArgumentError(absl::StrCat("logit_bias: bad token id ", id));
+    if (!(bias >= -100.0f && bias <= 100.0f)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("logit_bias values must be in [-100, 100], got ", bias, " for token ", id));
+    }
+  }
   if (p.repeat_last_n < -1) {
     return absl::InvalidArgumentError(
         absl::StrCat("repeat_last_n must be >= -1, got ", p.repeat_last_n));
@@ -59,11 +72,57 @@ float SparseDist::Prob(int32_t id) const {
   return 0.0f;
 }
 
-SparseDist Filter(std::span<const float> logits, const SamplingParams& params,
+bool AdjustsLogits(const SamplingParams& p) {
+  const bool penalties =
+      p.repetition_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f;
+  return !p.logit_bias.empty() || (penalties && p.repeat_last_n != 0);
+}
+
+void AdjustLogits(std::span<float> logits, const SamplingParams& params,
                   std::span<const int32_t> history) {
   const auto n_vocab = static_cast<int64_t>(logits.size());
+  // 0. Logit bias.
+  for (const auto& [id, bias] : params.logit_bias) {
+    if (id >= 0 && id < n_vocab) logits[static_cast<size_t>(id)] += bias;
+  }
+  // 1. Penalties, once per distinct token of the window with its count.
+  const bool penalties = params.repetition_penalty != 1.0f || params.frequency_penalty != 0.0f ||
+                         params.presence_penalty != 0.0f;
+  if (!penalties || params.repeat_last_n == 0) return;
+  std::span<const int32_t> window = Window(history, params.repeat_last_n);
+  std::vector<int32_t> seen(window.begin(), window.end());
+  std::sort(seen.begin(), seen.end());
+  for (size_t i = 0; i < seen.size();) {
+    size_t j = i;
+    while (j < seen.size() && seen[j] == seen[i]) ++j;
+    const int32_t t = seen[i];
+    const auto count = static_cast<float>(j - i);
+    i = j;
+    if (t < 0 || t >= n_vocab) continue;
+    float& l = logits[static_cast<size_t>(t)];
+    if (params.repetition_penalty != 1.0f) {
+      l = l <= 0.0f ? l * params.repetition_penalty : l / params.repetition_penalty;
+    }
+    l -= count * params.frequency_penalty + params.presence_penalty;
+  }
+}
+
+SparseDist Filter(std::span<const float> raw_logits, const SamplingParams& params,
+                  std::span<const int32_t> history) {
   SparseDist out;
-  if (n_vocab == 0) return out;
+  if (raw_logits.empty()) return out;
+  // Steps 0-1 on a copy (+inf first becomes the largest finite float, as below).
+  std::vector<float> adjusted;
+  std::span<const float> logits = raw_logits;
+  if (AdjustsLogits(params)) {
+    adjusted.assign(raw_logits.begin(), raw_logits.end());
+    for (float& l : adjusted) {
+      if (l == std::numeric_limits<float>::infinity()) l = std::numeric_limits<float>::max();
+    }
+    AdjustLogits(adjusted, params, history);
+    logits = adjusted;
+  }
+  const auto n_vocab = static_cast<int64_t>(logits.size());
 
   // Candidates: every possible token with its (finite) logit.
   std::vector<Candidate> cand;
@@ -75,23 +134,6 @@ SparseDist Filter(std::span<const float> logits, const SamplingParams& params,
     cand.push_back({static_cast<int32_t>(i), l});
   }
   if (cand.empty()) return out;
-
-  // 1. Repetition penalty, once per distinct token of the window.
-  if (params.repetition_penalty != 1.0f && params.repeat_last_n != 0) {
-    std::span<const int32_t> window = Window(history, params.repeat_last_n);
-    std::vector<int32_t> seen(window.begin(), window.end());
-    std::sort(seen.begin(), seen.end());
-    seen.erase(std::unique(seen.begin(), seen.end()), seen.end());
-    for (int32_t t : seen) {
-      if (t < 0 || t >= n_vocab) continue;
-      // cand is in id order here, so the token is found by binary search.
-      auto it = std::lower_bound(cand.begin(), cand.end(), t,
-                                 [](const Candidate& c, int32_t id) { return c.id < id; });
-      if (it == cand.end() || it->id != t) continue;
-      it->logit = it->logit <= 0.0f ? it->logit * params.repetition_penalty
-                                    : it->logit / params.repetition_penalty;
-    }
-  }
 
   // 2. Greedy.
   if (params.temperature <= 0.0f) {
@@ -186,6 +228,16 @@ SparseDist Sampler::DistributionAfter(std::span<const float> logits,
   std::vector<int32_t> combined(History().begin(), History().end());
   combined.insert(combined.end(), pending.begin(), pending.end());
   return Filter(logits, params_, combined);
+}
+
+void Sampler::AdjustAfter(std::span<float> logits, std::span<const int32_t> pending) const {
+  if (pending.empty()) {
+    AdjustLogits(logits, params_, History());
+    return;
+  }
+  std::vector<int32_t> combined(History().begin(), History().end());
+  combined.insert(combined.end(), pending.begin(), pending.end());
+  AdjustLogits(logits, params_, combined);
 }
 
 int32_t Sampler::Next(std::span<const float> logits) { return Sample(Distribution(logits), rng_); }

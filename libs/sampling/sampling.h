@@ -2,10 +2,13 @@
 // queue), a deterministic per-request RNG, and a stateful per-request Sampler.
 //
 // Pipeline of Filter(), in this order (the same as llama.cpp's):
-//   1. Repetition penalty on the raw logits: every distinct token that occurs in the last
-//      `repeat_last_n` tokens of the history gets its logit divided by `repetition_penalty` when
-//      the logit is > 0 and multiplied by it otherwise (the CTRL penalty with llama.cpp's fix for
-//      negative logits). It is applied once per distinct token, whatever its count.
+//   0. Logit bias (OpenAI's logit_bias): a fixed amount added to the raw logit of chosen ids.
+//   1. Penalties on the biased logits (AdjustLogits): every distinct token that occurs in the last
+//      `repeat_last_n` tokens of the history, c times, gets its logit divided by
+//      `repetition_penalty` when the logit is > 0 and multiplied by it otherwise (the CTRL penalty
+//      with llama.cpp's fix for negative logits; once per distinct token, whatever its count),
+//      then `frequency_penalty * c + presence_penalty` subtracted (OpenAI's penalties, over the
+//      same window as llama.cpp does).
 //   2. Greedy (temperature <= 0): the argmax of the penalized logits, ties to the lowest id, with
 //      probability 1. Steps 3-6 are skipped.
 //   3. Top-k (top_k > 0): the k largest logits.
@@ -17,7 +20,7 @@
 // reshapes what survives. Ordering is by logit descending with ties to the lowest id everywhere
 // (llama.cpp leaves ties to std::sort; this library makes them deterministic).
 //
-// Deliberate differences from llama.cpp: no frequency/presence penalties, no penalize_nl switch
+// Deliberate differences from llama.cpp: no penalize_nl switch
 // (newline is penalized like any token), no tail-free/typical/mirostat samplers, and the history
 // starts empty (llama.cpp's ring starts filled with token 0). To match llama.cpp's server, feed the
 // prompt tokens to Sampler::Accept before generating (its penalty window covers the prompt tail).
@@ -29,6 +32,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -42,12 +46,25 @@ struct SamplingParams {
   float min_p = 0.0f;               // 0: off. Valid range [0, 1].
   float repetition_penalty = 1.0f;  // 1: off. Valid range (0, 10].
   int32_t repeat_last_n = 64;       // penalty window; 0: off, -1: the whole history.
+  float frequency_penalty = 0.0f;   // 0: off. Valid range [-2, 2].
+  float presence_penalty = 0.0f;    // 0: off. Valid range [-2, 2].
+  // (token id, bias) pairs, bias in [-100, 100]; ids outside the vocabulary are ignored.
+  std::vector<std::pair<int32_t, float>> logit_bias;
   uint64_t seed = 0;  // seeds Rng; callers pick a random one when the client gives none
 };
 
 // InvalidArgument naming the first out-of-range field, e.g.
 // "temperature must be in [0, 2], got 3.5". NaN is out of every range.
 absl::Status Validate(const SamplingParams& params);
+
+// True when AdjustLogits can change logits (a bias, or a penalty with a non-empty window).
+bool AdjustsLogits(const SamplingParams& params);
+
+// Steps 0-1 of Filter() on a whole row of logits, in place: logit bias, then the penalties over
+// the last `repeat_last_n` tokens of `history`. Also used for the draft model's logits, so that
+// drafts follow the same adjusted distribution as the target.
+void AdjustLogits(std::span<float> logits, const SamplingParams& params,
+                  std::span<const int32_t> history);
 
 // A sparse distribution over token ids: parallel arrays sorted by probability descending (ties:
 // lowest id first), probabilities > 0 summing to 1 (up to float rounding). Empty when no token is
@@ -102,6 +119,8 @@ class Sampler {
   // the target distribution at a position inside an unverified draft.
   SparseDist DistributionAfter(std::span<const float> logits,
                                std::span<const int32_t> pending) const;
+  // AdjustLogits with this sampler's history followed by `pending` (see DistributionAfter).
+  void AdjustAfter(std::span<float> logits, std::span<const int32_t> pending) const;
   // Distribution() then Sample(). Does not Accept the token: callers Accept what they keep.
   int32_t Next(std::span<const float> logits);
   // Appends a token to the history (prompt tokens too, to match llama.cpp).

@@ -147,7 +147,16 @@ Controller::Draft Controller::DraftTree(std::vector<int32_t> context, float cuto
     sampling::SparseDist q;
     std::vector<int32_t> picks;
     if (greedy()) {
-      q = DraftTopK(*logits, 1 + std::max<uint32_t>(max_branches, 1));
+      // The draft's logits get the target's bias and penalties too, so that it guesses the
+      // target's adjusted argmax.
+      std::span<const float> lg = *logits;
+      std::vector<float> adjusted;
+      if (sampling::AdjustsLogits(options_.sampling)) {
+        adjusted.assign(lg.begin(), lg.end());
+        sampler_.AdjustAfter(adjusted, pending);
+        lg = adjusted;
+      }
+      q = DraftTopK(lg, 1 + std::max<uint32_t>(max_branches, 1));
       if (q.empty() || q.probs[0] < cutoff) break;
       picks.push_back(q.ids[0]);
       for (size_t i = 1; i < q.size() && branches + (picks.size() - 1) < max_branches; ++i) {
@@ -404,6 +413,11 @@ absl::Status Controller::OnOutcome(const Outcome& o) {
         ChooseToken(o.rows[static_cast<size_t>(u.row)], greedy(), sampler_, u.child_q, cand, r.id);
     if (!choice.ok()) return choice.status();
     const int32_t token = choice->token, chosen = choice->chosen;
+    if (absl::Status st =
+            RecordLogprob(options_, o.rows[static_cast<size_t>(u.row)], token, &logprobs_);
+        !st.ok()) {
+      return st;
+    }
     emitted = true;
     if (nodes_[line_].run == r.id) r.deepest = line_;
     if (chosen >= 0) {
@@ -450,6 +464,11 @@ absl::Status Controller::OnOutcome(const Outcome& o) {
 std::vector<int32_t> Controller::TakeEmitted() {
   if (tree_) return tree_->TakeEmitted();
   return TakeSince(committed_, &emitted_);
+}
+
+std::vector<TokenLogprob> Controller::TakeLogprobs() {
+  if (tree_) return tree_->TakeLogprobs();
+  return std::exchange(logprobs_, {});
 }
 
 std::vector<uint64_t> Controller::OutstandingRunIds() const {

@@ -70,6 +70,9 @@ class Controller {
   Finish finish_reason() const;
   // Generated tokens committed since the previous call, in order (the stop token included).
   std::vector<int32_t> TakeEmitted();
+  // With options.logprobs >= 0: the log-probabilities of the tokens TakeEmitted returned, in the
+  // same order (take both together); empty otherwise.
+  std::vector<TokenLogprob> TakeLogprobs();
   const std::vector<int32_t>& committed() const;
   uint32_t prompt_length() const;
   uint32_t generated() const { return static_cast<uint32_t>(committed().size()) - prompt_length(); }
@@ -155,8 +158,9 @@ class Controller {
   int32_t line_ = -1;  // node of the newest committed token, if it has been fed
   int32_t tip_ = -1;   // where the next micro-batch attaches (-1: a plain run is due)
   uint32_t prompt_len_ = 0;
-  uint32_t limit_ = 0;  // no token at a position >= limit_ is ever needed
-  size_t emitted_ = 0;  // committed_ index up to which TakeEmitted has returned
+  uint32_t limit_ = 0;                  // no token at a position >= limit_ is ever needed
+  size_t emitted_ = 0;                  // committed_ index up to which TakeEmitted has returned
+  std::vector<TokenLogprob> logprobs_;  // not taken yet
   Finish finish_ = Finish::kNone;
 
   std::deque<InFlight> ledger_;  // valid runs in flight, in sending order

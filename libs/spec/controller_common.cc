@@ -1,6 +1,9 @@
 #include "spec/controller_common.h"
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
 
 #include "absl/strings/str_cat.h"
 #include "sampling/speculative.h"
@@ -106,6 +109,49 @@ absl::StatusOr<Choice> ChooseToken(const TargetRow& row, bool greedy, sampling::
   }
   if (c.token < 0) return absl::InternalError(absl::StrCat("run ", run_id, ": no token sampled"));
   return c;
+}
+
+absl::StatusOr<TokenLogprob> RowLogprob(const TargetRow& row, int32_t token, uint32_t n_top) {
+  if (row.kind != TargetRow::Kind::kFull) {
+    return absl::InternalError("log-probabilities need FULL result rows");
+  }
+  const std::vector<float>& l = row.logits;
+  if (token < 0 || static_cast<size_t>(token) >= l.size()) {
+    return absl::InternalError(absl::StrCat("token ", token, " is outside the row"));
+  }
+  // NaN counts as -inf (an impossible token).
+  auto at = [&](size_t i) {
+    return std::isnan(l[i]) ? -std::numeric_limits<double>::infinity() : static_cast<double>(l[i]);
+  };
+  double m = -std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < l.size(); ++i) m = std::max(m, at(i));
+  double z = 0.0;
+  for (size_t i = 0; i < l.size(); ++i) z += std::exp(at(i) - m);
+  const double log_z = m + std::log(z);
+  TokenLogprob out;
+  out.logprob = static_cast<float>(at(static_cast<size_t>(token)) - log_z);
+  const size_t k = std::min<size_t>(n_top, l.size());
+  std::vector<int32_t> idx(l.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  std::partial_sort(idx.begin(), idx.begin() + static_cast<std::ptrdiff_t>(k), idx.end(),
+                    [&](int32_t a, int32_t b) {
+                      const double x = at(static_cast<size_t>(a)), y = at(static_cast<size_t>(b));
+                      return x > y || (x == y && a < b);
+                    });
+  for (size_t i = 0; i < k; ++i) {
+    out.top_ids.push_back(idx[i]);
+    out.top_logprobs.push_back(static_cast<float>(at(static_cast<size_t>(idx[i])) - log_z));
+  }
+  return out;
+}
+
+absl::Status RecordLogprob(const ControllerOptions& options, const TargetRow& row, int32_t token,
+                           std::vector<TokenLogprob>* out) {
+  if (options.logprobs < 0) return absl::OkStatus();
+  absl::StatusOr<TokenLogprob> lp = RowLogprob(row, token, static_cast<uint32_t>(options.logprobs));
+  if (!lp.ok()) return lp.status();
+  out->push_back(std::move(*lp));
+  return absl::OkStatus();
 }
 
 }  // namespace pipeinfer::spec

@@ -52,6 +52,14 @@ absl::StatusOr<Choice> ChooseToken(const TargetRow& row, bool greedy, sampling::
                                    const sampling::SparseDist& children_q,
                                    std::span<const int32_t> children, uint64_t run_id);
 
+// The log-probability of `token` under the row's raw logits (log-softmax at temperature 1) and
+// the `n_top` most likely tokens (ties to the lower id). Needs a FULL row (INTERNAL otherwise).
+absl::StatusOr<TokenLogprob> RowLogprob(const TargetRow& row, int32_t token, uint32_t n_top);
+
+// With options.logprobs >= 0, appends RowLogprob(row, token, options.logprobs) to `out`.
+absl::Status RecordLogprob(const ControllerOptions& options, const TargetRow& row, int32_t token,
+                           std::vector<TokenLogprob>* out);
+
 // The outcome intake both controllers share. An outcome of a dropped (invalidated) run is
 // counted and ignored: returns false. Otherwise it must be the oldest run in flight's, which is
 // popped into `front` (returns true); a tombstone for it is ABORTED (the pipeline skipped work

@@ -90,6 +90,14 @@ struct TargetRow {
   std::vector<float> logits;    // kFull: raw logits; the controller applies the sampler
 };
 
+// A committed token's log-probability under the target's raw distribution (temperature 1, before
+// bias, penalties and filters) and the most likely alternatives at its position.
+struct TokenLogprob {
+  float logprob = 0.0f;
+  std::vector<int32_t> top_ids;  // most likely first, ties to the lower id
+  std::vector<float> top_logprobs;
+};
+
 struct Outcome {
   uint64_t run_id = 0;
   bool tombstone = false;
@@ -131,6 +139,9 @@ struct ControllerOptions {
   // request learns alone), and the pipeline's stage cost fit (null: a default cost model).
   SharedAcceptance* acceptance = nullptr;
   const SpecBudget* costs = nullptr;
+  // >= 0: record each generated token's TokenLogprob with this many alternatives (needs FULL
+  // result rows). -1: off.
+  int32_t logprobs = -1;
 };
 
 }  // namespace pipeinfer::spec

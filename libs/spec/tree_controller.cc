@@ -248,6 +248,11 @@ absl::Status TreeController::OnOutcome(const Outcome& o) {
         ChooseToken(o.rows[static_cast<size_t>(u.row)], greedy(), sampler_, u.q_dist, cand, r.id);
     if (!choice.ok()) return choice.status();
     const int32_t token = choice->token, chosen = choice->chosen;
+    if (absl::Status st =
+            RecordLogprob(options_, o.rows[static_cast<size_t>(u.row)], token, &logprobs_);
+        !st.ok()) {
+      return st;
+    }
     if (greedy()) {
       Observe(u, token);
     } else {
@@ -293,6 +298,8 @@ absl::Status TreeController::OnOutcome(const Outcome& o) {
 }
 
 std::vector<int32_t> TreeController::TakeEmitted() { return TakeSince(committed_, &emitted_); }
+
+std::vector<TokenLogprob> TreeController::TakeLogprobs() { return std::exchange(logprobs_, {}); }
 
 std::vector<uint64_t> TreeController::OutstandingRunIds() const {
   return OutstandingIds(dropped_, ledger_);

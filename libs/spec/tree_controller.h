@@ -63,6 +63,8 @@ class TreeController {
   bool finished() const { return finish_ != Finish::kNone; }
   Finish finish_reason() const { return finish_; }
   std::vector<int32_t> TakeEmitted();
+  // The log-probabilities of the tokens TakeEmitted returned (options.logprobs >= 0).
+  std::vector<TokenLogprob> TakeLogprobs();
   const std::vector<int32_t>& committed() const { return committed_; }
   uint32_t prompt_length() const { return prompt_len_; }
   std::vector<uint64_t> OutstandingRunIds() const;
@@ -153,6 +155,7 @@ class TreeController {
   uint32_t prompt_len_ = 0;
   uint32_t limit_ = 0;
   size_t emitted_ = 0;
+  std::vector<TokenLogprob> logprobs_;  // not taken yet
   Finish finish_ = Finish::kNone;
 
   std::deque<InFlight> ledger_;

@@ -67,14 +67,22 @@ bool TreeController::Expand(int32_t node, const std::function<bool()>& stop, Bui
   ++b.expansions;
   Node& v = nodes_[node];
   v.expanded = true;
+  std::vector<int32_t> pending(seq.begin() + static_cast<std::ptrdiff_t>(committed_.size()),
+                               seq.end());
   if (greedy()) {
-    const sampling::SparseDist q = DraftTopK(*logits, kCands);
+    // The target's bias and penalties apply to the draft's logits too (see Controller).
+    std::span<const float> lg = *logits;
+    std::vector<float> adjusted;
+    if (sampling::AdjustsLogits(options_.sampling)) {
+      adjusted.assign(lg.begin(), lg.end());
+      sampler_.AdjustAfter(adjusted, pending);
+      lg = adjusted;
+    }
+    const sampling::SparseDist q = DraftTopK(lg, kCands);
     for (size_t i = 0; i < q.size(); ++i) {
       v.cands.push_back(Cand{q.ids[i], q.probs[i], static_cast<int>(i) + 1});
     }
   } else {
-    std::vector<int32_t> pending(seq.begin() + static_cast<std::ptrdiff_t>(committed_.size()),
-                                 seq.end());
     v.q_dist = sampler_.DistributionAfter(*logits, pending);
     const std::vector<int32_t> draws =
         sampling::DraftCandidates(v.q_dist, static_cast<int32_t>(kCands), sampler_.rng());

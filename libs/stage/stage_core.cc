@@ -192,7 +192,8 @@ void StageCore::FailSession(uint64_t sid, Session* s, absl::Status status, uint6
   m_.session_errors->Increment();
 }
 
-void StageCore::EmitTombstone(const v1::StageDownstream& original, int reason, StageOutput& out) {
+void StageCore::EmitTombstone(const v1::StageDownstream& original, int reason, StageOutput& out,
+                              const v1::StageTiming* partial) {
   v1::Tombstone t;
   if (original.has_run()) {
     const v1::Run& r = original.run();
@@ -213,6 +214,8 @@ void StageCore::EmitTombstone(const v1::StageDownstream& original, int reason, S
     }
     t.set_reason(static_cast<v1::TombstoneReason>(reason));
     t.set_stage_index(config_.stage_index);
+    *t.mutable_trace() = r.trace();  // the stages that computed it
+    if (partial) *t.add_trace() = *partial;
   } else {
     t = original.tombstone();
   }

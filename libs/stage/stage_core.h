@@ -194,7 +194,9 @@ class StageCore {
   static void MakeTree(Partition& p, int32_t seq_size);
   void FailSession(uint64_t sid, Session* s, absl::Status status, uint64_t run_id,
                    StageOutput& out);
-  void EmitTombstone(const v1::StageDownstream& original_run, int reason, StageOutput& out);
+  // `partial`: this stage's pass of a run it stopped between layers (added to the trace).
+  void EmitTombstone(const v1::StageDownstream& original_run, int reason, StageOutput& out,
+                     const v1::StageTiming* partial = nullptr);
   void Forward(const v1::StageDownstream& msg, StageOutput& out);
   // The run left this stage (computed or tombstoned): its cancel mark is no longer needed.
   void ForgetCancelled(uint64_t run_id);

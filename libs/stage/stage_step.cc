@@ -182,6 +182,14 @@ StageOutput StageCore::Step(std::deque<QueuedMessage>& queue, size_t* taken) {
     }
     const auto t1 = Clock::now();
     const uint64_t us = MicrosSince(t0, t1);
+    // Wall-clock stamps for traces: the steady times shifted by (wall - steady) now.
+    const int64_t unix_t1 = std::chrono::duration_cast<std::chrono::microseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count();
+    const auto unix_us = [&](Clock::time_point t) {
+      return static_cast<uint64_t>(
+          unix_t1 - std::chrono::duration_cast<std::chrono::microseconds>(t1 - t).count());
+    };
     m_.forward_passes->Increment();
     m_.compute_seconds->Increment(static_cast<double>(us) * 1e-6);
     m_.forward_seconds->Observe(static_cast<double>(us) * 1e-6);
@@ -194,6 +202,9 @@ StageOutput StageCore::Step(std::deque<QueuedMessage>& queue, size_t* taken) {
       timing.set_compute_us(us);
       timing.set_batch_runs(static_cast<uint32_t>(batch_runs));
       timing.set_batch_tokens(static_cast<uint32_t>(batch_tokens));
+      timing.set_arrival_unix_us(unix_us(pending[k]->arrival));
+      timing.set_start_unix_us(unix_us(t0));
+      timing.set_end_unix_us(unix_us(t1));
       FinishRun(*pending[k], res[k], timing, outs[pending_out[k]]);
     }
   }
@@ -454,7 +465,9 @@ void StageCore::FinishRun(PendingRun& p, engine::ForwardOutput& res, const v1::S
       s.parts[p.part].valid_len = std::min(s.parts[p.part].valid_len, s.parts[p.part].prefix_len);
     }
     m_.runs_stopped->Increment();
-    EmitTombstone(msg, v1::TOMBSTONE_REASON_CANCELLED, out);
+    v1::StageTiming partial = timing;
+    partial.set_stopped(true);
+    EmitTombstone(msg, v1::TOMBSTONE_REASON_CANCELLED, out, &partial);
     return;
   }
   if (p.plain) {

@@ -1,85 +1,43 @@
 #include "tokenizer/tokenizer.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <queue>
 #include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "tokenizer/utf8.h"
+#include "tokenizer/bpe.h"
+#include "tokenizer/pretokenize.h"
+#include "tokenizer/special_ids.h"
 
 namespace pipeinfer::tokenizer {
-namespace {
 
-constexpr std::string_view kSpaceMarker = "\xE2\x96\x81";   // U+2581 "▁"
-constexpr std::string_view kUnknownPiece = "\xE2\x96\x85";  // U+2585 "▅"
-
-std::string ReplaceAll(std::string_view s, std::string_view from, std::string_view to) {
-  std::string out;
-  out.reserve(s.size());
-  size_t pos = 0;
-  while (true) {
-    const size_t hit = s.find(from, pos);
-    if (hit == std::string_view::npos) break;
-    out.append(s.substr(pos, hit - pos));
-    out.append(to);
-    pos = hit + from.size();
-  }
-  out.append(s.substr(pos));
-  return out;
-}
-
-// Byte value of a <0xNN> token: the two characters after "<0x" read as hex (strtol semantics,
-// as llama.cpp does).
-uint8_t ByteTokenValue(const std::string& text) {
-  if (text.size() < 3) return 0;
-  const std::string digits = text.substr(3, 2);
-  return static_cast<uint8_t>(std::strtol(digits.c_str(), nullptr, 16));
-}
-
-// FNV-1a; only used to rule out cut points, so a collision merely forgoes a cut.
-constexpr uint64_t kHashSeed = 1469598103934665603ull;
-inline uint64_t HashStep(uint64_t h, char c) {
-  return (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
-}
-uint64_t HashBytes(std::string_view s) {
-  uint64_t h = kHashSeed;
-  for (char c : s) h = HashStep(h, c);
-  return h;
-}
-
-// Long texts are merged in segments of about this many bytes.
-constexpr size_t kSegmentBytes = 1024;
-// How far past a segment's nominal end to look for a safe cut before extending the segment.
-constexpr size_t kCutSearchBytes = 128;
-
-// One adjacent pair of symbols whose concatenation is a vocab token.
-struct Bigram {
-  float score;
-  int left;
-  int right;
-  size_t size;  // bytes of the concatenation when it was queued
-};
-
-// Priority order: higher score first, then the leftmost pair.
-struct BigramLess {
-  bool operator()(const Bigram& a, const Bigram& b) const {
-    return a.score < b.score || (a.score == b.score && a.left > b.left);
-  }
-};
-
-}  // namespace
+Tokenizer::Tokenizer() = default;
+Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Create(const gguf::TokenizerMetadata& meta) {
-  if (meta.model != "llama") {
-    return absl::UnimplementedError(absl::StrCat(
-        "tokenizer model '", meta.model, "' is not supported (only 'llama' SentencePiece)"));
+  std::optional<PreTokenizer> pre;
+  if (meta.model == "gpt2") {
+    if (meta.pre.empty()) {
+      return absl::UnimplementedError(
+          absl::StrCat("byte-level BPE vocabulary without tokenizer.ggml.pre is not supported "
+                       "(supported pre-tokenizers: ",
+                       SupportedPreTokenizerNames(), ")"));
+    }
+    pre = PreTokenizerByName(meta.pre);
+    if (!pre) {
+      return absl::UnimplementedError(
+          absl::StrCat("tokenizer.ggml.pre '", meta.pre,
+                       "' is not supported (supported: ", SupportedPreTokenizerNames(), ")"));
+    }
+  } else if (meta.model != "llama") {
+    return absl::UnimplementedError(
+        absl::StrCat("tokenizer model '", meta.model,
+                     "' is not supported (only 'llama' SentencePiece and 'gpt2' byte-level BPE)"));
   }
   const size_t n = meta.tokens.size();
   if (n == 0) return absl::InvalidArgumentError("tokenizer vocabulary is empty");
-  if (n > static_cast<size_t>(INT32_MAX)) {
+  if (n > static_cast<size_t>(INT32_MAX / 2)) {
     return absl::InvalidArgumentError("tokenizer vocabulary is too large");
   }
   if (!meta.scores.empty() && meta.scores.size() != n) {
@@ -107,45 +65,23 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::Create(const gguf::Tokeniz
   t->eos_id_ = meta.eos_id;
   t->unk_id_ = meta.unk_id;
   t->add_bos_ = meta.add_bos;
-
   t->token_to_id_.reserve(n);
   for (size_t i = 0; i < n; ++i) {
     t->token_to_id_.insert_or_assign(t->tokens_[i], static_cast<int32_t>(i));  // last id wins
-    t->max_token_bytes_ = std::max(t->max_token_bytes_, t->tokens_[i].size());
   }
-  size_t n_prefixes = 0;
-  for (const std::string& text : t->tokens_) n_prefixes += text.size() > 1 ? text.size() - 1 : 0;
-  t->prefix_hashes_.reserve(n_prefixes);
-  for (const std::string& text : t->tokens_) {
-    uint64_t h = kHashSeed;  // HashBytes of each prefix, extended one byte at a time
-    for (size_t i = 0; i < text.size(); ++i) {
-      h = HashStep(h, text[i]);
-      if (i >= 1) t->prefix_hashes_.insert(h);
-    }
+  if (pre) {
+    t->kind_ = Kind::kByteLevelBpe;
+    // llama.cpp sets add_bos for the Llama-3 pre-tokenizers unless the file says otherwise.
+    if (!meta.add_bos_in_file) t->add_bos_ = *pre == PreTokenizer::kLlama3;
+    PI_ASSIGN_OR_RETURN(
+        t->bpe_, BpeModel::Create(*pre, meta.merges, &t->token_to_id_, static_cast<int32_t>(n)));
+    t->BuildSpecialIds();  // may retype tokens CONTROL, so before the pieces
+    t->InitBpe();
+  } else {
+    t->kind_ = Kind::kSentencePiece;
+    t->InitSpm();
+    t->BuildSpecialIds();
   }
-  static constexpr char kHex[] = "0123456789ABCDEF";
-  for (int b = 0; b < 256; ++b) {
-    const char name[] = {'<', '0', 'x', kHex[b >> 4], kHex[b & 15], '>'};
-    t->byte_to_id_[b] = t->Lookup(std::string_view(name, sizeof(name)));
-  }
-
-  t->pieces_.resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    switch (t->types_[i]) {
-      case gguf::TokenType::kNormal:
-        t->pieces_[i] = ReplaceAll(t->tokens_[i], kSpaceMarker, " ");
-        break;
-      case gguf::TokenType::kUnknown:
-        t->pieces_[i] = std::string(kUnknownPiece);
-        break;
-      case gguf::TokenType::kByte:
-        t->pieces_[i] = std::string(1, static_cast<char>(ByteTokenValue(t->tokens_[i])));
-        break;
-      default:  // CONTROL, and (as llama.cpp 9656026) USER_DEFINED, UNUSED, UNDEFINED
-        break;
-    }
-  }
-  t->BuildSpecialTokens();
   return t;
 }
 
@@ -158,33 +94,43 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromGguf(const gguf::GgufF
   return t;
 }
 
-void Tokenizer::BuildSpecialTokens() {
-  // llama.cpp's test: a text of more than one character that cannot be cut (at a byte whose
-  // lead-length is 1) into two texts that are both in the vocabulary.
-  is_special_.assign(tokens_.size(), false);
-  for (const auto& [text, id] : token_to_id_) {
-    if (text.size() <= 1) continue;
-    bool splittable = false;
-    for (size_t i = 1; i < text.size();) {
-      const size_t len = Utf8LeadLength(static_cast<uint8_t>(text[i - 1]));
-      if (len == 1) {
-        const std::string_view v = text;
-        if (Lookup(v.substr(0, i)) >= 0 && Lookup(v.substr(i)) >= 0) {
-          splittable = true;
-          break;
-        }
-        ++i;
-      } else {
-        i += len - 1;
-      }
+void Tokenizer::BuildSpecialIds() {
+  const DerivedSpecialIds d =
+      DeriveSpecialIds([this](std::string_view text) { return FindToken(text); }, eos_id_,
+                       /*retype=*/kind_ == Kind::kByteLevelBpe, &types_);
+  eot_id_ = d.eot;
+  eog_ids_ = d.eog;
+}
+
+void Tokenizer::InitBpe() {
+  const size_t n = tokens_.size();
+  pieces_.assign(n, std::string());
+  rendered_pieces_.assign(n, std::string());
+  is_special_.assign(n, false);
+  matched_without_parse_special_.assign(n, false);
+  for (size_t i = 0; i < n; ++i) {
+    switch (types_[i]) {
+      case gguf::TokenType::kNormal:
+        pieces_[i] = rendered_pieces_[i] = bpe_->DecodeTokenText(tokens_[i]);
+        break;
+      case gguf::TokenType::kUserDefined:
+        pieces_[i] = rendered_pieces_[i] = tokens_[i];
+        is_special_[i] = matched_without_parse_special_[i] = true;
+        break;
+      case gguf::TokenType::kControl:
+      case gguf::TokenType::kUnknown:
+        rendered_pieces_[i] = tokens_[i];
+        is_special_[i] = true;
+        break;
+      default:  // UNUSED, BYTE, UNDEFINED: "" in both renderings
+        break;
     }
-    if (splittable) continue;
-    size_t chars = 0;
-    for (size_t i = 0; i < text.size(); i += Utf8LeadLength(static_cast<uint8_t>(text[i]))) {
-      ++chars;
-    }
-    if (chars > 1) is_special_[id] = true;
+    if (tokens_[i].empty()) is_special_[i] = false;  // an empty text matches nowhere
   }
+  IndexSpecialTokens();
+}
+
+void Tokenizer::IndexSpecialTokens() {
   for (size_t i = 0; i < tokens_.size(); ++i) {
     if (!is_special_[i]) continue;
     special_order_.push_back(static_cast<int32_t>(i));
@@ -194,6 +140,7 @@ void Tokenizer::BuildSpecialTokens() {
       special_lengths_.push_back(tokens_[i].size());
     }
   }
+  // Longest text first (as llama.cpp's sort), ties by id.
   std::stable_sort(special_order_.begin(), special_order_.end(),
                    [this](int32_t a, int32_t b) { return tokens_[a].size() > tokens_[b].size(); });
 }
@@ -213,6 +160,10 @@ gguf::TokenType Tokenizer::Type(int32_t id) const {
   return IsValid(id) ? types_[id] : gguf::TokenType::kUndefined;
 }
 
+bool Tokenizer::IsEndOfGeneration(int32_t id) const {
+  return std::binary_search(eog_ids_.begin(), eog_ids_.end(), id);
+}
+
 const std::string& Tokenizer::TokenText(int32_t id) const {
   static const std::string kEmpty;
   return IsValid(id) ? tokens_[id] : kEmpty;
@@ -223,21 +174,30 @@ const std::string& Tokenizer::Piece(int32_t id) const {
   return IsValid(id) ? pieces_[id] : kEmpty;
 }
 
+const std::string& Tokenizer::RenderedPiece(int32_t id) const {
+  static const std::string kEmpty;
+  return IsValid(id) ? rendered_pieces_[id] : kEmpty;
+}
+
 std::string Tokenizer::TokenToPiece(int32_t id) const { return Piece(id); }
 
-std::string Tokenizer::Decode(std::span<const int32_t> ids) const {
+std::string Tokenizer::Decode(std::span<const int32_t> ids, bool render_special) const {
   std::string out;
-  for (int32_t id : ids) out += Piece(id);
+  for (int32_t id : ids) out += render_special ? RenderedPiece(id) : Piece(id);
   return out;
 }
 
 std::vector<Tokenizer::Fragment> Tokenizer::PartitionSpecial(
-    std::string_view text, std::span<const std::pair<size_t, size_t>> literal) const {
+    std::string_view text, bool parse_special,
+    std::span<const std::pair<size_t, size_t>> literal) const {
   const auto in_literal = [&](size_t begin, size_t len) {
     for (const auto& [off, n] : literal) {
       if (begin < off + n && off < begin + len) return true;
     }
     return false;
+  };
+  const auto wanted = [&](int32_t id) {
+    return is_special_[id] && (parse_special || matched_without_parse_special_[id]);
   };
   std::vector<Fragment> frags = {{-1, 0, text.size()}};
   if (special_order_.empty()) return frags;
@@ -250,7 +210,7 @@ std::vector<Tokenizer::Fragment> Tokenizer::PartitionSpecial(
     for (size_t len : special_lengths_) {
       if (len > text.size() - pos) continue;
       const int32_t id = Lookup(text.substr(pos, len));
-      if (id >= 0 && is_special_[id]) occurs[id] = any = true;
+      if (id >= 0 && wanted(id)) occurs[id] = any = true;
     }
   }
   if (!any) return frags;
@@ -298,9 +258,10 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos, bool
   if (add_bos && bos_id_ >= 0) out.push_back(bos_id_);
   if (text.empty()) return out;
 
+  const bool bpe = kind_ == Kind::kByteLevelBpe;
   std::vector<Fragment> frags;
-  if (parse_special) {
-    frags = PartitionSpecial(text, literal);
+  if (parse_special || bpe) {
+    frags = PartitionSpecial(text, parse_special, literal);
   } else {
     frags.push_back({-1, 0, text.size()});
   }
@@ -308,111 +269,13 @@ std::vector<int32_t> Tokenizer::Encode(std::string_view text, bool add_bos, bool
     const Fragment& f = frags[i];
     if (f.token >= 0) {
       out.push_back(f.token);
-      continue;
+    } else if (bpe) {
+      bpe_->Encode(text.substr(f.offset, f.length), &out);
+    } else {
+      EncodeSpmFragment(text.substr(f.offset, f.length), /*first=*/i == 0, &out);
     }
-    // Only the first fragment of the whole text gets the leading space.
-    const std::string raw =
-        (i == 0 ? std::string(" ") : std::string()) + std::string(text.substr(f.offset, f.length));
-    EncodeSpm(ReplaceAll(raw, " ", kSpaceMarker), &out);
   }
   return out;
-}
-
-bool Tokenizer::IsSafeCut(std::string_view text, size_t b) const {
-  // A merge across b would form a token text[a, e) with a < b < e, whose prefix text[a, b + 1)
-  // (at least 2 bytes, at most max_token_bytes_) would be a prefix of a token.
-  const size_t lowest = b + 1 > max_token_bytes_ ? b + 1 - max_token_bytes_ : 0;
-  for (size_t a = b; a-- > lowest;) {
-    if (prefix_hashes_.contains(HashBytes(text.substr(a, b + 1 - a)))) return false;
-  }
-  return true;
-}
-
-void Tokenizer::EncodeSpm(std::string_view text, std::vector<int32_t>* out) const {
-  size_t start = 0;  // a character start
-  size_t pos = 0;    // walks the character starts, as the merge splits them
-  auto next_char = [&](size_t p) {
-    return p + std::min(Utf8LeadLength(static_cast<uint8_t>(text[p])), text.size() - p);
-  };
-  while (text.size() - start > kSegmentBytes + kCutSearchBytes) {
-    size_t cut = 0;
-    size_t target = start + kSegmentBytes;
-    while (cut == 0 && target < text.size()) {
-      while (pos < target) pos = next_char(pos);
-      for (; pos < text.size() && pos < target + kCutSearchBytes; pos = next_char(pos)) {
-        if (IsSafeCut(text, pos)) {
-          cut = pos;
-          break;
-        }
-      }
-      target += kSegmentBytes;
-    }
-    if (cut == 0) break;  // no safe cut: the rest is one segment
-    EncodeSpmSegment(text.substr(start, cut - start), out);
-    start = cut;
-  }
-  EncodeSpmSegment(text.substr(start), out);
-}
-
-void Tokenizer::EncodeSpmSegment(std::string_view text, std::vector<int32_t>* out) const {
-  struct Symbol {
-    int prev;
-    int next;
-    size_t start;
-    size_t n;  // 0 once merged into its left neighbour
-  };
-  std::vector<Symbol> syms;
-  syms.reserve(text.size());
-  for (size_t offs = 0; offs < text.size();) {
-    const size_t n = std::min(Utf8LeadLength(static_cast<uint8_t>(text[offs])), text.size() - offs);
-    const int index = static_cast<int>(syms.size());
-    syms.push_back({index - 1, offs + n == text.size() ? -1 : index + 1, offs, n});
-    offs += n;
-  }
-  if (syms.empty()) return;
-
-  std::priority_queue<Bigram, std::vector<Bigram>, BigramLess> queue;
-  auto try_add = [&](int left, int right) {
-    if (left < 0 || right < 0) return;
-    const size_t size = syms[left].n + syms[right].n;
-    if (size > max_token_bytes_) return;
-    const int32_t id = Lookup(text.substr(syms[left].start, size));
-    if (id < 0) return;
-    queue.push({scores_[id], left, right, size});
-  };
-  for (size_t i = 1; i < syms.size(); ++i) try_add(static_cast<int>(i) - 1, static_cast<int>(i));
-
-  while (!queue.empty()) {
-    const Bigram b = queue.top();
-    queue.pop();
-    Symbol& left = syms[b.left];
-    Symbol& right = syms[b.right];
-    // Stale: one side was merged away or grew since the pair was queued.
-    if (left.n == 0 || right.n == 0 || left.n + right.n != b.size) continue;
-    left.n += right.n;
-    right.n = 0;
-    left.next = right.next;
-    if (right.next >= 0) syms[right.next].prev = b.left;
-    try_add(left.prev, b.left);
-    try_add(b.left, left.next);
-  }
-
-  for (int i = 0; i != -1; i = syms[i].next) {
-    const std::string_view s = text.substr(syms[i].start, syms[i].n);
-    const int32_t id = Lookup(s);
-    if (id >= 0) {
-      out->push_back(id);
-      continue;
-    }
-    for (char c : s) {  // byte fallback
-      const int32_t byte_id = byte_to_id_[static_cast<uint8_t>(c)];
-      if (byte_id >= 0) {
-        out->push_back(byte_id);
-      } else if (unk_id_ >= 0) {
-        out->push_back(unk_id_);
-      }
-    }
-  }
 }
 
 }  // namespace pipeinfer::tokenizer

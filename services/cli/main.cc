@@ -3,6 +3,7 @@
 
 #include "cli/bench_commands.h"
 #include "cli/calibrate_commands.h"
+#include "cli/chat_template_commands.h"
 #include "cli/client_commands.h"
 #include "cli/cluster_commands.h"
 #include "cli/engine_commands.h"
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   pipeinfer::cli::RegisterGgufCommands(app);
   pipeinfer::cli::RegisterTokenizeCommands(app);
+  pipeinfer::cli::RegisterChatTemplateCommands(app);
   pipeinfer::cli::RegisterEngineCommands(app);
   pipeinfer::cli::RegisterCalibrateCommands(app);
   pipeinfer::cli::RegisterClusterCommands(app);

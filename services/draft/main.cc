@@ -17,6 +17,7 @@
 #include "gguf/reader.h"
 #include "log/log_flags.h"
 #include "spec/knob_flags.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 
@@ -138,7 +139,13 @@ int main(int argc, char** argv) {
   o.stage0_address = stage0;
   o.last_address = last;
   o.model_id = model_id;
-  if (tok->eos_id >= 0) o.eos_ids.push_back(static_cast<uint32_t>(tok->eos_id));
+  // Every end-of-generation token of the vocabulary (EOS, and EOT such as Llama-3's <|eot_id|>
+  // or Qwen's <|im_end|>), as llama.cpp derives them.
+  auto tokenizer = pipeinfer::tokenizer::Tokenizer::Create(*tok);
+  if (!tokenizer.ok()) return Fail(model + ": " + std::string(tokenizer.status().message()));
+  for (int32_t id : (*tokenizer)->eog_ids()) o.eos_ids.push_back(static_cast<uint32_t>(id));
+  if (o.eos_ids.empty() && tok->eos_id >= 0)
+    o.eos_ids.push_back(static_cast<uint32_t>(tok->eos_id));
   o.expected_n_vocab = static_cast<uint32_t>(tok->tokens.size());
   o.max_sessions = max_sessions;
   o.kv_wait_ms = kv_wait_ms;

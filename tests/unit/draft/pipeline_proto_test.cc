@@ -38,6 +38,21 @@ TEST(PipelineProto, ResultSpecFollowsTheSampler) {
   penalty.repetition_penalty = 1.2f;  // the history matters: the full logits, even greedy
   penalty.repeat_last_n = 64;
   EXPECT_EQ(ResultSpecFor(penalty).kind(), v1::RESULT_KIND_FULL);
+
+  // OpenAI's penalties and logit bias, and log-probabilities: the full logits too.
+  for (int i = 0; i < 3; ++i) {
+    sampling::SamplingParams p = i < 2 ? greedy : top_k;
+    if (i == 0) p.frequency_penalty = 0.5f;
+    if (i == 1) p.presence_penalty = -0.5f;
+    if (i == 2) p.logit_bias = {{3, -100.0f}};
+    EXPECT_EQ(ResultSpecFor(p).kind(), v1::RESULT_KIND_FULL) << i;
+  }
+  sampling::SamplingParams no_window = greedy;
+  no_window.frequency_penalty = 1.0f;
+  no_window.repeat_last_n = 0;  // penalties off
+  EXPECT_EQ(ResultSpecFor(no_window).kind(), v1::RESULT_KIND_ARGMAX);
+  EXPECT_EQ(ResultSpecFor(greedy, /*logprobs=*/true).kind(), v1::RESULT_KIND_FULL);
+  EXPECT_EQ(ResultSpecFor(top_k, /*logprobs=*/true).kind(), v1::RESULT_KIND_FULL);
 }
 
 TEST(PipelineProto, RunAndKvOpMessages) {

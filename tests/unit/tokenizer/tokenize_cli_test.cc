@@ -91,6 +91,15 @@ TEST(TokenizeCli, ByteVocabVectorsThroughFiles) {
   CheckFile(FixturePath("models/tiny-f32.gguf"), "tokenizer/byte-vocab.v1.jsonl", 3);
 }
 
+// Byte-level BPE vocabularies (llama.cpp de3ff815 vectors); each start loads a 25 MB model.
+TEST(TokenizeCli, Llama3VocabVectorsThroughFiles) {
+  CheckFile(FixturePath("models/llama3-tiny-f16.gguf"), "tokenizer/llama3-vocab.v1.jsonl", 4);
+}
+
+TEST(TokenizeCli, QwenVocabVectorsThroughFiles) {
+  CheckFile(FixturePath("models/qwen2-tiny-f16.gguf"), "tokenizer/qwen3-vocab.v1.jsonl", 4);
+}
+
 TEST(TokenizeCli, TextOption) {
   const std::string model = FixturePath("tokenizer/ggml-vocab-llama.gguf");
   std::string out;
