@@ -6,9 +6,11 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -35,8 +37,30 @@ class DetachedClusterTest : public ::testing::Test {
     if (!HasFailure()) std::filesystem::remove_all(dir_);
   }
 
+  // `pipeinfer up --detach <args>` on free ports (`ports` consecutive ones from --base-port, and
+  // --http-port), with this test's state file and log folder; up to three tries, since a port can
+  // be taken between the check and the bind. Sets base_port_ and http_port_.
+  CommandResult UpOnFreePorts(const std::vector<std::string>& args, int ports) {
+    CommandResult r;
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      base_port_ = FreePortRange(ports);
+      http_port_ = FreePortRange(1);
+      std::vector<std::string> argv = {BinPath("pipeinfer"), "up"};
+      argv.insert(argv.end(), args.begin(), args.end());
+      argv.insert(argv.end(), {"--base-port", std::to_string(base_port_), "--http-port",
+                               std::to_string(http_port_), "--detach", "--state", state_,
+                               "--log-dir", dir_ + "/logs"});
+      r = RunCmd(argv, std::chrono::seconds(120));
+      if (r.exit_code == 0) return r;
+      std::fprintf(stderr, "up failed (attempt %d):\n%s\n", attempt, r.output.c_str());
+    }
+    return r;
+  }
+
   std::string dir_;
   std::string state_;
+  int base_port_ = 0;
+  int http_port_ = 0;
 
  private:
   std::string name_;

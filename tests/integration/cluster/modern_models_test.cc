@@ -17,6 +17,7 @@
 #include "testing/cluster_harness.h"
 #include "testing/detached_cluster_test.h"
 #include "testing/fixtures.h"
+#include "testing/tokenizer_checks.h"
 
 namespace pipeinfer {
 namespace {
@@ -25,40 +26,9 @@ using json = nlohmann::json;
 using pipeinfer::testing::BinPath;
 using pipeinfer::testing::CommandResult;
 using pipeinfer::testing::FixturePath;
-using pipeinfer::testing::FreePortRange;
 using pipeinfer::testing::RunCmd;
 
-// Strict UTF-8 validation (no overlongs, no surrogates, nothing above U+10FFFF), written here
-// independently of the project's own utf8 helpers.
-bool ValidUtf8(const std::string& s) {
-  size_t i = 0;
-  while (i < s.size()) {
-    const auto c = static_cast<unsigned char>(s[i]);
-    size_t n = 0;
-    uint32_t cp = 0, min = 0;
-    if (c < 0x80) {
-      ++i;
-      continue;
-    } else if ((c & 0xE0) == 0xC0) {
-      n = 1, cp = c & 0x1F, min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-      n = 2, cp = c & 0x0F, min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-      n = 3, cp = c & 0x07, min = 0x10000;
-    } else {
-      return false;
-    }
-    for (size_t k = 1; k <= n; ++k) {
-      if (i + k >= s.size()) return false;
-      const auto d = static_cast<unsigned char>(s[i + k]);
-      if ((d & 0xC0) != 0x80) return false;
-      cp = (cp << 6) | (d & 0x3F);
-    }
-    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return false;
-    i += n + 1;
-  }
-  return true;
-}
+using pipeinfer::testing::ValidUtf8;  // strict, independent of libs/tokenizer
 
 class ModernModelsTest : public testing::DetachedClusterTest,
                          public ::testing::WithParamInterface<const char*> {
@@ -68,18 +38,9 @@ class ModernModelsTest : public testing::DetachedClusterTest,
 
 TEST_P(ModernModelsTest, TwoStagesServeAChatWithTheGgufTemplate) {
   const std::string model = FixturePath(std::string("models/") + GetParam());
-  CommandResult up;
-  int http_port = 0;
-  for (int attempt = 0; attempt < 3; ++attempt) {
-    const int base = FreePortRange(7);
-    http_port = FreePortRange(1);
-    up = RunCmd(
-        {BinPath("pipeinfer"), "up", "--model", model, "--stages", "2", "--kv-tokens", "1024",
-         "--base-port", std::to_string(base), "--http-port", std::to_string(http_port), "--detach",
-         "--state", state_, "--log-dir", dir_ + "/logs"},
-        std::chrono::seconds(120));
-    if (up.exit_code == 0) break;
-  }
+  const CommandResult up =
+      UpOnFreePorts({"--model", model, "--stages", "2", "--kv-tokens", "1024"}, 7);
+  const int http_port = http_port_;
   ASSERT_EQ(up.exit_code, 0) << up.output;
 
   // The chat template is the GGUF's: `pipeinfer chat-template` renders the same conversation.

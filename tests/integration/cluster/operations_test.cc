@@ -63,36 +63,13 @@ class OperationsTest : public testing::DetachedClusterTest {
 
   // `pipeinfer up --detach` of the tiny model, plain mode, 2 stages per replica, on free ports.
   CommandResult Up(int replicas, const std::vector<std::string>& extra) {
-    CommandResult r;
     const int stages = 2;
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      base_port_ = FreePortRange(2 * replicas * (stages + 1) + 1);
-      http_port_ = FreePortRange(1);
-      std::vector<std::string> argv = {BinPath("pipeinfer"),
-                                       "up",
-                                       "--model",
-                                       FixturePath("models/tiny-f32.gguf"),
-                                       "--stages",
-                                       std::to_string(stages),
-                                       "--replicas",
-                                       std::to_string(replicas),
-                                       "--kv-tokens",
-                                       "2048",
-                                       "--base-port",
-                                       std::to_string(base_port_),
-                                       "--http-port",
-                                       std::to_string(http_port_),
-                                       "--detach",
-                                       "--state",
-                                       state_,
-                                       "--log-dir",
-                                       dir_ + "/logs"};
-      argv.insert(argv.end(), extra.begin(), extra.end());
-      r = RunCmd(argv, std::chrono::seconds(120));
-      if (r.exit_code == 0) return r;
-      std::fprintf(stderr, "up failed (attempt %d):\n%s\n", attempt, r.output.c_str());
-    }
-    return r;
+    std::vector<std::string> args = {"--model",     FixturePath("models/tiny-f32.gguf"),
+                                     "--stages",    std::to_string(stages),
+                                     "--replicas",  std::to_string(replicas),
+                                     "--kv-tokens", "2048"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return UpOnFreePorts(args, 2 * replicas * (stages + 1) + 1);
   }
 
   cluster::ClusterState State() {
@@ -121,9 +98,6 @@ class OperationsTest : public testing::DetachedClusterTest {
     auto r = Http().Get("/metrics");
     return r ? r->body : "";
   }
-
-  int base_port_ = 0;
-  int http_port_ = 0;
 };
 
 TEST_F(OperationsTest, SecondClusterOnTakenPortsFailsAndTheFirstKeepsServing) {

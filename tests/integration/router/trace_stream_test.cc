@@ -30,7 +30,6 @@ namespace {
 using json = nlohmann::json;
 using pipeinfer::testing::BinPath;
 using pipeinfer::testing::CommandResult;
-using pipeinfer::testing::FreePortRange;
 using pipeinfer::testing::RunCmd;
 
 const std::string kModels = PIPEINFER_MODELS_DIR;
@@ -105,36 +104,11 @@ class TraceStreamTest : public testing::DetachedClusterTest {
 
   void SetUp() override {
     DetachedClusterTest::SetUp();
-    CommandResult r;
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      const int base = FreePortRange(7);
-      http_port_ = FreePortRange(1);
-      r = RunCmd({BinPath("pipeinfer"),
-                  "up",
-                  "--model",
-                  kModels + "/demo-target-q8_0.gguf",
-                  "--draft-model",
-                  kModels + "/demo-draft-q8_0.gguf",
-                  "--mode",
-                  "pipeinfer",
-                  "--stages",
-                  "2",
-                  "--kv-tokens",
-                  "4096",
-                  "--emulate-run-us",
-                  "20000",
-                  "--base-port",
-                  std::to_string(base),
-                  "--http-port",
-                  std::to_string(http_port_),
-                  "--detach",
-                  "--state",
-                  state_,
-                  "--log-dir",
-                  dir_ + "/logs"},
-                 std::chrono::seconds(120));
-      if (r.exit_code == 0) break;
-    }
+    const CommandResult r =
+        UpOnFreePorts({"--model", kModels + "/demo-target-q8_0.gguf", "--draft-model",
+                       kModels + "/demo-draft-q8_0.gguf", "--mode", "pipeinfer", "--stages", "2",
+                       "--kv-tokens", "4096", "--emulate-run-us", "20000"},
+                      7);
     ASSERT_EQ(r.exit_code, 0) << r.output;
     absl::StatusOr<cluster::ClusterState> st = cluster::ReadState(state_);
     ASSERT_TRUE(st.ok());
@@ -160,7 +134,6 @@ class TraceStreamTest : public testing::DetachedClusterTest {
     return r ? Sample(r->body, "pipeinfer_draft_trace_events_total") : -1;
   }
 
-  int http_port_ = 0;
   std::string draft_metrics_;
 };
 
