@@ -13,6 +13,7 @@ PACKAGES=(
   prometheus
   iproute2  # ss: router_limits_test reads the router's listen backlog; ip, tc: link emulation
   python3-matplotlib  # bench/plots.py: the scenario runner's PNG plots
+  openssl libssl-dev  # `pipeinfer up --tls` makes its CA with the openssl CLI; HTTPS (cpp-httplib)
 )
 if [[ "${1:-}" == "--list" ]]; then
   printf '%s\n' "${PACKAGES[@]}"

@@ -15,6 +15,7 @@ std::optional<std::map<std::string, double>> PipelineCounters(v1::Router::Stub& 
                                                               std::string* error, int* n_stages,
                                                               std::string* draft_addr) {
   grpc::ClientContext ctx;
+  AddBenchAuth(ctx);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(20));
   v1::ClusterStatsRequest req;
   req.set_include_stages(true);
@@ -57,6 +58,7 @@ ClusterInfo QueryClusterInfo(v1::Router::Stub& stub, const std::string& draft_ar
   ClusterInfo info;
   {
     grpc::ClientContext ctx;
+    AddBenchAuth(ctx);
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
     v1::ListModelsResponse resp;
     if (stub.ListModels(&ctx, v1::ListModelsRequest(), &resp).ok() && resp.models_size() > 0) {

@@ -5,7 +5,9 @@
 
 #include "cli/bench_args.h"
 #include "cli/bench_commands.h"
+#include "cli/bench_request.h"
 #include "cli/bench_scenario_run.h"
+#include "cli/client_auth.h"
 #include "spec/knob_flags.h"
 
 namespace pipeinfer::cli {
@@ -19,6 +21,7 @@ void RegisterBenchCommands(CLI::App& app) {
       "print a markdown table; with temperature 0 also check that every mode gives the same "
       "tokens (exit status 2 if not)");
   b->add_option("--router", a.router, "Router gRPC HOST:PORT (required without --scenario)");
+  AddClientAuthFlags(b, &BenchAuth());
   b->add_option("--draft", a.draft,
                 "Draft service HOST:PORT, to record its defaults and stages in the header "
                 "(optional)");

@@ -1,9 +1,12 @@
 #include "cli/bench_request.h"
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <optional>
 
 #include "draft_server/spec_proto.h"
+#include "rpc/credentials.h"
 #include "spec/knobs.h"
 
 namespace pipeinfer::cli {
@@ -27,10 +30,26 @@ std::vector<Variant> BenchVariants(const BenchArgs& a) {
   return variants;
 }
 
+ClientAuth& BenchAuth() {
+  static ClientAuth auth;
+  return auth;
+}
+
 std::shared_ptr<grpc::Channel> BenchChannel(const std::string& addr) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+  auto creds = rpc::MakeChannelCredentials(BenchAuth().tls());
+  if (!creds.ok()) {
+    std::fprintf(stderr, "error: %s\n", std::string(creds.status().message()).c_str());
+    std::exit(1);
+  }
+  return grpc::CreateCustomChannel(addr, *creds, args);
+}
+
+void AddBenchAuth(grpc::ClientContext& ctx) {
+  if (const std::string a = BenchAuth().Authorization(); !a.empty()) {
+    ctx.AddMetadata("authorization", a);
+  }
 }
 
 std::string CodeName(const absl::Status& s) { return absl::StatusCodeToString(s.code()); }
@@ -54,6 +73,7 @@ absl::Status Run(v1::Router::Stub& stub, const BenchArgs& a, const std::string& 
   if (v.paper_tree) spec->set_paper_tree(true);
 
   grpc::ClientContext ctx;
+  AddBenchAuth(ctx);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
   r->start = BenchClock::now();
   auto reader = stub.Complete(&ctx, req);

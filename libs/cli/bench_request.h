@@ -14,6 +14,7 @@
 
 #include "absl/status/status.h"
 #include "cli/bench_args.h"
+#include "cli/client_auth.h"
 #include "pipeinfer/v1/router.grpc.pb.h"
 
 namespace pipeinfer::cli {
@@ -52,7 +53,11 @@ struct RequestResult {
   std::map<std::string, double> stats_delta;  // --stats: pipeline counter deltas over the request
 };
 
+// The bench's TLS directory and API key (client_auth.h), set once from its flags.
+ClientAuth& BenchAuth();
+// A channel with BenchAuth()'s credentials; AddBenchAuth puts its key on a call.
 std::shared_ptr<grpc::Channel> BenchChannel(const std::string& addr);
+void AddBenchAuth(grpc::ClientContext& ctx);
 
 // Runs one request and fills `r` (also r->status). The status is the call's gRPC status (a full
 // admission queue is RESOURCE_EXHAUSTED), INTERNAL for a stream without a Finished event, and

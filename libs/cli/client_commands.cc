@@ -22,12 +22,14 @@
 #include <thread>
 #include <vector>
 
+#include "cli/client_auth.h"
 #include "cluster/config.h"
 #include "cluster/supervisor.h"
 #include "draft_server/spec_proto.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/router.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
+#include "rpc/credentials.h"
 #include "spec/knob_flags.h"
 #include "spec/knobs.h"
 
@@ -44,6 +46,7 @@ int Fail(const std::string& msg) {
 std::string DefaultStatePath() { return cluster::DefaultRuntimeDir() + "/cluster.json"; }
 
 struct ChatArgs {
+  ClientAuth auth;
   std::string message;
   std::string router_http;
   std::string state;
@@ -89,7 +92,12 @@ int RunChat(const ChatArgs& a) {
   body["stream_options"] = {{"include_usage", true}};
   if (a.seed) body["seed"] = *a.seed;
 
-  httplib::Client cli(host, port);
+  const bool tls = !a.auth.tls_dir.empty();
+  httplib::Client cli((tls ? "https://" : "http://") + host + ":" + std::to_string(port));
+  if (tls) {
+    cli.set_ca_cert_path((a.auth.tls_dir + "/ca.pem").c_str());
+    cli.enable_server_certificate_verification(true);
+  }
   cli.set_connection_timeout(5, 0);
   cli.set_read_timeout(600, 0);
 
@@ -149,6 +157,9 @@ int RunChat(const ChatArgs& a) {
   req.method = "POST";
   req.path = "/v1/chat/completions";
   req.headers = {{"Accept", "text/event-stream"}};
+  if (const std::string auth = a.auth.Authorization(); !auth.empty()) {
+    req.headers.emplace("Authorization", auth);
+  }
   req.body = body.dump();
   req.set_header("Content-Type", "application/json");
   req.response_handler = [&](const httplib::Response& r) {
@@ -181,8 +192,8 @@ int RunChat(const ChatArgs& a) {
   if (!buffer.empty()) handle_event(buffer);
   const auto t1 = Clock::now();
   if (!sent) {
-    return Fail("cannot reach the router at http://" + addr + ": " + httplib::to_string(err) +
-                " (is the cluster up? `pipeinfer up --detach`)");
+    return Fail(std::string("cannot reach the router at ") + (tls ? "https://" : "http://") + addr +
+                ": " + httplib::to_string(err) + " (is the cluster up? `pipeinfer up --detach`)");
   }
   if (status != 200) {
     std::string msg = error_body;
@@ -210,13 +221,25 @@ int RunChat(const ChatArgs& a) {
 // ------------------------------------------------------------------------------------------------
 // complete (gRPC Router.Complete)
 
-std::shared_ptr<grpc::Channel> ChannelFor(const std::string& addr) {
+// A channel with the credentials of `auth` (client_auth.h); a TLS file that cannot be read gives a
+// channel that fails every call with the reason.
+std::shared_ptr<grpc::Channel> ChannelFor(const std::string& addr, const ClientAuth& auth) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
-  return grpc::CreateCustomChannel(addr, grpc::InsecureChannelCredentials(), args);
+  auto creds = rpc::MakeChannelCredentials(auth.tls());
+  if (!creds.ok()) {
+    std::cerr << "error: " << creds.status().message() << "\n";
+    std::exit(1);
+  }
+  return grpc::CreateCustomChannel(addr, *creds, args);
+}
+
+void AddAuthMetadata(grpc::ClientContext& ctx, const ClientAuth& auth) {
+  if (const std::string a = auth.Authorization(); !a.empty()) ctx.AddMetadata("authorization", a);
 }
 
 struct CompleteArgs {
+  ClientAuth auth;
   std::string router;
   std::string prompt;
   std::string prompt_file;
@@ -246,8 +269,9 @@ int RunComplete(const CompleteArgs& a) {
   req.mutable_options()->set_ignore_eos(a.ignore_eos);
   *req.mutable_options()->mutable_spec() = draft_server::ToSpecConfig(a.knobs);
 
-  auto stub = v1::Router::NewStub(ChannelFor(a.router));
+  auto stub = v1::Router::NewStub(ChannelFor(a.router, a.auth));
   grpc::ClientContext ctx;
+  AddAuthMetadata(ctx, a.auth);
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
   auto reader = stub->Complete(&ctx, req);
   std::vector<uint32_t> ids;
@@ -308,6 +332,7 @@ std::string FormatValue(double v) {
 }
 
 struct StatsArgs {
+  ClientAuth auth;
   std::string stage, draft, router;
   bool pipeline = false;
 };
@@ -343,16 +368,17 @@ int RunStats(const StatsArgs& a) {
     v1::ClusterStatsRequest req;
     req.set_include_stages(true);
     v1::ClusterStatsResponse resp;
-    st = v1::Router::NewStub(ChannelFor(a.router))->GetClusterStats(&ctx, req, &resp);
+    AddAuthMetadata(ctx, a.auth);
+    st = v1::Router::NewStub(ChannelFor(a.router, a.auth))->GetClusterStats(&ctx, req, &resp);
     services = std::move(*resp.mutable_services());
   } else {
     v1::StatsRequest req;
     req.set_include_pipeline(a.pipeline);
     v1::StatsResponse resp;
     if (!a.stage.empty()) {
-      st = v1::Stage::NewStub(ChannelFor(a.stage))->GetStats(&ctx, req, &resp);
+      st = v1::Stage::NewStub(ChannelFor(a.stage, a.auth))->GetStats(&ctx, req, &resp);
     } else {
-      st = v1::Draft::NewStub(ChannelFor(a.draft))->GetStats(&ctx, req, &resp);
+      st = v1::Draft::NewStub(ChannelFor(a.draft, a.auth))->GetStats(&ctx, req, &resp);
     }
     services = std::move(*resp.mutable_services());
   }
@@ -386,6 +412,7 @@ void RegisterClientCommands(CLI::App& app) {
       ->check(CLI::Range(1, 1 << 20));
   chat->add_option("--temperature", chat_args->temperature, "Sampling temperature (0 = greedy)");
   chat->add_option("--seed", chat_args->seed, "Sampling seed");
+  AddClientAuthFlags(chat, &chat_args->auth);
   chat->final_callback([chat_args] {
     if (int rc = RunChat(*chat_args)) throw CLI::RuntimeError(rc);
   });
@@ -403,6 +430,7 @@ void RegisterClientCommands(CLI::App& app) {
   complete->add_option("--temperature", cargs->temperature, "Sampling temperature (0 = greedy)");
   complete->add_option("--seed", cargs->seed, "Sampling seed");
   complete->add_flag("--ignore-eos", cargs->ignore_eos, "Keep generating past EOS");
+  AddClientAuthFlags(complete, &cargs->auth);
   // The speculation knobs of spec/knobs.h as this request's SpecConfig overrides (request ranges;
   // a knob not given is the draft service's default).
   spec::KnobFlagOptions request_knobs;
@@ -437,6 +465,7 @@ void RegisterClientCommands(CLI::App& app) {
   auto* pop = stats->add_flag("--pipeline", sargs->pipeline,
                               "With --stage or --draft: also every stage after it");
   pop->excludes(rop);
+  AddClientAuthFlags(stats, &sargs->auth);
   stats->final_callback([sargs, so, dop, rop] {
     if (so->count() == 0 && dop->count() == 0 && rop->count() == 0) {
       throw CLI::RequiredError("--stage, --draft or --router");

@@ -18,6 +18,7 @@
 #include "cluster/config.h"
 #include "cluster/link_emulation.h"
 #include "cluster/supervisor.h"
+#include "cluster/tls_certs.h"
 #include "spec/knob_flags.h"
 #include "spec/knobs.h"
 
@@ -65,6 +66,9 @@ struct UpArgs {
   std::string state;
   std::string log_dir;
   int health_timeout_s = 60;
+  bool tls = false;  // mutual TLS + HTTPS with a throwaway CA (cluster/tls_certs.h)
+  std::optional<std::string> tls_dir;
+  std::optional<std::string> api_keys_file;
 };
 
 // Removes the link emulation of a foreground cluster, or of one whose start failed, and the state
@@ -161,6 +165,20 @@ int RunUp(const UpArgs& a) {
   if (a.replicas) c.replicas = *a.replicas;
   if (a.log_format) c.log_format = *a.log_format;
   if (a.log_level) c.log_level = *a.log_level;
+  if (a.tls_dir) c.tls_dir = *a.tls_dir;
+  if (a.tls && c.tls_dir.empty()) c.tls_dir = cluster::DefaultRuntimeDir() + "/tls";
+  if (a.api_keys_file) c.api_keys_file = *a.api_keys_file;
+  if (!c.tls_dir.empty()) {
+    std::vector<std::string> names = {"draft", "router", "client"};
+    for (int i = 0; i < c.stages; ++i) names.push_back(cluster::StageCertName(i));
+    if (auto st = cluster::MakeClusterCerts(c.tls_dir, names, c.host); !st.ok()) {
+      return Fail(std::string(st.message()));
+    }
+    std::printf(
+        "TLS: mutual TLS between every process, HTTPS at the router; certificates in %s "
+        "(clients: --tls-dir %s)\n",
+        c.tls_dir.c_str(), c.tls_dir.c_str());
+  }
   if (auto st = cluster::ValidateClusterConfig(c); !st.ok()) {
     return Fail(std::string(st.message()));
   }
@@ -205,9 +223,13 @@ int RunUp(const UpArgs& a) {
   o.router = !a.no_router;
   o.detach = a.detach;
   o.health_timeout_s = a.health_timeout_s;
+  // Detached children outlive `up`: the state file names each one as soon as it starts.
+  if (a.detach) o.state_path = state_path;
 
   cluster::Supervisor sup(c, o);
   if (auto st = sup.Start(&g_stop); !st.ok()) {
+    // Start stopped what it had started; the link cleanup (if any) removes the state file.
+    if (a.detach && !cleanup) std::remove(state_path.c_str());
     if (absl::IsCancelled(st)) {
       std::cerr << "interrupted; stopped every started process\n";
       return 1;
@@ -228,8 +250,9 @@ int RunUp(const UpArgs& a) {
                 state.endpoints.drafts[r].c_str(), c.StageAddress(0, static_cast<int>(r)).c_str());
   }
   if (!state.endpoints.router_http.empty()) {
-    std::printf("  router http    http://%s  (OpenAI API: /v1/chat/completions)\n",
-                state.endpoints.router_http.c_str());
+    std::printf("  router http    %s://%s  (OpenAI API: /v1/chat/completions%s)\n",
+                c.tls_dir.empty() ? "http" : "https", state.endpoints.router_http.c_str(),
+                c.api_keys_file.empty() ? "" : ", API key needed");
     std::printf("  router grpc    %s\n", state.endpoints.router_grpc.c_str());
   }
   for (size_t i = 0; i < state.endpoints.stage_metrics.size(); ++i) {
@@ -241,8 +264,8 @@ int RunUp(const UpArgs& a) {
                 state.endpoints.draft_metrics.c_str());
   }
   if (!state.endpoints.router_http.empty()) {
-    std::printf("  metrics        http://%s/metrics  (router)\n",
-                state.endpoints.router_http.c_str());
+    std::printf("  metrics        %s://%s/metrics  (router)\n",
+                c.tls_dir.empty() ? "http" : "https", state.endpoints.router_http.c_str());
   }
   std::printf("  logs           %s\n", state.log_dir.c_str());
   std::fflush(stdout);
@@ -255,16 +278,20 @@ int RunUp(const UpArgs& a) {
     if (cleanup) cleanup->Release();
     std::printf("detached; state in %s (stop with `pipeinfer down --state %s`)\n",
                 state_path.c_str(), state_path.c_str());
+    std::printf(
+        "note: a detached cluster is not supervised: a process that dies is not restarted (run "
+        "`pipeinfer up` in the foreground for that); the draft service still reconnects to a "
+        "stage that is started again and resumes the requests in flight\n");
     return 0;
   }
-  std::printf("running in the foreground; Ctrl-C stops the cluster\n");
+  std::printf(
+      "running in the foreground; a process that dies is restarted; Ctrl-C stops the cluster\n");
   std::fflush(stdout);
   while (!g_stop) {
-    const std::string gone = sup.ExitedProcess();
-    if (!gone.empty()) {
-      std::cerr << "error: " << gone << "; stopping the cluster\n";
-      sup.StopAll();
-      return 1;
+    // Supervision: a crashed stage, draft service or router is started again (with backoff) with
+    // its command line; requests in flight resume once the pipeline is back (crash recovery).
+    for (const std::string& line : sup.RestartExited()) {
+      std::fprintf(stderr, "supervisor: %s\n", line.c_str());
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -362,6 +389,14 @@ void RegisterClusterCommands(CLI::App& app) {
   up->add_option("--log-level", u.log_level, "Every process's log level")
       ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
   up->add_option("--chat-template", u.chat_template, "Router chat template override");
+  up->add_flag("--tls", u.tls,
+               "Mutual TLS between all processes and HTTPS at the router, with a throwaway CA "
+               "made by the openssl CLI (in --tls-dir)");
+  up->add_option("--tls-dir", u.tls_dir,
+                 "Certificate directory (ca.pem, <name>.pem, <name>-key.pem; missing files are "
+                 "made; implies --tls; default /tmp/pipeinfer-<uid>/tls)");
+  up->add_option("--api-keys-file", u.api_keys_file,
+                 "The router's API keys, one per line (clients: --api-key or PIPEINFER_API_KEY)");
   up->add_flag("--detach,-d", u.detach, "Return once healthy (stop with `pipeinfer down`)");
   up->add_flag("--no-router", u.no_router, "Start only the stages and the draft service");
   up->add_option("--state", u.state,

@@ -127,6 +127,24 @@ std::vector<std::pair<std::string, std::string>> Listeners(const ClusterConfig& 
   return out;
 }
 
+std::string StageCertName(int i) { return absl::StrCat("stage", i); }
+
+std::vector<std::string> TlsArgs(const ClusterConfig& c, const std::string& name) {
+  if (c.tls_dir.empty()) return {};
+  return {"--tls-ca",   c.tls_dir + "/ca.pem",
+          "--tls-cert", c.tls_dir + "/" + name + ".pem",
+          "--tls-key",  c.tls_dir + "/" + name + "-key.pem"};
+}
+
+std::vector<std::string> StageTlsArgs(const ClusterConfig& c, int i) {
+  std::vector<std::string> args = TlsArgs(c, StageCertName(i));
+  if (args.empty()) return args;
+  args.insert(args.end(),
+              {"--tls-allow-cn",
+               i == 0 ? std::string("draft") : absl::StrCat(StageCertName(i - 1), ",draft")});
+  return args;
+}
+
 std::vector<std::string> LogArgs(const ClusterConfig& c) {
   return {"--log-format", c.log_format, "--log-level", c.log_level};
 }
@@ -172,12 +190,13 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     return (base / p).lexically_normal().string();
   };
   static const std::set<std::string> kKeys = {
-      "model",       "draft_model",    "stages",           "weights",
-      "mode",        "emulate_run_us", "emulate_token_us", "threads",
-      "kv_tokens",   "host",           "base_port",        "http_port",
-      "grpc_port",   "chat_template",  "model_id",         "metrics_base_port",
-      "replicas",    "log_format",     "log_level",        "spec",
-      "concurrency", "kv_memory",      "max_batch_tokens"};
+      "model",        "draft_model",    "stages",           "weights",
+      "mode",         "emulate_run_us", "emulate_token_us", "threads",
+      "kv_tokens",    "host",           "base_port",        "http_port",
+      "grpc_port",    "chat_template",  "model_id",         "metrics_base_port",
+      "replicas",     "log_format",     "log_level",        "spec",
+      "concurrency",  "kv_memory",      "max_batch_tokens", "tls_dir",
+      "api_keys_file"};
   // Link emulation, benchmarks only (docs/link-emulation.md).
   static const std::set<std::string> kLinkKeys = {"emulate_link_mbps", "emulate_link_us"};
   ClusterConfig c;
@@ -212,6 +231,8 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     if (root["metrics_base_port"]) c.metrics_base_port = root["metrics_base_port"].as<int>();
     if (root["chat_template"]) c.chat_template = root["chat_template"].as<std::string>();
     if (root["model_id"]) c.model_id = root["model_id"].as<std::string>();
+    if (root["tls_dir"]) c.tls_dir = resolve(root["tls_dir"].as<std::string>());
+    if (root["api_keys_file"]) c.api_keys_file = resolve(root["api_keys_file"].as<std::string>());
     if (root["spec"]) {
       if (!root["spec"].IsMap()) {
         return absl::InvalidArgumentError(absl::StrCat(path, ": 'spec' must be a mapping"));

@@ -60,6 +60,12 @@ struct ClusterConfig {
   // plus the draft model's options (DraftOptionKeys: draft_threads, draft_noise, ...). Key ->
   // value as text (switches "true"/"false"); DraftArgs() turns them into pipeinfer-draft's flags.
   std::map<std::string, std::string> spec;
+  // Security (README "Security"). tls_dir: mutual TLS between every process and HTTPS at the
+  // router, with the certificates of that directory (cluster/tls_certs.h: ca.pem, <name>.pem,
+  // <name>-key.pem; `pipeinfer up --tls` creates them); empty = plaintext. api_keys_file: the
+  // router's --api-keys-file (one key per line); empty = no keys.
+  std::string tls_dir;
+  std::string api_keys_file;
 
   // Addresses of replica r's processes (r = 0 with one replica).
   std::string StageAddress(int i, int r = 0) const;
@@ -78,6 +84,19 @@ struct ClusterConfig {
 // Every address the cluster's processes listen on, with what listens there ("stage 0", "replica 1
 // stage 0 metrics", "router HTTP", ...).
 std::vector<std::pair<std::string, std::string>> Listeners(const ClusterConfig& c);
+
+// The TLS flags of the process whose certificate is `name` ("stage0", "draft", "router"):
+// --tls-ca, --tls-cert, --tls-key with the files of c.tls_dir; none without TLS.
+std::vector<std::string> TlsArgs(const ClusterConfig& c, const std::string& name);
+
+// Stage i's TLS flags: TlsArgs with its certificate, plus --tls-allow-cn naming who may open its
+// Pipeline stream (the upstream stage, or the draft service for stage 0) and Results stream (the
+// draft service). None without TLS.
+std::vector<std::string> StageTlsArgs(const ClusterConfig& c, int i);
+
+// The certificate names of a cluster's processes, by role: "stage<i>" (every replica's stage i
+// shares it), "draft", "router", and "client" for the operator tools.
+std::string StageCertName(int i);
 
 // The log flags every process of the cluster gets.
 std::vector<std::string> LogArgs(const ClusterConfig& c);

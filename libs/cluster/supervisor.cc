@@ -24,6 +24,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "rpc/credentials.h"
 
 namespace pipeinfer::cluster {
 namespace {
@@ -50,12 +51,15 @@ std::string DescribeWait(int status) {
   return "stopped";
 }
 
-bool HealthServing(const std::string& address) {
+// `tls_dir`: the cluster's certificates (the check presents the operator's client.pem); empty:
+// plaintext.
+bool HealthServing(const std::string& address, const std::string& tls_dir) {
+  auto creds = rpc::MakeChannelCredentials(rpc::TlsFilesInDir(tls_dir, "client"));
+  if (!creds.ok()) return false;
   // A fresh channel per attempt avoids gRPC's reconnect backoff.
   grpc::ChannelArguments args;
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  auto stub = grpc::health::v1::Health::NewStub(
-      grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateCustomChannel(address, *creds, args));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   grpc::health::v1::HealthCheckRequest req;
@@ -193,6 +197,12 @@ absl::Status Supervisor::Spawn(const std::string& name, const std::string& addre
   p.log = log;
   procs_.push_back(p);
   reaped_.push_back(false);
+  relaunch_.push_back(Relaunch{argv, netns, {}, Clock::now()});
+  if (!options_.state_path.empty()) {
+    if (absl::Status st = WriteState(State(), options_.state_path); !st.ok()) {
+      std::fprintf(stderr, "warning: %s\n", std::string(st.message()).c_str());
+    }
+  }
   std::printf("started %s (pid %d), log %s\n", name.c_str(), pid, log.c_str());
   std::fflush(stdout);
   return absl::OkStatus();
@@ -248,7 +258,7 @@ absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* s
           absl::StrCat(p.name, " (pid ", p.pid, ") ", DescribeWait(status),
                        " before becoming SERVING; see its log ", p.log, ":\n", Tail(p.log, 15)));
     }
-    if (HealthServing(p.address)) return absl::OkStatus();
+    if (HealthServing(p.address, config_.tls_dir)) return absl::OkStatus();
     if (Clock::now() > end) {
       return absl::DeadlineExceededError(absl::StrCat(
           p.name, " (pid ", p.pid, ") did not become SERVING at ", p.address, " within ",
@@ -333,6 +343,8 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
       if (const std::string m = StageMetricsListen(i, r); !m.empty()) {
         argv.insert(argv.end(), {"--metrics-listen", m});
       }
+      const std::vector<std::string> tls_args = StageTlsArgs(c, i);  // + its allow-list
+      argv.insert(argv.end(), tls_args.begin(), tls_args.end());
       const std::string netns = options_.links.empty() ? "" : options_.links.namespaces[i];
       const std::vector<std::string> log_args = LogArgs(c);
       argv.insert(argv.end(), log_args.begin(), log_args.end());
@@ -364,6 +376,8 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
       if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
         argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
       }
+      const std::vector<std::string> tls_args = TlsArgs(c, "draft");
+      argv.insert(argv.end(), tls_args.begin(), tls_args.end());
       const std::vector<std::string> log_args = LogArgs(c);
       argv.insert(argv.end(), log_args.begin(), log_args.end());
       if (auto st = Spawn(who + "draft", c.DraftAddress(r), argv); !st.ok()) return fail(st);
@@ -384,6 +398,9 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
                                      std::to_string(c.concurrency)};
     if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
     if (!c.chat_template.empty()) argv.insert(argv.end(), {"--chat-template", c.chat_template});
+    const std::vector<std::string> tls_args = TlsArgs(c, "router");
+    argv.insert(argv.end(), tls_args.begin(), tls_args.end());
+    if (!c.api_keys_file.empty()) argv.insert(argv.end(), {"--api-keys-file", c.api_keys_file});
     const std::vector<std::string> log_args = LogArgs(c);
     argv.insert(argv.end(), log_args.begin(), log_args.end());
     if (auto st = Spawn("router", c.RouterGrpcAddress(), argv); !st.ok()) return fail(st);
@@ -403,6 +420,56 @@ std::string Supervisor::ExitedProcess() {
     }
   }
   return "";
+}
+
+std::vector<std::string> Supervisor::RestartExited() {
+  constexpr std::chrono::milliseconds kFirst{1000}, kMax{30000};
+  constexpr std::chrono::seconds kStable{60};
+  std::vector<std::string> report;
+  const auto now = Clock::now();
+  for (size_t i = 0; i < procs_.size(); ++i) {
+    Relaunch& r = relaunch_[i];
+    if (!reaped_[i]) {
+      int status = 0;
+      if (waitpid(procs_[i].pid, &status, WNOHANG) != procs_[i].pid) {
+        if (now - r.started > kStable) r.backoff = kFirst;
+        continue;
+      }
+      reaped_[i] = true;
+      r.due = now + r.backoff;
+      report.push_back(absl::StrCat(
+          procs_[i].name, " (pid ", procs_[i].pid, ") ", DescribeWait(status),
+          "; restarting it in ", r.backoff.count() / 1000.0, " s (its log: ", procs_[i].log, ")"));
+      continue;
+    }
+    if (r.due == Clock::time_point{} || now < r.due) continue;
+    std::error_code ec;
+    std::filesystem::rename(procs_[i].log, procs_[i].log + ".prev", ec);
+    const size_t n = procs_.size();
+    // Copies: Spawn grows procs_ and relaunch_.
+    const std::vector<std::string> argv = r.argv;
+    const std::string netns = r.netns, name = procs_[i].name, address = procs_[i].address;
+    const absl::Status st = Spawn(name, address, argv, netns);
+    if (!st.ok()) {
+      relaunch_[i].due = now + relaunch_[i].backoff;
+      report.push_back(absl::StrCat("restarting ", procs_[i].name, " failed: ", st.message()));
+      continue;
+    }
+    // Spawn appended the new process: it takes the old one's place (start order is kept).
+    procs_[i] = procs_[n];
+    reaped_[i] = false;
+    Relaunch& again = relaunch_[i];  // Spawn grew relaunch_: `r` may be gone
+    again.due = {};
+    again.started = now;
+    again.backoff = std::min(again.backoff * 2, kMax);
+    procs_.resize(n);
+    reaped_.resize(n);
+    relaunch_.resize(n);
+    ++restart_count_;
+    report.push_back(absl::StrCat("restarted ", procs_[i].name, " (pid ", procs_[i].pid,
+                                  "; restarts so far: ", restart_count_, ")"));
+  }
+  return report;
 }
 
 void Supervisor::StopAll() {
@@ -438,11 +505,13 @@ void Supervisor::StopAll() {
   }
   procs_.clear();
   reaped_.clear();
+  relaunch_.clear();
 }
 
 void Supervisor::Release() {
   procs_.clear();
   reaped_.clear();
+  relaunch_.clear();
 }
 
 ClusterState Supervisor::State() const {

@@ -6,6 +6,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -51,6 +52,9 @@ struct SupervisorOptions {
   bool detach = false;  // children must outlive us: no PDEATHSIG, own session
   int health_timeout_s = 60;
   int stop_grace_ms = 10000;
+  // When set, the state file is rewritten (atomically) as soon as each process has started, so
+  // that `pipeinfer down` can stop what an `up` killed half-way had already started.
+  std::string state_path;
   // Link emulation (created by the caller; empty: none): each stage starts in its namespace,
   // listens on every address there, and is reached over the topology's addresses.
   LinkTopology links;
@@ -85,6 +89,16 @@ class Supervisor {
   // The name of a started process that has exited, or empty when all are running. Reaps it.
   std::string ExitedProcess();
 
+  // Foreground supervision, called periodically: reaps every started process that has exited and
+  // starts it again with the same command line (same address, same log; the previous log is kept
+  // as <log>.prev) after a backoff of 1 s, doubling per restart up to 30 s, back to 1 s once the
+  // process has run for a minute. Returns one line per event (exited, restarted, restart failed).
+  // Restarts do not wait for SERVING: the draft service reconnects to a restarted stage by itself
+  // (and resumes the requests in flight), the router to a restarted draft service.
+  std::vector<std::string> RestartExited();
+  // Restarts made so far, over all processes.
+  int restarts() const { return restart_count_; }
+
   // Stops every started process, newest first.
   void StopAll();
 
@@ -107,6 +121,16 @@ class Supervisor {
   SupervisorOptions options_;
   std::vector<ProcessInfo> procs_;
   std::vector<bool> reaped_;
+  // Per process (parallel to procs_): how to start it again, and its restart state.
+  struct Relaunch {
+    std::vector<std::string> argv;
+    std::string netns;
+    std::chrono::steady_clock::time_point due{};  // set while a restart is pending
+    std::chrono::steady_clock::time_point started{};
+    std::chrono::milliseconds backoff{1000};
+  };
+  std::vector<Relaunch> relaunch_;
+  int restart_count_ = 0;
 };
 
 // Writes / reads the state file (JSON).

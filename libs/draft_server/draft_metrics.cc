@@ -3,8 +3,9 @@
 namespace pipeinfer::draft_server {
 
 // Registration order is the order GetStats lists them in.
-DraftMetrics::DraftMetrics()
-    : registry(std::make_shared<metrics::Metrics>("draft", "draft")),
+DraftMetrics::DraftMetrics(const std::string& model)
+    : registry(std::make_shared<metrics::Metrics>(
+          "draft", "draft", std::map<std::string, std::string>{{"model", model}})),
       requests_total(&registry->Counter("requests_total", "Generate calls received")),
       requests_failed_total(
           &registry->Counter("requests_failed_total", "Generate calls that failed")),
@@ -16,6 +17,12 @@ DraftMetrics::DraftMetrics()
       runs_launched_total(&registry->Counter("runs_launched_total", "Runs sent into the pipeline")),
       pipeline_resets_total(
           &registry->Counter("pipeline_resets_total", "Pipeline epochs lost (link failures)")),
+      recoveries_total(&registry->Counter(
+          "recoveries_total", "Requests resumed on a new pipeline epoch after a stage failure")),
+      recovery_seconds(&registry->Histogram(
+          "recovery_seconds",
+          "Time from losing a request's pipeline epoch to re-opening it on the new one",
+          metrics::LatencyBuckets())),
       runs_plain_total(&registry->Counter("runs_plain_total",
                                           "Plain runs sent (prefill chunks and next-token runs)")),
       runs_speculative_total(
@@ -75,19 +82,18 @@ DraftMetrics::DraftMetrics()
       trace_events_total(&registry->Counter(
           "trace_events_total",
           "Run and request events built for live trace viewers (none while nobody watches)")),
-      spec_decode_draft_tokens(&registry->CounterFamily(
-          "pipeinfer_spec_decode_num_draft_tokens_total",
-          "Draft tokens sent for verification, by model and speculation mode")),
-      spec_decode_accepted_tokens(&registry->CounterFamily(
-          "pipeinfer_spec_decode_num_accepted_tokens_total",
-          "Draft tokens accepted by verification, by model and speculation mode")),
+      spec_decode_draft_tokens(
+          &registry->CounterFamily("pipeinfer_spec_decode_num_draft_tokens_total",
+                                   "Draft tokens sent for verification, by speculation mode")),
+      spec_decode_accepted_tokens(
+          &registry->CounterFamily("pipeinfer_spec_decode_num_accepted_tokens_total",
+                                   "Draft tokens accepted by verification, by speculation mode")),
       spec_decode_verifications(&registry->CounterFamily(
           "pipeinfer_spec_decode_num_verifications_total",
-          "Run results verified against the target, by model and speculation mode")) {}
+          "Run results verified against the target, by speculation mode")) {}
 
-void DraftMetrics::AddUp(const spec::Counters& c, const std::string& model,
-                         const std::string& mode) {
-  const prometheus::Labels labels{{"model", model}, {"mode", mode}};
+void DraftMetrics::AddUp(const spec::Counters& c, const std::string& mode) {
+  const prometheus::Labels labels{{"mode", mode}};
   spec_decode_draft_tokens->Add(labels).Increment(static_cast<double>(c.tokens_drafted));
   spec_decode_accepted_tokens->Add(labels).Increment(static_cast<double>(c.tokens_accepted));
   spec_decode_verifications->Add(labels).Increment(static_cast<double>(c.verifications));

@@ -11,13 +11,14 @@
 namespace pipeinfer::draft_server {
 
 struct DraftMetrics {
-  DraftMetrics();
+  // `model`: the value of the `model` label every series carries.
+  explicit DraftMetrics(const std::string& model = "unknown");
   DraftMetrics(const DraftMetrics&) = delete;
   DraftMetrics& operator=(const DraftMetrics&) = delete;
 
   // Adds a finished session's controller counters to the service totals and to the
-  // pipeinfer_spec_decode_* series of its model and mode.
-  void AddUp(const spec::Counters& c, const std::string& model, const std::string& mode);
+  // pipeinfer_spec_decode_* series of its speculation mode.
+  void AddUp(const spec::Counters& c, const std::string& mode);
 
   std::shared_ptr<metrics::Metrics> registry;
   prometheus::Counter* requests_total;
@@ -27,6 +28,10 @@ struct DraftMetrics {
   prometheus::Counter* tokens_generated_total;
   prometheus::Counter* runs_launched_total;
   prometheus::Counter* pipeline_resets_total;
+  // Crash recovery (generate_session.h): requests resumed on a new epoch, and how long each
+  // waited for it.
+  prometheus::Counter* recoveries_total;
+  prometheus::Histogram* recovery_seconds;
   prometheus::Counter* runs_plain_total;
   prometheus::Counter* runs_speculative_total;
   prometheus::Counter* runs_cancelled_total;
@@ -57,7 +62,7 @@ struct DraftMetrics {
   prometheus::Histogram* draft_pass_seconds;
   // Live tracing (trace_hub.h): events built for Trace viewers.
   prometheus::Counter* trace_events_total;
-  // vLLM-style speculative decoding series, labelled {model, mode}.
+  // vLLM-style speculative decoding series, labelled {mode} (and the registry's {model}).
   prometheus::Family<prometheus::Counter>* spec_decode_draft_tokens;
   prometheus::Family<prometheus::Counter>* spec_decode_accepted_tokens;
   prometheus::Family<prometheus::Counter>* spec_decode_verifications;

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "absl/status/statusor.h"
@@ -26,6 +27,7 @@
 #include "metrics/metrics.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
+#include "rpc/credentials.h"
 #include "rpc/server.h"
 #include "spec/spec_budget.h"
 
@@ -52,14 +54,15 @@ grpc::Status ToGrpc(const absl::Status& st) {
   return grpc::Status(static_cast<grpc::StatusCode>(st.code()), std::string(st.message()));
 }
 
-std::shared_ptr<grpc::Channel> StageChannel(const std::string& address, uint64_t max_bytes) {
+std::shared_ptr<grpc::Channel> StageChannel(const std::string& address, uint64_t max_bytes,
+                                            std::shared_ptr<grpc::ChannelCredentials> creds) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(static_cast<int>(max_bytes));
   args.SetMaxSendMessageSize(static_cast<int>(max_bytes));
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  return grpc::CreateCustomChannel(address, creds, args);
 }
 
 // The pipeline's shape from stage 0's and the last stage's StageInfo, checked for wiring mistakes.
@@ -106,7 +109,8 @@ absl::StatusOr<ServedPipeline> LearnPipeline(const DraftServerOptions& opt,
 
 class DraftServer::Impl final : public v1::Draft::Service {
  public:
-  explicit Impl(DraftServerOptions options) : opt_(std::move(options)) {
+  explicit Impl(DraftServerOptions options)
+      : opt_(std::move(options)), m_(opt_.metrics_model.empty() ? "unknown" : opt_.metrics_model) {
     if (opt_.max_sessions == 0) opt_.max_sessions = 1;
   }
 
@@ -119,8 +123,10 @@ class DraftServer::Impl final : public v1::Draft::Service {
     if (opt_.stage0_address.empty() || opt_.last_address.empty()) {
       return absl::InvalidArgumentError("both the stage 0 and the last stage address are needed");
     }
-    auto ch0 = StageChannel(opt_.stage0_address, opt_.max_message_bytes);
-    auto ch_last = StageChannel(opt_.last_address, opt_.max_message_bytes);
+    auto creds = rpc::MakeChannelCredentials(opt_.tls);
+    if (!creds.ok()) return creds.status();
+    auto ch0 = StageChannel(opt_.stage0_address, opt_.max_message_bytes, *creds);
+    auto ch_last = StageChannel(opt_.last_address, opt_.max_message_bytes, *creds);
     stub0_ = v1::Stage::NewStub(ch0);
     const auto deadline = Clock::now() + std::chrono::milliseconds(opt_.connect_timeout_ms);
     if (!ch0->WaitForConnected(deadline)) {
@@ -147,7 +153,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
     if (!pipeline.ok()) return pipeline.status();
     pipeline_ = std::move(*pipeline);
     for (const char* mode : {"sync", "pipeinfer"}) {  // listed at 0 before the first request
-      const prometheus::Labels labels{{"model", pipeline_.model_id}, {"mode", mode}};
+      const prometheus::Labels labels{{"mode", mode}};
       m_.spec_decode_draft_tokens->Add(labels);
       m_.spec_decode_accepted_tokens->Add(labels);
       m_.spec_decode_verifications->Add(labels);
@@ -155,7 +161,8 @@ class DraftServer::Impl final : public v1::Draft::Service {
     created_ =
         std::chrono::duration_cast<std::chrono::seconds>(Clock::now().time_since_epoch()).count();
 
-    auto server = rpc::StartServer(opt_.listen_address, this, opt_.max_message_bytes, &port_);
+    auto server =
+        rpc::StartServer(opt_.listen_address, this, opt_.max_message_bytes, &port_, opt_.tls);
     if (!server.ok()) return server.status();
     server_ = std::move(*server);
     SetServing(false);
@@ -277,8 +284,13 @@ class DraftServer::Impl final : public v1::Draft::Service {
     m_.prompt_tokens_total->Increment(static_cast<double>(req->prompt_token_ids_size()));
     const spec::Mode mode = request->spec.mode;
 
-    const SessionEnv env{&pipeline_,    opt_.draft_model.get(), &m_,
-                         budget_.get(), &acceptance_,           &trace_};
+    SessionEnv env{&pipeline_, opt_.draft_model.get(), &m_, budget_.get(), &acceptance_, &trace_};
+    env.recovery = std::chrono::seconds(opt_.recovery_seconds);
+    const KvDemand demand = KvDemandOf(*request, pipeline_.n_stages);
+    env.reopen = [this, &ticket, demand](Steady::time_point deadline,
+                                         const std::function<bool()>& cancelled) {
+      return Reopen(demand, &*ticket, deadline, cancelled);
+    };
     // Leaving the pipeline (SessionClose queued behind the session's last message) frees the
     // session slot and the KV reservation: the stages free it in the same stream order.
     GenerateSession session(
@@ -407,6 +419,44 @@ class DraftServer::Impl final : public v1::Draft::Service {
     ++active_sessions_;
     m_.sessions_open->Set(static_cast<double>(active_sessions_));
     return s;
+  }
+
+  // Crash recovery: a session for a request whose epoch was lost, on the pipeline once it is back,
+  // with its KV reservation made again against the new epoch's capacities (the stages dropped the
+  // old one with the old epoch).
+  absl::StatusOr<std::unique_ptr<SessionLink>> Reopen(const KvDemand& demand,
+                                                      std::unique_ptr<KvAdmission::Ticket>* ticket,
+                                                      Steady::time_point deadline,
+                                                      const std::function<bool()>& cancelled) {
+    while (true) {
+      PipelineLink* link = nullptr;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (shutdown_) return absl::UnavailableError("the draft service is shutting down");
+        link = link_.get();
+      }
+      if (cancelled()) return absl::CancelledError("the caller cancelled during recovery");
+      if (link && link->ready()) {
+        ticket->reset();
+        absl::StatusOr<std::unique_ptr<KvAdmission::Ticket>> t =
+            kv_admission_.Acquire(demand, deadline, cancelled);
+        UpdateAdmissionGauges();
+        if (!t.ok()) {
+          if (absl::IsCancelled(t.status())) return t.status();
+          return absl::UnavailableError(absl::StrCat(
+              "the pipeline came back but the request's KV does not fit: ", t.status().message()));
+        }
+        *ticket = *std::move(t);
+        absl::StatusOr<std::unique_ptr<PipelineLink::Session>> s = link->OpenSession();
+        if (s.ok()) return std::unique_ptr<SessionLink>(std::move(*s));
+      }
+      if (Steady::now() >= deadline) {
+        return absl::UnavailableError(
+            absl::StrCat("the pipeline lost a stage and did not come back within ",
+                         opt_.recovery_seconds, " s; retry later"));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
   }
 
   void Release() {

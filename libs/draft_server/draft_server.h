@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "rpc/tls.h"
 #include "spec/params.h"
 
 namespace pipeinfer::draft_server {
@@ -32,6 +33,9 @@ struct DraftServerOptions {
   std::string last_address;                    // the last stage (serves the Results stream)
   // The model id clients name and that PipelineOpen carries; empty = stage 0's model id.
   std::string model_id;
+  // The `model` label of every metric (known before the stages answer; pipeinfer-draft passes
+  // --model-id or the target file's name, as the stages name it). Empty: "unknown".
+  std::string metrics_model;
   // The model's end-of-generation token ids (from the GGUF); empty = none known.
   std::vector<uint32_t> eos_ids;
   // The vocabulary size the caller expects (from the GGUF); 0 = take the stages' value unchecked.
@@ -44,8 +48,14 @@ struct DraftServerOptions {
   // Scales the pipeline-wide speculation budget (spec/spec_budget.h); 0 turns it off.
   double spec_budget_scale = 1.0;
   int connect_timeout_ms = 30000;  // how long Start() waits for the stages and the pipeline
+  // Crash recovery: how long a request whose pipeline epoch was lost (a stage died) waits for the
+  // pipeline to come back before it ends with UNAVAILABLE; 0 = no recovery (it fails at once).
+  int recovery_seconds = 30;
   uint64_t max_message_bytes = 64ull << 20;       // gRPC max send/receive message size
   std::string controller_id = "pipeinfer-draft";  // for the stages' logs
+  // TLS (rpc/tls.h) of the Draft server and of the links to the stages (the stages check this
+  // certificate's name against their allow-list). Empty = plaintext.
+  rpc::TlsFiles tls;
   // Serve Prometheus /metrics on HOST:PORT (port 0 = a free one); empty = no endpoint.
   std::string metrics_address;
   // Speculation settings for requests that leave SpecConfig fields unset.

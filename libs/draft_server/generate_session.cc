@@ -1,9 +1,12 @@
 #include "draft_server/generate_session.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <map>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 
 #include "draft_server/pipeline_proto.h"
@@ -25,7 +28,8 @@ uint64_t MicrosBetween(Steady::time_point a, Steady::time_point b) {
 }
 
 spec::ControllerOptions ControllerOptionsFor(const v1::GenerateRequest& req,
-                                             const ValidatedRequest& v, const SessionEnv& env) {
+                                             const ValidatedRequest& v, const SessionEnv& env,
+                                             uint32_t generated) {
   const ServedPipeline& pipeline = *env.pipeline;
   spec::ControllerOptions o;
   o.acceptance = env.acceptance;
@@ -38,6 +42,9 @@ spec::ControllerOptions ControllerOptionsFor(const v1::GenerateRequest& req,
   for (uint32_t id : pipeline.eos_ids) o.stop.eos_ids.push_back(static_cast<int32_t>(id));
   for (uint32_t id : req.stop_token_ids()) o.stop.stop_ids.push_back(static_cast<int32_t>(id));
   o.stop.max_new_tokens = req.has_max_tokens() ? req.max_tokens() : UINT32_MAX;
+  // After a recovery the tokens already streamed are part of the prompt.
+  if (o.stop.max_new_tokens != UINT32_MAX)
+    o.stop.max_new_tokens -= std::min(o.stop.max_new_tokens, generated);
   o.stop.max_context = v.max_context;
   o.logprobs = v.logprobs;
   return o;
@@ -127,21 +134,47 @@ GenerateSession::GenerateSession(const SessionEnv& env, const v1::GenerateReques
     : env_(env),
       req_(req),
       request_(std::move(request)),
-      link_(*link),
+      link_(link),
       on_close_(std::move(on_close)),
       t_start_(t_start),
       t_open_(Steady::now()) {
+  if (env_.budget) env_.budget->AddSession(+1);
+  NewController(0);
+}
+
+void GenerateSession::NewController(uint32_t generated) {
+  ctl_.reset();  // it points at the sink and the drafter
+  sink_.reset();
+  drafter_.reset();
   if (request_.spec.mode != spec::Mode::kPlain) {
-    drafter_ = std::make_unique<SessionDrafter>(env_.draft_model, link_.id());
+    drafter_ = std::make_unique<SessionDrafter>(env_.draft_model, link_->id());
     // An outcome wakes the session if it waits for a draft pass (set before anything is sent, so
     // before any delivery).
     DraftModel* model = env_.draft_model;
-    link_.inbox().SetWaker([model] { model->Wake(); });
+    link_->inbox().SetWaker([model] { model->Wake(); });
   }
-  sink_ = std::make_unique<Sink>(&link_, env_.metrics, env_.budget, env_.trace);
-  if (env_.budget) env_.budget->AddSession(+1);
-  ctl_ = std::make_unique<spec::Controller>(ControllerOptionsFor(req_, request_, env_), sink_.get(),
-                                            drafter_.get());
+  sink_ = std::make_unique<Sink>(link_, env_.metrics, env_.budget, env_.trace);
+  abandoned_ = false;
+  ctl_ = std::make_unique<spec::Controller>(ControllerOptionsFor(req_, request_, env_, generated),
+                                            sink_.get(), drafter_.get());
+}
+
+spec::Counters GenerateSession::counters() const {
+  spec::Counters c = prior_;
+  if (abandoned_) return c;  // the current controller's counters are in prior_ already
+  const spec::Counters& n = ctl_->counters();
+  c.runs_plain += n.runs_plain;
+  c.runs_speculative += n.runs_speculative;
+  c.runs_invalidated += n.runs_invalidated;
+  c.runs_cancelled += n.runs_cancelled;
+  c.runs_tombstoned += n.runs_tombstoned;
+  c.tokens_drafted += n.tokens_drafted;
+  c.tokens_accepted += n.tokens_accepted;
+  c.sibling_accepts += n.sibling_accepts;
+  c.branch_accepts += n.branch_accepts;
+  c.verifications += n.verifications;
+  c.draft_failures += n.draft_failures;
+  return c;
 }
 
 GenerateSession::~GenerateSession() {
@@ -149,18 +182,85 @@ GenerateSession::~GenerateSession() {
 }
 
 absl::Status GenerateSession::Run(const SessionCaller& caller) {
-  absl::Status st = Open();
+  absl::Status st =
+      Open(std::vector<int32_t>(req_.prompt_token_ids().begin(), req_.prompt_token_ids().end()));
   t_prefill_ = Steady::now();
   if (st.ok()) st = Decode(caller);
+  // A lost epoch: resume on the next one, as often as the pipeline comes back in time (Recover
+  // fails, ending the loop, when it does not).
+  while (!st.ok() && EpochLost(st)) {
+    if (st = Recover(caller); !abandoned_) {
+      if (st.ok()) st = Decode(caller);
+    } else {
+      break;  // the pipeline did not come back (or the caller went away)
+    }
+  }
   const v1::SpecCounters counters = Close();
   if (!st.ok()) return Fail(st, caller);
   return Finish(counters, caller);
 }
 
-absl::Status GenerateSession::Open() {
+bool GenerateSession::EpochLost(const absl::Status& st) {
+  if (absl::IsCancelled(st)) return false;
+  if (!link_->lost()) {
+    // A stage's error about the session may arrive just before its link ends (the stage saw its
+    // neighbour die): give the link a moment to notice, for the codes a dying pipeline gives.
+    if (!absl::IsUnavailable(st) && !absl::IsAborted(st)) return false;
+    const auto until = Steady::now() + std::chrono::milliseconds(500);
+    while (!link_->lost() && Steady::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    if (!link_->lost()) return false;
+  }
+  return true;
+}
+
+void GenerateSession::Abandon() {
+  if (abandoned_) return;
+  prior_closed_runs_ += link_->Close(ctl_->OutstandingRunIds());
+  const spec::Counters& c = ctl_->counters();
+  env_.metrics->AddUp(c, std::string(spec::ModeName(ctl_->mode())));
+  prior_ = counters();
+  abandoned_ = true;
+}
+
+absl::Status GenerateSession::Recover(const SessionCaller& caller) {
+  const auto t_lost = Steady::now();
+  Abandon();
+  if (!env_.reopen || env_.recovery.count() <= 0) {
+    return absl::UnavailableError(
+        "the pipeline was reset while the request was in flight (crash recovery is off); retry");
+  }
+  if (recovery_progress_ != completion_) {
+    recovery_deadline_ = t_lost + env_.recovery;
+    recovery_progress_ = completion_;
+  }
+  absl::StatusOr<std::unique_ptr<SessionLink>> fresh =
+      env_.reopen(recovery_deadline_, caller.cancelled);
+  if (!fresh.ok()) return fresh.status();
+  // The old leg's objects go before its session does (the sink points at it).
+  ctl_.reset();
+  sink_.reset();
+  drafter_.reset();
+  owned_link_ = *std::move(fresh);
+  link_ = owned_link_.get();
+  NewController(completion_);
+  ++recoveries_;
+  const double waited = std::chrono::duration<double>(Steady::now() - t_lost).count();
+  env_.metrics->recoveries_total->Increment();
+  env_.metrics->recovery_seconds->Observe(waited);
+  spdlog::warn(
+      "pipeline lost mid-request; resumed on session {} after {:.3f} s ({} tokens streamed)",
+      link_->id(), waited, completion_);
+  std::vector<int32_t> prompt(req_.prompt_token_ids().begin(), req_.prompt_token_ids().end());
+  prompt.insert(prompt.end(), streamed_.begin(), streamed_.end());
+  return Open(prompt);
+}
+
+absl::Status GenerateSession::Open(const std::vector<int32_t>& prompt) {
   v1::StageDownstream open;
   auto* o = open.mutable_session_open();
-  o->set_session_id(link_.id());
+  o->set_session_id(link_->id());
   o->set_request_id(req_.request_id());
   o->set_max_context(request_.max_context);
   // The reservation admission made room for (the stages reserve the same blocks).
@@ -168,13 +268,12 @@ absl::Status GenerateSession::Open() {
   o->set_kv_reserve_tokens(demand.reserve_tokens);
   o->set_max_partitions(demand.partitions);
   *o->mutable_result() = ResultSpecFor(request_.sampling, request_.logprobs >= 0);
-  if (absl::Status st = link_.Enqueue(std::move(open)).status(); !st.ok()) return st;
-  const std::vector<int32_t> prompt(req_.prompt_token_ids().begin(), req_.prompt_token_ids().end());
+  if (absl::Status st = link_->Enqueue(std::move(open)).status(); !st.ok()) return st;
   return ctl_->Start(prompt);
 }
 
 absl::Status GenerateSession::Decode(const SessionCaller& caller) {
-  SessionInbox& inbox = link_.inbox();
+  SessionInbox& inbox = link_->inbox();
   // A draft pass this session waits for is interrupted when an outcome arrives: handling results
   // never waits for drafting.
   if (drafter_) drafter_->SetInterrupt([&inbox] { return inbox.Waiting(); });
@@ -244,7 +343,7 @@ void GenerateSession::Trace(const v1::ResultsDownstream& raw, uint64_t run_id, u
   }
   const uint64_t done_us = UnixMicros();
   ev.set_request_id(req_.request_id());
-  ev.set_session_id(link_.id());
+  ev.set_session_id(link_->id());
   ev.set_run_id(run_id);
   ev.set_speculative(speculative);
   ev.set_tokens(tokens);
@@ -292,9 +391,10 @@ absl::Status GenerateSession::Stream(const std::vector<int32_t>& tokens,
     }
   }
   batch->set_index(completion_);
-  *batch->mutable_counters() = ToSpecCounters(ctl_->mode(), ctl_->counters());
+  *batch->mutable_counters() = ToSpecCounters(ctl_->mode(), counters());
   if (!caller.write(ev)) return absl::CancelledError("the caller went away");
   completion_ += static_cast<uint32_t>(tokens.size());
+  streamed_.insert(streamed_.end(), tokens.begin(), tokens.end());
   env_.metrics->tokens_generated_total->Increment(static_cast<double>(tokens.size()));
   return absl::OkStatus();
 }
@@ -302,12 +402,14 @@ absl::Status GenerateSession::Stream(const std::vector<int32_t>& tokens,
 v1::SpecCounters GenerateSession::Close() {
   // SessionClose is queued first: the stages free the session's reservation at that point of the
   // stream, so admission may only hand it to the next request after it.
-  const uint64_t closed_runs = link_.Close(ctl_->OutstandingRunIds());
+  const uint64_t closed_runs =
+      (abandoned_ ? 0 : link_->Close(ctl_->OutstandingRunIds())) + prior_closed_runs_;
   if (on_close_) on_close_();
-  v1::SpecCounters counters = ToSpecCounters(ctl_->mode(), ctl_->counters());
+  v1::SpecCounters counters = ToSpecCounters(ctl_->mode(), this->counters());
   counters.set_runs_cancelled(counters.runs_cancelled() + closed_runs);
-  env_.metrics->AddUp(ctl_->counters(), env_.pipeline->model_id,
-                      std::string(spec::ModeName(ctl_->mode())));
+  if (!abandoned_) {
+    env_.metrics->AddUp(ctl_->counters(), std::string(spec::ModeName(ctl_->mode())));
+  }
   drafter_.reset();  // frees the session's draft KV
   return counters;
 }
@@ -321,7 +423,7 @@ absl::Status GenerateSession::Fail(const absl::Status& st, const SessionCaller& 
   e->set_message(std::string(st.message()));
   e->set_origin("draft");
   e->set_request_id(req_.request_id());
-  e->set_session_id(link_.id());
+  e->set_session_id(link_->id());
   e->set_retryable(absl::IsUnavailable(st) || absl::IsResourceExhausted(st) || absl::IsAborted(st));
   caller.write(ev);
   return st;

@@ -46,6 +46,11 @@ struct PipelineLink::Epoch {
   std::deque<std::chrono::steady_clock::time_point> out_at;
   uint64_t next_run_id = 1;
   int64_t runs_in_flight = 0;  // sent and not yet answered (for Run.pipeline_runs)
+  // Keepalive (stage.proto section 2a): a Barrier when nothing was sent for a quarter of the
+  // shortest ownership lease of the stages (zero: none of them releases an idle link).
+  std::chrono::steady_clock::duration keepalive{0};
+  std::chrono::steady_clock::time_point last_sent = std::chrono::steady_clock::now();
+  uint64_t keepalives = 0;
   std::atomic<bool> dead{false};
   std::string dead_reason;
 
@@ -240,7 +245,22 @@ void PipelineLink::SendLoop(std::shared_ptr<Epoch> ep) {
     v1::StageDownstream m;
     {
       std::unique_lock<std::mutex> l(ep->mu);
-      ep->cv.wait(l, [&] { return ep->dead || (!ep->out.empty() && ep->credit > 0); });
+      while (!ep->dead && (ep->out.empty() || ep->credit <= 0)) {
+        const auto now = std::chrono::steady_clock::now();
+        const bool can_keepalive = ep->keepalive.count() > 0 && ep->out.empty() && ep->credit > 0;
+        if (can_keepalive && now - ep->last_sent >= ep->keepalive) {
+          v1::StageDownstream b;
+          b.mutable_barrier()->set_barrier_id(++ep->keepalives);
+          if (ep->emulate) ep->out_at.push_back(now);
+          ep->out.push_back(std::move(b));
+          break;
+        }
+        if (can_keepalive) {
+          ep->cv.wait_until(l, ep->last_sent + ep->keepalive);
+        } else {
+          ep->cv.wait(l);
+        }
+      }
       if (ep->dead) return;
       if (ep->emulate) {
         const auto due = ep->out_at.front();
@@ -253,6 +273,7 @@ void PipelineLink::SendLoop(std::shared_ptr<Epoch> ep) {
       m = std::move(ep->out.front());
       ep->out.pop_front();
       --ep->credit;
+      ep->last_sent = std::chrono::steady_clock::now();
     }
     if (!ep->pipe->Write(m)) {
       EpochFailed(ep, "writing to stage 0 failed");
@@ -277,6 +298,10 @@ void PipelineLink::PipeReadLoop(std::shared_ptr<Epoch> ep) {
         ep->capacity.clear();
         for (const v1::StageCapacity& c : m.ready().stages()) {
           ep->capacity.push_back({c.stage_index(), c.kv_block_size(), c.kv_blocks_total()});
+          const auto lease = std::chrono::milliseconds(c.owner_lease_ms());
+          if (lease.count() > 0 && (ep->keepalive.count() == 0 || lease / 4 < ep->keepalive)) {
+            ep->keepalive = lease / 4;
+          }
         }
         ep->got_ready = true;
       }
@@ -356,6 +381,10 @@ std::pair<grpc::Status, grpc::Status> PipelineLink::StopEpoch(const std::shared_
 }
 
 void PipelineLink::Supervise() {
+  // Reconnection backoff: a restarted stage is usually back within a second or two, and the
+  // requests waiting to resume (crash recovery) should not wait much longer than that.
+  constexpr std::chrono::milliseconds kFirstRetry{100}, kMaxRetry{2000};
+  std::chrono::milliseconds backoff = kFirstRetry;
   std::unique_lock<std::mutex> l(mu_);
   while (!stopping_) {
     cv_.wait_for(l, std::chrono::seconds(1),
@@ -373,9 +402,11 @@ void PipelineLink::Supervise() {
     l.lock();
     if (!fresh.ok()) {
       spdlog::warn("reconnecting: {}", std::string(fresh.status().message()));
-      cv_.wait_for(l, std::chrono::seconds(1), [&] { return stopping_; });
+      cv_.wait_for(l, backoff, [&] { return stopping_; });
+      backoff = std::min(backoff * 2, kMaxRetry);
       continue;
     }
+    backoff = kFirstRetry;
     if (stopping_) {
       l.unlock();
       StopEpoch(*fresh);
@@ -408,6 +439,8 @@ absl::StatusOr<uint64_t> PipelineLink::Session::Enqueue(v1::StageDownstream m) {
   if (!PipelineLink::Enqueue(*epoch_, std::move(m), &run_id)) return Lost(*epoch_);
   return run_id;
 }
+
+bool PipelineLink::Session::lost() const { return epoch_->dead.load(); }
 
 void PipelineLink::Session::SendCancel(std::span<const uint64_t> run_ids) {
   PipelineLink::SendCancel(*epoch_, run_ids);

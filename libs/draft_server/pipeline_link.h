@@ -4,14 +4,17 @@
 //
 //   * a sender thread writes queued StageDownstream messages to stage 0 as credits allow (a message
 //     is queued, never dropped, while the link is out of credit); run ids are assigned when a
-//     message is queued, so they increase along the stream;
+//     message is queued, so they increase along the stream; with nothing to send for a quarter of
+//     the stages' ownership lease it sends a keepalive Barrier (stage.proto section 2a);
 //   * a pipeline reader takes Credit, Cancel, ErrorDetail and PipelineReady messages from stage 0;
 //     an ErrorDetail naming a session fails that session; PipelineReady (right after the first
 //     credit) gives every stage's KV capacity, which an epoch waits for before it is used;
 //   * a results reader dispatches each RunResult / Tombstone to its session's inbox by session_id
 //     (each session sees exactly one outcome per run, in sending order);
-//   * a supervisor reconnects with a new epoch when a link fails: the sessions of the lost epoch
-//     fail with ABORTED, OpenSession fails with UNAVAILABLE until the pipeline is back.
+//   * a supervisor reconnects with a new epoch when a link fails (retrying after 100 ms, doubling
+//     up to 2 s): the sessions of the lost epoch fail with ABORTED and report lost(), OpenSession
+//     fails with UNAVAILABLE until the pipeline is back. A Generate call whose session was lost
+//     resumes on a new session of the next epoch (generate_session.h, crash recovery).
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -141,6 +144,7 @@ class PipelineLink::Session final : public SessionLink {
   absl::StatusOr<uint64_t> Enqueue(v1::StageDownstream m) override;
   void SendCancel(std::span<const uint64_t> run_ids) override;
   uint64_t Close(std::span<const uint64_t> outstanding) override;
+  bool lost() const override;
 
  private:
   friend class PipelineLink;

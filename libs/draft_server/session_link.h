@@ -30,6 +30,10 @@ class SessionLink {
   // Stops delivery, cancels the `outstanding` runs and closes the session on every stage (freeing
   // its KV), unless the pipeline was reset meanwhile. Returns how many runs it cancelled.
   virtual uint64_t Close(std::span<const uint64_t> outstanding) = 0;
+  // True once the pipeline incarnation (epoch) this session was opened on is gone (a stage or a
+  // link died): its failures are then the pipeline's, not the request's, and the request may be
+  // resumed on a new session (generate_session.h, crash recovery).
+  virtual bool lost() const { return false; }
 };
 
 }  // namespace pipeinfer::draft_server

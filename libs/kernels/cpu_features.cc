@@ -5,6 +5,10 @@
 #include "kernels/kernels.h"
 #include "kernels/simd.h"
 
+#if PIPEINFER_KERNELS_X86
+#include <cpuid.h>
+#endif
+
 namespace pipeinfer::kernels {
 namespace {
 
@@ -12,9 +16,11 @@ std::atomic<bool> force_scalar{false};
 
 bool DetectAvx2Fma() {
 #if PIPEINFER_KERNELS_X86
-  // __builtin_cpu_supports also checks that the OS saves the AVX state.
-  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-         __builtin_cpu_supports("f16c");
+  // __builtin_cpu_supports also checks that the OS saves the AVX state. F16C is read from CPUID
+  // leaf 1 (ECX bit 29) directly: clang before 16 does not know the "f16c" feature name.
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  const bool f16c = __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29)) != 0;
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c;
 #else
   return false;
 #endif

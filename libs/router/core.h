@@ -7,6 +7,7 @@
 #include <string>
 
 #include "router/admission.h"
+#include "router/api_keys.h"
 #include "router/connection_watch.h"
 #include "router/draft_pool.h"
 #include "router/generation.h"
@@ -29,6 +30,7 @@ struct Core {
   std::unique_ptr<Admission> admission;
   std::unique_ptr<Generator> generator;
   std::unique_ptr<DisconnectWatcher> watcher;  // HTTP clients that go away mid-request
+  ApiKeys api_keys;                            // none: every request is allowed
 };
 
 }  // namespace pipeinfer::router

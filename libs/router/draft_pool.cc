@@ -11,6 +11,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "pipeinfer/v1/draft.grpc.pb.h"
+#include "rpc/credentials.h"
 
 namespace pipeinfer::router {
 
@@ -23,7 +24,10 @@ DraftPool::Lease::~Lease() { r_->series.running->Set(static_cast<double>(--r_->r
 
 absl::StatusOr<std::unique_ptr<DraftPool>> DraftPool::Create(const std::string& addresses,
                                                              RouterMetrics& metrics,
-                                                             std::chrono::milliseconds interval) {
+                                                             std::chrono::milliseconds interval,
+                                                             const rpc::TlsFiles& tls) {
+  auto creds = rpc::MakeChannelCredentials(tls);
+  if (!creds.ok()) return creds.status();
   std::unique_ptr<DraftPool> pool(new DraftPool());
   pool->interval_ = interval;
   std::set<std::string> seen;
@@ -37,7 +41,7 @@ absl::StatusOr<std::unique_ptr<DraftPool>> DraftPool::Create(const std::string& 
     r->address = a;
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(64 << 20);
-    r->channel = grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args);
+    r->channel = grpc::CreateCustomChannel(a, *creds, args);
     r->series = metrics.Replica(a);
     r->series.healthy->Set(0);
     r->series.running->Set(0);

@@ -18,6 +18,7 @@
 
 #include "absl/status/statusor.h"
 #include "router/router_metrics.h"
+#include "rpc/tls.h"
 
 namespace grpc {
 class Channel;
@@ -50,10 +51,11 @@ class DraftPool {
   };
 
   // `addresses`: comma-separated HOST:PORT (or gRPC target) list; InvalidArgument when empty or
-  // repeated.
+  // repeated. `tls`: the channels' credentials (rpc/tls.h; empty = plaintext).
   static absl::StatusOr<std::unique_ptr<DraftPool>> Create(const std::string& addresses,
                                                            RouterMetrics& metrics,
-                                                           std::chrono::milliseconds interval);
+                                                           std::chrono::milliseconds interval,
+                                                           const rpc::TlsFiles& tls = {});
   ~DraftPool();  // stops the checker
 
   // Checks every replica once (waiting up to `wait` for one to be healthy), then starts the

@@ -17,6 +17,8 @@ std::string OaiType(const Error& e) {
       return "rate_limit_exceeded";
     case absl::StatusCode::kUnavailable:
       return "service_unavailable";
+    case absl::StatusCode::kUnauthenticated:
+      return "invalid_request_error";
     default:
       return "server_error";
   }
@@ -44,6 +46,8 @@ int HttpStatusFor(const Error& e) {
       return 504;
     case absl::StatusCode::kCancelled:
       return 499;
+    case absl::StatusCode::kUnauthenticated:
+      return 401;
     default:
       return 500;
   }

@@ -26,7 +26,6 @@ struct GenRequest {
   std::string request_id;
   std::vector<uint32_t> prompt;
   std::optional<uint32_t> max_tokens;
-  bool clamp_max_tokens = false;  // gRPC: clamp to the context; HTTP: error
   v1::SamplingParams sampling;
   std::vector<std::string> stops;  // text stop sequences (client's + template's)
   std::vector<uint32_t> stop_token_ids;

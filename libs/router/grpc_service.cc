@@ -1,6 +1,7 @@
 #include "router/grpc_service.h"
 
 #include <grpcpp/grpcpp.h>
+#include <spdlog/spdlog.h>
 
 #include <chrono>
 #include <optional>
@@ -29,6 +30,7 @@ class RouterService final : public v1::Router::Service {
 
   grpc::Status Chat(grpc::ServerContext* ctx, const v1::ChatRequest* req,
                     grpc::ServerWriter<v1::GenerateEvent>* writer) override {
+    if (grpc::Status a = Authorize(*ctx, "Chat"); !a.ok()) return a;
     const auto t0 = Clock::now();
     GenRequest g;
     g.arrival = t0;
@@ -46,6 +48,7 @@ class RouterService final : public v1::Router::Service {
 
   grpc::Status Complete(grpc::ServerContext* ctx, const v1::CompletionRequest* req,
                         grpc::ServerWriter<v1::GenerateEvent>* writer) override {
+    if (grpc::Status a = Authorize(*ctx, "Complete"); !a.ok()) return a;
     const auto t0 = Clock::now();
     GenRequest g;
     g.arrival = t0;
@@ -57,8 +60,9 @@ class RouterService final : public v1::Router::Service {
     return Serve("Complete", ctx, t0, err, &g, writer);
   }
 
-  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+  grpc::Status ListModels(grpc::ServerContext* ctx, const v1::ListModelsRequest*,
                           v1::ListModelsResponse* resp) override {
+    if (grpc::Status a = Authorize(*ctx, "ListModels"); !a.ok()) return a;
     v1::ModelInfo* m = resp->add_models();
     m->set_id(core_.model.id);
     m->set_n_ctx(b_.n_ctx());
@@ -73,8 +77,9 @@ class RouterService final : public v1::Router::Service {
   // The draft service asks stage 0 with include_pipeline, and each stage appends its downstream
   // neighbour's statistics (or an error entry for it), so its answer already lists every stage
   // in order.
-  grpc::Status GetClusterStats(grpc::ServerContext*, const v1::ClusterStatsRequest* req,
+  grpc::Status GetClusterStats(grpc::ServerContext* ctx, const v1::ClusterStatsRequest* req,
                                v1::ClusterStatsResponse* resp) override {
+    if (grpc::Status a = Authorize(*ctx, "GetClusterStats"); !a.ok()) return a;
     auto* me = resp->add_services();
     core_.metrics->metrics()->FillServiceStats(me);
     me->set_address(core_.options.grpc_address);
@@ -104,6 +109,21 @@ class RouterService final : public v1::Router::Service {
   }
 
  private:
+  // API keys (api_keys.h): the `authorization` metadata, "Bearer <key>". A refusal is counted
+  // and logged without the key.
+  grpc::Status Authorize(const grpc::ServerContext& ctx, const char* method) {
+    if (!core_.api_keys.enabled()) return grpc::Status::OK;
+    std::string value;
+    const auto& md = ctx.client_metadata();
+    if (auto it = md.find("authorization"); it != md.end()) {
+      value.assign(it->second.data(), it->second.size());
+    }
+    const absl::Status st = core_.api_keys.Check(value);
+    if (st.ok()) return grpc::Status::OK;
+    spdlog::warn("gRPC {} from {} refused: {}", method, ctx.peer(), S(st.message()));
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, S(st.message()));
+  }
+
   // CompletionRequest: token ids (with an optional BOS) or text.
   std::optional<Error> Prompt(const v1::CompletionRequest& req, GenRequest* g) const {
     const tokenizer::Tokenizer& tok = *core_.model.tok;

@@ -15,7 +15,10 @@ void SendError(Core& core, httplib::Response& res, const std::string& endpoint, 
                const GenRequest* g) {
   const int status = HttpStatusFor(e);
   res.status = status;
-  if (status == 429) res.set_header("Retry-After", std::to_string(core.options.retry_after_s));
+  // Both are retryable: a full queue (429) and no pipeline / no draft service (503).
+  if (status == 429 || status == 503) {
+    res.set_header("Retry-After", std::to_string(core.options.retry_after_s));
+  }
   res.set_content(Dump(ErrorBody(e)), "application/json");
   const GenRequest unparsed;
   const GenRequest& req = g ? *g : unparsed;

@@ -13,8 +13,8 @@ struct Response;
 
 namespace pipeinfer::router {
 
-// Status from the error (429 with Retry-After), JSON body {"error": {...}}, reported as the end of
-// `g` (request_report.h; null: a request refused before it was parsed): counted in
+// Status from the error (429 and 503 with Retry-After), JSON body {"error": {...}}, reported as the
+// end of `g` (request_report.h; null: a request refused before it was parsed): counted in
 // http_requests_total{endpoint, http_code} and access-logged; a client that went away (499) is an
 // abort.
 void SendError(Core& core, httplib::Response& res, const std::string& endpoint, const Error& e,

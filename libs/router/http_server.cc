@@ -36,7 +36,21 @@ absl::Status HttpServer::Start(const std::string& address) {
     return absl::InvalidArgumentError(bad);
   }
   const RouterOptions& o = core_.options;
-  http_ = std::make_unique<httplib::Server>();
+  if (o.tls.cert.empty() != o.tls.key.empty()) {
+    return absl::InvalidArgumentError("--tls-cert and --tls-key go together");
+  }
+  if (!o.tls.cert.empty()) {
+    // HTTPS with the same certificate as the gRPC server (clients are not asked for one: the
+    // HTTP edge authenticates with API keys).
+    auto ssl = std::make_unique<httplib::SSLServer>(o.tls.cert.c_str(), o.tls.key.c_str());
+    if (!ssl->is_valid()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("HTTPS: cannot load the certificate ", o.tls.cert, " and key ", o.tls.key));
+    }
+    http_ = std::move(ssl);
+  } else {
+    http_ = std::make_unique<httplib::Server>();
+  }
   const size_t threads = HttpThreads(o);
   http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   http_->set_payload_max_length(o.max_body_bytes);
@@ -74,6 +88,24 @@ void HttpServer::Stop() {
 
 void HttpServer::SetUpRoutes() {
   Core& core = core_;
+  // API keys (api_keys.h) before any route: the pages, and /health, /ready, /metrics unless
+  // --protect-metrics, stay open; everything else needs "Authorization: Bearer <key>".
+  http_->set_pre_routing_handler([&core](const httplib::Request& q, httplib::Response& r) {
+    if (!core.api_keys.enabled()) return httplib::Server::HandlerResponse::Unhandled;
+    const bool page = q.path == "/" || q.path == "/pipeline";
+    const bool probe = q.path == "/health" || q.path == "/ready" || q.path == "/metrics";
+    if (page || (probe && !core.options.protect_metrics)) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    const absl::Status st = core.api_keys.Check(q.get_header_value("Authorization"));
+    if (st.ok()) return httplib::Server::HandlerResponse::Unhandled;
+    r.set_header("WWW-Authenticate", "Bearer");
+    const bool known = q.path == "/v1/chat/completions" || q.path == "/v1/completions" ||
+                       q.path == "/v1/models" || q.path == "/v1/internal/trace" || probe;
+    SendError(core, r, known ? q.path : "other",
+              Error{absl::StatusCode::kUnauthenticated, S(st.message()), "", "invalid_api_key"});
+    return httplib::Server::HandlerResponse::Handled;
+  });
   // Handlers with a content reader see the request before its body is read (ReadBody).
   http_->Post("/v1/chat/completions", [&core](const httplib::Request& q, httplib::Response& r,
                                               const httplib::ContentReader& reader) {
@@ -83,6 +115,20 @@ void HttpServer::SetUpRoutes() {
                                          const httplib::ContentReader& reader) {
     ServeGeneration(core, q, r, reader, /*chat=*/false);
   });
+  // Another method on a POST endpoint: 405 with Allow (not the library's 404).
+  for (const char* path : {"/v1/chat/completions", "/v1/completions"}) {
+    const auto not_allowed = [&core, path](const httplib::Request& q, httplib::Response& r) {
+      Error e{absl::StatusCode::kInvalidArgument,
+              absl::StrCat(q.method, " is not allowed on ", path, "; use POST"), "", "",
+              /*http_status=*/405};
+      r.set_header("Allow", "POST");
+      SendError(core, r, path, e);
+    };
+    http_->Get(path, not_allowed);
+    http_->Put(path, not_allowed);
+    http_->Delete(path, not_allowed);
+    http_->Patch(path, not_allowed);
+  }
   // A client that asks before sending a body too large gets its 413 without sending it.
   http_->set_expect_100_continue_handler([&core](const httplib::Request& q, httplib::Response& r) {
     const uint64_t length = q.get_header_value<uint64_t>("Content-Length");

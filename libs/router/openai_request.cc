@@ -203,8 +203,17 @@ std::optional<Error> ParseCommon(const json& body, bool chat, const RequestBuild
   if (auto e = Get(body, "max_completion_tokens", &max_completion_tokens)) return e;
   if (max_completion_tokens) max_tokens = max_completion_tokens;
   if (max_tokens) {
-    if (*max_tokens < 1 || *max_tokens > 0xffffffffLL) {
-      return Invalid("max_tokens must be >= 1", "max_tokens");
+    if (*max_tokens < 1) {
+      return Invalid(absl::StrCat("max_tokens must be >= 1, got ", *max_tokens), "max_tokens");
+    }
+    // More than the whole context (1e12, beyond 32 bits, included) can never fit: refused with
+    // the real bound and CheckContext's code.
+    if (*max_tokens > int64_t{b.n_ctx()}) {
+      return Error{
+          absl::StatusCode::kOutOfRange,
+          absl::StrCat("max_tokens must be at most this model's maximum context length of ",
+                       b.n_ctx(), " tokens (prompt included), got ", *max_tokens),
+          "max_tokens", "context_length_exceeded"};
     }
     g->max_tokens = static_cast<uint32_t>(*max_tokens);
   }

@@ -9,7 +9,7 @@
 // field of the wrong JSON type, an unknown or unsupported field -> 400 (not 422) naming the field
 // in `param`; unknown model -> 404; a prompt that cannot fit the context -> 400
 // "context_length_exceeded". HTTP defaults follow OpenAI (temperature 1 when absent) and a
-// max_tokens beyond the context is an error, not clamped.
+// max_tokens beyond the context is an error (as over gRPC), not clamped.
 #pragma once
 
 #include <optional>

@@ -145,7 +145,6 @@ std::optional<Error> RequestBuilder::FromOptions(const v1::GenerationOptions& o,
     if (o.max_tokens() < 1) return Invalid("max_tokens must be >= 1", "max_tokens");
     g->max_tokens = o.max_tokens();
   }
-  g->clamp_max_tokens = true;
   if (auto e = CheckSampling(o.sampling())) return e;
   g->sampling = o.sampling();
   if (auto e = AddStops({o.stop().begin(), o.stop().end()}, g)) return e;
@@ -168,15 +167,12 @@ std::optional<Error> RequestBuilder::CheckContext(GenRequest* g) const {
   if (!g->max_tokens) {
     g->max_tokens = room;
   } else if (*g->max_tokens > room) {
-    if (g->clamp_max_tokens) {
-      g->max_tokens = room;
-    } else {
-      return Error{absl::StatusCode::kOutOfRange,
-                   absl::StrCat("This model's maximum context length is ", n_ctx_,
-                                " tokens. However, you requested ", n + *g->max_tokens, " tokens (",
-                                n, " in the prompt, ", *g->max_tokens, " for the completion)."),
-                   "max_tokens", "context_length_exceeded"};
-    }
+    // Refused on HTTP and gRPC alike (as OpenAI does), never clamped.
+    return Error{absl::StatusCode::kOutOfRange,
+                 absl::StrCat("This model's maximum context length is ", n_ctx_,
+                              " tokens. However, you requested ", n + *g->max_tokens, " tokens (",
+                              n, " in the prompt, ", *g->max_tokens, " for the completion)."),
+                 "max_tokens", "context_length_exceeded"};
   }
   return std::nullopt;
 }

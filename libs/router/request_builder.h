@@ -44,7 +44,7 @@ class RequestBuilder {
                                     GenRequest* g) const;
   std::optional<Error> AddStops(const std::vector<std::string>& stops, GenRequest* g) const;
   std::optional<Error> CheckSampling(const v1::SamplingParams& p) const;
-  // gRPC GenerationOptions -> g (max_tokens beyond the context is clamped later).
+  // gRPC GenerationOptions -> g (max_tokens beyond the context is refused by CheckContext).
   std::optional<Error> FromOptions(const v1::GenerationOptions& o, GenRequest* g) const;
   // The context limit; fills max_tokens when absent.
   std::optional<Error> CheckContext(GenRequest* g) const;

@@ -64,8 +64,11 @@ class Router::Impl {
     }
 
     core_.metrics = std::make_unique<RouterMetrics>(core_.model.id);
+    auto keys = ApiKeys::FromFile(o.api_keys_file);
+    if (!keys.ok()) return keys.status();
+    core_.api_keys = std::move(*keys);
     auto pool = DraftPool::Create(o.draft_address, *core_.metrics,
-                                  std::chrono::milliseconds(std::max(50, o.draft_check_ms)));
+                                  std::chrono::milliseconds(std::max(50, o.draft_check_ms)), o.tls);
     if (!pool.ok()) return pool.status();
     core_.drafts = std::move(*pool);
     core_.drafts->Start(std::chrono::milliseconds(std::max(0, o.draft_wait_ms)));
@@ -106,7 +109,7 @@ class Router::Impl {
     core_.watcher = std::make_unique<DisconnectWatcher>();
 
     service_ = MakeRouterService(core_);
-    auto server = rpc::StartServer(o.grpc_address, service_.get(), 0, &grpc_port_);
+    auto server = rpc::StartServer(o.grpc_address, service_.get(), 0, &grpc_port_, o.tls);
     if (!server.ok()) return server.status();
     grpc_server_ = std::move(*server);
     if (auto* h = grpc_server_->GetHealthCheckService()) {

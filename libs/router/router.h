@@ -18,8 +18,8 @@
 //   with code "context_length_exceeded" (not 413); admission full -> 429 + Retry-After; draft
 //   service unavailable -> 503.
 // HTTP defaults follow OpenAI: temperature 1 when absent. Over gRPC, unset sampling fields take
-// the draft service's defaults and a max_tokens beyond the context is clamped (router.proto);
-// over HTTP it is an error.
+// the draft service's defaults. A max_tokens beyond the context is refused on both (400
+// "context_length_exceeded" / OUT_OF_RANGE), as OpenAI does; it is never clamped.
 //
 // The parts live in libs/router/*.{h,cc}, one concern each (see router.cc); gRPC and cpp-httplib
 // includes stay in the .cc files.
@@ -32,6 +32,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "rpc/tls.h"
 
 namespace pipeinfer::router {
 
@@ -47,7 +48,7 @@ struct RouterOptions {
   std::string chat_template;  // template name override; empty = detect
   int max_inflight = 8;       // requests generating at once
   int max_queue = 16;         // requests waiting for a slot
-  int retry_after_s = 1;      // Retry-After of a 429
+  int retry_after_s = 1;      // Retry-After of a 429 or 503
 
   // HTTP limits (see http_limits.h).
   size_t max_body_bytes = size_t{8} << 20;  // larger request bodies get 413 unread
@@ -59,6 +60,15 @@ struct RouterOptions {
   int http_backlog = 512;        // listen backlog (the kernel caps it at net.core.somaxconn)
   int http_read_timeout_s = 10;  // a request's bytes must keep arriving within this
   int http_keep_alive_s = 5;     // an idle keep-alive connection is closed after this
+
+  // Security (README "Security"). TLS: with cert + key the gRPC server and HTTP (HTTPS) use
+  // them; with ca the gRPC server requires client certificates signed by it, and the links to
+  // the draft services verify their certificates against it (presenting cert + key).
+  rpc::TlsFiles tls;
+  // API keys file (router/api_keys.h), one key per line; empty = no keys (open router).
+  std::string api_keys_file;
+  // With keys: /health, /ready and /metrics need the key too (by default they stay open).
+  bool protect_metrics = false;
 };
 
 class Router {

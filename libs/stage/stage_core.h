@@ -158,6 +158,7 @@ class StageCore {
     uint32_t max_candidates = 0;
     std::shared_ptr<const v1::ResultSpec> result;  // the session's default reduction
     bool failed = false;
+    uint64_t last_run_id = 0;  // run ids increase per session within an epoch (stage.proto)
     int32_t canonical_valid = 0;
     std::map<uint32_t, Partition> parts;
   };

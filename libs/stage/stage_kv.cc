@@ -37,6 +37,14 @@ StageOutput StageCore::HandleMessage(const v1::StageDownstream& msg) {
         reserve = kv::ReservationBlocks(o.kv_reserve_tokens(), o.max_partitions(),
                                         engine_->options().kv_block_tokens);
       }
+      // A reservation larger than this stage's whole cache can never be admitted: OUT_OF_RANGE
+      // (not RESOURCE_EXHAUSTED, which says that waiting for other sessions could help).
+      if (const int64_t total = engine_->kv().Stats().blocks_total; st.ok() && reserve > total) {
+        st = absl::OutOfRangeError(
+            absl::StrCat("kv_reserve_tokens ", o.kv_reserve_tokens(), " with max_partitions ",
+                         o.max_partitions(), " needs ", reserve,
+                         " KV blocks, more than this stage's whole cache (", total, " blocks)"));
+      }
       if (st.ok()) st = engine_->kv().OpenSession(sid, reserve);
       if (!st.ok()) {
         FailSession(sid, nullptr, st, 0, out);

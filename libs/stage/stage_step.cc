@@ -135,6 +135,16 @@ StageOutput StageCore::Step(std::deque<QueuedMessage>& queue, size_t* taken) {
     } else if (blocked.count(sid)) {
       continue;
     }
+    if (m.has_run() && sid == 0) {
+      // Session 0 is never open: the run fails at once (PrepareRun's unknown-session path, an
+      // error and a tombstone) in its place in the order. Left in the queue, it would block it.
+      used[i] = true;
+      PendingRun unused;
+      StageOutput out;
+      PrepareRun(m, batch, unused, out);
+      outs.push_back(std::move(out));
+      continue;
+    }
     if (m.has_run()) {
       blocked.insert(sid);  // at most one run per session and pass; later ones wait behind it
       if (!chosen.count(i)) continue;
@@ -258,6 +268,15 @@ bool StageCore::PrepareRun(const v1::StageDownstream& msg, engine::Engine::Batch
     return false;
   };
 
+  // Run ids are non-zero and increase along each session's stream within an epoch.
+  if (rid == 0 || rid <= s.last_run_id) {
+    return fail(absl::InvalidArgumentError(
+        rid == 0
+            ? std::string("run id 0 (run ids are non-zero)")
+            : absl::StrCat("run id ", rid, " is not greater than the session's previous run id ",
+                           s.last_run_id, " (run ids increase within an epoch)")));
+  }
+  s.last_run_id = rid;
   // Structure checks that do not depend on KV state.
   if (run.kind() != v1::RUN_KIND_PLAIN && run.kind() != v1::RUN_KIND_SPECULATIVE) {
     return fail(absl::InvalidArgumentError("run kind unspecified"));

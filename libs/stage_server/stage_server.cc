@@ -2,7 +2,20 @@
 // accepting and retiring links by epoch, and health.
 #include "stage_server/stage_server_impl.h"
 
+#include <spdlog/spdlog.h>
+
+#include "absl/strings/str_join.h"
+
 namespace pipeinfer::stage_server {
+namespace {
+
+int64_t SteadyNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
 
 absl::Status StageServer::Impl::Start() {
   if (!is_last() && opt_.downstream_address.empty()) {
@@ -15,11 +28,13 @@ absl::Status StageServer::Impl::Start() {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    down_channel_ = grpc::CreateCustomChannel(opt_.downstream_address,
-                                              grpc::InsecureChannelCredentials(), args);
+    auto creds = rpc::MakeChannelCredentials(opt_.tls);
+    if (!creds.ok()) return creds.status();
+    down_channel_ = grpc::CreateCustomChannel(opt_.downstream_address, *creds, args);
     down_stub_ = v1::Stage::NewStub(down_channel_);
   }
-  auto server = rpc::StartServer(opt_.listen_address, this, opt_.max_message_bytes, &port_);
+  auto server =
+      rpc::StartServer(opt_.listen_address, this, opt_.max_message_bytes, &port_, opt_.tls);
   if (!server.ok()) return server.status();
   server_ = std::move(*server);
   if (!opt_.metrics_address.empty()) {
@@ -59,6 +74,9 @@ void StageServer::Impl::Shutdown() {
 }
 
 grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* stream) {
+  if (grpc::Status s = rpc::CheckPeerAllowed(*ctx, opt_.allow_peers, "Stage.Pipeline"); !s.ok()) {
+    return Refuse(s.error_code(), s.error_message());
+  }
   v1::StageDownstream first;
   if (!stream->Read(&first)) {
     return Refuse(grpc::StatusCode::FAILED_PRECONDITION, "stream ended before PipelineOpen");
@@ -72,22 +90,7 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
 
   std::unique_lock<std::mutex> accept(accept_mu_);
   std::shared_ptr<Link> old;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (shutdown_) return Refuse(grpc::StatusCode::UNAVAILABLE, "the stage is shutting down");
-    if (o.epoch() <= max_epoch_) {
-      return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
-                    absl::StrCat("epoch ", o.epoch(), " is not greater than the accepted epoch ",
-                                 max_epoch_));
-    }
-    max_epoch_ = o.epoch();
-    old = std::move(current_);
-    if (sink_ && sink_->epoch < o.epoch()) {
-      sink_->detached = true;
-      sink_->ctx->TryCancel();
-      sink_.reset();
-    }
-  }
+  if (grpc::Status s = TakeOwnership(ctx, o, accept, &old); !s.ok()) return s;
   cv_.notify_all();
   if (old) {
     AbortLink(*old, grpc::StatusCode::ABORTED,
@@ -112,10 +115,14 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
     if (!is_last()) link->down_line = std::make_unique<DelayLine>(delay, opt_.emulate_link_mbps);
   }
   link->epoch = o.epoch();
+  link->last_rx_ns = SteadyNs();
   link->ctx = ctx;
   link->up = stream;
   if (!is_last()) {
-    if (grpc::Status s = OpenDownstream(*link, o); !s.ok()) return s;
+    if (grpc::Status s = OpenDownstream(*link, o); !s.ok()) {
+      ReleaseOwnership();
+      return s;
+    }
   }
   v1::StageUpstream credit;
   credit.mutable_credit()->set_messages(opt_.window);
@@ -132,6 +139,7 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
     mine->set_kv_blocks_total(info.kv_blocks_total());
     mine->set_max_run_tokens(info.max_run_tokens());
     mine->set_max_batch_tokens(info.max_batch_tokens());
+    mine->set_owner_lease_ms(opt_.owner_lease_ms);
     for (const auto& d : link->down_ready.stages()) *ready.mutable_ready()->add_stages() = d;
   }
   if (!stream->Write(credit) || !stream->Write(ready)) {
@@ -139,6 +147,7 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
       link->down_ctx->TryCancel();
       (void)link->down->Finish();
     }
+    ReleaseOwnership();
     return Refuse(grpc::StatusCode::CANCELLED, "the upstream peer went away");
   }
   {
@@ -155,6 +164,7 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
   while (true) {
     auto m = std::make_unique<v1::StageDownstream>();
     if (!stream->Read(m.get())) break;
+    link->last_rx_ns.store(SteadyNs(), std::memory_order_relaxed);
     if (m->has_open()) {
       AbortLink(*link, grpc::StatusCode::FAILED_PRECONDITION, "a second PipelineOpen");
       break;
@@ -182,6 +192,7 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
     std::lock_guard<std::mutex> l(link->mu);
     link->input_closed = true;
   }
+  link->input_ended = true;
   link->cv.notify_all();
   // A cancelled call discards what is queued; a half-close lets the queue drain first.
   if (ctx->IsCancelled()) AbortLink(*link, grpc::StatusCode::CANCELLED, "upstream cancelled");
@@ -222,8 +233,12 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
     {
       std::lock_guard<std::mutex> l(mu_);
       was_current = current_ == link;
-      if (was_current) current_.reset();
+      if (was_current) {
+        current_.reset();
+        own_.Release();
+      }
     }
+    cv_.notify_all();
     if (was_current) {
       queue_depth_->Set(0);  // an aborted link drops what was queued
       std::lock_guard<std::mutex> l(core_mu_);
@@ -234,7 +249,73 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
   return link->end_status;
 }
 
+grpc::Status StageServer::Impl::TakeOwnership(grpc::ServerContext* ctx, const v1::PipelineOpen& o,
+                                              std::unique_lock<std::mutex>& accept,
+                                              std::shared_ptr<Link>* old) {
+  using Steady = std::chrono::steady_clock;
+  PipelineOwnership::Open open;
+  open.controller_id = o.controller_id();
+  open.epoch = o.epoch();
+  open.key = o.controller_id();
+  open.principal = o.controller_id();
+  // Under mutual TLS the asking principal is the peer's certificate, not what it claims.
+  if (std::vector<std::string> names = rpc::PeerNames(*ctx); !names.empty()) {
+    open.principal = absl::StrCat("cert:", absl::StrJoin(names, ","));
+    open.key = absl::StrCat(open.controller_id, "\n", open.principal);
+  }
+  const Steady::time_point wait_until =
+      Steady::now() + std::min<Steady::duration>(own_.lease() / 2, std::chrono::seconds(2));
+  std::unique_lock<std::mutex> l(mu_);
+  while (true) {
+    if (shutdown_) return Refuse(grpc::StatusCode::UNAVAILABLE, "the stage is shutting down");
+    // accept_mu_ is held: no grant is being set up, so an owner without a live link is gone.
+    if (own_.owned() && (!current_ || current_->stop || current_->input_ended)) own_.Release();
+    const Steady::time_point now = Steady::now();
+    const Steady::time_point last =
+        current_ ? Steady::time_point(Steady::duration(current_->last_rx_ns.load())) : now;
+    PipelineOwnership::Decision d = own_.Decide(open, now, last);
+    if (d.verdict == PipelineOwnership::Verdict::kAccept) {
+      if (own_.owned() || own_.epoch() != 0) {
+        spdlog::info("stage {}: pipeline taken by controller '{}' epoch {}: {}", index(),
+                     o.controller_id(), o.epoch(), d.reason);
+      }
+      own_.Grant(open, now);
+      *old = std::move(current_);
+      if (sink_ && !own_.IsCurrent(sink_->controller_id, sink_->epoch)) {
+        sink_->detached = true;
+        sink_->ctx->TryCancel();
+        sink_.reset();
+      }
+      return grpc::Status::OK;
+    }
+    if (ctx->IsCancelled() || now >= wait_until) {
+      return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
+                    absl::StrCat("epoch ", o.epoch(), " refused: ", d.reason));
+    }
+    // Wait with accept_mu_ released, so that the owner's link can end and be retired.
+    l.unlock();
+    accept.unlock();
+    {
+      std::unique_lock<std::mutex> w(mu_);
+      cv_.wait_for(w, std::chrono::milliseconds(50));
+    }
+    accept.lock();
+    l.lock();
+  }
+}
+
+void StageServer::Impl::ReleaseOwnership() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    own_.Release();
+  }
+  cv_.notify_all();
+}
+
 grpc::Status StageServer::Impl::Results(grpc::ServerContext* ctx, ResStream* stream) {
+  if (grpc::Status s = rpc::CheckPeerAllowed(*ctx, opt_.allow_peers, "Stage.Results"); !s.ok()) {
+    return Refuse(s.error_code(), s.error_message());
+  }
   if (!is_last()) {
     return Refuse(grpc::StatusCode::FAILED_PRECONDITION,
                   absl::StrCat("stage ", index(), " is not the last stage"));
@@ -246,13 +327,26 @@ grpc::Status StageServer::Impl::Results(grpc::ServerContext* ctx, ResStream* str
   }
   auto sink = std::make_shared<ResultsSink>();
   sink->epoch = first.open().epoch();
+  sink->controller_id = first.open().controller_id();
   sink->ctx = ctx;
   {
-    std::lock_guard<std::mutex> l(mu_);
-    if (shutdown_) return Refuse(grpc::StatusCode::UNAVAILABLE, "the stage is shutting down");
-    if (sink->epoch < max_epoch_ || (sink_ && sink->epoch < sink_->epoch)) {
-      return Refuse(grpc::StatusCode::ABORTED,
-                    absl::StrCat("results epoch ", sink->epoch, " is older than the current"));
+    // A Results stream that is not the owner's waits while the owner has its own (section 2a).
+    const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    std::unique_lock<std::mutex> l(mu_);
+    while (true) {
+      if (shutdown_) return Refuse(grpc::StatusCode::UNAVAILABLE, "the stage is shutting down");
+      const bool attached_is_current = sink_ && own_.IsCurrent(sink_->controller_id, sink_->epoch);
+      if (own_.DecideResults(sink->controller_id, sink->epoch, attached_is_current) ==
+          PipelineOwnership::ResultsVerdict::kAttach) {
+        break;
+      }
+      if (ctx->IsCancelled()) return Refuse(grpc::StatusCode::CANCELLED, "cancelled");
+      if (std::chrono::steady_clock::now() >= give_up) {
+        return Refuse(grpc::StatusCode::ABORTED,
+                      absl::StrCat("results epoch ", sink->epoch, " of controller '",
+                                   sink->controller_id, "' does not own the pipeline"));
+      }
+      cv_.wait_for(l, std::chrono::milliseconds(100));
     }
     if (sink_) {
       sink_->detached = true;
@@ -268,7 +362,8 @@ grpc::Status StageServer::Impl::Results(grpc::ServerContext* ctx, ResStream* str
       {
         std::unique_lock<std::mutex> l(mu_);
         cv_.wait(l, [&] {
-          return sink->detached || shutdown_ || (!results_.empty() && sink->epoch == max_epoch_);
+          return sink->detached || shutdown_ ||
+                 (!results_.empty() && own_.IsCurrent(sink->controller_id, sink->epoch));
         });
         if (sink->detached || shutdown_) break;
         if (emulate_link()) {
@@ -286,7 +381,7 @@ grpc::Status StageServer::Impl::Results(grpc::ServerContext* ctx, ResStream* str
       cv_.notify_all();  // room for the worker
       if (!stream->Write(*r)) {
         std::lock_guard<std::mutex> l(mu_);
-        if (!sink->detached && sink->epoch == max_epoch_) {
+        if (!sink->detached && own_.IsCurrent(sink->controller_id, sink->epoch)) {
           results_.push_front(std::move(r));
           if (emulate_link()) {
             results_at_.push_front(std::chrono::steady_clock::now() +
@@ -321,10 +416,11 @@ grpc::Status StageServer::Impl::GetInfo(grpc::ServerContext*, const v1::StageInf
   info->set_max_message_bytes(opt_.max_message_bytes);
   info->set_link_window(opt_.window);
   std::lock_guard<std::mutex> l(mu_);
-  info->set_epoch(max_epoch_);
+  info->set_epoch(own_.epoch());
   info->set_upstream_connected(current_ != nullptr && !current_->stop);
   info->set_downstream_connected(current_ != nullptr && current_->down && !current_->stop);
-  info->set_results_attached(sink_ != nullptr && sink_->epoch == max_epoch_);
+  info->set_results_attached(sink_ != nullptr &&
+                             own_.IsCurrent(sink_->controller_id, sink_->epoch));
   return grpc::Status::OK;
 }
 

@@ -25,8 +25,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
+#include "rpc/tls.h"
 #include "stage/stage_core.h"
 
 namespace pipeinfer::stage_server {
@@ -39,6 +41,9 @@ struct StageServerOptions {
   uint32_t window = 64;
   uint64_t max_message_bytes = 64ull << 20;  // gRPC max send/receive message size
   int connect_timeout_ms = 5000;  // how long opening the downstream link may wait to connect
+  // The pipeline ownership lease L (stage.proto section 2a): an owner link idle this long may be
+  // taken over, and a challenger that keeps asking for this long displaces an active owner.
+  uint32_t owner_lease_ms = 10000;
   // HOST:PORT of the Prometheus /metrics endpoint (port 0 picks a free one); empty = none.
   std::string metrics_address;
   // Benchmarks only: every message this stage sends on a link (downstream, upstream, results) is
@@ -49,6 +54,13 @@ struct StageServerOptions {
   // serialized at this rate, then delayed by emulate_link_us (common/delay_line.h). 0 = no pacing.
   // With both 0 every send is inline.
   double emulate_link_mbps = 0;
+  // TLS (rpc/tls.h): the server's certificate and, with a CA, mutual TLS for every caller; the
+  // same files are used for the downstream link. Empty = plaintext.
+  rpc::TlsFiles tls;
+  // Certificate names (subject CN or a SAN entry) allowed to open the Pipeline and Results
+  // streams; empty = any caller that passed the TLS handshake. Other RPCs (GetInfo, GetStats,
+  // health) are open to every caller with a trusted certificate.
+  std::vector<std::string> allow_peers;
 };
 
 class StageServer {

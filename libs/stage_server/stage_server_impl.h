@@ -23,7 +23,9 @@
 #include "common/link_pacer.h"
 #include "metrics/metrics.h"
 #include "pipeinfer/v1/stage.grpc.pb.h"
+#include "rpc/credentials.h"
 #include "rpc/server.h"
+#include "stage_server/pipeline_ownership.h"
 
 namespace pipeinfer::stage_server {
 namespace internal {
@@ -42,6 +44,10 @@ inline grpc::Status Refuse(grpc::StatusCode code, const std::string& message) {
 // One accepted upstream Pipeline stream (one epoch) and, on non-last stages, its downstream stream.
 struct Link {
   uint64_t epoch = 0;
+  // When the upstream peer last sent a message (steady clock, ns): the ownership lease's idle
+  // clock. `input_ended`: the peer finished (or lost) its side; the link no longer holds the lease.
+  std::atomic<int64_t> last_rx_ns{0};
+  std::atomic<bool> input_ended{false};
   grpc::ServerContext* ctx = nullptr;
   UpStream* up = nullptr;
 
@@ -85,6 +91,7 @@ struct Link {
 // The Results stream currently attached (last stage).
 struct ResultsSink {
   uint64_t epoch = 0;
+  std::string controller_id;
   grpc::ServerContext* ctx = nullptr;  // valid while this sink is StageServer::Impl::sink_
   bool detached = false;
 };
@@ -153,6 +160,14 @@ class StageServer::Impl final : public v1::Stage::Service {
 
   grpc::Status CheckOpen(const v1::PipelineOpen& o) const;
 
+  // Applies the ownership rules (pipeline_ownership.h) to an open: on acceptance grants it, moves
+  // the current link to `old` and detaches a Results stream that does not belong to it. A contested
+  // open waits (accept_mu_ released) up to min(lease / 2, 2 s) before it is refused.
+  grpc::Status TakeOwnership(grpc::ServerContext* ctx, const v1::PipelineOpen& o,
+                             std::unique_lock<std::mutex>& accept, std::shared_ptr<Link>* old);
+  // A granted open whose link could not be set up gives the pipeline back.
+  void ReleaseOwnership();
+
   // Appends the statistics of the next stage and, through it, of every stage after it. A stage
   // that cannot be reached is listed with `error` set.
   void CollectDownstreamStats(grpc::ServerContext* sctx, v1::StatsResponse* resp);
@@ -192,7 +207,7 @@ class StageServer::Impl final : public v1::Stage::Service {
   std::mutex mu_;         // guards the members below
   std::condition_variable cv_;
   bool shutdown_ = false;
-  uint64_t max_epoch_ = 0;
+  PipelineOwnership own_{std::chrono::milliseconds(opt_.owner_lease_ms)};
   std::shared_ptr<Link> current_;
   std::shared_ptr<ResultsSink> sink_;
   std::deque<std::unique_ptr<v1::ResultsDownstream>> results_;  // last stage, at most W

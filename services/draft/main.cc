@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <string>
 #include <vector>
@@ -16,6 +17,7 @@
 #include "gguf/llama.h"
 #include "gguf/reader.h"
 #include "log/log_flags.h"
+#include "rpc/tls.h"
 #include "spec/knob_flags.h"
 #include "tokenizer/tokenizer.h"
 
@@ -106,8 +108,19 @@ int main(int argc, char** argv) {
   app.add_option("--connect-timeout-ms", connect_timeout_ms,
                  "How long to wait for the stages and the pipeline at startup")
       ->check(CLI::Range(1, 600000));
+  int recovery_seconds = 30;
+  app.add_option("--recovery-seconds", recovery_seconds,
+                 "How long a request whose pipeline lost a stage waits for it to come back "
+                 "(then it resumes; after that it fails with UNAVAILABLE, HTTP 503); 0 = fail at "
+                 "once")
+      ->check(CLI::Range(0, 3600));
   pipeinfer::log::Options log_options;
   pipeinfer::log::AddFlags(app, &log_options);
+  pipeinfer::rpc::TlsFiles tls;
+  app.add_option("--tls-ca", tls.ca,
+                 "CA certificate (PEM): peers must present certificates it signed (mutual TLS)");
+  app.add_option("--tls-cert", tls.cert, "This service's certificate (PEM); turns TLS on");
+  app.add_option("--tls-key", tls.key, "This service's private key (PEM)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -139,6 +152,7 @@ int main(int argc, char** argv) {
   o.stage0_address = stage0;
   o.last_address = last;
   o.model_id = model_id;
+  o.metrics_model = model_id.empty() ? std::filesystem::path(model).stem().string() : model_id;
   // Every end-of-generation token of the vocabulary (EOS, and EOT such as Llama-3's <|eot_id|>
   // or Qwen's <|im_end|>), as llama.cpp derives them.
   auto tokenizer = pipeinfer::tokenizer::Tokenizer::Create(*tok);
@@ -152,10 +166,12 @@ int main(int argc, char** argv) {
   o.kv_max_waiting = kv_max_waiting;
   o.spec_budget_scale = spec_budget;
   o.connect_timeout_ms = connect_timeout_ms;
+  o.recovery_seconds = recovery_seconds;
   o.spec_defaults = sp;
   o.metrics_address = metrics_listen;
   o.emulate_link_us = emulate_link_us;
   o.emulate_link_mbps = emulate_link_mbps;
+  o.tls = tls;
   if (!draft_model.empty()) {
     pipeinfer::draft_server::DraftModelOptions dmo;
     dmo.path = draft_model;

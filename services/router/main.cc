@@ -3,6 +3,7 @@
 // until SIGINT (stops at once) or SIGTERM (drains first: /ready turns 503, requests in progress
 // finish within --drain-seconds).
 #include <signal.h>
+#include <cstdlib>
 
 #include <spdlog/spdlog.h>
 
@@ -81,10 +82,23 @@ int main(int argc, char** argv) {
                  "Seconds an idle keep-alive connection stays open")
       ->capture_default_str()
       ->check(CLI::Range(1, 3600));
+  app.add_option("--tls-ca", o.tls.ca,
+                 "CA certificate (PEM): peers must present certificates it signed (mutual TLS)");
+  app.add_option("--tls-cert", o.tls.cert,
+                 "The router's certificate (PEM); turns on TLS for gRPC and HTTPS");
+  app.add_option("--tls-key", o.tls.key, "This service's private key (PEM)");
+  app.add_option("--api-keys-file", o.api_keys_file,
+                 "API keys, one per line: clients send 'Authorization: Bearer <key>' (default: "
+                 "env PIPEINFER_API_KEYS_FILE; absent: no keys)");
+  app.add_flag("--protect-metrics", o.protect_metrics,
+               "With API keys: /health, /ready and /metrics need a key too");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 1;  // --help exits 0; every flag error exits 1
+  }
+  if (o.api_keys_file.empty()) {
+    if (const char* env = std::getenv("PIPEINFER_API_KEYS_FILE")) o.api_keys_file = env;
   }
   if (auto st = pipeinfer::log::Init("router", log_options); !st.ok()) {
     return Fail(std::string(st.message()));
@@ -96,9 +110,10 @@ int main(int argc, char** argv) {
 
   pipeinfer::router::Router router(o);
   if (auto st = router.Start(); !st.ok()) return Fail(std::string(st.message()));
-  spdlog::info("router listening on http://{}:{} (gRPC {}:{}), model {}, draft {}",
-               Host(o.http_address), router.http_port(), Host(o.grpc_address), router.grpc_port(),
-               router.model_id(), o.draft_address);
+  spdlog::info("router listening on {}://{}:{} (gRPC {}:{}{}), model {}, draft {}{}",
+               o.tls.cert.empty() ? "http" : "https", Host(o.http_address), router.http_port(),
+               Host(o.grpc_address), router.grpc_port(), o.tls.cert.empty() ? "" : ", TLS",
+               router.model_id(), o.draft_address, o.api_keys_file.empty() ? "" : ", API keys on");
 
   const int sig = stop_signals.Wait();
   if (sig == SIGTERM && drain_seconds > 0) {

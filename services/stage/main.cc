@@ -20,6 +20,7 @@
 #include "gguf/llama.h"
 #include "gguf/reader.h"
 #include "log/log_flags.h"
+#include "rpc/tls.h"
 #include "spec/kv_demand.h"
 #include "stage/kv_sizing.h"
 #include "stage/stage_core.h"
@@ -155,6 +156,11 @@ int main(int argc, char** argv) {
   app.add_option("--connect-timeout-ms", connect_timeout_ms,
                  "How long opening the downstream link waits for a connection")
       ->check(CLI::Range(1, 600000));
+  uint32_t owner_lease_ms = 10000;
+  app.add_option("--owner-lease-ms", owner_lease_ms,
+                 "Pipeline ownership lease (stage.proto 2a): an owner link idle this long may be "
+                 "taken over; a controller asking this long displaces an active owner")
+      ->check(CLI::Range(100u, 3600000u));
   app.add_option("--max-run-tokens", max_run_tokens, "Most tokens per run")
       ->check(CLI::Range(1, 65536));
   app.add_option("--max-batch-tokens", max_batch_tokens,
@@ -182,6 +188,16 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0.0, 100000.0));
   app.add_option("--metrics-listen", metrics_listen,
                  "Serve Prometheus /metrics on HOST:PORT (port 0 picks a free one; absent: none)");
+  pipeinfer::rpc::TlsFiles tls;
+  std::string tls_allow;
+  app.add_option("--tls-ca", tls.ca,
+                 "CA certificate (PEM): peers must present certificates it signed (mutual TLS)");
+  app.add_option("--tls-cert", tls.cert, "This service's certificate (PEM); turns TLS on");
+  app.add_option("--tls-key", tls.key, "This service's private key (PEM)");
+  app.add_option("--tls-allow-cn", tls_allow,
+                 "Comma-separated certificate names (CN or SAN) allowed to open the Pipeline and "
+                 "Results streams (the upstream stage, the draft service); empty = any trusted "
+                 "certificate");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -287,9 +303,15 @@ int main(int argc, char** argv) {
   so.downstream_address = downstream;
   so.window = window;
   so.connect_timeout_ms = connect_timeout_ms;
+  so.owner_lease_ms = owner_lease_ms;
   so.metrics_address = metrics_listen;
   so.emulate_link_us = emulate_link_us;
   so.emulate_link_mbps = emulate_link_mbps;
+  so.tls = tls;
+  so.allow_peers = pipeinfer::rpc::SplitAllowList(tls_allow);
+  if (!so.allow_peers.empty() && (tls.ca.empty() || tls.cert.empty())) {
+    return Fail("--tls-allow-cn needs mutual TLS: --tls-ca, --tls-cert and --tls-key");
+  }
   pipeinfer::stage_server::StageServer server(std::move(core), so);
   if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
   std::string addr = listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());

@@ -191,6 +191,33 @@ TEST_F(ClusterCliTest, ForegroundStopsChildrenOnSigterm) {
   }
 }
 
+// `up --detach` killed before the cluster is up: the state file already names every process it
+// had started (it is written as each one starts), so `down` stops them.
+TEST_F(ClusterCliTest, DetachedUpKilledEarlyLeavesAStateFileForDown) {
+  const std::string log = dir_ + "/up.killed.log";
+  ChildProcess up({BinPath("pipeinfer"), "up", "--model", FixturePath("models/tiny-f32.gguf"),
+                   "--stages", "2", "--no-router", "--base-port", std::to_string(FreePortRange(3)),
+                   "--detach", "--state", state_, "--log-dir", dir_ + "/logs"},
+                  log);
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (ReadText(log).find("started ") == std::string::npos) {
+    ASSERT_TRUE(up.Running() && std::chrono::steady_clock::now() < end) << ReadText(log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  kill(up.pid(), SIGKILL);
+  up.Stop();
+  auto state = cluster::ReadState(state_);
+  ASSERT_TRUE(state.ok()) << state.status() << "\n" << ReadText(log);
+  ASSERT_GE(state->processes.size(), 1u) << ReadText(log);
+  std::vector<pid_t> pids;
+  for (const auto& p : state->processes) pids.push_back(p.pid);
+  EXPECT_TRUE(cluster::ProcessAlive(pids[0], 0));  // detached: it outlives the killed `up`
+  const CommandResult down =
+      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(60));
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  EXPECT_TRUE(AllGone(pids, std::chrono::seconds(15))) << down.output;
+}
+
 TEST_F(ClusterCliTest, BadConfigurationsFailReadably) {
   const std::string model = FixturePath("models/tiny-f32.gguf");
   {

@@ -342,6 +342,22 @@ TEST_F(RouterHttpTest, BadRequestsGetOpenAiErrors) {
   r = Post("/v1/completions", longp.dump());
   ExpectError(r, 400);
   EXPECT_EQ(json::parse(r->body)["error"]["code"], "context_length_exceeded");
+  // Beyond 32 bits: refused with the real bound (the 512-token context), not ">= 1".
+  b = ok_chat;
+  b["max_tokens"] = int64_t{1000000000000};
+  r = Post("/v1/chat/completions", b.dump());
+  ExpectError(r, 400);
+  EXPECT_EQ(json::parse(r->body)["error"]["code"], "context_length_exceeded");
+  EXPECT_NE(json::parse(r->body)["error"]["message"].get<std::string>().find("512"),
+            std::string::npos)
+      << r->body;
+  // Another method on a POST endpoint: 405 with Allow, OpenAI-style body.
+  for (const char* path : {"/v1/chat/completions", "/v1/completions"}) {
+    auto c = Client();
+    r = c.Get(path);
+    ExpectError(r, 405);
+    EXPECT_EQ(r->get_header_value("Allow"), "POST");
+  }
 }
 
 TEST_F(RouterHttpTest, ModelsHealthReadyMetrics) {
@@ -462,7 +478,9 @@ TEST_F(RouterHttpTest, StreamFailingBeforeFirstTokenGetsHttpError) {
                           : json{{"messages", {{{"role", "user"}, {"content", "hi"}}}},
                                  {"max_tokens", 3},
                                  {"stream", true}};
-    ExpectError(c.Post(path, body.dump(), "application/json"), 503);
+    auto r = c.Post(path, body.dump(), "application/json");
+    ExpectError(r, 503);
+    EXPECT_EQ(r->get_header_value("Retry-After"), "1");  // retryable: RouterOptions default
   }
   EXPECT_EQ(router.Stop(), 0) << ReadText(log);
   std::remove(log.c_str());
@@ -534,6 +552,10 @@ TEST_F(RouterHttpTest, GrpcRouterService) {
   EXPECT_EQ(chat_status(bad).first.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   bad = chat;
   bad.mutable_messages(0)->set_content(std::string(3000, 'x'));
+  EXPECT_EQ(chat_status(bad).first.error_code(), grpc::StatusCode::OUT_OF_RANGE);
+  // A max_tokens beyond the context (512) is refused as over HTTP, not clamped.
+  bad = chat;
+  bad.mutable_options()->set_max_tokens(100000);
   EXPECT_EQ(chat_status(bad).first.error_code(), grpc::StatusCode::OUT_OF_RANGE);
 
   grpc::ClientContext lctx;

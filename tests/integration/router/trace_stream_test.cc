@@ -34,11 +34,13 @@ using pipeinfer::testing::RunCmd;
 
 const std::string kModels = PIPEINFER_MODELS_DIR;
 
-// The value of an unlabelled sample in Prometheus text.
+// The value of the (only) sample of family `name` in Prometheus text, whatever its labels.
 double Sample(const std::string& text, const std::string& name) {
   std::istringstream in(text);
   for (std::string line; std::getline(in, line);) {
-    if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
+    if (line.rfind(name + " ", 0) == 0 || line.rfind(name + "{", 0) == 0) {
+      return std::stod(line.substr(line.rfind(' ') + 1));
+    }
   }
   return -1;
 }

@@ -213,5 +213,59 @@ TEST(StageCore, MalformedRunsFailTheSessionWithPreciseCodes) {
   EXPECT_EQ(p.errors().back().code(), v1::STATUS_CODE_INVALID_ARGUMENT);
 }
 
+// stage.proto: run ids are non-zero and increase along a session's stream within an epoch.
+TEST(StageCore, RunIdsMustIncreasePerSession) {
+  Pipeline p("tiny-f32", 2);
+  p.Send(Open(1));
+  p.Send(Open(2));
+  ASSERT_TRUE(p.Send(PlainRun(10, 1, {1, 5}, 0))[0].has_result());
+  ASSERT_TRUE(p.Send(PlainRun(5, 2, {1}, 0))[0].has_result());  // another session: its own order
+  ASSERT_TRUE(p.errors().empty());
+  auto r = p.Send(PlainRun(10, 1, {6}, 2));  // repeated id
+  ASSERT_TRUE(r[0].has_tombstone());
+  ASSERT_EQ(p.errors().size(), 1u);
+  EXPECT_EQ(p.errors()[0].code(), v1::STATUS_CODE_INVALID_ARGUMENT);
+  EXPECT_NE(p.errors()[0].message().find("run id 10 is not greater than"), std::string::npos)
+      << p.errors()[0].message();
+  p.Send(Open(3));
+  p.Send(PlainRun(0, 3, {1}, 0));  // id 0
+  ASSERT_EQ(p.errors().size(), 2u);
+  EXPECT_EQ(p.errors()[1].code(), v1::STATUS_CODE_INVALID_ARGUMENT);
+  EXPECT_EQ(p.errors()[1].session_id(), 3u);
+}
+
+// Session id 0 is never open: a run for it gets its one outcome (a tombstone) and an error, and
+// does not hold up what follows it (it used to stay in the queue: no outcome, and a stalled link).
+TEST(StageCore, RunForSessionZeroFailsInPlace) {
+  Pipeline p("tiny-f32", 2);
+  p.Send(Open(1));
+  auto r = p.Send(PlainRun(1, 0, {5}, 0));
+  ASSERT_EQ(r.size(), 1u);
+  EXPECT_TRUE(r[0].has_tombstone());
+  ASSERT_FALSE(p.errors().empty());
+  EXPECT_EQ(p.errors()[0].session_id(), 0u);
+  ASSERT_TRUE(p.Send(PlainRun(2, 1, {1, 5}, 0))[0].has_result());
+}
+
+// A reservation beyond the stage's whole cache (1024 tokens here) can never be admitted: a
+// precise OUT_OF_RANGE rather than the retryable RESOURCE_EXHAUSTED of a full cache.
+TEST(StageCore, ReservationOverTheWholeCacheIsOutOfRange) {
+  Pipeline p("tiny-f32", 1);
+  auto open = Open(1);
+  open.mutable_session_open()->set_kv_reserve_tokens(4000000000u);
+  open.mutable_session_open()->set_max_partitions(4000000000u);
+  p.Send(open);
+  ASSERT_EQ(p.errors().size(), 1u);
+  EXPECT_EQ(p.errors()[0].code(), v1::STATUS_CODE_OUT_OF_RANGE);
+  EXPECT_NE(p.errors()[0].message().find("kv_reserve_tokens 4000000000"), std::string::npos)
+      << p.errors()[0].message();
+  auto fits = Open(2);
+  fits.mutable_session_open()->set_kv_reserve_tokens(512);
+  fits.mutable_session_open()->set_max_partitions(1);
+  p.Send(fits);
+  EXPECT_EQ(p.errors().size(), 1u);
+  ASSERT_TRUE(p.Send(PlainRun(1, 2, {1, 5}, 0))[0].has_result());
+}
+
 }  // namespace
 }  // namespace pipeinfer::stage
