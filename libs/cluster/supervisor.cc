@@ -208,44 +208,6 @@ absl::Status Supervisor::Spawn(const std::string& name, const std::string& addre
   return absl::OkStatus();
 }
 
-absl::Status CheckPortsFree(const ClusterConfig& c, bool stages_in_namespaces) {
-  for (const auto& [address, what] : Listeners(c)) {
-    // With link emulation the stages listen inside their own network namespaces.
-    if (stages_in_namespaces && what.rfind("stage ", 0) == 0) continue;
-    const size_t colon = address.rfind(':');
-    const std::string host = address.substr(0, colon), port = address.substr(colon + 1);
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    addrinfo* res = nullptr;
-    if (getaddrinfo(host.c_str(), port.c_str(), &hints, &res) != 0 || res == nullptr) {
-      return absl::InvalidArgumentError(absl::StrCat("cannot resolve ", address, " (", what, ")"));
-    }
-    const int fd = socket(res->ai_family, res->ai_socktype, res->ai_protocol);
-    int err = 0;
-    if (fd >= 0) {
-      const int yes = 1;  // like the servers: TIME_WAIT leftovers do not count as taken
-      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-      if (bind(fd, res->ai_addr, res->ai_addrlen) != 0) err = errno;
-      close(fd);
-    }
-    freeaddrinfo(res);
-    if (err == EADDRINUSE) {
-      return absl::AlreadyExistsError(
-          absl::StrCat("port ", port, " (", address, ", wanted by ", what,
-                       ") is already in use: is another cluster or server running? Stop it "
-                       "(`pipeinfer down`) or choose other ports (--base-port, --http-port, "
-                       "--grpc-port, --metrics-base-port)"));
-    }
-    if (err != 0) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot bind ", address, " (", what, "): ", std::strerror(err)));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* stop_requested) {
   const auto end = Clock::now() + std::chrono::seconds(options_.health_timeout_s);
   const size_t index = &p - procs_.data();
@@ -530,77 +492,6 @@ ClusterState Supervisor::State() const {
   if (options_.router) {
     s.endpoints.router_http = config_.RouterHttpAddress();
     s.endpoints.router_grpc = config_.RouterGrpcAddress();
-  }
-  return s;
-}
-
-absl::Status WriteState(const ClusterState& state, const std::string& path) {
-  nlohmann::json j;
-  j["version"] = 1;
-  j["log_dir"] = state.log_dir;
-  j["processes"] = nlohmann::json::array();
-  for (const auto& p : state.processes) {
-    j["processes"].push_back({{"name", p.name},
-                              {"pid", p.pid},
-                              {"start_time", p.start_time},
-                              {"address", p.address},
-                              {"log", p.log}});
-  }
-  j["endpoints"] = {{"stages", state.endpoints.stages},
-                    {"stage_metrics", state.endpoints.stage_metrics},
-                    {"draft_metrics", state.endpoints.draft_metrics},
-                    {"draft", state.endpoints.draft},
-                    {"drafts", state.endpoints.drafts},
-                    {"router_http", state.endpoints.router_http},
-                    {"router_grpc", state.endpoints.router_grpc}};
-  if (!state.links.empty()) j["links"] = nlohmann::json::parse(LinkTopologyToJson(state.links));
-  std::error_code ec;
-  const fs::path parent = fs::path(path).parent_path();
-  if (!parent.empty()) fs::create_directories(parent, ec);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream f(tmp, std::ios::trunc);
-    f << j.dump(2) << "\n";
-    if (!f) return absl::InternalError(absl::StrCat("cannot write state file ", path));
-  }
-  fs::rename(tmp, path, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot write state file ", path));
-  return absl::OkStatus();
-}
-
-absl::StatusOr<ClusterState> ReadState(const std::string& path) {
-  std::ifstream f(path);
-  if (!f) return absl::NotFoundError(absl::StrCat("no cluster state file at ", path));
-  ClusterState s;
-  try {
-    nlohmann::json j = nlohmann::json::parse(f);
-    s.log_dir = j.value("log_dir", "");
-    for (const auto& p : j.at("processes")) {
-      ProcessInfo info;
-      info.name = p.at("name").get<std::string>();
-      info.pid = p.at("pid").get<pid_t>();
-      info.start_time = p.at("start_time").get<uint64_t>();
-      info.address = p.value("address", "");
-      info.log = p.value("log", "");
-      s.processes.push_back(info);
-    }
-    const auto& e = j.at("endpoints");
-    s.endpoints.stages = e.value("stages", std::vector<std::string>{});
-    s.endpoints.stage_metrics = e.value("stage_metrics", std::vector<std::string>{});
-    s.endpoints.draft_metrics = e.value("draft_metrics", "");
-    s.endpoints.draft = e.value("draft", "");
-    s.endpoints.drafts = e.value("drafts", std::vector<std::string>{s.endpoints.draft});
-    s.endpoints.router_http = e.value("router_http", "");
-    s.endpoints.router_grpc = e.value("router_grpc", "");
-    if (j.contains("links")) {
-      absl::StatusOr<LinkTopology> links = LinkTopologyFromJson(j["links"].dump());
-      if (!links.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(path, ": ", links.status().message()));
-      }
-      s.links = std::move(*links);
-    }
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": bad state file: ", e.what()));
   }
   return s;
 }

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "cluster/config.h"
 #include "cluster/link_emulation.h"
+#include "cluster/port_check.h"
 
 namespace pipeinfer::cluster {
 
@@ -68,11 +69,6 @@ std::string SelfExeDir();
 uint64_t ProcessStartTime(pid_t pid);
 // True when `pid` exists, is not a zombie, and (when start_time != 0) started at start_time.
 bool ProcessAlive(pid_t pid, uint64_t start_time);
-
-// OK when every address the cluster would listen on can be bound now; ALREADY_EXISTS naming the
-// port and what it was meant for when one is taken. `stages_in_namespaces`: link emulation (the
-// stages listen in their own network namespaces and are not checked).
-absl::Status CheckPortsFree(const ClusterConfig& c, bool stages_in_namespaces);
 
 class Supervisor {
  public:
