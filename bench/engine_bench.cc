@@ -3,22 +3,36 @@
 // weight bytes streamed per second, next to the memory bandwidth measured in the same run.
 //
 //   engine_bench [--threads N] [--types f16,q8_0,q4_0,q4_K,q6_K] [--n-embd 2048] [--n-ff 5632]
-//                [--n-layer 4] [--seconds 2] [--dir /tmp]
+//                [--n-layer 4] [--n-vocab 4096] [--head] [--runs 1,2,4,8,16] [--prefill 128,512]
+//                [--path scalar|avx2|avx512] [--seconds 2] [--dir /tmp]
+//   engine_bench --model FILE [--threads N] [--prefill 128,512] [--gen 64] [--reps 3] [--json F]
+//
+// --head adds the output norm and projection (n_vocab rows) to the stage: every run then returns
+// the logits of its last token, as a decode step does. --prefill N times one run of N tokens in a
+// fresh sequence (prompt processing). --path caps the kernels' instruction set (the default is the
+// best the CPU has; see kernels::ActivePath).
+//
+// --model times a whole model file instead (embedding, layers, head) the way llama-bench does: pp
+// = one run of N tokens from an empty cache, tg = --gen one-token runs from an empty cache
+// (model_file_bench.h; bench/llamacpp_compare.sh compares with llama.cpp on the same files).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <numeric>
+#include <span>
 #include <string>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "engine/engine.h"
 #include "engine/synth.h"
 #include "kernels/kernels.h"
+#include "model_file_bench.h"
 
 namespace {
 
@@ -73,21 +87,63 @@ int main(int argc, char** argv) {
   spec.n_vocab = 4096;
   double seconds = 2.0;
   std::string dir = "/tmp";
+  bool head = false;
+  std::string runs_list = "1,2,4,8,16";
+  std::string prefill_list;
+  std::string path_name;
+  pipeinfer::bench::ModelFileBenchOptions file_opts;
+  app.add_option("--model", file_opts.model, "Time this GGUF model file (whole model)");
+  app.add_option("--gen", file_opts.gen, "--model: one-token runs per decode test");
+  app.add_option("--reps", file_opts.reps, "--model: timed repetitions per test");
+  app.add_option("--json", file_opts.json_path, "--model: append one JSON line per test here");
   app.add_option("--threads", threads);
   app.add_option("--types", types);
   app.add_option("--n-embd", spec.n_embd);
   app.add_option("--n-ff", spec.n_ff);
   app.add_option("--n-layer", spec.n_layer);
+  app.add_option("--n-vocab", spec.n_vocab);
+  app.add_flag("--head", head, "Include the output norm and projection (logits of the last token)");
+  app.add_option("--runs", runs_list, "Run sizes (tokens per forward pass) to time");
+  app.add_option("--prefill", prefill_list, "Prompt lengths to time as one forward pass each");
+  app.add_option("--path", path_name, "Kernel path cap: scalar, avx2 or avx512");
   app.add_option("--seconds", seconds, "Time per measurement");
   app.add_option("--dir", dir, "Where the synthetic models are written");
   CLI11_PARSE(app, argc, argv);
 
+  if (!path_name.empty()) {
+    const auto level = pipeinfer::kernels::ParseSimdLevel(path_name);
+    if (!level) {
+      std::fprintf(stderr, "unknown --path %s (scalar, avx2, avx512)\n", path_name.c_str());
+      return 1;
+    }
+    pipeinfer::kernels::SetMaxSimdLevel(*level);
+  }
+  std::vector<int> run_sizes, prefill_sizes;
+  for (const auto* list : {&runs_list, &prefill_list}) {
+    for (const auto& part : absl::StrSplit(*list, ',', absl::SkipEmpty())) {
+      int v = 0;
+      if (!absl::SimpleAtoi(part, &v) || v <= 0) {
+        std::fprintf(stderr, "bad run size '%s'\n", std::string(part).c_str());
+        return 1;
+      }
+      (list == &runs_list ? run_sizes : prefill_sizes).push_back(v);
+    }
+  }
   pipeinfer::kernels::ThreadPool pool(threads);
   const double bw = MeasureReadBandwidth(pool, size_t{1} << 30, seconds);
-  std::printf("threads %d, SIMD %s, memory read bandwidth %.2f GB/s (1 GiB buffer, best of runs)\n",
-              threads, pipeinfer::kernels::UsingSimd() ? "avx2" : "scalar", bw / 1e9);
-  std::printf("model: n_embd %u, n_ff %u, n_layer %u, n_vocab %u\n\n", spec.n_embd, spec.n_ff,
-              spec.n_layer, spec.n_vocab);
+  std::printf(
+      "threads %d, kernels %s (cpu: %s), memory read bandwidth %.2f GB/s (1 GiB buffer, "
+      "best of runs)\n",
+      threads, pipeinfer::kernels::ActivePath(), pipeinfer::kernels::CpuFeatureString().c_str(),
+      bw / 1e9);
+  if (!file_opts.model.empty()) {
+    file_opts.threads = threads;
+    file_opts.prompt_lengths = prefill_sizes;
+    file_opts.kernels = pipeinfer::kernels::ActivePath();
+    return pipeinfer::bench::RunModelFileBench(file_opts, bw);
+  }
+  std::printf("model: n_embd %u, n_ff %u, n_layer %u, n_vocab %u, head %s\n\n", spec.n_embd,
+              spec.n_ff, spec.n_layer, spec.n_vocab, head ? "yes" : "no");
   std::printf(
       "| type | weights MB | run tokens | runs/s | tokens/s | weight GB/s | %% of bandwidth |\n");
   std::printf("|---|---|---|---|---|---|---|\n");
@@ -109,9 +165,10 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "synth failed: %s\n", std::string(st.message()).c_str());
       return 1;
     }
-    // Layers only (no head): the head would dominate on small models and it is not per-layer
-    // work. The benchmark stage is a "middle stage" taking hidden states.
-    auto model = pipeinfer::engine::StageModel::Load(path, {0, spec.n_layer, false, false}, true);
+    // By default layers only (no head): the head would dominate on small models and it is not
+    // per-layer work. The benchmark stage takes hidden states (no token embeddings); with --head
+    // it is the last stage.
+    auto model = pipeinfer::engine::StageModel::Load(path, {0, spec.n_layer, false, head}, true);
     if (!model.ok()) {
       std::fprintf(stderr, "%s\n", std::string(model.status().message()).c_str());
       return 1;
@@ -124,15 +181,17 @@ int main(int argc, char** argv) {
     auto engine = pipeinfer::engine::Engine::Create(std::move(*model), opts);
     if (!engine.ok()) return 1;
     auto& e = **engine;
-    for (int k : {1, 2, 4, 8, 16}) {
+    uint64_t session = 1;
+    for (int k : run_sizes) {
       std::vector<float> hidden(static_cast<size_t>(k) * spec.n_embd, 0.01f);
-      uint64_t session = 1;
-      (void)e.kv().OpenSession(session);
+      const int32_t last_row = k - 1;
+      (void)e.kv().OpenSession(++session);
       int runs = 0;
       // warm-up
       pipeinfer::engine::ForwardInput in;
       in.session = session;
       in.hidden = hidden;
+      if (head) in.output_rows = std::span<const int32_t>(&last_row, 1);
       (void)e.Forward(in);
       const auto t0 = Clock::now();
       while (Seconds(t0, Clock::now()) < seconds) {
@@ -154,6 +213,38 @@ int main(int argc, char** argv) {
       std::printf("| %s | %.0f | %d | %.1f | %.1f | %.2f | %.0f%% |\n", info->name,
                   weight_bytes / 1e6, k, rps, rps * k, rps * weight_bytes / 1e9,
                   100.0 * rps * weight_bytes / bw);
+      std::fflush(stdout);
+    }
+    // Prefill: one run of n tokens in a fresh sequence, repeated; tokens/s = n / run time.
+    for (int n : prefill_sizes) {
+      std::vector<float> hidden(static_cast<size_t>(n) * spec.n_embd);
+      for (size_t i = 0; i < hidden.size(); ++i) hidden[i] = 0.01f * static_cast<float>(i % 97);
+      const int32_t last_row = n - 1;
+      pipeinfer::engine::ForwardInput in;
+      in.hidden = hidden;
+      if (head) in.output_rows = std::span<const int32_t>(&last_row, 1);
+      int runs = 0;
+      double busy = 0;
+      const auto t0 = Clock::now();
+      for (int i = 0; i < 2 || Seconds(t0, Clock::now()) < seconds; ++i) {
+        (void)e.kv().OpenSession(++session);
+        in.session = session;
+        const auto r0 = Clock::now();
+        auto o = e.Forward(in);
+        const auto r1 = Clock::now();
+        (void)e.kv().CloseSession(session);
+        if (!o.ok()) {
+          std::fprintf(stderr, "%s\n", std::string(o.status().message()).c_str());
+          return 1;
+        }
+        if (i > 0) {  // the first run is a warm-up
+          busy += Seconds(r0, r1);
+          ++runs;
+        }
+      }
+      std::printf("| %s | %.0f | prefill %d | %.2f | %.1f | %.2f | %.0f%% |\n", info->name,
+                  weight_bytes / 1e6, n, runs / busy, runs * n / busy,
+                  runs * weight_bytes / busy / 1e9, 100.0 * runs * weight_bytes / busy / bw);
       std::fflush(stdout);
     }
     std::remove(path.c_str());

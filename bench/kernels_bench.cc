@@ -8,7 +8,8 @@
 // uses a 256 x 1024 matrix that stays in L2 (at most 1 MiB, F32), so that it measures the
 // arithmetic of the kernels (FMA chains, decoding, register blocking) rather than memory. Set
 // PIPEINFER_QUANT_MATH=exact to time the float path of Q8_0/Q4_0/Q4_K/Q6_K instead of the integer
-// one.
+// one. The `path` argument caps the kernel level (1 avx2, 2 avx512; 0 portable); BM_MatMulPrefill
+// times prompt-sized batches (128 and 512 tokens).
 #include <algorithm>
 #include <cstring>
 #include <random>
@@ -61,17 +62,18 @@ std::vector<uint8_t> RandomWeights(TensorType t, int64_t rows, int64_t cols) {
   return data;
 }
 
-// Args: type id, n_tokens, threads, simd (1) or portable (0).
+// Args: type id, n_tokens, threads, path (0 portable, 1 avx2, 2 avx512: the cap of
+// SetMaxSimdLevel).
 void RunMatMul(benchmark::State& state, int64_t rows, int64_t cols) {
   const auto type = static_cast<TensorType>(state.range(0));
   const int64_t n_tokens = state.range(1);
   const int threads = static_cast<int>(state.range(2));
-  const bool simd = state.range(3) != 0;
-  if (simd && !CpuHasAvx2Fma()) {
-    state.SkipWithError("no AVX2/FMA/F16C on this CPU");
+  const auto level = static_cast<SimdLevel>(state.range(3));
+  if (level > BestSimdLevel()) {
+    state.SkipWithError((std::string("no ") + SimdLevelName(level) + " on this CPU").c_str());
     return;
   }
-  SetForceScalar(!simd);
+  SetMaxSimdLevel(level);
   const auto& info = gguf::TypeInfo(type);
   const auto data = RandomWeights(type, rows, cols);
   const Matrix w{type, data.data(), rows, cols, data.size() / rows};
@@ -85,13 +87,15 @@ void RunMatMul(benchmark::State& state, int64_t rows, int64_t cols) {
     benchmark::DoNotOptimize(y.data());
     benchmark::ClobberMemory();
   }
-  SetForceScalar(false);
+  SetMaxSimdLevel(SimdLevel::kAvx512);
   const double iters = static_cast<double>(state.iterations());
   state.counters["weight_GBps"] =
       benchmark::Counter(iters * data.size() / 1e9, benchmark::Counter::kIsRate);
   state.counters["Gflops"] =
       benchmark::Counter(iters * 2.0 * rows * cols * n_tokens / 1e9, benchmark::Counter::kIsRate);
-  state.SetLabel(std::string(info.name) + (simd ? " avx2" : " portable"));
+  SetMaxSimdLevel(level);
+  state.SetLabel(std::string(info.name) + " " + ActivePath());
+  SetMaxSimdLevel(SimdLevel::kAvx512);
 }
 
 void BM_MatMul(benchmark::State& state) { RunMatMul(state, kRows, kCols); }
@@ -131,21 +135,39 @@ void MatMulArgs(benchmark::internal::Benchmark* b) {
   for (TensorType t : kTypes) {
     for (int64_t n : {1, 2, 4, 8, 16}) {
       for (int threads : {1, HardwareThreads()}) {
-        b->Args({static_cast<int64_t>(t), n, threads, 1});
+        for (int path : {1, 2}) b->Args({static_cast<int64_t>(t), n, threads, path});
         if (threads == HardwareThreads() && HardwareThreads() == 1) break;
       }
     }
     b->Args({static_cast<int64_t>(t), 1, 1, 0});  // portable path, decode, one thread
   }
-  b->ArgNames({"type", "tokens", "threads", "simd"});
+  b->ArgNames({"type", "tokens", "threads", "path"});
 }
 
 // In-cache shapes, one thread: every batch size around the kernels' token groups.
 void MatMulL2Args(benchmark::internal::Benchmark* b) {
   for (TensorType t : kTypes) {
-    for (int64_t n : {1, 2, 3, 4, 5, 8, 9, 16, 64}) b->Args({static_cast<int64_t>(t), n, 1, 1});
+    for (int64_t n : {1, 2, 3, 4, 5, 8, 9, 16, 64}) {
+      for (int path : {1, 2}) b->Args({static_cast<int64_t>(t), n, 1, path});
+    }
   }
-  b->ArgNames({"type", "tokens", "threads", "simd"});
+  b->ArgNames({"type", "tokens", "threads", "path"});
+}
+
+// Prefill-sized products (n_tokens 128 and 512) of a 2048 x 2048 matrix, per path and thread
+// count: the blocked GEMM.
+void BM_MatMulPrefill(benchmark::State& state) { RunMatMul(state, 2048, 2048); }
+void MatMulPrefillArgs(benchmark::internal::Benchmark* b) {
+  for (TensorType t : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
+                       TensorType::kQ6_K}) {
+    for (int64_t n : {128, 512}) {
+      for (int threads : {1, HardwareThreads()}) {
+        for (int path : {1, 2}) b->Args({static_cast<int64_t>(t), n, threads, path});
+        if (HardwareThreads() == 1) break;
+      }
+    }
+  }
+  b->ArgNames({"type", "tokens", "threads", "path"});
 }
 
 BENCHMARK(BM_MemoryRead)
@@ -155,6 +177,7 @@ BENCHMARK(BM_MemoryRead)
     ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatMul)->Apply(MatMulArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatMulL2)->Apply(MatMulL2Args)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_MatMulPrefill)->Apply(MatMulPrefillArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace pipeinfer::kernels

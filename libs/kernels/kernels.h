@@ -1,31 +1,68 @@
-// CPU kernels of the engine: weight dequantization, (small-batch) matrix products, and the vector
-// operations of the llama forward pass.
+// CPU kernels of the engine: weight dequantization, matrix products (decode, speculative batches
+// and prefill), and the vector operations of the llama forward pass.
 //
 // Weights are used in their file layout (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K, ...); a matrix
-// product dequantizes each weight block once and applies it to every token of the batch, so a
-// speculative run of k tokens reads the weights once. With QuantMath::kExact activations stay F32
+// product dequantizes each weight block once and applies it to several tokens, so a speculative
+// run of k tokens reads the weights once, and a prefill of many tokens works through the matrix
+// in tiles of rows x tokens that stay in the caches. With QuantMath::kExact activations stay F32
 // (the numerics match llama.cpp run on exactly dequantized weights); with QuantMath::kFast (the
-// default) Q4_0/Q8_0/Q4_K/Q6_K products use llama.cpp's scheme: activations quantized to 8 bits
-// once per call, integer dot products (see SetQuantMath).
+// default) quantized products use llama.cpp's scheme: activations quantized to 8 bits once per
+// call, integer dot products (see SetQuantMath).
 //
-// Every kernel has a portable scalar implementation and, where the CPU has AVX2+FMA+F16C, a
-// vectorized one chosen at run time. SetForceScalar(true) selects the portable path (tests compare
-// the two).
+// Kernel paths, chosen at run time for the CPU at hand (SimdLevel):
+//   * scalar: portable C++, every type; the reference the other paths are tested against.
+//   * avx2:   AVX2 + FMA + F16C, every type (files *_avx2.cc, compiled with those flags only).
+//   * avx512: AVX-512 F/BW/DQ/VL (files *_avx512.cc). Float MatMul of F32/F16/BF16 and, with
+//             AVX-512 VNNI, the integer paths of Q8_0/Q4_0/Q4_K/Q6_K, as register-blocked tiles of
+//             rows x tokens; every other kernel of this level is the avx2 one.
+// The rest of the library is compiled for plain x86-64 (or any other CPU, where only the scalar
+// path exists). The level in use is the best one the CPU has, capped by SetMaxSimdLevel or, at
+// start-up, by the environment variable PIPEINFER_KERNELS_PATH (scalar, avx2 or avx512).
+//
+// Numerics: within one path a token's result is bit-identical whatever the batch size, the token's
+// place in the batch or the thread split (each path sums a token's row in one fixed order). Paths
+// differ from each other by rounding only (different summation orders; the integer dot products
+// themselves are exact on every path).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
 
 #include "gguf/tensor_type.h"
 #include "kernels/thread_pool.h"
 
 namespace pipeinfer::kernels {
 
-// --- CPU features -----------------------------------------------------------------------------
-bool CpuHasAvx2Fma();  // AVX2 + FMA + F16C, detected once
-// Forces the portable paths (process-wide; for tests and benchmarks).
+// --- CPU features and kernel paths -----------------------------------------------------------
+struct CpuFeatures {
+  bool avx2_fma_f16c = false;  // AVX2 + FMA + F16C (with OS support for the AVX state)
+  bool avx512 = false;         // AVX-512 F + BW + DQ + VL (with OS support for the ZMM state)
+  bool avx512_vnni = false;
+  bool avx512_bf16 = false;
+  bool amx = false;  // AMX tile + INT8 + BF16 (reported only; no AMX kernels)
+};
+const CpuFeatures& GetCpuFeatures();  // detected once
+std::string CpuFeatureString();  // e.g. "avx2 fma f16c avx512(f bw dq vl) avx512_vnni avx512_bf16"
+
+enum class SimdLevel { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+SimdLevel BestSimdLevel();  // the best level this CPU (and build) supports
+// Caps the level in use (process-wide; for tests and benchmarks): ActiveSimdLevel() is
+// min(cap, BestSimdLevel()). The initial cap is avx512 or PIPEINFER_KERNELS_PATH (an unknown value
+// is reported on stderr and ignored).
+void SetMaxSimdLevel(SimdLevel cap);
+SimdLevel ActiveSimdLevel();
+// Name of the active path: "scalar", "avx2", "avx512" or "avx512-vnni".
+const char* ActivePath();
+const char* SimdLevelName(SimdLevel level);  // "scalar", "avx2", "avx512"
+std::optional<SimdLevel> ParseSimdLevel(std::string_view name);
+
+bool CpuHasAvx2Fma();  // GetCpuFeatures().avx2_fma_f16c
+// SetForceScalar(true) = SetMaxSimdLevel(kScalar); false = SetMaxSimdLevel(kAvx512).
 void SetForceScalar(bool force);
-bool UsingSimd();  // CpuHasAvx2Fma() && !forced scalar
+bool UsingSimd();  // ActiveSimdLevel() >= kAvx2
 
 // --- Numerics of quantized weights ------------------------------------------------------------
 // kExact: F32 math on exactly dequantized weights (matches llama.cpp run on `-deq` copies).

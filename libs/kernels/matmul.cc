@@ -21,6 +21,43 @@ float SumLanes(const float p[8]) {
   return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
 }
 
+#if PIPEINFER_KERNELS_X86
+// The AVX-512 kernels work on tiles of rows x tokens (2-D split): a tile's token block is sized
+// so that its activations stay in L2 while the tile's rows go through them; tiles are numbered
+// row block by row block, so each thread gets a contiguous range of rows (decode: rows only) and
+// a row block's weights stay in cache while its token blocks go by. Results do not depend on the
+// tiling (see the kernels).
+bool UseAvx512Float(gguf::TensorType type) {
+  return ActiveSimdLevel() == SimdLevel::kAvx512 && avx512::HasFloatKernel(type);
+}
+bool UseAvx512Quant(gguf::TensorType type) {
+  return ActiveSimdLevel() == SimdLevel::kAvx512 && GetCpuFeatures().avx512_vnni &&
+         avx512::HasQuantKernel(type);
+}
+
+template <class F>
+void ForTiles(int64_t rows, int64_t n_tokens, int64_t token_bytes, ThreadPool& pool,
+              const F& tile) {
+  constexpr int64_t kActBudget = 384 * 1024;  // activation bytes of a token block (L2)
+  int64_t tb = std::max<int64_t>(1, kActBudget / std::max<int64_t>(1, token_bytes));
+  if (tb >= n_tokens) {
+    tb = n_tokens;
+  } else if (tb > 12) {
+    tb -= tb % 12;  // whole micro-kernel tiles (4 tokens)
+  }
+  const int64_t n_tb = (n_tokens + tb - 1) / tb;
+  int64_t rb = 64;
+  while (rb > 8 && ((rows + rb - 1) / rb) * n_tb < 4 * pool.size()) rb /= 2;
+  const int64_t n_rb = (rows + rb - 1) / rb;
+  pool.ParallelFor(n_rb * n_tb, 1, [&](int64_t u0, int64_t u1, int) {
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t r0 = u / n_tb * rb, t0 = u % n_tb * tb;
+      tile(r0, std::min(rows, r0 + rb), t0, std::min(n_tokens, t0 + tb));
+    }
+  });
+}
+#endif
+
 // Portable kernel. Per row: decode kGroup weights into `buf` once, then add their products with
 // every token of the group to that token's eight interleaved partial sums. A token's sums see the
 // same additions in the same order whatever the batch (token groups only bound the scratch), so
@@ -61,12 +98,18 @@ void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int6
   thread_local std::vector<int8_t> qs;
   thread_local std::vector<float> d;
   thread_local std::vector<int16_t> bsums;
+  thread_local std::vector<float> sums;  // Q8_1
   const int64_t nb = m.cols / ab;
+  const bool q8_1 = internal::QuantActHasSums(m.type);
   qs.resize(static_cast<size_t>(n_tokens * m.cols));
   d.resize(static_cast<size_t>(n_tokens * nb));
   if (ab == 256) bsums.resize(static_cast<size_t>(n_tokens * nb * 16));
+  if (q8_1) sums.resize(static_cast<size_t>(n_tokens * nb));
   for (int64_t t = 0; t < n_tokens; ++t) {
-    if (ab == 32) {
+    if (q8_1) {
+      internal::QuantizeQ8_1(x + t * x_stride, m.cols, qs.data() + t * m.cols, d.data() + t * nb,
+                             sums.data() + t * nb);
+    } else if (ab == 32) {
       internal::QuantizeQ8_0(x + t * x_stride, m.cols, qs.data() + t * m.cols, d.data() + t * nb);
     } else {
       internal::QuantizeQ8_K(x + t * x_stride, m.cols, qs.data() + t * m.cols, d.data() + t * nb,
@@ -77,7 +120,8 @@ void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int6
 #if PIPEINFER_KERNELS_X86
   thread_local std::vector<int8_t> qs_pairs;
   thread_local std::vector<float> d_pairs;
-  if (UsingSimd() && m.type == gguf::TensorType::kQ4_0) {
+  const bool tiles512 = UseAvx512Quant(m.type);  // these kernels read qs and d only
+  if (UsingSimd() && !tiles512 && m.type == gguf::TensorType::kQ4_0) {
     const int64_t np = m.cols / 64;
     qs_pairs.resize(static_cast<size_t>(n_tokens * m.cols));
     d_pairs.resize(static_cast<size_t>(n_tokens * np * 8));
@@ -105,8 +149,15 @@ void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int6
   a.qs = qs.data();
   a.d = d.data();
   a.bsums = ab == 256 ? bsums.data() : nullptr;
+  a.s = q8_1 ? sums.data() : nullptr;
   a.cols = m.cols;
 #if PIPEINFER_KERNELS_X86
+  if (tiles512) {
+    ForTiles(m.rows, n_tokens, m.cols, pool, [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+      avx512::QuantMatMulTile(m, a, y, y_stride, r0, r1, t0, t1);
+    });
+    return;
+  }
   if (UsingSimd()) {
     pool.ParallelFor(m.rows, kRowGrain, [&](int64_t r0, int64_t r1, int) {
       avx2::QuantMatMulRows(m, a, n_tokens, y, y_stride, r0, r1);
@@ -145,6 +196,13 @@ void MatMul(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
     }
   }
 #if PIPEINFER_KERNELS_X86
+  if (UseAvx512Float(w.type)) {
+    ForTiles(w.rows, n_tokens, 4 * w.cols, pool,
+             [&](int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+               avx512::MatMulTile(m, x, x_stride, y, y_stride, r0, r1, t0, t1);
+             });
+    return;
+  }
   if (UsingSimd()) {
     // Repack the activations once for all threads (buffer kept per calling thread).
     thread_local std::vector<float> packed_storage;

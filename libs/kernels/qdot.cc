@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "kernels/act_quant.h"
 #include "kernels/formats.h"
 #include "kernels/half.h"
 
@@ -70,6 +71,87 @@ float DotQ6_K(const uint8_t* b, const int8_t* x, float dx) {
   return LoadHalf(b + 208) * dx * static_cast<float>(sumi);
 }
 
+// The 32 quants of a Q4_1 (hi5 == nullptr) or Q5 block: nibbles as Q4_0, plus 16 where bit j of
+// the little-endian u32 at hi5 is set.
+void Quants32(const uint8_t* qs, const uint8_t* hi5, int q[32]) {
+  uint32_t qh = 0;
+  if (hi5 != nullptr) std::memcpy(&qh, hi5, sizeof(qh));
+  for (int j = 0; j < 16; ++j) {
+    q[j] = (qs[j] & 0xf) | static_cast<int>(((qh >> j) & 1) << 4);
+    q[j + 16] = (qs[j] >> 4) | static_cast<int>(((qh >> (j + 16)) & 1) << 4);
+  }
+}
+
+// Integer dot of 32 quants (minus `offset`) with 32 activation quants.
+int32_t Dot32(const int q[32], int offset, const int8_t* x) {
+  int32_t s = 0;
+  for (int j = 0; j < 32; ++j) s += (q[j] - offset) * x[j];
+  return s;
+}
+
+// Q4_1 / Q5_1 block with Q8_1 activations: d_w * d_x * sum(q x) + m_w * s_x.
+float DotAffine32(const uint8_t* b, bool q5, const int8_t* x, float dx, float sx) {
+  int q[32];
+  Quants32(b + (q5 ? 8 : 4), q5 ? b + 4 : nullptr, q);
+  return LoadHalf(b) * dx * static_cast<float>(Dot32(q, 0, x)) + LoadHalf(b + 2) * sx;
+}
+
+// Q2_K super-block: d_w * d_x * sum_s sc_s * dot_s - dmin_w * d_x * sum_s m_s * bsum_s.
+float DotQ2_K(const uint8_t* b, const int8_t* x, float dx, const int16_t* bsums) {
+  const uint8_t* qs = b + 16;
+  int32_t sumi = 0, summ = 0;
+  for (int s = 0; s < 16; ++s) {
+    const int h = s / 8, j = (s % 8) / 2, l0 = 16 * (s % 2);
+    int32_t dot = 0;
+    for (int l = l0; l < l0 + 16; ++l)
+      dot += ((qs[32 * h + l] >> (2 * j)) & 3) * x[16 * s + l - l0];
+    sumi += (b[s] & 0xf) * dot;
+    summ += (b[s] >> 4) * bsums[s];
+  }
+  const float d = LoadHalf(b + 80) * dx, dmin = LoadHalf(b + 82) * dx;
+  return d * static_cast<float>(sumi) - dmin * static_cast<float>(summ);
+}
+
+// Q3_K super-block: d_w * d_x * sum_s sc_s * sum_{i in s} q_i x_i, q in [-4, 3].
+float DotQ3_K(const uint8_t* b, const int8_t* x, float dx) {
+  const uint8_t* hmask = b;
+  const uint8_t* qs = b + 32;
+  int sc[16];
+  ScalesQ3K(b + 96, sc);
+  int32_t sumi = 0;
+  for (int s = 0; s < 16; ++s) {
+    const int h = s / 8, j = (s % 8) / 2, l0 = 16 * (s % 2);
+    int32_t dot = 0;
+    for (int l = l0; l < l0 + 16; ++l) {
+      const int q = ((qs[32 * h + l] >> (2 * j)) & 3) - (((hmask[l] >> (4 * h + j)) & 1) ? 0 : 4);
+      dot += q * x[16 * s + l - l0];
+    }
+    sumi += sc[s] * dot;
+  }
+  return LoadHalf(b + 108) * dx * static_cast<float>(sumi);
+}
+
+// Q5_K super-block: as Q4_K with the fifth bit from qh.
+float DotQ5_K(const uint8_t* b, const int8_t* x, float dx, const int16_t* bsums) {
+  const uint8_t* qh = b + 16;
+  const uint8_t* qs = b + 48;
+  int32_t sumi = 0, summ = 0;
+  for (int j = 0; j < 8; ++j) {
+    int sc, m;
+    ScaleMinK4(b + 4, j, &sc, &m);
+    const int c = j / 2, shift = 4 * (j % 2);
+    int32_t s = 0;
+    for (int l = 0; l < 32; ++l) {
+      const int q = ((qs[32 * c + l] >> shift) & 0xf) | (((qh[l] >> j) & 1) << 4);
+      s += q * x[32 * j + l];
+    }
+    sumi += sc * s;
+    summ += m * (bsums[2 * j] + bsums[2 * j + 1]);
+  }
+  const float d = LoadHalf(b) * dx, dmin = LoadHalf(b + 2) * dx;
+  return d * static_cast<float>(sumi) - dmin * static_cast<float>(summ);
+}
+
 // Round to nearest, ties to even (as nearbyint in the default rounding mode) for |v| < 2^22,
 // without a library call: adding 1.5 * 2^23 leaves the rounded integer in the low mantissa bits.
 inline int RoundNearest(float v) {
@@ -79,14 +161,35 @@ inline int RoundNearest(float v) {
   return (bits & 0x007fffff) - 0x00400000;
 }
 
+// max(m, |v|) as std::fmax(m, std::fabs(v)) gives it (a NaN v leaves m), without the libm call.
+inline float MaxAbs(float m, float v) {
+  const float a = std::fabs(v);
+  return a > m ? a : m;
+}
+
+// The 32 quants of a Q8_0/Q8_1 block: q = nearbyint(x * 127 / amax); returns amax.
+float Quantize32(const float* x, int8_t* qs) {
+  float amax = 0.0f;
+  for (int j = 0; j < 32; ++j) amax = MaxAbs(amax, x[j]);
+  const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+  for (int j = 0; j < 32; ++j) qs[j] = static_cast<int8_t>(RoundNearest(x[j] * id));
+  return amax;
+}
+
 }  // namespace
 
 int QuantActBlock(TensorType type) {
   switch (type) {
     case TensorType::kQ4_0:
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1:
     case TensorType::kQ8_0:
       return 32;
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
     case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
     case TensorType::kQ6_K:
       return 256;
     default:
@@ -94,17 +197,30 @@ int QuantActBlock(TensorType type) {
   }
 }
 
+bool QuantActHasSums(TensorType type) {
+  return type == TensorType::kQ4_1 || type == TensorType::kQ5_1;
+}
+
 void QuantizeQ8_0(const float* x, int64_t n, int8_t* qs, float* d) {
   for (int64_t b = 0; b < n / 32; ++b, x += 32, qs += 32) {
-    float amax = 0.0f;
-    for (int j = 0; j < 32; ++j) amax = std::fmax(amax, std::fabs(x[j]));
-    const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
-    d[b] = HalfBitsToFloat(FloatToHalfBits(amax / 127.0f));
-    for (int j = 0; j < 32; ++j) qs[j] = static_cast<int8_t>(RoundNearest(x[j] * id));
+    d[b] = HalfBitsToFloat(FloatToHalfBits(Quantize32(x, qs) / 127.0f));
+  }
+}
+
+void QuantizeQ8_1(const float* x, int64_t n, int8_t* qs, float* d, float* s) {
+  const bool half = GetActQuantScheme() == ActQuantScheme::kLlamaCpp2024;
+  for (int64_t b = 0; b < n / 32; ++b, x += 32, qs += 32) {
+    const float db = Quantize32(x, qs) / 127.0f;
+    int sum = 0;
+    for (int j = 0; j < 32; ++j) sum += qs[j];
+    const float sb = db * static_cast<float>(sum);
+    d[b] = half ? HalfBitsToFloat(FloatToHalfBits(db)) : db;  // llama.cpp 2024: both f16
+    s[b] = half ? HalfBitsToFloat(FloatToHalfBits(sb)) : sb;
   }
 }
 
 void QuantizeQ8_K(const float* x, int64_t n, int8_t* qs, float* d, int16_t* bsums) {
+  const float top = GetActQuantScheme() == ActQuantScheme::kLlamaCpp2024 ? -127.0f : -128.0f;
   for (int64_t b = 0; b < n / 256; ++b, x += 256, qs += 256, bsums += 16) {
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < 256; ++j) {
@@ -119,7 +235,7 @@ void QuantizeQ8_K(const float* x, int64_t n, int8_t* qs, float* d, int16_t* bsum
       for (int j = 0; j < 16; ++j) bsums[j] = 0;
       continue;
     }
-    const float iscale = -128.0f / max;
+    const float iscale = top / max;
     for (int j = 0; j < 256; ++j) {
       const int v = RoundNearest(iscale * x[j]);
       qs[j] = static_cast<int8_t>(v > 127 ? 127 : v);
@@ -156,10 +272,39 @@ void ScalarQuantRows(const Matrix& w, const QuantActs& a, int64_t n_tokens, floa
             sum += LoadHalf(blk) * dx[b] * static_cast<float>(DotQ8_0(blk, x + 32 * b));
           }
           break;
-        case TensorType::kQ4_K:
+        case TensorType::kQ5_0:
           for (int64_t b = 0; b < nb; ++b) {
-            sum += DotQ4_K(row + b * 144, x + 256 * b, dx[b], a.bsums + (t * nb + b) * 16);
+            const uint8_t* blk = row + b * 22;
+            int q[32];
+            Quants32(blk + 6, blk + 2, q);
+            sum += LoadHalf(blk) * dx[b] * static_cast<float>(Dot32(q, 16, x + 32 * b));
           }
+          break;
+        case TensorType::kQ4_1:
+        case TensorType::kQ5_1: {
+          const bool q5 = w.type == TensorType::kQ5_1;
+          const float* sx = a.s + t * nb;
+          for (int64_t b = 0; b < nb; ++b) {
+            sum += DotAffine32(row + b * (q5 ? 24 : 20), q5, x + 32 * b, dx[b], sx[b]);
+          }
+          break;
+        }
+        case TensorType::kQ2_K:
+        case TensorType::kQ4_K:
+        case TensorType::kQ5_K: {  // the K-quants with mins
+          const auto dot = w.type == TensorType::kQ2_K   ? DotQ2_K
+                           : w.type == TensorType::kQ4_K ? DotQ4_K
+                                                         : DotQ5_K;
+          const int64_t bytes = w.type == TensorType::kQ2_K   ? 84
+                                : w.type == TensorType::kQ4_K ? 144
+                                                              : 176;
+          for (int64_t b = 0; b < nb; ++b) {
+            sum += dot(row + b * bytes, x + 256 * b, dx[b], a.bsums + (t * nb + b) * 16);
+          }
+          break;
+        }
+        case TensorType::kQ3_K:
+          for (int64_t b = 0; b < nb; ++b) sum += DotQ3_K(row + b * 110, x + 256 * b, dx[b]);
           break;
         case TensorType::kQ6_K:
           for (int64_t b = 0; b < nb; ++b) sum += DotQ6_K(row + b * 210, x + 256 * b, dx[b]);

@@ -1,4 +1,6 @@
-// AVX2 row kernels of the integer MatMul path (qdot.h; compiled with -mavx2 -mfma -mf16c).
+// AVX2 row kernels of the integer MatMul path (qdot.h; compiled with -mavx2 -mfma -mf16c) for
+// Q4_0, Q8_0 and Q6_K, and the dispatch to the other types' kernels (qdot_legacy_avx2.cc,
+// qdot_kquant_avx2.cc; the row driver is in qdot_avx2.h).
 //
 // Per row, each weight block is loaded and unpacked to bytes once and applied to up to kMaxNt
 // tokens, whose accumulators stay in registers; larger batches take the row again (from L1/L2)
@@ -16,6 +18,7 @@
 
 #include "kernels/decode_avx2.h"
 #include "kernels/qdot.h"
+#include "kernels/qdot_avx2.h"
 #include "kernels/simd.h"
 
 namespace pipeinfer::kernels::avx2 {
@@ -23,41 +26,6 @@ namespace {
 
 using gguf::TensorType;
 using internal::QuantActs;
-
-constexpr int kMaxNt = 4;
-
-inline __m256i LoadX(const int8_t* p) {
-  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-}
-
-// Sum of signed-byte products as eight int32 lanes: sw holds the weights' signs (any int8),
-// aw = |sw|.
-inline __m256i DotSigned(__m256i aw, __m256i sw, __m256i x) {
-  const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(x, sw));
-  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
-}
-
-// Shuffle masks. ByteShuffle(a, b): bytes 0-7 take byte a, bytes 8-15 byte b. ScaleShuffle(a, b)
-// (per 128-bit half, for a vector of 16-bit lanes): the low half repeats lane a, the high half b.
-inline __m128i ByteShuffle(int a, int b) {
-  return _mm_set_epi64x(static_cast<long long>(0x0101010101010101ull * static_cast<unsigned>(b)),
-                        static_cast<long long>(0x0101010101010101ull * static_cast<unsigned>(a)));
-}
-inline __m256i ScaleShuffle(int a, int b) {
-  const long long la = static_cast<long long>(0x0100010001000100ull + 0x0202020202020202ull * a);
-  const long long lb = static_cast<long long>(0x0100010001000100ull + 0x0202020202020202ull * b);
-  return _mm256_set_epi64x(lb, lb, la, la);
-}
-
-// Pointers of the NT tokens of a group.
-template <int NT>
-struct Tokens {
-  const int8_t* x[NT];
-  const float* d[NT];
-  const int16_t* bsums[NT];
-  const int8_t* xp[NT];  // Q4_0: QuantActs::qs_pairs
-  const float* dp[NT];   // Q4_0: QuantActs::d_pairs
-};
 
 // Q4_0, blocks two at a time: the 16 bytes of each of blocks 2p and 2p+1 side by side in one
 // register give the low nibbles of both (weights 0-15 of each) and the high nibbles (16-31), to be
@@ -113,100 +81,19 @@ struct KQ4_0Pairs {
   }
 };
 
-// Q4_0 and Q8_0 (Q8_0 activations, blocks of 32). Blocks go in pairs, into two accumulators per
-// token (even and odd blocks), to hide the FMA latency.
-template <bool kQ4>
-struct KQ32 {
-  static constexpr int kBytes = kQ4 ? 18 : 34;
-  // The block's weights as signed bytes.
+// Q4_0 and Q8_0 weights as signed bytes (KSigned32 in qdot_avx2.h).
+struct WQ4_0 {
+  static constexpr int kBytes = 18;
   static inline __m256i Weights(const uint8_t* blk) {
-    if (kQ4) {
-      const __m128i q = Load128(blk + 2);
-      const __m128i m = _mm_set1_epi8(0x0f);
-      const __m256i w =
-          _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
-      return _mm256_sub_epi8(w, _mm256_set1_epi8(8));
-    }
-    return Load256(blk + 2);
-  }
-  template <int NT>
-  static inline void Block(const uint8_t* blk, int64_t b, const Tokens<NT>& tk, __m256* acc) {
-    const __m256 dw = _mm256_set1_ps(HalfAt(blk));
-    const __m256i sw = Weights(blk);
-    const __m256i aw = _mm256_sign_epi8(sw, sw);
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) {
-      const __m256i s = DotSigned(aw, sw, LoadX(tk.x[t] + 32 * b));
-      const __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(tk.d[t] + b));
-      acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), acc[t]);
-    }
-  }
-  template <int NT>
-  static inline void Row(const uint8_t* row, int64_t nb, const Tokens<NT>& tk, float* out) {
-    __m256 acc0[NT], acc1[NT];
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) acc0[t] = acc1[t] = _mm256_setzero_ps();
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-      Block<NT>(row + b * kBytes, b, tk, acc0);
-      Block<NT>(row + (b + 1) * kBytes, b + 1, tk, acc1);
-    }
-    if (b < nb) Block<NT>(row + b * kBytes, b, tk, acc0);
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) out[t] = HorizontalSum(_mm256_add_ps(acc0[t], acc1[t]));
+    const __m128i q = Load128(blk + 2);
+    const __m128i m = _mm_set1_epi8(0x0f);
+    const __m256i w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(q, 4), m), _mm_and_si128(q, m));
+    return _mm256_sub_epi8(w, _mm256_set1_epi8(8));
   }
 };
-
-struct KQ4_K {
-  static constexpr int kBytes = 144;
-  template <int NT>
-  static inline void Row(const uint8_t* row, int64_t nb, const Tokens<NT>& tk, float* out) {
-    __m256 acc[NT];
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    const __m256i low4 = _mm256_set1_epi8(0x0f);
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = row + b * kBytes;
-      uint64_t sc, mn;
-      ScalesMinsK4(blk + 4, &sc, &mn);
-      // Each min twice (it applies to two 16-sums), as 16-bit lanes.
-      const __m128i m8 = _mm_cvtsi64_si128(static_cast<long long>(mn));
-      const __m256i mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-      // The 8 scales as 16-bit lanes, in both 128-bit halves (for the per-sub-block shuffles).
-      const __m256i scales16 = _mm256_broadcastsi128_si256(
-          _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(sc))));
-      __m256i isum[NT];
-#pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) isum[t] = _mm256_setzero_si256();
-#pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
-        const __m256i q = Load256(blk + 16 + 32 * c);
-        const __m256i lo = _mm256_and_si256(q, low4);
-        const __m256i hi = Shr4Bits(q, 4, 0x0f);
-        const __m256i s0 = _mm256_shuffle_epi8(scales16, ScaleShuffle(2 * c, 2 * c));
-        const __m256i s1 = _mm256_shuffle_epi8(scales16, ScaleShuffle(2 * c + 1, 2 * c + 1));
-#pragma GCC unroll 8
-        for (int t = 0; t < NT; ++t) {
-          const int8_t* x = tk.x[t] + 256 * b + 64 * c;
-          const __m256i p0 = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, LoadX(x)), s0);
-          const __m256i p1 = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, LoadX(x + 32)), s1);
-          isum[t] = _mm256_add_epi32(isum[t], _mm256_add_epi32(p0, p1));
-        }
-      }
-      const __m256 dw = _mm256_set1_ps(HalfAt(blk)), dmw = _mm256_set1_ps(HalfAt(blk + 2));
-#pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) {
-        const __m256i bs =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tk.bsums[t] + 16 * b));
-        const __m256 dx = _mm256_broadcast_ss(tk.d[t] + b);
-        const __m256 summ = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins));
-        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(isum[t]), acc[t]);
-        acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmw, dx), summ, acc[t]);
-      }
-    }
-#pragma GCC unroll 8
-    for (int t = 0; t < NT; ++t) out[t] = HorizontalSum(acc[t]);
-  }
+struct WQ8_0 {
+  static constexpr int kBytes = 34;
+  static inline __m256i Weights(const uint8_t* blk) { return Load256(blk + 2); }
 };
 
 struct KQ6_K {
@@ -224,12 +111,7 @@ struct KQ6_K {
       const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
       __m256i isum[NT];
 #pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) {
-        const __m256i bs =
-            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tk.bsums[t] + 16 * b));
-        isum[t] = _mm256_sub_epi32(_mm256_setzero_si256(),
-                                   _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5));
-      }
+      for (int t = 0; t < NT; ++t) isum[t] = MinusScaledBsums(tk.bsums[t] + 16 * b, sc16, 5);
 #pragma GCC unroll 2
       for (int h = 0; h < 2; ++h) {
         const __m256i ql0 = Load256(blk + 64 * h), ql1 = Load256(blk + 64 * h + 32);
@@ -253,51 +135,12 @@ struct KQ6_K {
           }
         }
       }
-      const __m256 dw = _mm256_set1_ps(HalfAt(blk + 208));
-#pragma GCC unroll 8
-      for (int t = 0; t < NT; ++t) {
-        const __m256 d = _mm256_mul_ps(dw, _mm256_broadcast_ss(tk.d[t] + b));
-        acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(isum[t]), acc[t]);
-      }
+      AddScaledSums<NT>(HalfAt(blk + 208), tk, b, isum, acc);
     }
 #pragma GCC unroll 8
     for (int t = 0; t < NT; ++t) out[t] = HorizontalSum(acc[t]);
   }
 };
-
-template <class K, int NT>
-void RowGroup(const uint8_t* row, int64_t nb, const QuantActs& a, int64_t ab, int64_t t0,
-              float* out) {
-  Tokens<NT> tk;
-  const int64_t nbx = a.cols / ab;
-#pragma GCC unroll 8
-  for (int t = 0; t < NT; ++t) {
-    tk.x[t] = a.qs + (t0 + t) * a.cols;
-    tk.d[t] = a.d + (t0 + t) * nbx;
-    tk.bsums[t] = a.bsums == nullptr ? nullptr : a.bsums + (t0 + t) * nbx * 16;
-    tk.xp[t] = a.qs_pairs == nullptr ? nullptr : a.qs_pairs + (t0 + t) * a.cols;
-    tk.dp[t] = a.d_pairs == nullptr ? nullptr : a.d_pairs + (t0 + t) * (a.cols / 64 * 8);
-  }
-  K::template Row<NT>(row, nb, tk, out);
-}
-
-template <class K, int kAb>
-void Rows(const Matrix& w, const QuantActs& a, int64_t n_tokens, float* y, int64_t ys, int64_t r0,
-          int64_t r1) {
-  using GroupFn = void (*)(const uint8_t*, int64_t, const QuantActs&, int64_t, int64_t, float*);
-  constexpr GroupFn kGroup[kMaxNt + 1] = {nullptr, RowGroup<K, 1>, RowGroup<K, 2>, RowGroup<K, 3>,
-                                          RowGroup<K, 4>};
-  const int64_t nb = w.cols / kAb;
-  for (int64_t r = r0; r < r1; ++r) {
-    const uint8_t* row = w.data + r * w.row_bytes;
-    for (int64_t t0 = 0; t0 < n_tokens; t0 += kMaxNt) {
-      const int64_t nt = n_tokens - t0 < kMaxNt ? n_tokens - t0 : kMaxNt;
-      float out[kMaxNt];
-      kGroup[nt](row, nb, a, kAb, t0, out);
-      for (int64_t t = 0; t < nt; ++t) y[(t0 + t) * ys + r] = out[t];
-    }
-  }
-}
 
 }  // namespace
 
@@ -308,18 +151,24 @@ bool QuantMatMulRows(const Matrix& w, const QuantActs& a, int64_t n_tokens, floa
       if (a.qs_pairs != nullptr) {
         Rows<KQ4_0Pairs, 32>(w, a, n_tokens, y, y_stride, r0, r1);
       } else {
-        Rows<KQ32<true>, 32>(w, a, n_tokens, y, y_stride, r0, r1);
+        Rows<KSigned32<WQ4_0>, 32>(w, a, n_tokens, y, y_stride, r0, r1);
       }
       return true;
     case TensorType::kQ8_0:
-      Rows<KQ32<false>, 32>(w, a, n_tokens, y, y_stride, r0, r1);
-      return true;
-    case TensorType::kQ4_K:
-      Rows<KQ4_K, 256>(w, a, n_tokens, y, y_stride, r0, r1);
+      Rows<KSigned32<WQ8_0>, 32>(w, a, n_tokens, y, y_stride, r0, r1);
       return true;
     case TensorType::kQ6_K:
       Rows<KQ6_K, 256>(w, a, n_tokens, y, y_stride, r0, r1);
       return true;
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1:
+      return LegacyQuantMatMulRows(w, a, n_tokens, y, y_stride, r0, r1);
+    case TensorType::kQ2_K:
+    case TensorType::kQ3_K:
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K:
+      return KQuantMatMulRows(w, a, n_tokens, y, y_stride, r0, r1);
     default:
       return false;
   }

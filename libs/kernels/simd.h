@@ -1,5 +1,7 @@
 // Internal: entry points of the AVX2+FMA+F16C kernels (compiled with those flags, in *_avx2.cc)
-// and the dispatch switch. Only call an avx2:: function when UsingSimd() is true.
+// and of the AVX-512 kernels (*_avx512.cc), and the dispatch switch. Only call an avx2:: function
+// when UsingSimd() is true, an avx512:: one when ActiveSimdLevel() is kAvx512 (and, for the
+// integer tiles, GetCpuFeatures().avx512_vnni).
 #pragma once
 
 #include <cstdint>
@@ -14,6 +16,10 @@
 #define PIPEINFER_KERNELS_X86 0
 #endif
 #endif
+
+namespace pipeinfer::kernels::internal {
+struct QuantActs;  // qdot.h
+}  // namespace pipeinfer::kernels::internal
 
 namespace pipeinfer::kernels::avx2 {
 
@@ -44,3 +50,18 @@ void SwiGlu(const float* gate, const float* up, float* out, int64_t n);
 float SoftmaxInPlace(float* x, int64_t n);
 
 }  // namespace pipeinfer::kernels::avx2
+
+namespace pipeinfer::kernels::avx512 {
+
+// Tiles of y = w * x: rows [r0, r1) x tokens [t0, t1), with y[t * y_stride + r] (as MatMul).
+// Float path (matmul_avx512.cc): F32, F16 and BF16 weights, activations read in place.
+bool HasFloatKernel(gguf::TensorType type);
+void MatMulTile(const Matrix& w, const float* x, int64_t x_stride, float* y, int64_t y_stride,
+                int64_t r0, int64_t r1, int64_t t0, int64_t t1);
+// Integer path (qdot_avx512.cc, needs AVX-512 VNNI): Q8_0, Q4_0, Q4_K and Q6_K weights with the
+// activations of internal::QuantActs (qs, d, bsums; qs_pairs unused).
+bool HasQuantKernel(gguf::TensorType type);
+void QuantMatMulTile(const Matrix& w, const internal::QuantActs& a, float* y, int64_t y_stride,
+                     int64_t r0, int64_t r1, int64_t t0, int64_t t1);
+
+}  // namespace pipeinfer::kernels::avx512

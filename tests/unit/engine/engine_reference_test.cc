@@ -66,7 +66,14 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{"tiny-q4_0", "tiny-q4_0-deq", kv::ElemType::kF16, -1},
                       Case{"tiny-q4_0-pure", "tiny-q4_0-pure-deq", kv::ElemType::kF16, -1},
                       Case{"tiny-q4_k_m", "tiny-q4_k_m-deq", kv::ElemType::kF16, -1},
-                      Case{"tiny-q6_k", "tiny-q6_k-deq", kv::ElemType::kF16, -1}),
+                      Case{"tiny-q6_k", "tiny-q6_k-deq", kv::ElemType::kF16, -1},
+                      Case{"tiny-q4_1-pure", "tiny-q4_1-pure-deq", kv::ElemType::kF16, -1},
+                      Case{"tiny-q5_0-pure", "tiny-q5_0-pure-deq", kv::ElemType::kF16, -1},
+                      Case{"tiny-q5_1-pure", "tiny-q5_1-pure-deq", kv::ElemType::kF16, -1},
+                      Case{"tiny-q2_k-pure", "tiny-q2_k-pure-deq", kv::ElemType::kF16, -1},
+                      Case{"tiny-q3_k-pure", "tiny-q3_k-pure-deq", kv::ElemType::kF16, -1},
+                      Case{"tiny-q3_k_m", "tiny-q3_k_m-deq", kv::ElemType::kF16, -1},
+                      Case{"tiny-q5_k-pure", "tiny-q5_k-pure-deq", kv::ElemType::kF16, -1}),
     [](const ::testing::TestParamInfo<Case>& info) { return FixtureTestName(info.param.ref); });
 
 }  // namespace

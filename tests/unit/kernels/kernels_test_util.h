@@ -29,21 +29,40 @@ inline const std::vector<TensorType>& AllTypes() {
 
 inline std::string TypeName(TensorType t) { return gguf::TypeInfo(t).name; }
 
-// The paths to test: always the portable one, plus AVX2 when the CPU has it. Restores the
-// process-wide switch on destruction.
+// The paths to test: always the portable one, plus AVX2 and AVX-512 when the CPU has them (the
+// avx512 path runs its own kernels for F32/F16/BF16 and, with VNNI, for the integer paths of
+// Q8_0/Q4_0/Q4_K/Q6_K; everything else on it is the AVX2 code). ScopedPath caps the process-wide
+// level and restores the default on destruction.
 struct Path {
   bool simd;
   const char* name;
+  SimdLevel level = SimdLevel::kScalar;
 };
 inline std::vector<Path> Paths() {
-  std::vector<Path> p = {{false, "scalar"}};
-  if (CpuHasAvx2Fma()) p.push_back({true, "avx2"});
+  std::vector<Path> p = {{false, "scalar", SimdLevel::kScalar}};
+  if (BestSimdLevel() >= SimdLevel::kAvx2) p.push_back({true, "avx2", SimdLevel::kAvx2});
+  if (BestSimdLevel() >= SimdLevel::kAvx512) {
+    p.push_back(
+        {true, GetCpuFeatures().avx512_vnni ? "avx512-vnni" : "avx512", SimdLevel::kAvx512});
+  }
   return p;
+}
+// The paths of Paths() as text, with the ones this CPU lacks named as skipped.
+inline std::string PathsNote() {
+  std::string s;
+  for (const Path& p : Paths()) s += std::string(" ") + p.name;
+  if (BestSimdLevel() < SimdLevel::kAvx2) s += " (avx2 skipped: the CPU lacks AVX2/FMA/F16C)";
+  if (BestSimdLevel() < SimdLevel::kAvx512)
+    s += " (avx512 skipped: the CPU lacks AVX-512 F/BW/DQ/VL)";
+  if (BestSimdLevel() == SimdLevel::kAvx512 && !GetCpuFeatures().avx512_vnni) {
+    s += " (avx512 integer tiles skipped: no AVX-512 VNNI; that path uses the AVX2 ones)";
+  }
+  return s;
 }
 class ScopedPath {
  public:
-  explicit ScopedPath(const Path& p) { SetForceScalar(!p.simd); }
-  ~ScopedPath() { SetForceScalar(false); }
+  explicit ScopedPath(const Path& p) { SetMaxSimdLevel(p.level); }
+  ~ScopedPath() { SetMaxSimdLevel(SimdLevel::kAvx512); }
 };
 
 inline uint16_t HalfBits(const uint8_t* p) {

@@ -6,6 +6,7 @@
 //
 // The element-wise vector kernels, which the forward pass applies to whole [n_tokens x width]
 // buffers, must likewise give element j the same bits whatever the buffer's length.
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -118,6 +119,45 @@ TEST(MatMulInvariance, EveryRowMatchesItsSingleTokenRun) {
             }
             EXPECT_EQ(failures, 0) << where << " threads " << pool->size();
           }
+        }
+      }
+    }
+  }
+}
+
+// Long rows: the AVX-512 path splits a large batch into token blocks (sized for L2) and rows into
+// blocks over the threads (2-D tiles of rows x tokens, 4 x 4 / 4 x 6 micro-tiles inside). A
+// token's row must not depend on the block it falls in, on its place in a micro-tile, or on
+// whether a block has fewer rows/tokens than a micro-tile.
+TEST(MatMulInvariance, TiledLargeBatchesMatchSingleTokenRuns) {
+  std::printf("[ paths    ] TiledLargeBatchesMatchSingleTokenRuns:%s\n",
+              testing::PathsNote().c_str());
+  ThreadPool pool1(1), pool2(2), pool3(3);
+  constexpr int64_t kRows = 19, kCols = 8192, kTokens = 61;
+  for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ8_0,
+                          TensorType::kQ4_0, TensorType::kQ4_K, TensorType::kQ6_K}) {
+    std::mt19937 rng(31 + static_cast<uint32_t>(type));
+    const auto& info = gguf::TypeInfo(type);
+    const std::vector<uint8_t> wdata = RandomRows(type, kRows, kCols, rng, /*moderate=*/true);
+    const Matrix m{type, wdata.data(), kRows, kCols,
+                   static_cast<size_t>(kCols / info.block_size * info.type_size)};
+    std::vector<float> x(kTokens * kCols);
+    std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+    for (float& v : x) v = unit(rng);
+    for (QuantMath math : {QuantMath::kExact, QuantMath::kFast}) {
+      ScopedQuantMath scoped_math(math);
+      for (const Path& p : Paths()) {
+        ScopedPath scoped_path(p);
+        std::vector<float> single(kTokens * kRows);
+        for (int64_t t = 0; t < kTokens; ++t) {
+          MatMul(m, x.data() + t * kCols, kCols, 1, single.data() + t * kRows, kRows, pool1);
+        }
+        for (ThreadPool* pool : {&pool1, &pool2, &pool3}) {
+          std::vector<float> y(kTokens * kRows, kSentinel);
+          MatMul(m, x.data(), kCols, kTokens, y.data(), kRows, *pool);
+          EXPECT_EQ(0, std::memcmp(y.data(), single.data(), y.size() * sizeof(float)))
+              << TypeName(type) << " " << MathName(math) << " " << p.name << " threads "
+              << pool->size();
         }
       }
     }

@@ -2,6 +2,7 @@
 // sizes around the kernels' register blocking, strided inputs/outputs, both code paths, and
 // several thread counts (which must not change a single bit).
 #include <cmath>
+#include <cstdio>
 #include <limits>
 
 #include <gtest/gtest.h>
@@ -140,26 +141,27 @@ TEST(KernelsMatMul, MatchesNaiveReferenceOnEveryPathAndThreadCount) {
 }
 
 TEST(KernelsMatMul, ScalarAndSimdAgree) {
+  std::printf("[ paths    ] ScalarAndSimdAgree:%s\n", testing::PathsNote().c_str());
   if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
   ThreadPool pool(2);
   std::mt19937 rng(5);
   for (TensorType type : AllTypes()) {
-    for (int64_t n : {1, 4, 16}) {
+    for (int64_t n : {1, 4, 16, 30}) {
       const int64_t cols = gguf::TypeInfo(type).block_size == 256 ? 1024 : 1024 + 32;
       const Case c{type, 19, cols, n, cols, 19};
       const Data d = MakeData(c, rng);
-      std::vector<float> ys, yv;
+      std::vector<float> ys;
       {
         ScopedPath s(Paths()[0]);
         ys = RunMatMul(c, d, pool);
       }
-      {
-        ScopedPath s(Paths()[1]);
-        yv = RunMatMul(c, d, pool);
-      }
-      for (size_t i = 0; i < ys.size(); ++i) {
-        EXPECT_LE(std::fabs(ys[i] - yv[i]), 1e-5 * d.abs_sum[i] + 1e-30)
-            << TypeName(type) << " n " << n << " i " << i;
+      for (size_t k = 1; k < Paths().size(); ++k) {
+        ScopedPath s(Paths()[k]);
+        const std::vector<float> yv = RunMatMul(c, d, pool);
+        for (size_t i = 0; i < ys.size(); ++i) {
+          EXPECT_LE(std::fabs(ys[i] - yv[i]), 1e-5 * d.abs_sum[i] + 1e-30)
+              << Paths()[k].name << " " << TypeName(type) << " n " << n << " i " << i;
+        }
       }
     }
   }

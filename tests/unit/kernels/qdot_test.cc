@@ -1,25 +1,37 @@
-// QuantMath::kFast: MatMul of quantized weights with activations quantized to Q8_0 / Q8_K and
-// integer dot products. Checked against a naive reference that quantizes the activations the same
-// way (written here from the description in kernels.h / llama.cpp's formats) and sums in double;
-// the portable and AVX2 paths against each other; the result's independence of batch size and
-// thread count; and the distance to the exact numerics (bounded by the activation rounding).
+// QuantMath::kFast: MatMul of quantized weights with activations quantized to Q8_0 / Q8_1 / Q8_K
+// and integer dot products, for every type with an integer path. Checked against a naive
+// reference (qdot_reference.h: activations quantized as llama.cpp specifies, integer sums in int64,
+// scaled in double); the portable and AVX2 paths against each other; the result's independence of
+// batch size and thread count; extreme quants (activation quants of -128, largest weights); and
+// the distance to the exact numerics (bounded by the activation rounding). Each test prints the
+// paths it ran; a path the CPU lacks is skipped with a note.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "kernels/act_quant.h"
 #include "kernels/kernels.h"
 #include "kernels_test_util.h"
+#include "qdot_reference.h"
 
 namespace pipeinfer::kernels {
 namespace {
 
 using gguf::TensorType;
+using testing::ActBlock;
 using testing::Path;
 using testing::Paths;
 using testing::RandomRows;
+using testing::RefActs;
+using testing::RefDot;
+using testing::RefIntegerDot;
+using testing::RefQuantize;
+using testing::RefRow;
 using testing::ScopedPath;
 using testing::TypeName;
 
@@ -32,44 +44,25 @@ class ScopedQuantMath {
   QuantMath old_;
 };
 
-const TensorType kFastTypes[] = {TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_K,
-                                 TensorType::kQ6_K};
+class ScopedScheme {
+ public:
+  explicit ScopedScheme(ActQuantScheme s) : old_(GetActQuantScheme()) { SetActQuantScheme(s); }
+  ~ScopedScheme() { SetActQuantScheme(old_); }
 
-int ActBlock(TensorType t) { return t == TensorType::kQ4_K || t == TensorType::kQ6_K ? 256 : 32; }
+ private:
+  ActQuantScheme old_;
+};
 
-float RoundToHalf(float f) { return pipeinfer::testing::HalfToFloat(FloatToHalf(f)); }
+const ActQuantScheme kSchemes[] = {ActQuantScheme::kLlamaCpp2023, ActQuantScheme::kLlamaCpp2024};
 
-// Reference activation quantizers: x ~= d[b] * q[i] for i in block b.
-//  Q8_0 (32): d = amax / 127 stored as f16; q = round-half-even(x * 127 / amax).
-//  Q8_K (256): max = the value of largest magnitude; iscale = -128 / max;
-//              q = min(127, round-half-even(iscale * x)); d = 1 / iscale (float).
-void RefQuantize(TensorType t, const float* x, int64_t n, std::vector<int>* q,
-                 std::vector<double>* d) {
-  const int blk = ActBlock(t);
-  q->assign(n, 0);
-  d->assign(n / blk, 0.0);
-  for (int64_t b = 0; b < n / blk; ++b) {
-    const float* xb = x + b * blk;
-    float amax = 0, max = 0;
-    for (int i = 0; i < blk; ++i) {
-      if (std::fabs(xb[i]) > amax) {
-        amax = std::fabs(xb[i]);
-        max = xb[i];
-      }
-    }
-    if (blk == 32) {
-      const float id = amax != 0 ? 127.0f / amax : 0.0f;
-      (*d)[b] = RoundToHalf(amax / 127.0f);
-      for (int i = 0; i < blk; ++i)
-        (*q)[b * blk + i] = static_cast<int>(std::nearbyint(xb[i] * id));
-    } else if (amax != 0) {
-      const float iscale = -128.0f / max;
-      (*d)[b] = 1.0f / iscale;
-      for (int i = 0; i < blk; ++i) {
-        (*q)[b * blk + i] = std::min(127, static_cast<int>(std::nearbyint(iscale * xb[i])));
-      }
-    }
-  }
+const TensorType kFastTypes[] = {
+    TensorType::kQ8_0, TensorType::kQ4_0, TensorType::kQ4_1, TensorType::kQ5_0, TensorType::kQ5_1,
+    TensorType::kQ2_K, TensorType::kQ3_K, TensorType::kQ4_K, TensorType::kQ5_K, TensorType::kQ6_K};
+
+// The paths this CPU runs, printed once per test (with a note for the paths it lacks).
+std::vector<Path> RunPaths(const char* test) {
+  std::printf("[ paths    ] %s:%s\n", test, testing::PathsNote().c_str());
+  return Paths();
 }
 
 struct Data {
@@ -77,41 +70,58 @@ struct Data {
   Matrix m;
   std::vector<float> x;
   std::vector<double> ref;      // fast-path reference [t][r]
+  std::vector<double> mag;      // its sum of |terms|
   std::vector<double> exact;    // exact product [t][r]
   std::vector<double> abs_sum;  // sum |w x|
   std::vector<double> q_err;    // bound on |ref - exact| from the activation rounding
 };
 
-Data MakeData(TensorType type, int64_t rows, int64_t cols, int64_t n_tokens, std::mt19937& rng) {
+// Random weights (moderate f16 factors) of `type`, with every other byte set to `fill` when it is
+// >= 0, times `x` (n_tokens rows of cols), or random normal activations when x is empty. The
+// reference quantizes the activations with the scheme in effect (GetActQuantScheme).
+Data MakeData(TensorType type, int64_t rows, int64_t cols, int64_t n_tokens, std::mt19937& rng,
+              std::vector<float> x = {}, int fill = -1) {
   Data d;
   const auto& info = gguf::TypeInfo(type);
   d.w = RandomRows(type, rows, cols, rng, /*moderate=*/true);
+  if (fill >= 0) {
+    const std::vector<int> halves = gguf::HalfFieldOffsets(type);
+    for (size_t b = 0; b < d.w.size(); b += info.type_size) {
+      for (int i = 0; i < static_cast<int>(info.type_size); ++i) {
+        if (std::find(halves.begin(), halves.end(), i) == halves.end() &&
+            std::find(halves.begin(), halves.end(), i - 1) == halves.end()) {
+          d.w[b + i] = static_cast<uint8_t>(fill);
+        }
+      }
+    }
+  }
   d.m = Matrix{type, d.w.data(), rows, cols,
                static_cast<size_t>(cols / info.block_size * info.type_size)};
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  d.x.resize(n_tokens * cols);
-  for (float& v : d.x) v = normal(rng);
+  d.x = std::move(x);
+  if (d.x.empty()) {
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    d.x.resize(n_tokens * cols);
+    for (float& v : d.x) v = normal(rng);
+  }
   const int blk = ActBlock(type);
-  std::vector<float> row(cols);
   d.ref.assign(n_tokens * rows, 0);
-  d.exact = d.abs_sum = d.q_err = d.ref;
+  d.mag = d.exact = d.abs_sum = d.q_err = d.ref;
   for (int64_t t = 0; t < n_tokens; ++t) {
-    std::vector<int> q;
-    std::vector<double> dx;
-    RefQuantize(type, &d.x[t * cols], cols, &q, &dx);
+    const RefActs a = RefQuantize(type, &d.x[t * cols], cols, GetActQuantScheme());
     for (int64_t r = 0; r < rows; ++r) {
-      DequantizeRow(d.m, r, row.data());
-      double s = 0, e = 0, a = 0, err = 0;
+      const uint8_t* row = d.m.data + r * d.m.row_bytes;
+      const RefDot dot = RefIntegerDot(type, row, cols, a);
+      const std::vector<float> w = RefRow(type, row, cols);
+      double e = 0, abs = 0, err = 0;
       for (int64_t i = 0; i < cols; ++i) {
-        const double w = row[i];
-        s += w * (dx[i / blk] * q[i]);
-        e += w * d.x[t * cols + i];
-        a += std::fabs(w * d.x[t * cols + i]);
-        err += std::fabs(w) * std::fabs(dx[i / blk]);  // |x - d q| <= |d| (clamp), < 0.6 |d| else
+        e += static_cast<double>(w[i]) * d.x[t * cols + i];
+        abs += std::fabs(static_cast<double>(w[i]) * d.x[t * cols + i]);
+        err += std::fabs(w[i]) * std::fabs(a.d[i / blk]);  // |x - d q| <= |d| (clamp), < 0.6 |d|
       }
-      d.ref[t * rows + r] = s;
+      d.ref[t * rows + r] = dot.value;
+      d.mag[t * rows + r] = dot.magnitude;
       d.exact[t * rows + r] = e;
-      d.abs_sum[t * rows + r] = a;
+      d.abs_sum[t * rows + r] = abs;
       d.q_err[t * rows + r] = err;
     }
   }
@@ -124,37 +134,46 @@ std::vector<float> RunFast(const Data& d, int64_t n_tokens, ThreadPool& pool) {
   return y;
 }
 
+// The float scaling of exact integer sums: a few roundings per block of terms of size <= mag.
+double RefTolerance(const Data& d, size_t i) { return 1e-5 * d.mag[i] + 1e-6; }
+
 TEST(KernelsFastMath, MatchesQuantizedReferenceOnEveryPath) {
   ScopedQuantMath fast(QuantMath::kFast);
   ThreadPool pool1(1), pool2(2);
   std::mt19937 rng(7);
-  for (TensorType type : kFastTypes) {
-    const int64_t cols = ActBlock(type) == 32 ? 32 * 13 : 256 * 3;
-    for (int64_t n_tokens : {1, 2, 3, 4, 5, 9}) {
-      const Data d = MakeData(type, 37, cols, n_tokens, rng);
-      for (const Path& p : Paths()) {
-        ScopedPath path(p);
-        const auto y = RunFast(d, n_tokens, pool2);
-        EXPECT_EQ(RunFast(d, n_tokens, pool1), y) << TypeName(type) << " " << p.name;
-        int bad = 0;
-        for (size_t i = 0; i < y.size(); ++i) {
-          const double tol = 1e-4 * d.abs_sum[i] + 1e-6;
-          if (!(std::fabs(y[i] - d.ref[i]) <= tol) && ++bad <= 3) {
-            ADD_FAILURE() << TypeName(type) << " " << p.name << " nt " << n_tokens << " i " << i
-                          << ": " << y[i] << " vs " << d.ref[i] << " (tol " << tol << ")";
+  const std::vector<Path> paths = RunPaths("MatchesQuantizedReferenceOnEveryPath");
+  for (ActQuantScheme scheme : kSchemes) {
+    ScopedScheme scoped(scheme);
+    SCOPED_TRACE(ActQuantSchemeName(scheme));
+    for (TensorType type : kFastTypes) {
+      const int64_t cols = ActBlock(type) == 32 ? 32 * 13 : 256 * 3;
+      for (int64_t n_tokens : {1, 2, 3, 4, 5, 9}) {
+        const Data d = MakeData(type, 37, cols, n_tokens, rng);
+        for (const Path& p : paths) {
+          ScopedPath path(p);
+          const auto y = RunFast(d, n_tokens, pool2);
+          EXPECT_EQ(RunFast(d, n_tokens, pool1), y) << TypeName(type) << " " << p.name;
+          int bad = 0;
+          for (size_t i = 0; i < y.size(); ++i) {
+            const double tol = RefTolerance(d, i);
+            if (!(std::fabs(y[i] - d.ref[i]) <= tol) && ++bad <= 3) {
+              ADD_FAILURE() << TypeName(type) << " " << p.name << " nt " << n_tokens << " i " << i
+                            << ": " << y[i] << " vs " << d.ref[i] << " (tol " << tol << ")";
+            }
+            // Fast vs exact: within the activation quantization error.
+            EXPECT_LE(std::fabs(y[i] - d.exact[i]), 0.6 * d.q_err[i] + 1e-4 * d.abs_sum[i] + tol)
+                << TypeName(type) << " " << p.name << " i " << i;
           }
-          // Fast vs exact: within the activation quantization error.
-          EXPECT_LE(std::fabs(y[i] - d.exact[i]), 0.6 * d.q_err[i] + 1e-4 * d.abs_sum[i] + 1e-6)
-              << TypeName(type) << " " << p.name << " i " << i;
+          EXPECT_EQ(bad, 0) << TypeName(type) << " " << p.name << " nt " << n_tokens;
         }
-        EXPECT_EQ(bad, 0) << TypeName(type) << " " << p.name << " nt " << n_tokens;
       }
     }
   }
 }
 
 TEST(KernelsFastMath, ScalarAndSimdAgree) {
-  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "no AVX2/FMA/F16C";
+  if (!CpuHasAvx2Fma()) GTEST_SKIP() << "avx2 skipped: the CPU lacks AVX2/FMA/F16C";
+  const std::vector<Path> paths = RunPaths("ScalarAndSimdAgree");
   ScopedQuantMath fast(QuantMath::kFast);
   ThreadPool pool(2);
   std::mt19937 rng(11);
@@ -162,14 +181,18 @@ TEST(KernelsFastMath, ScalarAndSimdAgree) {
     const int64_t cols = ActBlock(type) == 32 ? 32 * 64 : 256 * 8;
     for (int64_t n_tokens : {1, 4, 7}) {
       const Data d = MakeData(type, 64, cols, n_tokens, rng);
-      std::vector<float> y[2];
-      for (const Path& p : Paths()) {
+      std::vector<float> scalar;
+      for (const Path& p : paths) {
         ScopedPath path(p);
-        y[p.simd ? 1 : 0] = RunFast(d, n_tokens, pool);
-      }
-      for (size_t i = 0; i < y[0].size(); ++i) {
-        EXPECT_LE(std::fabs(y[0][i] - y[1][i]), 1e-5 * d.abs_sum[i] + 1e-7)
-            << TypeName(type) << " nt " << n_tokens << " i " << i;
+        const std::vector<float> y = RunFast(d, n_tokens, pool);
+        if (!p.simd) {
+          scalar = y;
+          continue;
+        }
+        for (size_t i = 0; i < y.size(); ++i) {
+          EXPECT_LE(std::fabs(y[i] - scalar[i]), RefTolerance(d, i))
+              << TypeName(type) << " " << p.name << " nt " << n_tokens << " i " << i;
+        }
       }
     }
   }
@@ -180,11 +203,12 @@ TEST(KernelsFastMath, BatchInvariant) {
   ScopedQuantMath fast(QuantMath::kFast);
   ThreadPool pool(2);
   std::mt19937 rng(5);
+  const std::vector<Path> paths = RunPaths("BatchInvariant");
   for (TensorType type : kFastTypes) {
     const int64_t cols = ActBlock(type) == 32 ? 32 * 9 : 256 * 2;
     const int64_t n = 11, rows = 21;
     const Data d = MakeData(type, rows, cols, n, rng);
-    for (const Path& p : Paths()) {
+    for (const Path& p : paths) {
       ScopedPath path(p);
       const auto all = RunFast(d, n, pool);
       for (int64_t t = 0; t < n; ++t) {
@@ -198,12 +222,79 @@ TEST(KernelsFastMath, BatchInvariant) {
   }
 }
 
-// F32/F16/BF16 and types without an integer path compute exactly as in kExact.
+// Extreme quants: activation blocks whose every Q8_K quant is -128 (all x equal: the largest
+// magnitude maps to -128 in the 2023 scheme; -127 in the 2024 one), or -128 next to 127 (the
+// clamp), or +-127 (Q8_0/Q8_1); weight payloads
+// of all-zero, all-one and alternating bits (largest and smallest quants and scales). The integer
+// sums must stay exact (no int16 saturation, no sign flip of -128).
+TEST(KernelsFastMath, ExtremeQuantsAreExact) {
+  ScopedQuantMath fast(QuantMath::kFast);
+  ThreadPool pool(1);
+  std::mt19937 rng(17);
+  const std::vector<Path> paths = RunPaths("ExtremeQuantsAreExact");
+  for (TensorType type : kFastTypes) {
+    const int64_t cols = 512, rows = 5, n = 4;
+    std::vector<float> x(n * cols);
+    for (int64_t i = 0; i < cols; ++i) {
+      x[0 * cols + i] = -1.0f;                      // Q8_K: all -128; Q8_0: all -127
+      x[1 * cols + i] = 1.0f;                       // Q8_K: all -128 (d < 0); Q8_0: all 127
+      x[2 * cols + i] = i % 2 == 0 ? 1.0f : -1.0f;  // Q8_K: -128 and the clamped 127
+      x[3 * cols + i] = i % 3 == 0 ? -2.0f : 1.0f;  // Q8_K: -128 and 64
+    }
+    for (int k = 0; k < 8; ++k) {
+      const int fill = (k % 4) * 0x55;  // 0x00, 0x55, 0xaa, 0xff
+      ScopedScheme scheme(kSchemes[k / 4]);
+      const Data d = MakeData(type, rows, cols, n, rng, x, fill);
+      for (const Path& p : paths) {
+        ScopedPath path(p);
+        const auto y = RunFast(d, n, pool);
+        for (size_t i = 0; i < y.size(); ++i) {
+          EXPECT_NEAR(y[i], d.ref[i], RefTolerance(d, i))
+              << TypeName(type) << " " << p.name << " fill " << fill << " "
+              << ActQuantSchemeName(kSchemes[k / 4]) << " i " << i;
+        }
+      }
+    }
+  }
+}
+
+// The library's fast and exact paths differ by no more than the activation rounding allows.
+TEST(KernelsFastMath, FastPathStaysNearExactPath) {
+  ThreadPool pool(2);
+  std::mt19937 rng(23);
+  const std::vector<Path> paths = RunPaths("FastPathStaysNearExactPath");
+  for (TensorType type : kFastTypes) {
+    const int64_t cols = ActBlock(type) == 32 ? 32 * 24 : 256 * 3, n = 3;
+    const Data d = MakeData(type, 29, cols, n, rng);
+    for (const Path& p : paths) {
+      ScopedPath path(p);
+      std::vector<float> y[2];
+      for (int k = 0; k < 2; ++k) {
+        ScopedQuantMath math(k == 0 ? QuantMath::kExact : QuantMath::kFast);
+        y[k] = RunFast(d, n, pool);
+      }
+      for (size_t i = 0; i < y[0].size(); ++i) {
+        EXPECT_LE(std::fabs(y[1][i] - y[0][i]),
+                  0.6 * d.q_err[i] + 1e-4 * d.abs_sum[i] + RefTolerance(d, i))
+            << TypeName(type) << " " << p.name << " i " << i;
+      }
+    }
+  }
+}
+
+TEST(KernelsFastMath, ActQuantSchemeNamesRoundTrip) {
+  for (ActQuantScheme s : kSchemes) {
+    EXPECT_EQ(ParseActQuantScheme(ActQuantSchemeName(s)), s) << ActQuantSchemeName(s);
+  }
+  EXPECT_FALSE(ParseActQuantScheme("llamacpp").has_value());
+  EXPECT_FALSE(ParseActQuantScheme("").has_value());
+}
+
+// F32/F16/BF16 (no integer path) compute exactly as in kExact.
 TEST(KernelsFastMath, OtherTypesUnaffected) {
   ThreadPool pool(2);
   std::mt19937 rng(3);
-  for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16, TensorType::kQ4_1,
-                          TensorType::kQ5_K}) {
+  for (TensorType type : {TensorType::kF32, TensorType::kF16, TensorType::kBF16}) {
     const auto& info = gguf::TypeInfo(type);
     const int64_t rows = 9, cols = 512;
     auto w = RandomRows(type, rows, cols, rng, true);
