@@ -3,7 +3,13 @@
 #
 #   ./scripts/test.sh            release build in build/, all tests except long ones
 #   ./scripts/test.sh --asan     ASan+UBSan build in build-asan/
-#   ./scripts/test.sh --tsan     ThreadSanitizer build in build-tsan/, unit + integration tests
+#   ./scripts/test.sh --tsan     ThreadSanitizer build in build-tsan/, unit + integration tests;
+#                                fails on any report, also one from a service a test started
+#                                (reports land in build-tsan/tsan-reports/ and are printed).
+#                                tests/sanitizers/tsan.supp suppresses only what TSan reports
+#                                inside the uninstrumented gRPC, protobuf, Abseil, OpenSSL and
+#                                cpp-httplib libraries; timeouts and latency bounds are multiplied
+#                                by PIPEINFER_TSAN_TIMEOUT_FACTOR (4)
 #   ./scripts/test.sh --fuzz     clang + libFuzzer build in build-fuzz/, short fuzz runs only
 #                                (PIPEINFER_FUZZ_SECONDS=600 for 10-minute runs per target)
 #   extra arguments after `--` go to ctest (e.g. -- -R gguf)
@@ -18,7 +24,7 @@ while (($#)); do
     --tsan) mode=tsan ;;
     --fuzz) mode=fuzz ;;
     --) shift; ctest_args+=("$@"); break ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -42,8 +48,10 @@ case "$mode" in
     build=build-tsan
     cmake_args+=(-DPIPEINFER_SANITIZE=thread)
     # second_deadlock_stack: both stacks of a lock-order inversion; halt_on_error: a race fails
-    # the test that found it.
-    export TSAN_OPTIONS=${TSAN_OPTIONS:-second_deadlock_stack=1:halt_on_error=1}
+    # the process that found it. log_path: every process's reports, the services' too (their
+    # stderr goes to temporary logs). CTest adds suppressions=tests/sanitizers/tsan.supp.
+    tsan_reports=$PWD/$build/tsan-reports
+    export TSAN_OPTIONS=${TSAN_OPTIONS:-second_deadlock_stack=1:halt_on_error=1:log_exe_name=1:log_path=$tsan_reports/tsan}
     ;;
   fuzz)
     build=build-fuzz
@@ -58,4 +66,15 @@ cmake -S . -B "$build" "${cmake_args[@]}"
 echo "== build"
 cmake --build "$build" -j "$jobs" "${build_args[@]}"
 echo "== test"
-ctest --test-dir "$build" --output-on-failure -j "$jobs" "${label_args[@]}" "${ctest_args[@]}"
+[[ $mode == tsan ]] && rm -rf "$tsan_reports" && mkdir -p "$tsan_reports"
+rc=0
+ctest --test-dir "$build" --output-on-failure -j "$jobs" "${label_args[@]}" "${ctest_args[@]}" || rc=$?
+if [[ $mode == tsan ]] && compgen -G "$tsan_reports/tsan.*" > /dev/null; then
+  echo "== ThreadSanitizer reports (one file per process, $tsan_reports)"
+  for f in "$tsan_reports"/tsan.*; do
+    echo "---- $f"
+    head -c 20000 "$f"
+  done
+  rc=1
+fi
+exit "$rc"

@@ -56,10 +56,27 @@ struct ChatArgs {
   std::optional<uint64_t> seed;
 };
 
-std::string RouterHttpFromState(const std::string& state_arg) {
+// The first key of a router's keys file ("" when none can be read).
+std::string FirstKey(const std::string& keys_file) {
+  std::ifstream f(keys_file);
+  for (std::string line; std::getline(f, line);) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (!line.empty() && line[0] != '#') return line;
+  }
+  return "";
+}
+
+// The router's address from the state file (else 127.0.0.1:8080). A cluster started with --tls or
+// --api-keys-file recorded its certificate folder and keys file there: they fill in --tls-dir and
+// the key when neither was given (flag or PIPEINFER_API_KEY).
+std::string RouterHttpFromState(const std::string& state_arg, ClientAuth* auth) {
   auto st = cluster::ReadState(state_arg.empty() ? DefaultStatePath() : state_arg);
-  if (st.ok() && !st->endpoints.router_http.empty()) return st->endpoints.router_http;
-  return "127.0.0.1:8080";
+  if (!st.ok() || st->endpoints.router_http.empty()) return "127.0.0.1:8080";
+  if (auth->tls_dir.empty()) auth->tls_dir = st->tls_dir;
+  if (auth->Key().empty() && !st->api_keys_file.empty()) {
+    auth->api_key = FirstKey(st->api_keys_file);
+  }
+  return st->endpoints.router_http;
 }
 
 bool SplitHostPort(const std::string& addr, std::string& host, int& port) {
@@ -77,8 +94,9 @@ bool SplitHostPort(const std::string& addr, std::string& host, int& port) {
   return port > 0 && port < 65536 && !host.empty();
 }
 
-int RunChat(const ChatArgs& a) {
-  const std::string addr = a.router_http.empty() ? RouterHttpFromState(a.state) : a.router_http;
+int RunChat(ChatArgs a) {
+  const std::string addr =
+      a.router_http.empty() ? RouterHttpFromState(a.state, &a.auth) : a.router_http;
   std::string host;
   int port = 0;
   if (!SplitHostPort(addr, host, port)) return Fail("bad router address " + addr);
@@ -406,7 +424,9 @@ void RegisterClientCommands(CLI::App& app) {
   chat->add_option("message", chat_args->message, "The user message")->required();
   chat->add_option("--router-http", chat_args->router_http,
                    "Router HOST:PORT (default: from the state file, else 127.0.0.1:8080)");
-  chat->add_option("--state", chat_args->state, "State file to read the router address from");
+  chat->add_option("--state", chat_args->state,
+                   "State file to read the router address from (and, for a --tls or API-key "
+                   "cluster, its certificate folder and a key)");
   chat->add_option("--system", chat_args->system, "A system message");
   chat->add_option("--max-tokens", chat_args->max_tokens, "Most tokens to generate")
       ->check(CLI::Range(1, 1 << 20));

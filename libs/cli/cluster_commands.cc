@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -15,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include "cli/detach.h"
+#include "cli/status_command.h"
 #include "cluster/config.h"
 #include "cluster/link_emulation.h"
 #include "cluster/supervisor.h"
@@ -63,6 +66,7 @@ struct UpArgs {
   std::optional<std::string> log_format, log_level;
   bool detach = false;
   bool no_router = false;
+  bool no_restart = false;
   std::string state;
   std::string log_dir;
   int health_timeout_s = 60;
@@ -127,7 +131,44 @@ absl::StatusOr<cluster::LinkTopology> SetUpLinks(const cluster::ClusterConfig& c
   return t;
 }
 
+// The supervision loop of foreground `up` and of the detached supervisor: until a signal, a
+// crashed stage, draft service or router is started again (with backoff) with its command line;
+// requests in flight resume once the pipeline is back (crash recovery). Events go to stderr (the
+// terminal, or the supervisor's log), time-stamped.
+void Supervise(cluster::Supervisor& sup) {
+  while (!g_stop) {
+    for (const std::string& line : sup.RestartExited()) {
+      const std::time_t now = std::time(nullptr);
+      std::tm tm{};
+      gmtime_r(&now, &tm);
+      char ts[32];
+      std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+      std::fprintf(stderr, "%s supervisor: %s\n", ts, line.c_str());
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+// Where the detached supervisor of the cluster described by `state_path` logs: next to it.
+std::string SupervisorLogPath(const std::string& state_path) {
+  std::string base = state_path;
+  if (base.size() > 5 && base.compare(base.size() - 5, 5, ".json") == 0)
+    base.resize(base.size() - 5);
+  return base + ".supervisor.log";
+}
+
 int RunUp(const UpArgs& a) {
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGHUP, &sa, nullptr);
+  // --detach: from here on this is the supervisor (detach.h); the command waits for it.
+  if (a.detach) {
+    if (const int rc = ForkSupervisor(&g_stop); rc >= 0) return rc;
+  }
+
   cluster::ClusterConfig c;
   if (!a.config.empty()) {
     auto loaded = cluster::LoadClusterConfig(a.config);
@@ -185,7 +226,11 @@ int RunUp(const UpArgs& a) {
   const std::string state_path = a.state.empty() ? DefaultStatePath() : a.state;
   if (a.detach) {
     if (auto old = cluster::ReadState(state_path); old.ok()) {
-      for (const auto& p : old->processes) {
+      std::vector<cluster::ProcessInfo> named = old->processes;
+      named.emplace_back();
+      named.back().pid = old->supervisor.pid;
+      named.back().start_time = old->supervisor.start_time;
+      for (const auto& p : named) {
         if (cluster::ProcessAlive(p.pid, p.start_time)) {
           return Fail("a cluster is already running (state file " + state_path +
                       "); stop it first with `pipeinfer down --state " + state_path + "`");
@@ -193,13 +238,6 @@ int RunUp(const UpArgs& a) {
       }
     }
   }
-
-  struct sigaction sa = {};
-  sa.sa_handler = OnSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  sigaction(SIGHUP, &sa, nullptr);
 
   // Link emulation: namespaces and rate-limited veths, created before any process starts and
   // recorded in the state file first, so that `down` removes them even after a crash of `up`.
@@ -223,10 +261,20 @@ int RunUp(const UpArgs& a) {
   o.router = !a.no_router;
   o.detach = a.detach;
   o.health_timeout_s = a.health_timeout_s;
-  // Detached children outlive `up`: the state file names each one as soon as it starts.
-  if (a.detach) o.state_path = state_path;
+  o.restart = !a.no_restart;
+  // Detached children outlive `up`: the state file names the supervisor, and each process as soon
+  // as it starts.
+  if (a.detach) {
+    o.state_path = state_path;
+    o.supervisor_log = SupervisorLogPath(state_path);
+  }
 
   cluster::Supervisor sup(c, o);
+  if (a.detach) {
+    if (auto st = cluster::WriteState(sup.State(), state_path); !st.ok()) {
+      return Fail(std::string(st.message()));
+    }
+  }
   if (auto st = sup.Start(&g_stop); !st.ok()) {
     // Start stopped what it had started; the link cleanup (if any) removes the state file.
     if (a.detach && !cleanup) std::remove(state_path.c_str());
@@ -274,27 +322,30 @@ int RunUp(const UpArgs& a) {
     if (auto st = cluster::WriteState(state, state_path); !st.ok()) {
       return Fail(std::string(st.message()));  // the destructor stops the processes
     }
-    sup.Release();
-    if (cleanup) cleanup->Release();
     std::printf("detached; state in %s (stop with `pipeinfer down --state %s`)\n",
                 state_path.c_str(), state_path.c_str());
     std::printf(
-        "note: a detached cluster is not supervised: a process that dies is not restarted (run "
-        "`pipeinfer up` in the foreground for that); the draft service still reconnects to a "
-        "stage that is started again and resumes the requests in flight\n");
+        "supervised by pid %d (log %s): a process that crashes is restarted%s; see "
+        "`pipeinfer status --state %s`\n",
+        static_cast<int>(getpid()), o.supervisor_log.c_str(),
+        o.restart ? "" : " (not with --no-restart: it is only recorded)", state_path.c_str());
+    if (auto st = DetachOutput(o.supervisor_log); !st.ok()) return Fail(std::string(st.message()));
+    std::fprintf(stderr, "supervising the cluster of %s (%zu processes)\n", state_path.c_str(),
+                 state.processes.size());
+    Supervise(sup);
+    // `pipeinfer down` (or anyone) stopped the supervisor: the cluster keeps running, for `down`.
+    sup.Release();
+    if (cleanup) cleanup->Release();
+    std::fprintf(stderr, "signal %d: no longer supervising; the processes keep running\n",
+                 static_cast<int>(g_stop));
     return 0;
   }
   std::printf(
-      "running in the foreground; a process that dies is restarted; Ctrl-C stops the cluster\n");
+      "running in the foreground; a process that crashes is restarted%s; Ctrl-C stops the "
+      "cluster\n",
+      o.restart ? "" : " (not with --no-restart)");
   std::fflush(stdout);
-  while (!g_stop) {
-    // Supervision: a crashed stage, draft service or router is started again (with backoff) with
-    // its command line; requests in flight resume once the pipeline is back (crash recovery).
-    for (const std::string& line : sup.RestartExited()) {
-      std::fprintf(stderr, "supervisor: %s\n", line.c_str());
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-  }
+  Supervise(sup);
   std::fprintf(stderr, "signal %d: stopping the cluster\n", static_cast<int>(g_stop));
   sup.StopAll();
   std::fprintf(stderr, "stopped\n");
@@ -306,6 +357,16 @@ int RunDown(const std::string& state_arg, int grace_ms) {
   auto state = cluster::ReadState(path);
   if (!state.ok()) return Fail(std::string(state.status().message()));
   std::vector<std::string> report;
+  // The supervisor first, so that nothing is restarted behind us; it may have restarted a process
+  // since we read the file, so read it again (gone: the supervisor was still starting the cluster
+  // and stopped what it had started).
+  if (absl::Status ss = cluster::StopSupervisor(*state, grace_ms, &report); !ss.ok()) {
+    for (const auto& line : report) std::printf("%s\n", line.c_str());
+    return Fail(std::string(ss.message()));
+  }
+  if (state->supervisor.pid > 0) {
+    if (auto again = cluster::ReadState(path); again.ok()) state = std::move(again);
+  }
   const absl::Status st = cluster::StopState(*state, grace_ms, &report);
   for (const auto& line : report) std::printf("%s\n", line.c_str());
   if (!st.ok()) return Fail(std::string(st.message()));
@@ -397,8 +458,13 @@ void RegisterClusterCommands(CLI::App& app) {
                  "made; implies --tls; default /tmp/pipeinfer-<uid>/tls)");
   up->add_option("--api-keys-file", u.api_keys_file,
                  "The router's API keys, one per line (clients: --api-key or PIPEINFER_API_KEY)");
-  up->add_flag("--detach,-d", u.detach, "Return once healthy (stop with `pipeinfer down`)");
+  up->add_flag("--detach,-d", u.detach,
+               "Return once healthy, leaving a supervisor behind that restarts crashed processes "
+               "(see `pipeinfer status`; stop with `pipeinfer down`)");
   up->add_flag("--no-router", u.no_router, "Start only the stages and the draft service");
+  up->add_flag("--no-restart", u.no_restart,
+               "Supervision only records a process that crashes (exit status, in the output or "
+               "`pipeinfer status`) instead of restarting it");
   up->add_option("--state", u.state,
                  "State file for --detach (default /tmp/pipeinfer-<uid>/cluster.json)");
   up->add_option("--log-dir", u.log_dir, "Log directory (default /tmp/pipeinfer-<uid>/logs)");
@@ -420,6 +486,8 @@ void RegisterClusterCommands(CLI::App& app) {
   down->final_callback([down_state, down_grace] {
     if (int rc = RunDown(*down_state, *down_grace)) throw CLI::RuntimeError(rc);
   });
+
+  RegisterStatusCommand(app);
 }
 
 }  // namespace pipeinfer::cli

@@ -1,5 +1,9 @@
-// The state file of a detached cluster (`pipeinfer up --detach` writes it, `pipeinfer down` and the
-// clients read it): its processes, endpoints, log folder and link emulation, as JSON.
+// The state file of a detached cluster (`pipeinfer up --detach` and its supervisor write it,
+// `pipeinfer status`, `pipeinfer down` and the clients read it): its supervisor, its processes with
+// their restarts, endpoints, log folder, link emulation and security files, as JSON. It is always
+// replaced whole (written to <path>.<pid>.tmp, then renamed), so a reader never sees half of it.
+#include <unistd.h>
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -23,8 +27,18 @@ absl::Status WriteState(const ClusterState& state, const std::string& path) {
                               {"pid", p.pid},
                               {"start_time", p.start_time},
                               {"address", p.address},
-                              {"log", p.log}});
+                              {"log", p.log},
+                              {"restarts", p.restarts},
+                              {"last_exit", p.last_exit},
+                              {"last_restart_unix", p.last_restart_unix}});
   }
+  if (state.supervisor.pid > 0) {
+    j["supervisor"] = {{"pid", state.supervisor.pid},
+                       {"start_time", state.supervisor.start_time},
+                       {"log", state.supervisor.log}};
+  }
+  if (!state.tls_dir.empty()) j["tls_dir"] = state.tls_dir;
+  if (!state.api_keys_file.empty()) j["api_keys_file"] = state.api_keys_file;
   j["endpoints"] = {{"stages", state.endpoints.stages},
                     {"stage_metrics", state.endpoints.stage_metrics},
                     {"draft_metrics", state.endpoints.draft_metrics},
@@ -36,7 +50,8 @@ absl::Status WriteState(const ClusterState& state, const std::string& path) {
   std::error_code ec;
   const fs::path parent = fs::path(path).parent_path();
   if (!parent.empty()) fs::create_directories(parent, ec);
-  const std::string tmp = path + ".tmp";
+  // Unique per writer: `up` and its supervisor may both write while the cluster starts.
+  const std::string tmp = absl::StrCat(path, ".", getpid(), ".tmp");
   {
     std::ofstream f(tmp, std::ios::trunc);
     f << j.dump(2) << "\n";
@@ -61,8 +76,19 @@ absl::StatusOr<ClusterState> ReadState(const std::string& path) {
       info.start_time = p.at("start_time").get<uint64_t>();
       info.address = p.value("address", "");
       info.log = p.value("log", "");
+      info.restarts = p.value("restarts", 0);
+      info.last_exit = p.value("last_exit", "");
+      info.last_restart_unix = p.value("last_restart_unix", int64_t{0});
       s.processes.push_back(info);
     }
+    if (j.contains("supervisor")) {
+      const auto& sup = j["supervisor"];
+      s.supervisor.pid = sup.at("pid").get<pid_t>();
+      s.supervisor.start_time = sup.at("start_time").get<uint64_t>();
+      s.supervisor.log = sup.value("log", "");
+    }
+    s.tls_dir = j.value("tls_dir", "");
+    s.api_keys_file = j.value("api_keys_file", "");
     const auto& e = j.at("endpoints");
     s.endpoints.stages = e.value("stages", std::vector<std::string>{});
     s.endpoints.stage_metrics = e.value("stage_metrics", std::vector<std::string>{});

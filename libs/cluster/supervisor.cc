@@ -23,8 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "grpc/health/v1/health.grpc.pb.h"
-#include "rpc/credentials.h"
+#include "cluster/health_probe.h"
 
 namespace pipeinfer::cluster {
 namespace {
@@ -43,29 +42,6 @@ std::string Tail(const std::string& path, int max_lines) {
   std::string out;
   for (const auto& l : lines) out += "    " + l + "\n";
   return out;
-}
-
-std::string DescribeWait(int status) {
-  if (WIFEXITED(status)) return absl::StrCat("exited with status ", WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return absl::StrCat("was killed by signal ", WTERMSIG(status));
-  return "stopped";
-}
-
-// `tls_dir`: the cluster's certificates (the check presents the operator's client.pem); empty:
-// plaintext.
-bool HealthServing(const std::string& address, const std::string& tls_dir) {
-  auto creds = rpc::MakeChannelCredentials(rpc::TlsFilesInDir(tls_dir, "client"));
-  if (!creds.ok()) return false;
-  // A fresh channel per attempt avoids gRPC's reconnect backoff.
-  grpc::ChannelArguments args;
-  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  auto stub = grpc::health::v1::Health::NewStub(grpc::CreateCustomChannel(address, *creds, args));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-  grpc::health::v1::HealthCheckRequest req;
-  grpc::health::v1::HealthCheckResponse resp;
-  return stub->Check(&ctx, req, &resp).ok() &&
-         resp.status() == grpc::health::v1::HealthCheckResponse::SERVING;
 }
 
 // The port of HOST:PORT.
@@ -93,6 +69,12 @@ std::string Supervisor::StageMetricsEndpoint(int i, int r) const {
   const std::string m = config_.StageMetricsAddress(i, r);
   if (m.empty() || options_.links.empty()) return m;
   return options_.links.StageManagementAddress(i) + ":" + PortOf(m);
+}
+
+std::string DescribeExit(int status) {
+  if (WIFEXITED(status)) return absl::StrCat("exited with status ", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return absl::StrCat("was killed by signal ", WTERMSIG(status));
+  return "stopped";
 }
 
 std::string DefaultRuntimeDir() { return absl::StrCat("/tmp/pipeinfer-", getuid()); }
@@ -134,8 +116,9 @@ Supervisor::Supervisor(ClusterConfig config, SupervisorOptions options)
 
 Supervisor::~Supervisor() { StopAll(); }
 
-absl::Status Supervisor::Spawn(const std::string& name, const std::string& address,
-                               const std::vector<std::string>& argv, const std::string& netns) {
+absl::StatusOr<ProcessInfo> Supervisor::Launch(const std::string& name, const std::string& address,
+                                               const std::vector<std::string>& argv,
+                                               const std::string& netns) const {
   std::string file = name;
   for (char& ch : file) {
     if (ch == ' ') ch = '-';
@@ -175,6 +158,7 @@ absl::Status Supervisor::Spawn(const std::string& name, const std::string& addre
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
+    signal(SIGPIPE, SIG_DFL);  // the detached supervisor ignores it
     const int devnull = open("/dev/null", O_RDONLY);
     if (devnull >= 0) dup2(devnull, 0);
     dup2(fd, 1);
@@ -195,17 +179,27 @@ absl::Status Supervisor::Spawn(const std::string& name, const std::string& addre
   p.start_time = ProcessStartTime(pid);
   p.address = address;
   p.log = log;
-  procs_.push_back(p);
+  return p;
+}
+
+absl::Status Supervisor::Spawn(const std::string& name, const std::string& address,
+                               const std::vector<std::string>& argv, const std::string& netns) {
+  absl::StatusOr<ProcessInfo> p = Launch(name, address, argv, netns);
+  if (!p.ok()) return p.status();
+  procs_.push_back(*p);
   reaped_.push_back(false);
   relaunch_.push_back(Relaunch{argv, netns, {}, Clock::now()});
-  if (!options_.state_path.empty()) {
-    if (absl::Status st = WriteState(State(), options_.state_path); !st.ok()) {
-      std::fprintf(stderr, "warning: %s\n", std::string(st.message()).c_str());
-    }
-  }
-  std::printf("started %s (pid %d), log %s\n", name.c_str(), pid, log.c_str());
+  SaveState();
+  std::printf("started %s (pid %d), log %s\n", name.c_str(), p->pid, p->log.c_str());
   std::fflush(stdout);
   return absl::OkStatus();
+}
+
+void Supervisor::SaveState() const {
+  if (options_.state_path.empty()) return;
+  if (absl::Status st = WriteState(State(), options_.state_path); !st.ok()) {
+    std::fprintf(stderr, "warning: %s\n", std::string(st.message()).c_str());
+  }
 }
 
 absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* stop_requested) {
@@ -217,10 +211,10 @@ absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* s
     if (waitpid(p.pid, &status, WNOHANG) == p.pid) {
       reaped_[index] = true;
       return absl::UnavailableError(
-          absl::StrCat(p.name, " (pid ", p.pid, ") ", DescribeWait(status),
+          absl::StrCat(p.name, " (pid ", p.pid, ") ", DescribeExit(status),
                        " before becoming SERVING; see its log ", p.log, ":\n", Tail(p.log, 15)));
     }
-    if (HealthServing(p.address, config_.tls_dir)) return absl::OkStatus();
+    if (GrpcHealth(p.address, config_.tls_dir) == Health::kServing) return absl::OkStatus();
     if (Clock::now() > end) {
       return absl::DeadlineExceededError(absl::StrCat(
           p.name, " (pid ", p.pid, ") did not become SERVING at ", p.address, " within ",
@@ -371,116 +365,18 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
   return absl::OkStatus();
 }
 
-std::string Supervisor::ExitedProcess() {
-  for (size_t i = 0; i < procs_.size(); ++i) {
-    if (reaped_[i]) continue;
-    int status = 0;
-    if (waitpid(procs_[i].pid, &status, WNOHANG) == procs_[i].pid) {
-      reaped_[i] = true;
-      return absl::StrCat(procs_[i].name, " (pid ", procs_[i].pid, ") ", DescribeWait(status),
-                          "; see its log ", procs_[i].log);
-    }
-  }
-  return "";
-}
-
-std::vector<std::string> Supervisor::RestartExited() {
-  constexpr std::chrono::milliseconds kFirst{1000}, kMax{30000};
-  constexpr std::chrono::seconds kStable{60};
-  std::vector<std::string> report;
-  const auto now = Clock::now();
-  for (size_t i = 0; i < procs_.size(); ++i) {
-    Relaunch& r = relaunch_[i];
-    if (!reaped_[i]) {
-      int status = 0;
-      if (waitpid(procs_[i].pid, &status, WNOHANG) != procs_[i].pid) {
-        if (now - r.started > kStable) r.backoff = kFirst;
-        continue;
-      }
-      reaped_[i] = true;
-      r.due = now + r.backoff;
-      report.push_back(absl::StrCat(
-          procs_[i].name, " (pid ", procs_[i].pid, ") ", DescribeWait(status),
-          "; restarting it in ", r.backoff.count() / 1000.0, " s (its log: ", procs_[i].log, ")"));
-      continue;
-    }
-    if (r.due == Clock::time_point{} || now < r.due) continue;
-    std::error_code ec;
-    std::filesystem::rename(procs_[i].log, procs_[i].log + ".prev", ec);
-    const size_t n = procs_.size();
-    // Copies: Spawn grows procs_ and relaunch_.
-    const std::vector<std::string> argv = r.argv;
-    const std::string netns = r.netns, name = procs_[i].name, address = procs_[i].address;
-    const absl::Status st = Spawn(name, address, argv, netns);
-    if (!st.ok()) {
-      relaunch_[i].due = now + relaunch_[i].backoff;
-      report.push_back(absl::StrCat("restarting ", procs_[i].name, " failed: ", st.message()));
-      continue;
-    }
-    // Spawn appended the new process: it takes the old one's place (start order is kept).
-    procs_[i] = procs_[n];
-    reaped_[i] = false;
-    Relaunch& again = relaunch_[i];  // Spawn grew relaunch_: `r` may be gone
-    again.due = {};
-    again.started = now;
-    again.backoff = std::min(again.backoff * 2, kMax);
-    procs_.resize(n);
-    reaped_.resize(n);
-    relaunch_.resize(n);
-    ++restart_count_;
-    report.push_back(absl::StrCat("restarted ", procs_[i].name, " (pid ", procs_[i].pid,
-                                  "; restarts so far: ", restart_count_, ")"));
-  }
-  return report;
-}
-
-void Supervisor::StopAll() {
-  for (size_t i = procs_.size(); i-- > 0;) {
-    if (!reaped_[i]) kill(procs_[i].pid, SIGTERM);
-  }
-  const auto end = Clock::now() + std::chrono::milliseconds(options_.stop_grace_ms);
-  while (true) {
-    bool all = true;
-    for (size_t i = 0; i < procs_.size(); ++i) {
-      if (reaped_[i]) continue;
-      int status = 0;
-      const pid_t r = waitpid(procs_[i].pid, &status, WNOHANG);
-      if (r == procs_[i].pid || r < 0) {
-        reaped_[i] = true;
-      } else {
-        all = false;
-      }
-    }
-    if (all) break;
-    if (Clock::now() > end) {
-      for (size_t i = 0; i < procs_.size(); ++i) {
-        if (reaped_[i]) continue;
-        std::fprintf(stderr, "%s (pid %d) did not stop within %d ms; killing it\n",
-                     procs_[i].name.c_str(), procs_[i].pid, options_.stop_grace_ms);
-        kill(procs_[i].pid, SIGKILL);
-        waitpid(procs_[i].pid, nullptr, 0);
-        reaped_[i] = true;
-      }
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  procs_.clear();
-  reaped_.clear();
-  relaunch_.clear();
-}
-
-void Supervisor::Release() {
-  procs_.clear();
-  reaped_.clear();
-  relaunch_.clear();
-}
-
 ClusterState Supervisor::State() const {
   ClusterState s;
   s.processes = procs_;
   s.log_dir = options_.log_dir;
   s.links = options_.links;
+  s.tls_dir = config_.tls_dir;
+  s.api_keys_file = config_.api_keys_file;
+  if (!options_.supervisor_log.empty()) {
+    s.supervisor.pid = getpid();
+    s.supervisor.start_time = ProcessStartTime(s.supervisor.pid);
+    s.supervisor.log = options_.supervisor_log;
+  }
   for (int i = 0; i < config_.stages; ++i) {
     s.endpoints.stages.push_back(StageEndpoint(i));
     const std::string m = StageMetricsEndpoint(i);
@@ -494,55 +390,6 @@ ClusterState Supervisor::State() const {
     s.endpoints.router_grpc = config_.RouterGrpcAddress();
   }
   return s;
-}
-
-absl::Status StopState(const ClusterState& state, int grace_ms, std::vector<std::string>* report) {
-  std::vector<const ProcessInfo*> stopping;
-  for (auto it = state.processes.rbegin(); it != state.processes.rend(); ++it) {
-    if (!ProcessAlive(it->pid, it->start_time)) {
-      if (report) {
-        report->push_back(absl::StrCat(it->name, " (pid ", it->pid,
-                                       ") is not running any more (or the pid was reused); "
-                                       "left alone"));
-      }
-      continue;
-    }
-    kill(it->pid, SIGTERM);
-    stopping.push_back(&*it);
-  }
-  const auto end = Clock::now() + std::chrono::milliseconds(grace_ms);
-  while (true) {
-    bool all = true;
-    for (const ProcessInfo* p : stopping) all = all && !ProcessAlive(p->pid, p->start_time);
-    if (all) break;
-    if (Clock::now() > end) {
-      for (const ProcessInfo* p : stopping) {
-        if (ProcessAlive(p->pid, p->start_time)) {
-          if (report) {
-            report->push_back(absl::StrCat(p->name, " (pid ", p->pid, ") did not stop within ",
-                                           grace_ms, " ms; killed"));
-          }
-          kill(p->pid, SIGKILL);
-        }
-      }
-      const auto kill_end = Clock::now() + std::chrono::seconds(5);
-      while (Clock::now() < kill_end) {
-        bool gone = true;
-        for (const ProcessInfo* p : stopping) gone = gone && !ProcessAlive(p->pid, p->start_time);
-        if (gone) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(20));
-      }
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  for (const ProcessInfo* p : stopping) {
-    if (ProcessAlive(p->pid, p->start_time)) {
-      return absl::InternalError(absl::StrCat(p->name, " (pid ", p->pid, ") could not be stopped"));
-    }
-    if (report) report->push_back(absl::StrCat("stopped ", p->name, " (pid ", p->pid, ")"));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace pipeinfer::cluster

@@ -1,7 +1,8 @@
 // A process supervisor for a local cluster: starts the stage, draft and router binaries (last
-// stage first), waits until each one's gRPC health check reports SERVING, and stops them again
-// (SIGTERM, then SIGKILL). A detached cluster is described by a state file that `pipeinfer down`
-// uses to stop exactly the processes that were started.
+// stage first), waits until each one's gRPC health check reports SERVING, restarts the ones that
+// crash (supervision.cc) and stops them again (SIGTERM, then SIGKILL). A detached cluster is
+// described by a state file that `pipeinfer status` and `pipeinfer down` read: its supervisor (the
+// process running this class), and each process with its restarts.
 #pragma once
 
 #include <sys/types.h>
@@ -26,6 +27,18 @@ struct ProcessInfo {
   uint64_t start_time = 0;  // /proc/<pid>/stat field 22 (clock ticks since boot)
   std::string address;      // its gRPC address (health checked)
   std::string log;          // stdout + stderr
+  // Supervision: restarts so far, how the last run ended ("killed by signal 9"; empty while it
+  // never ended) and when the last restart was (seconds since 1970; 0: never).
+  int restarts = 0;
+  std::string last_exit;
+  int64_t last_restart_unix = 0;
+};
+
+// The process that supervises a detached cluster (`pipeinfer up --detach` leaves it behind).
+struct SupervisorProcess {
+  pid_t pid = -1;  // -1: none (a foreground cluster, or a state file of an older version)
+  uint64_t start_time = 0;
+  std::string log;
 };
 
 // The endpoints of a running cluster.
@@ -44,6 +57,11 @@ struct ClusterState {
   Endpoints endpoints;
   std::string log_dir;
   LinkTopology links;  // what link emulation created (empty: none); `down` removes it
+  SupervisorProcess supervisor;
+  // Security (cluster/config.h): the certificate folder (empty: plaintext) and the router's API
+  // keys file (empty: none), for `status` and the clients.
+  std::string tls_dir;
+  std::string api_keys_file;
 };
 
 struct SupervisorOptions {
@@ -59,6 +77,13 @@ struct SupervisorOptions {
   // Link emulation (created by the caller; empty: none): each stage starts in its namespace,
   // listens on every address there, and is reached over the topology's addresses.
   LinkTopology links;
+  // Supervision (RestartExited): restart a process that ended with a non-zero status or a
+  // signal. A process that exits with status 0 was asked to stop (e.g. a router drained by
+  // SIGTERM) and is never restarted.
+  bool restart = true;
+  // Set by the detached supervisor (the process running this class): its log, recorded in the
+  // state file with its own pid.
+  std::string supervisor_log;
 };
 
 // /tmp/pipeinfer-<uid>, the default home of logs/ and cluster.json.
@@ -69,6 +94,8 @@ std::string SelfExeDir();
 uint64_t ProcessStartTime(pid_t pid);
 // True when `pid` exists, is not a zombie, and (when start_time != 0) started at start_time.
 bool ProcessAlive(pid_t pid, uint64_t start_time);
+// "exited with status 1", "was killed by signal 9" for a waitpid() status.
+std::string DescribeExit(int wait_status);
 
 class Supervisor {
  public:
@@ -85,12 +112,14 @@ class Supervisor {
   // The name of a started process that has exited, or empty when all are running. Reaps it.
   std::string ExitedProcess();
 
-  // Foreground supervision, called periodically: reaps every started process that has exited and
-  // starts it again with the same command line (same address, same log; the previous log is kept
-  // as <log>.prev) after a backoff of 1 s, doubling per restart up to 30 s, back to 1 s once the
-  // process has run for a minute. Returns one line per event (exited, restarted, restart failed).
-  // Restarts do not wait for SERVING: the draft service reconnects to a restarted stage by itself
-  // (and resumes the requests in flight), the router to a restarted draft service.
+  // Supervision (foreground `up`, and the detached supervisor), called periodically: reaps every
+  // started process that has exited and, when it crashed (options.restart), starts it again with
+  // the same command line (same address, same log; the previous log is kept as <log>.prev) after
+  // a backoff of 1 s, doubling per restart up to 30 s, back to 1 s once the process has run for a
+  // minute. Returns one line per event (exited, restarted, restart failed); with a state path,
+  // the state file is rewritten after each event (restarts, last exit). Restarts do not wait for
+  // SERVING: the draft service reconnects to a restarted stage by itself (and resumes the
+  // requests in flight), the router to a restarted draft service.
   std::vector<std::string> RestartExited();
   // Restarts made so far, over all processes.
   int restarts() const { return restart_count_; }
@@ -104,8 +133,14 @@ class Supervisor {
   ClusterState State() const;
 
  private:
+  // Starts one process (its log truncated); the caller records it.
+  absl::StatusOr<ProcessInfo> Launch(const std::string& name, const std::string& address,
+                                     const std::vector<std::string>& argv,
+                                     const std::string& netns) const;
+  // Launch, record it in procs_ and the state file.
   absl::Status Spawn(const std::string& name, const std::string& address,
                      const std::vector<std::string>& argv, const std::string& netns = "");
+  void SaveState() const;  // rewrites options_.state_path, if any
   // Where stage i listens, where it is health checked, where its upstream peer reaches it.
   std::string StageListen(int i, int r = 0) const;
   std::string StageEndpoint(int i, int r = 0) const;
@@ -137,5 +172,12 @@ absl::StatusOr<ClusterState> ReadState(const std::string& path);
 // and start time), newest first: SIGTERM, then SIGKILL after `grace_ms`. Processes that are gone
 // or were replaced are reported on `report` lines and left alone.
 absl::Status StopState(const ClusterState& state, int grace_ms, std::vector<std::string>* report);
+
+// Stops the supervisor of a detached cluster, if it runs: SIGTERM (it exits without touching the
+// processes; one still starting the cluster stops what it started), SIGKILL after `grace_ms` + 15
+// s. Call before StopState, so that nothing is restarted behind it, and read the state file again
+// afterwards (the supervisor may have restarted a process meanwhile).
+absl::Status StopSupervisor(const ClusterState& state, int grace_ms,
+                            std::vector<std::string>* report);
 
 }  // namespace pipeinfer::cluster

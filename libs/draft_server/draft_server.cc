@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "common/call_tracker.h"
 #include "draft_server/draft_metrics.h"
 #include "draft_server/draft_model.h"
 #include "draft_server/generate_session.h"
@@ -117,6 +118,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
   ~Impl() override {
     Shutdown();
     if (server_) server_->Wait();
+    calls_.WaitIdle();
   }
 
   absl::Status Start() {
@@ -248,6 +250,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
   // ---- Draft service -------------------------------------------------------------------------
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                         grpc::ServerWriter<v1::GenerateResponse>* writer) override {
+    auto call = calls_.Enter();
     const auto t_start = Steady::now();
     m_.requests_total->Increment();
     const log::RequestScope scope(RequestIdOf(*ctx, *req));
@@ -334,6 +337,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
 
   grpc::Status GetStats(grpc::ServerContext* sctx, const v1::StatsRequest* req,
                         v1::StatsResponse* resp) override {
+    auto call = calls_.Enter();
     m_.registry->FillServiceStats(resp->add_services());
     if (!req->include_pipeline()) return grpc::Status::OK;
     // Stage 0 answers for the whole chain (each stage appends its downstream neighbour's).
@@ -363,6 +367,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
 
   grpc::Status Trace(grpc::ServerContext* ctx, const v1::TraceRequest* req,
                      grpc::ServerWriter<v1::TraceEvent>* writer) override {
+    auto call = calls_.Enter();
     std::shared_ptr<TraceHub::Subscription> sub = trace_.Subscribe(req->request_id());
     v1::TraceEvent ev;
     while (!ctx->IsCancelled()) {
@@ -377,6 +382,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
 
   grpc::Status GetInfo(grpc::ServerContext*, const v1::DraftInfoRequest*,
                        v1::DraftInfo* info) override {
+    auto call = calls_.Enter();
     auto* m = info->mutable_model();
     m->set_id(pipeline_.model_id);
     m->set_n_ctx(pipeline_.n_ctx);
@@ -494,6 +500,8 @@ class DraftServer::Impl final : public v1::Draft::Service {
   std::unique_ptr<v1::Stage::Stub> stub0_;  // for GetStats
   int64_t created_ = 0;
 
+  // The handlers in progress; the destructor waits for them (common/call_tracker.h).
+  CallTracker calls_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
 

@@ -64,11 +64,15 @@ class GenerateSession::Sink : public spec::PipelineSink {
   }
 
   absl::StatusOr<uint64_t> SendRun(const spec::RunSpec& run) override {
+    // Stamped before the message is queued: a stamp taken after Enqueue returns can be later than
+    // the stage's arrival stamp when this thread is descheduled, which the trace's clock
+    // alignment would read as the stage's clock running behind.
+    const uint64_t sent_us = trace_ && trace_->active() ? UnixMicros() : 0;
     absl::StatusOr<uint64_t> id = link_->Enqueue(RunMessage(link_->id(), run));
     if (id.ok()) {
       metrics_->runs_launched_total->Increment();
       InFlight r{static_cast<int64_t>(run.tokens.size()), run.verified};
-      if (trace_ && trace_->active()) r.sent_us = UnixMicros();
+      r.sent_us = sent_us;
       in_flight_[*id] = r;
       Count(r, +1);
     }

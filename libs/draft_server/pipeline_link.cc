@@ -20,6 +20,12 @@ using Clock = std::chrono::system_clock;
 using PipeStream = grpc::ClientReaderWriter<v1::StageDownstream, v1::StageUpstream>;
 using ResStream = grpc::ClientReaderWriter<v1::ResultsUpstream, v1::ResultsDownstream>;
 
+// Opening the pipeline, at start and on reconnects: a restarted stage is usually back within a
+// second or two, and the requests waiting to resume (crash recovery) should not wait much longer
+// than that; B = kMaxRetry in the ownership bound of stage.proto section 2a.
+constexpr std::chrono::milliseconds kFirstRetry{100}, kMaxRetry{2000};
+constexpr std::chrono::seconds kAttempt{5};  // one open waits this long for stage 0's credit
+
 }  // namespace
 
 // One incarnation (epoch) of the pipeline: the Pipeline stream to stage 0 and the Results stream
@@ -67,8 +73,24 @@ PipelineLink::PipelineLink(PipelineLinkOptions options)
 PipelineLink::~PipelineLink() { Stop(); }
 
 absl::Status PipelineLink::Start(Clock::time_point deadline) {
-  absl::StatusOr<std::shared_ptr<Epoch>> ep = Connect(deadline);
-  if (!ep.ok()) return ep.status();
+  std::chrono::milliseconds backoff = kFirstRetry;
+  absl::StatusOr<std::shared_ptr<Epoch>> ep = Connect(std::min(deadline, Clock::now() + kAttempt));
+  while (!ep.ok()) {
+    // Retried like a reconnect (Supervise): the owner of stage 0 may be another controller for up
+    // to the ownership bound of stage.proto section 2a, and the stages may still be starting.
+    const auto retry_at = Clock::now() + backoff;
+    if (retry_at >= deadline) return ep.status();
+    spdlog::warn("opening the pipeline: {}; retrying in {} ms", std::string(ep.status().message()),
+                 backoff.count());
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      if (cv_.wait_until(l, retry_at, [&] { return stopping_; })) {
+        return absl::CancelledError("the pipeline link was stopped while opening the pipeline");
+      }
+    }
+    backoff = std::min(backoff * 2, kMaxRetry);
+    ep = Connect(std::min(deadline, Clock::now() + kAttempt));
+  }
   if (opt_.on_capacity) opt_.on_capacity((*ep)->capacity);
   std::lock_guard<std::mutex> l(mu_);
   current_ = *ep;
@@ -381,9 +403,6 @@ std::pair<grpc::Status, grpc::Status> PipelineLink::StopEpoch(const std::shared_
 }
 
 void PipelineLink::Supervise() {
-  // Reconnection backoff: a restarted stage is usually back within a second or two, and the
-  // requests waiting to resume (crash recovery) should not wait much longer than that.
-  constexpr std::chrono::milliseconds kFirstRetry{100}, kMaxRetry{2000};
   std::chrono::milliseconds backoff = kFirstRetry;
   std::unique_lock<std::mutex> l(mu_);
   while (!stopping_) {
@@ -398,7 +417,7 @@ void PipelineLink::Supervise() {
       spdlog::info("epoch {} ended (Pipeline: {}; Results: {})", old->epoch, ps.error_message(),
                    rs.error_message());
     }
-    auto fresh = Connect(Clock::now() + std::chrono::seconds(5));
+    auto fresh = Connect(Clock::now() + kAttempt);
     l.lock();
     if (!fresh.ok()) {
       spdlog::warn("reconnecting: {}", std::string(fresh.status().message()));

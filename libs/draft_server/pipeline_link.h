@@ -74,7 +74,12 @@ class PipelineLink {
   PipelineLink& operator=(const PipelineLink&) = delete;
 
   // Opens the first epoch (Results stream, then Pipeline stream, then stage 0's first credit) and
-  // starts the supervisor. UNAVAILABLE with the reason when the stages refuse or time out.
+  // starts the supervisor. A refused or timed-out open is retried with the supervisor's backoff
+  // (100 ms doubling to 2 s, each attempt waiting at most 5 s) until `deadline`: a draft service
+  // that boots while another controller owns stage 0 (stage.proto section 2a) gets the pipeline
+  // within the documented bound L + B + S (about 12 s with the defaults), well inside the draft
+  // service's --connect-timeout-ms (default 30 s). UNAVAILABLE with the last refusal when the
+  // deadline passes first; CANCELLED when BeginShutdown or Stop is called meanwhile.
   absl::Status Start(std::chrono::system_clock::time_point deadline);
   // Refuses new sessions, fails every open one with `status` and reconnects no more.
   void BeginShutdown(const absl::Status& status);

@@ -5,7 +5,6 @@
 #include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstdlib>
@@ -60,9 +59,12 @@ std::vector<int> OpenFds() {
 
 int FindConnectionFd(const std::string& local_addr, int local_port, const std::string& remote_addr,
                      int remote_port) {
+  // The other descriptors belong to other threads (other connections, gRPC, files), which may
+  // close or reuse them meanwhile: each is only asked for its addresses, never fstat()ed or read.
+  // One closed meanwhile fails (EBADF), one that is not a socket fails (ENOTSOCK), and one reused
+  // meanwhile cannot match, because our connection, open until its handler returns, is the only
+  // socket with these four addresses.
   for (int fd : OpenFds()) {
-    struct stat st {};
-    if (fstat(fd, &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
     // The peer first: it tells the connection apart from the listening socket and from the
     // process's other connections on the same port.
     if (EndMatches(fd, /*peer=*/true, remote_addr, remote_port) &&

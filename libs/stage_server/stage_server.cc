@@ -74,6 +74,7 @@ void StageServer::Impl::Shutdown() {
 }
 
 grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* stream) {
+  auto call = calls_.Enter();
   if (grpc::Status s = rpc::CheckPeerAllowed(*ctx, opt_.allow_peers, "Stage.Pipeline"); !s.ok()) {
     return Refuse(s.error_code(), s.error_message());
   }
@@ -313,6 +314,7 @@ void StageServer::Impl::ReleaseOwnership() {
 }
 
 grpc::Status StageServer::Impl::Results(grpc::ServerContext* ctx, ResStream* stream) {
+  auto call = calls_.Enter();
   if (grpc::Status s = rpc::CheckPeerAllowed(*ctx, opt_.allow_peers, "Stage.Results"); !s.ok()) {
     return Refuse(s.error_code(), s.error_message());
   }
@@ -409,6 +411,7 @@ grpc::Status StageServer::Impl::Results(grpc::ServerContext* ctx, ResStream* str
 
 grpc::Status StageServer::Impl::GetInfo(grpc::ServerContext*, const v1::StageInfoRequest*,
                                         v1::StageInfo* info) {
+  auto call = calls_.Enter();
   {
     std::lock_guard<std::mutex> l(core_mu_);
     core_->FillInfo(info);

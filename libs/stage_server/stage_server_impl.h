@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/call_tracker.h"
 #include "common/delay_line.h"
 #include "common/link_pacer.h"
 #include "metrics/metrics.h"
@@ -121,6 +122,7 @@ class StageServer::Impl final : public v1::Stage::Service {
   ~Impl() override {
     Shutdown();
     if (server_) server_->Wait();
+    calls_.WaitIdle();
   }
 
   absl::Status Start();
@@ -143,6 +145,7 @@ class StageServer::Impl final : public v1::Stage::Service {
   // ---- GetStats / GetInfo -----------------------------------------------------------------
   grpc::Status GetStats(grpc::ServerContext* ctx, const v1::StatsRequest* req,
                         v1::StatsResponse* resp) override {
+    auto call = calls_.Enter();
     metrics_->FillServiceStats(resp->add_services());
     if (req->include_pipeline() && !is_last()) CollectDownstreamStats(ctx, resp);
     return grpc::Status::OK;
@@ -193,6 +196,8 @@ class StageServer::Impl final : public v1::Stage::Service {
   // Non-last stages: SERVING while the channel to the next stage is (or was last) connected.
   void HealthMonitor();
 
+  // The handlers in progress; the destructor waits for them (call_tracker.h).
+  CallTracker calls_;
   std::unique_ptr<stage::StageCore> core_;
   std::mutex core_mu_;  // StageCore::Handle/Reset/FillInfo and KV stats (Cancel is thread-safe)
   StageServerOptions opt_;

@@ -3,10 +3,14 @@
 // pipeinfer.v1.Draft (plus health and reflection) until SIGINT or SIGTERM.
 #include <spdlog/spdlog.h>
 
+#include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -106,7 +110,9 @@ int main(int argc, char** argv) {
                  "<= stages x a/b, where a stage pass costs a + b x tokens); 0 = no budget")
       ->check(CLI::Range(0.0, 1000.0));
   app.add_option("--connect-timeout-ms", connect_timeout_ms,
-                 "How long to wait for the stages and the pipeline at startup")
+                 "How long to wait for the stages and the pipeline at startup (a refused open "
+                 "is retried with backoff meanwhile, e.g. while another controller owns stage 0 "
+                 "for up to the bound of stage.proto section 2a)")
       ->check(CLI::Range(1, 600000));
   int recovery_seconds = 30;
   app.add_option("--recovery-seconds", recovery_seconds,
@@ -188,7 +194,31 @@ int main(int argc, char** argv) {
   file->reset();  // the vocabulary is all the draft service needs from the file
 
   pipeinfer::draft_server::DraftServer server(o);
+  // The stop signal is awaited on a thread of its own from here on. While Start() still opens the
+  // pipeline (it retries for up to --connect-timeout-ms, e.g. while another controller owns stage
+  // 0 or the stages are going away), a stop signal ends the process at once, with status 0:
+  // nothing is served yet. Afterwards it shuts the server down (below).
+  // (Static: the detached thread may outlive main's locals when Start() fails.)
+  static std::mutex stop_mu;
+  static std::condition_variable stop_cv;
+  static bool started = false;
+  static int stop_sig = 0;
+  std::thread([signals = stop_signals] {
+    const int sig = signals.Wait();
+    std::lock_guard<std::mutex> l(stop_mu);
+    if (!started) {
+      spdlog::info("draft: signal {} while starting, exiting", sig);
+      spdlog::default_logger()->flush();
+      std::_Exit(0);
+    }
+    stop_sig = sig;
+    stop_cv.notify_all();
+  }).detach();
   if (auto st = server.Start(); !st.ok()) return Fail(std::string(st.message()));
+  {
+    std::lock_guard<std::mutex> l(stop_mu);
+    started = true;
+  }
   const std::string addr =
       listen.substr(0, listen.rfind(':')) + ":" + std::to_string(server.port());
   std::string emulation;  // benchmark-only settings, shown when in use
@@ -207,7 +237,12 @@ int main(int argc, char** argv) {
                  metrics_listen.substr(0, metrics_listen.rfind(':')), server.metrics_port());
   }
 
-  const int sig = stop_signals.Wait();
+  int sig = 0;
+  {
+    std::unique_lock<std::mutex> l(stop_mu);
+    stop_cv.wait(l, [&] { return stop_sig != 0; });
+    sig = stop_sig;
+  }
   spdlog::info("draft: signal {}, shutting down", sig);
   server.Shutdown();
   server.Wait();

@@ -8,6 +8,10 @@
 //     --draft names existing draft Services and whose grace period covers preStop + drain, a
 //     NetworkPolicy, a ServiceMonitor or PodMonitor, and a PrometheusRule equal to
 //     deploy/prometheus/pipeinfer-rules.yaml;
+//     with TLS (overlays/tls): every stage, draft and router passes --tls-ca/--tls-cert/--tls-key
+//     naming the ca.crt/tls.crt/tls.key of a Secret volume its pod mounts, stages also a
+//     --tls-allow-cn, and the probes do not speak plaintext gRPC or HTTP to a TLS port; a pod that
+//     mounts a Secret but whose binary takes no TLS flags is an error;
 //  4. negative controls: a few deliberately broken copies of a render must be rejected.
 // Usage: node validate_manifests.mjs --kubectl PATH --repo DIR --modules DIR/node_modules
 import { execFileSync } from 'node:child_process';
@@ -192,6 +196,72 @@ function grpcProbesOk(c, port) {
   return ['startupProbe', 'readinessProbe', 'livenessProbe'].every((p) => c[p]?.grpc?.port === port);
 }
 
+// A stage's or draft service's probes: gRPC health on its gRPC port, or, when that port speaks TLS
+// (the kubelet's gRPC probes are plaintext only), GET /health on its plaintext metrics port.
+function serviceProbesOk(c, argv, port) {
+  if (flagValue(argv, '--tls-cert') === undefined) return grpcProbesOk(c, port);
+  return ['startupProbe', 'readinessProbe', 'livenessProbe'].every((p) => c[p]?.httpGet?.path === '/health' &&
+    (c[p].httpGet.port === 'metrics' || c[p].httpGet.port === portOf(c, 'metrics')) &&
+    (c[p].httpGet.scheme ?? 'HTTP') === 'HTTP');
+}
+
+// The TLS flags of one pipeinfer container against its pod: the three files lie in a Secret volume
+// the container mounts (the kubernetes.io/tls key names), and a mounted Secret is used. Returns
+// whether the container runs with TLS.
+const TLS_FILES = { '--tls-ca': 'ca.crt', '--tls-cert': 'tls.crt', '--tls-key': 'tls.key' };
+function checkTlsArgs(spec, c, argv, errors, where) {
+  const secretVolumes = new Map((spec.volumes ?? []).filter((v) => v.secret).map((v) => [v.name, v.secret]));
+  const secretMounts = (c.volumeMounts ?? []).filter((m) => secretVolumes.has(m.name));
+  const given = Object.keys(TLS_FILES).filter((f) => flagValue(argv, f) !== undefined);
+  if (given.length === 0) {
+    for (const m of secretMounts) {
+      errors.push(`${where}: mounts Secret ${secretVolumes.get(m.name).secretName} at ${m.mountPath} but passes no --tls-* flag`);
+    }
+    return false;
+  }
+  for (const [flag, key] of Object.entries(TLS_FILES)) {
+    const value = flagValue(argv, flag);
+    if (value === undefined) {
+      errors.push(`${where}: TLS without ${flag}`);
+      continue;
+    }
+    const m = secretMounts.find((x) => path.posix.dirname(value) === x.mountPath.replace(/\/+$/, ''));
+    const secret = m && secretVolumes.get(m.name);
+    const items = secret?.items?.map((i) => i.path);
+    if (!m) errors.push(`${where}: ${flag}=${value} is not in a mounted Secret volume`);
+    else if (path.posix.basename(value) !== key || (items && !items.includes(key))) {
+      errors.push(`${where}: ${flag}=${value}, want ${m.mountPath}/${key} (Secret ${secret.secretName})`);
+    }
+  }
+  return true;
+}
+
+// Every pipeinfer container of the render: TLS flags that match the mounted Secret, all or none.
+function checkTls(objs, errors) {
+  const seen = [];
+  for (const t of objs.flatMap((o) => podTemplates(objs, ns(o)).filter((p) => p.owner === o))) {
+    for (const c of t.spec.containers) {
+      const bin = binary(c);
+      if (!['pipeinfer-stage', 'pipeinfer-draft', 'pipeinfer-router'].includes(bin)) continue;
+      const where = `${id(t.owner)}/${c.name}`;
+      const argv = expandArgs(c, containerEnv(objs, ns(t.owner), c, errors, where), errors, where);
+      const tls = checkTlsArgs(t.spec, c, argv, errors, where);
+      seen.push([where, tls]);
+      if (tls && bin === 'pipeinfer-stage' && !flagValue(argv, '--tls-allow-cn')) {
+        errors.push(`${where}: TLS without --tls-allow-cn (any certificate of the CA could open the pipeline)`);
+      }
+      if (tls && bin === 'pipeinfer-router') {
+        for (const p of ['startupProbe', 'readinessProbe', 'livenessProbe']) {
+          if (c[p]?.httpGet && c[p].httpGet.scheme !== 'HTTPS') errors.push(`${where}: ${p} is plain HTTP on an HTTPS port`);
+        }
+      }
+    }
+  }
+  if (seen.some(([, tls]) => tls) && seen.some(([, tls]) => !tls)) {
+    errors.push(`TLS on ${seen.filter(([, t]) => t).map(([w]) => w).join(', ')} but not on ${seen.filter(([, t]) => !t).map(([w]) => w).join(', ')}`);
+  }
+}
+
 // Returns the number of pipelines (stage StatefulSets) checked.
 function checkPipelines(objs, errors) {
   const stsList = byKind(objs, 'StatefulSet').filter((s) =>
@@ -239,7 +309,9 @@ function checkPipelines(objs, errors) {
     if (flagValue(argv, '--metrics-listen') !== `0.0.0.0:${portOf(c, 'metrics')}`) {
       errors.push(`${where}: --metrics-listen is not the metrics port`);
     }
-    if (!grpcProbesOk(c, grpcPort)) errors.push(`${where}: startup/readiness/liveness must be gRPC probes on ${grpcPort}`);
+    if (!serviceProbesOk(c, argv, grpcPort)) {
+      errors.push(`${where}: startup/readiness/liveness must be gRPC probes on ${grpcPort} (with TLS: GET /health on the metrics port)`);
+    }
     // The draft service of this chain.
     const drafts = byKind(objs, 'Deployment').filter((d) => ns(d) === namespace &&
       d.spec.template.spec.containers.some((x) => binary(x) === 'pipeinfer-draft'));
@@ -252,7 +324,9 @@ function checkPipelines(objs, errors) {
       if (flagValue(dargv, '--last') !== stageAddr(n - 1)) {
         errors.push(`${id(d)}: --last=${flagValue(dargv, '--last')}, want ${stageAddr(n - 1)} (${n} stages)`);
       }
-      if (!grpcProbesOk(dc, portOf(dc, 'grpc'))) errors.push(`${id(d)}: probes must be gRPC on its grpc port`);
+      if (!serviceProbesOk(dc, dargv, portOf(dc, 'grpc'))) {
+        errors.push(`${id(d)}: probes must be gRPC on its grpc port (with TLS: GET /health on the metrics port)`);
+      }
     }
     // Network: stage i > 0 admits stage i-1 (one policy per link), every stage admits the draft.
     const nps = byKind(objs, 'NetworkPolicy').filter((p) => ns(p) === namespace);
@@ -328,6 +402,7 @@ function checkRender(objs, rulesFile) {
   if (errors.length) return errors;  // the structural checks assume schema-valid objects
   checkSecurity(objs, errors);
   checkReferences(objs, errors);
+  checkTls(objs, errors);
   if (checkPipelines(objs, errors) === 0) errors.push('no StatefulSet of stages');
   if (checkRouters(objs, errors) === 0) errors.push('no router Deployment');
   for (const kind of ['NetworkPolicy', 'PrometheusRule']) {
@@ -387,6 +462,49 @@ const NEGATIVE_CONTROLS = [
   }],
 ];
 
+// The same, on a copy of the TLS render (overlays/tls).
+const argsOf = (objs, bin) => byKind(objs, bin === 'pipeinfer-stage' ? 'StatefulSet' : 'Deployment')
+  .flatMap((o) => o.spec.template.spec.containers).find((c) => binary(c) === bin);
+const TLS_NEGATIVE_CONTROLS = [
+  ['a stage without --tls-key', (objs) => {
+    const c = argsOf(objs, 'pipeinfer-stage');
+    c.args = c.args.filter((a) => !a.startsWith('--tls-key'));
+  }],
+  ['the draft\'s CA outside the mounted Secret', (objs) => {
+    const c = argsOf(objs, 'pipeinfer-draft');
+    c.args = c.args.map((a) => a.replace(/^--tls-ca=.*/, '--tls-ca=/etc/ssl/ca.crt'));
+  }],
+  ['a router certificate that is not the Secret\'s tls.crt', (objs) => {
+    const c = argsOf(objs, 'pipeinfer-router');
+    c.args = c.args.map((a) => a.replace(/^--tls-cert=(.*)\/tls\.crt$/, '--tls-cert=$1/router.pem'));
+  }],
+  ['a router without TLS flags beside TLS stages', (objs) => {
+    const c = argsOf(objs, 'pipeinfer-router');
+    c.args = c.args.filter((a) => !a.startsWith('--tls-'));
+  }],
+  ['plaintext gRPC probes on a TLS stage', (objs) => {
+    const c = argsOf(objs, 'pipeinfer-stage');
+    c.readinessProbe = { grpc: { port: portOf(c, 'grpc') }, periodSeconds: 5 };
+  }],
+];
+
+function runControls(objs, rulesFile, controls) {
+  let failed = 0;
+  const baseline = new Set(checkRender(objs, rulesFile));
+  for (const [what, breakIt] of controls) {
+    const copy = structuredClone(objs);
+    breakIt(copy);
+    const errors = checkRender(copy, rulesFile).filter((e) => !baseline.has(e));
+    if (errors.length === 0) {
+      console.log(`FAIL negative control not detected: ${what}`);
+      ++failed;
+    } else {
+      console.log(`ok   negative control "${what}" rejected: ${errors[0]}`);
+    }
+  }
+  return failed;
+}
+
 function main() {
   const k8s = path.join(repo, 'deploy/k8s');
   const rulesPath = path.join(repo, 'deploy/prometheus/pipeinfer-rules.yaml');
@@ -396,6 +514,7 @@ function main() {
     .map((e) => path.join(k8s, 'overlays', e.name)).sort()];
   let failed = 0;
   let cpuDemo = null;
+  let tlsObjs = null;
   for (const dir of dirs) {
     const name = path.relative(k8s, dir);
     let objs;
@@ -418,22 +537,14 @@ function main() {
       console.log(`ok   ${name}: ${objs.length} objects valid (${summary})`);
     }
     if (name === 'overlays/cpu-demo') cpuDemo = objs;
+    if (name === 'overlays/tls') tlsObjs = objs;
   }
-  if (!cpuDemo) {
-    console.log('FAIL no overlays/cpu-demo to run the negative controls on');
-    ++failed;
-  } else {
-    const baseline = new Set(checkRender(cpuDemo, rulesFile));
-    for (const [what, breakIt] of NEGATIVE_CONTROLS) {
-      const copy = structuredClone(cpuDemo);
-      breakIt(copy);
-      const errors = checkRender(copy, rulesFile).filter((e) => !baseline.has(e));
-      if (errors.length === 0) {
-        console.log(`FAIL negative control not detected: ${what}`);
-        ++failed;
-      } else {
-        console.log(`ok   negative control "${what}" rejected: ${errors[0]}`);
-      }
+  for (const [overlay, objs, controls] of [['cpu-demo', cpuDemo, NEGATIVE_CONTROLS], ['tls', tlsObjs, TLS_NEGATIVE_CONTROLS]]) {
+    if (!objs) {
+      console.log(`FAIL no overlays/${overlay} to run the negative controls on`);
+      ++failed;
+    } else {
+      failed += runControls(objs, rulesFile, controls);
     }
   }
   if (!rulesFile) console.log('note: deploy/prometheus/pipeinfer-rules.yaml not found; PrometheusRule not compared');

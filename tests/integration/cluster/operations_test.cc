@@ -6,7 +6,10 @@
 //   * JSON logs: every line of every process parses, and one request's id appears in the router's,
 //     the draft service's and every stage's lines;
 //   * pipeline replicas: two replicas behind one router share sequential requests, and with one
-//     replica killed every new request is still served.
+//     replica killed every new request is still served;
+//   * detached supervision: a SIGKILLed stage is restarted by the supervisor `up --detach` leaves
+//     behind, `pipeinfer status` reports it (restarts, exit reason, health), a chat works again,
+//     and `down` leaves no process behind.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -255,7 +258,8 @@ TEST_F(OperationsTest, JsonLogsCarryOneRequestIdThroughEveryProcess) {
 }
 
 TEST_F(OperationsTest, ReplicasShareTheLoadAndSurviveOneKilled) {
-  const CommandResult up = Up(2, {});
+  // --no-restart: the killed replica must stay down (the supervisor would bring it back in 1 s).
+  const CommandResult up = Up(2, {"--no-restart"});
   ASSERT_EQ(up.exit_code, 0) << up.output;
   const cluster::ClusterState state = State();
   ASSERT_EQ(state.endpoints.drafts.size(), 2u);
@@ -284,6 +288,124 @@ TEST_F(OperationsTest, ReplicasShareTheLoadAndSurviveOneKilled) {
             0);
   EXPECT_EQ(Http().Get("/ready")->status, 200);  // one replica still serves
   for (int i = 0; i < 4; ++i) EXPECT_EQ(Complete(), 200);
+}
+
+// `pipeinfer status --state <state> --json`, parsed (null when the output is no JSON).
+json Status(const std::string& state, int* exit_code) {
+  const CommandResult r = RunCmd({BinPath("pipeinfer"), "status", "--state", state, "--json"},
+                                 std::chrono::seconds(30));
+  *exit_code = r.exit_code;
+  json j = json::parse(r.output, nullptr, false);
+  if (j.is_discarded()) ADD_FAILURE() << "status printed no JSON:\n" << r.output;
+  return j.is_discarded() ? json() : j;
+}
+
+const json* Process(const json& status, const std::string& name) {
+  if (!status.contains("processes")) return nullptr;
+  for (const json& p : status["processes"]) {
+    if (p.value("name", "") == name) return &p;
+  }
+  return nullptr;
+}
+
+TEST_F(OperationsTest, DetachedSupervisorRestartsAKilledStageAndDownLeavesNothing) {
+  const CommandResult up = Up(1, {});
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_NE(up.output.find("supervised by pid"), std::string::npos) << up.output;
+  const cluster::ClusterState before = State();
+  const pid_t supervisor = before.supervisor.pid;
+  ASSERT_GT(supervisor, 0);
+  EXPECT_TRUE(cluster::ProcessAlive(supervisor, before.supervisor.start_time));
+  ASSERT_EQ(before.processes.size(), 4u);  // 2 stages, the draft service, the router
+
+  int rc = -1;
+  json s = Status(state_, &rc);
+  EXPECT_EQ(rc, 0) << s.dump(2);
+  EXPECT_EQ(s.value("healthy", false), true) << s.dump(2);
+  EXPECT_EQ(s["supervisor"].value("alive", false), true) << s.dump(2);
+  for (const json& p : s["processes"]) {
+    EXPECT_EQ(p.value("health", ""), "SERVING") << p.dump();
+    EXPECT_EQ(p.value("restarts", -1), 0) << p.dump();
+    EXPECT_TRUE(p.value("alive", false)) << p.dump();
+  }
+  const json* router = Process(s, "router");
+  ASSERT_NE(router, nullptr);
+  EXPECT_EQ(router->value("role", ""), "router");
+  EXPECT_EQ(router->value("port", ""), std::to_string(base_port_ + 2 + 1));  // gRPC after draft
+
+  pid_t victim = -1;
+  for (const auto& p : before.processes) {
+    if (p.name == "stage 1") victim = p.pid;
+  }
+  ASSERT_GT(victim, 0);
+  ASSERT_EQ(kill(victim, SIGKILL), 0);
+  // Reaped by the supervisor at once, restarted after a 1 s backoff: seen in between, the cluster
+  // is unhealthy (the stage is not running).
+  const auto t_kill = std::chrono::steady_clock::now();
+  while (cluster::ProcessAlive(victim, 0) &&
+         std::chrono::steady_clock::now() - t_kill < std::chrono::seconds(5)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  s = Status(state_, &rc);
+  if (const json* st1 = Process(s, "stage 1"); st1 && st1->value("restarts", -1) == 0) {
+    EXPECT_EQ(rc, 1) << s.dump(2);
+    EXPECT_FALSE(s.value("healthy", true)) << s.dump(2);
+    EXPECT_FALSE(st1->value("alive", true)) << s.dump(2);
+    EXPECT_EQ(st1->value("health", ""), "DOWN") << s.dump(2);
+  }
+  // Healthy again, with the restart recorded.
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  const json* st1 = nullptr;
+  while (std::chrono::steady_clock::now() < until) {
+    s = Status(state_, &rc);
+    st1 = Process(s, "stage 1");
+    if (rc == 0 && st1 && st1->value("restarts", 0) == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_EQ(rc, 0) << s.dump(2) << ReadText(before.supervisor.log);
+  ASSERT_NE(st1, nullptr);
+  EXPECT_EQ(st1->value("restarts", 0), 1) << s.dump(2);
+  EXPECT_EQ(st1->value("last_exit", ""), "was killed by signal 9") << s.dump(2);
+  EXPECT_GT(st1->value("last_restart_unix", int64_t{0}), 0) << s.dump(2);
+  EXPECT_NE(st1->value("pid", victim), victim) << s.dump(2);
+  for (const json& p : s["processes"]) {
+    if (p.value("name", "") != "stage 1") EXPECT_EQ(p.value("restarts", -1), 0) << p.dump();
+  }
+  const std::string sup_log = ReadText(before.supervisor.log);
+  EXPECT_NE(sup_log.find("stage 1 (pid " + std::to_string(victim) + ") was killed by signal 9"),
+            std::string::npos)
+      << sup_log;
+  EXPECT_NE(sup_log.find("restarted stage 1"), std::string::npos) << sup_log;
+
+  // A chat through the router, which `chat` finds in the state file.
+  const CommandResult chat = RunCmd({BinPath("pipeinfer"), "chat", "--state", state_,
+                                     "--max-tokens", "4", "--temperature", "0", "Once upon"},
+                                    std::chrono::seconds(60));
+  EXPECT_EQ(chat.exit_code, 0) << chat.output;
+
+  // `down`: the supervisor first (nothing is restarted behind it), then every process.
+  std::vector<pid_t> pids = {supervisor};
+  for (const auto& p : State().processes) pids.push_back(p.pid);
+  const CommandResult down =
+      RunCmd({BinPath("pipeinfer"), "down", "--state", state_}, std::chrono::seconds(60));
+  EXPECT_EQ(down.exit_code, 0) << down.output;
+  EXPECT_NE(down.output.find("stopped the supervisor (pid " + std::to_string(supervisor) + ")"),
+            std::string::npos)
+      << down.output;
+  const auto gone_until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  bool gone = false;
+  while (!gone && std::chrono::steady_clock::now() < gone_until) {
+    gone = true;
+    for (pid_t p : pids) gone = gone && !cluster::ProcessAlive(p, 0);
+    if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(gone) << down.output;
+  EXPECT_FALSE(std::filesystem::exists(state_));
+  int after = -1;
+  const CommandResult none =
+      RunCmd({BinPath("pipeinfer"), "status", "--state", state_}, std::chrono::seconds(30));
+  after = none.exit_code;
+  EXPECT_EQ(after, 2) << none.output;
 }
 
 }  // namespace

@@ -30,6 +30,7 @@
 #include "testing/detached_cluster_test.h"
 #include "testing/fixtures.h"
 #include "testing/process.h"
+#include "testing/time_scale.h"
 
 namespace pipeinfer {
 namespace {
@@ -358,6 +359,10 @@ TEST_F(LinkEmulationTest, LatencyDelaysEveryHopAndKeepsTokens) {
 // stages counted, and the tokens must not change.
 TEST_F(LinkEmulationTest, RatePacesEveryMessageAndKeepsTokens) {
   if (!Root()) GTEST_SKIP() << "link emulation needs root (network namespaces and tc)";
+  // The pacing shows as ~0.14 s added to a completion; in a sanitizer build the completion's
+  // own time (CLI start included) varies by more than that.
+  if (pipeinfer::testing::TimeScale() > 1)
+    GTEST_SKIP() << "a timing comparison: release builds only";
   constexpr double kSlowMbps = 1;
   constexpr int kTokens = 8;
   constexpr int kCompletions = 3;

@@ -21,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "router_cluster.h"
+#include "testing/time_scale.h"
 
 namespace pipeinfer {
 namespace {
@@ -144,7 +145,8 @@ TEST_F(RouterDisconnectTest, DroppedWholeAnswerFreesSessionAndKvWithinOneSecond)
   ASSERT_GT(GetStageInfo(cluster->pipeline.stage0).kv_blocks_in_use(), 0u);
   close(fd);
   const auto freed = TimeUntil(PipelineIdle, std::chrono::seconds(15));
-  EXPECT_LT(freed, std::chrono::seconds(1)) << "freed after " << freed.count() << " ms";
+  EXPECT_LT(freed, std::chrono::seconds(1) * pipeinfer::testing::TimeScale())
+      << "freed after " << freed.count() << " ms";
   std::printf("whole answer: draft session and KV freed %lld ms after the client closed\n",
               static_cast<long long>(freed.count()));
 
@@ -182,7 +184,8 @@ TEST_F(RouterDisconnectTest, StreamDroppedDuringPrefillFreesWithinOneSecond) {
   ASSERT_LT(recv(fd, &c, 1, MSG_DONTWAIT), 0) << "the router answered before the prefill ended";
   close(fd);
   const auto freed = TimeUntil(PipelineIdle, std::chrono::seconds(15));
-  EXPECT_LT(freed, std::chrono::seconds(1)) << "freed after " << freed.count() << " ms";
+  EXPECT_LT(freed, std::chrono::seconds(1) * pipeinfer::testing::TimeScale())
+      << "freed after " << freed.count() << " ms";
   std::printf("stream in prefill: draft session and KV freed %lld ms after the client closed\n",
               static_cast<long long>(freed.count()));
   const std::string cancelled =
@@ -215,10 +218,12 @@ TEST_F(RouterDisconnectTest, QueuedRequestGivesUpItsPlace) {
             std::chrono::seconds(5));
   close(queued);
   const auto left = TimeUntil([&] { return depth() == 0; }, std::chrono::seconds(5));
-  EXPECT_LT(left, std::chrono::seconds(1)) << "left the queue after " << left.count() << " ms";
+  EXPECT_LT(left, std::chrono::seconds(1) * pipeinfer::testing::TimeScale())
+      << "left the queue after " << left.count() << " ms";
   EXPECT_EQ(GetDraftInfo(cluster->pipeline.draft).active_sessions(), 1u);  // still generating
   close(running);
-  EXPECT_LT(TimeUntil(PipelineIdle, std::chrono::seconds(15)), std::chrono::seconds(1));
+  EXPECT_LT(TimeUntil(PipelineIdle, std::chrono::seconds(15)),
+            std::chrono::seconds(1) * pipeinfer::testing::TimeScale());
   const std::string m = Scrape(http_port);
   EXPECT_EQ(Metric(m, "pipeinfer_router_requests_cancelled_total{endpoint=\"/v1/completions\"}"), 2)
       << m;

@@ -5,6 +5,7 @@
 //   * a stage refuses a client without a certificate, one with a certificate from another CA
 //     (even with the CN of the draft service), and a plaintext client; a client with a trusted
 //     certificate that is not in the stage's allow-list may read GetInfo but not open Pipeline;
+//   * `status` and `chat --state` take the certificates and a key from the state file;
 //   * no key appears in any process's log.
 #include <httplib.h>
 
@@ -253,6 +254,19 @@ TEST_F(SecurityTest, TlsClusterServesChatsWithKeysAndStagesRefuseStrangers) {
   c = run({cli, "stats", "--stage", Addr(0)});  // plaintext to a TLS stage
   EXPECT_NE(c.exit_code, 0) << c.output;
   c = run({cli, "stats", "--router", router_grpc, "--tls-dir", tls, "--api-key", kKey});
+  EXPECT_EQ(c.exit_code, 0) << c.output;
+  // The state file records the certificate folder and the keys file: `status` probes over TLS and
+  // `chat --state` finds the router, its CA and a key without --tls-dir or --api-key.
+  c = run({cli, "status", "--state", state_, "--json"});
+  EXPECT_EQ(c.exit_code, 0) << c.output;
+  {
+    const json s = json::parse(c.output, nullptr, false);
+    ASSERT_FALSE(s.is_discarded()) << c.output;
+    EXPECT_EQ(s.value("tls", false), true) << c.output;
+    EXPECT_EQ(s.value("tls_dir", ""), tls) << c.output;
+    EXPECT_EQ(s.value("healthy", false), true) << c.output;
+  }
+  c = run({cli, "chat", "hi", "--state", state_, "--max-tokens", "3", "--temperature", "0"});
   EXPECT_EQ(c.exit_code, 0) << c.output;
 
   // ---- The cluster still serves, and no key reached a log --------------------------------------

@@ -5,6 +5,8 @@
 // then behaves (disconnects, stays idle, keeps its link busy), greedy Generate through the draft
 // service works again, with the reference ids, within the documented bound L + B (+ 1 s of
 // slack for opening the chain and this machine's scheduling), B = the draft's 2 s longest backoff.
+// A draft service that starts while the rogue owns stage 0 does not give up either: it retries its
+// first open and serves within the same bound (+ its own start-up).
 #include <grpcpp/grpcpp.h>
 
 #include <atomic>
@@ -294,6 +296,35 @@ TEST_F(TakeoverTest, ABusyRogueIsDisplacedWithinTheBound) {
   EXPECT_TRUE(rogue.EndedByTheStage());
   (void)rogue.Drop();
   EXPECT_NE(Info(cluster->p.stage0).epoch(), kMaxEpoch);
+}
+
+// The draft service stops; a rogue takes the free pipeline and keeps its link busy; a draft service
+// started now finds stage 0 owned. It keeps asking (PipelineLink::Start retries with backoff up to
+// --connect-timeout-ms) instead of exiting, and becomes SERVING after the contest: no sooner than a
+// lease, and within the bound plus its own start-up.
+TEST_F(TakeoverTest, ADraftServiceStartedWhileARogueOwnsStageZeroServesWithinTheBound) {
+  constexpr milliseconds kStartup{2000};  // the process starting, loading the model, GetInfo
+  ASSERT_EQ(cluster->services->Stop("draft"), 0);
+  Rogue rogue;
+  // Its link ended with the draft service, so the rogue gets in at once (R1).
+  EXPECT_LT(RogueTakesOver(rogue), milliseconds(3000));
+  rogue.KeepBusy();
+  EXPECT_EQ(Info(cluster->p.stage0).epoch(), kMaxEpoch);
+  const auto start = Clock::now();
+  ASSERT_TRUE(cluster->services->Restart("draft")) << cluster->services->Log("draft");
+  const auto took = std::chrono::duration_cast<milliseconds>(Clock::now() - start);
+  std::printf("draft service started under a busy rogue: SERVING after %lld ms\n",
+              static_cast<long long>(took.count()));
+  EXPECT_GE(took, kLease - milliseconds(300));  // it had to contest the rogue's lease
+  EXPECT_LE(took, kBound + kStartup);
+  const std::string log = cluster->services->Log("draft");
+  EXPECT_NE(log.find("retrying"), std::string::npos) << log;  // its first opens were refused
+  ASSERT_LT(TimeUntilServing(milliseconds(1000)), milliseconds(1000));
+  EXPECT_TRUE(rogue.EndedByTheStage());
+  (void)rogue.Drop();
+  const uint64_t e0 = Info(cluster->p.stage0).epoch();
+  EXPECT_NE(e0, kMaxEpoch);
+  EXPECT_EQ(Info(cluster->p.stage1).epoch(), e0);
 }
 
 }  // namespace
