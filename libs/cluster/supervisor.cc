@@ -202,7 +202,8 @@ void Supervisor::SaveState() const {
   }
 }
 
-absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* stop_requested) {
+absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* stop_requested,
+                                     const std::string& http_address) {
   const auto end = Clock::now() + std::chrono::seconds(options_.health_timeout_s);
   const size_t index = &p - procs_.data();
   while (true) {
@@ -214,7 +215,13 @@ absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* s
           absl::StrCat(p.name, " (pid ", p.pid, ") ", DescribeExit(status),
                        " before becoming SERVING; see its log ", p.log, ":\n", Tail(p.log, 15)));
     }
-    if (GrpcHealth(p.address, config_.tls_dir) == Health::kServing) return absl::OkStatus();
+    if (GrpcHealth(p.address, config_.tls_dir) == Health::kServing) {
+      std::string detail;
+      if (http_address.empty() || RouterReady(http_address, config_.tls_dir, /*api_key=*/"",
+                                              &detail) != Health::kUnreachable) {
+        return absl::OkStatus();
+      }
+    }
     if (Clock::now() > end) {
       return absl::DeadlineExceededError(absl::StrCat(
           p.name, " (pid ", p.pid, ") did not become SERVING at ", p.address, " within ",
@@ -360,7 +367,9 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
     const std::vector<std::string> log_args = LogArgs(c);
     argv.insert(argv.end(), log_args.begin(), log_args.end());
     if (auto st = Spawn("router", c.RouterGrpcAddress(), argv); !st.ok()) return fail(st);
-    if (auto st = WaitServing(procs_.back(), stop_requested); !st.ok()) return fail(st);
+    if (auto st = WaitServing(procs_.back(), stop_requested, c.RouterHttpAddress()); !st.ok()) {
+      return fail(st);
+    }
   }
   return absl::OkStatus();
 }

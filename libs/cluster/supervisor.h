@@ -146,7 +146,10 @@ class Supervisor {
   std::string StageEndpoint(int i, int r = 0) const;
   std::string StageMetricsListen(int i, int r = 0) const;
   std::string StageMetricsEndpoint(int i, int r = 0) const;
-  absl::Status WaitServing(const ProcessInfo& p, const volatile int* stop_requested);
+  // Until `p` reports SERVING on gRPC health and, when `http_address` is given (the router), its
+  // HTTP port answers too (the router opens it after its gRPC server).
+  absl::Status WaitServing(const ProcessInfo& p, const volatile int* stop_requested,
+                           const std::string& http_address = "");
 
   ClusterConfig config_;
   SupervisorOptions options_;

@@ -111,8 +111,13 @@ void DraftPool::Loop() {
 
 std::unique_ptr<DraftPool::Lease> DraftPool::Pick(const std::vector<const Replica*>& tried) {
   std::lock_guard<std::mutex> l(mu_);  // a consistent choice between concurrent picks
+  // The KV fraction is sampled by the health checks, so it may describe a request that ended
+  // since; fractions closer than this count as equal (it still steers away from a replica that
+  // other routers have filled).
+  constexpr float kKvBand = 0.25f;
   Replica* best = nullptr;
-  double best_load = 0;
+  int best_running = 0;
+  float best_kv = 0;
   // Starting the scan one replica further each time spreads requests over equally loaded
   // replicas (one client sending requests one after another uses them all).
   const size_t n = replicas_.size(), first = next_++ % n;
@@ -120,11 +125,13 @@ std::unique_ptr<DraftPool::Lease> DraftPool::Pick(const std::vector<const Replic
     const auto& r = replicas_[(first + k) % n];
     if (!r->healthy) continue;
     if (std::find(tried.begin(), tried.end(), r.get()) != tried.end()) continue;
-    // Requests first; the KV fraction (< 1) only orders replicas with equal counts.
-    const double load = r->running.load() + r->kv_reserved_fraction.load();
-    if (!best || load < best_load) {
+    // Requests first (this router's exact count); the KV fraction only orders equal counts.
+    const int running = r->running.load();
+    const float kv = r->kv_reserved_fraction.load();
+    if (!best || running < best_running || (running == best_running && kv < best_kv - kKvBand)) {
       best = r.get();
-      best_load = load;
+      best_running = running;
+      best_kv = kv;
     }
   }
   return best ? std::make_unique<Lease>(best) : nullptr;

@@ -1,10 +1,10 @@
 // The draft services the router balances over: one per pipeline replica (--draft a,b,...). A
 // background thread asks every replica for its DraftInfo each check interval; a replica is healthy
 // while it answers and its pipeline is connected. New requests go to the healthy replica with the
-// fewest of this router's requests running on it, then the least reserved KV fraction, equal ones
-// taken in turn; a call that finds its replica UNAVAILABLE ejects it at once (until a check
-// succeeds again) and the request moves to another replica if nothing was streamed yet. A request
-// stays on its replica. No gRPC include in this header.
+// fewest of this router's requests running on it, then the clearly (by more than 0.25) least
+// reserved KV fraction, equal ones taken in turn; a call that finds its replica UNAVAILABLE ejects
+// it at once (until a check succeeds again) and the request moves to another replica if nothing was
+// streamed yet. A request stays on its replica. No gRPC include in this header.
 #pragma once
 
 #include <atomic>
