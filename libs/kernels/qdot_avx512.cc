@@ -75,6 +75,25 @@ struct Args {
   int64_t nb;  // weight blocks per row
 };
 
+// A tile's R x T accumulators: cleared before, and each summed into y[t * ys + r] after.
+template <int R, int T>
+inline void ZeroTile(__m512 (&acc)[R][T]) {
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+  }
+}
+
+template <int R, int T>
+inline void StoreTile(const Args& g, const __m512 (&acc)[R][T]) {
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int t = 0; t < T; ++t) g.y[t * g.ys + r] = Sum512(acc[r][t]);
+  }
+}
+
 // ----- Q4_0 / Q8_0 (blocks of 32, two per 512-bit register) -------------------------------------
 
 template <bool kQ4>
@@ -138,11 +157,7 @@ struct K32 {
   template <int R, int T>
   static void Run(const Args& g) {
     __m512 acc[R][T];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-    }
+    ZeroTile(acc);
     const __m512i k8 = _mm512_set1_epi8(kQ4 ? 8 : static_cast<char>(0x80));
     const int64_t np = g.nb / 2;
     for (int64_t p = 0; p < np; ++p) {
@@ -204,11 +219,7 @@ struct K32 {
         }
       }
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) g.y[t * g.ys + r] = Sum512(acc[r][t]);
-    }
+    StoreTile(g, acc);
   }
 };
 
@@ -223,11 +234,7 @@ struct KQ4_K {
   template <int R, int T>
   static void Run(const Args& g) {
     __m512 acc[R][T];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-    }
+    ZeroTile(acc);
     const __m512i low4 = _mm512_set1_epi8(0x0f);
     // Shift counts per 16-bit lane: the low 256 bits keep the low nibbles, the high get the high.
     const __m512i nib_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(4), 1);
@@ -286,11 +293,7 @@ struct KQ4_K {
         }
       }
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) g.y[t * g.ys + r] = Sum512(acc[r][t]);
-    }
+    StoreTile(g, acc);
   }
 };
 
@@ -305,11 +308,7 @@ struct KQ6_K {
   template <int R, int T>
   static void Run(const Args& g) {
     __m512 acc[R][T];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
-    }
+    ZeroTile(acc);
     const __m512i low4 = _mm512_set1_epi8(0x0f), three = _mm512_set1_epi8(3);
     const __m512i qh_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
     for (int64_t b = 0; b < g.nb; ++b) {
@@ -384,11 +383,7 @@ struct KQ6_K {
         }
       }
     }
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) g.y[t * g.ys + r] = Sum512(acc[r][t]);
-    }
+    StoreTile(g, acc);
   }
 };
 

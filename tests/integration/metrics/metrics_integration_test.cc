@@ -206,7 +206,9 @@ TEST_F(MetricsIntegrationTest, StageMetricsEqualStats) {
     EXPECT_TRUE(e.types.count("process_cpu_seconds_total")) << text;
     for (const auto& [name, type] : e.types) {
       const bool shared = name == "pipeinfer_build_info" || name.rfind("process_", 0) == 0;
-      if (!shared) EXPECT_EQ(name.rfind("pipeinfer_stage_", 0), 0u) << name;
+      if (!shared) {
+        EXPECT_EQ(name.rfind("pipeinfer_stage_", 0), 0u) << name;
+      }
       const bool total = name.size() > 6 && name.compare(name.size() - 6, 6, "_total") == 0;
       EXPECT_EQ(type == "counter", total) << name << " is a " << type;
     }

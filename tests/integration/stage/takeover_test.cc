@@ -13,7 +13,6 @@
 #include <chrono>
 #include <limits>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,7 +29,6 @@ namespace {
 
 using pipeinfer::testing::DraftPipeline;
 using pipeinfer::testing::FixturePath;
-using pipeinfer::testing::ReadText;
 using pipeinfer::testing::ServiceGroup;
 using pipeinfer::testing::StartDraftPipeline;
 using pipeinfer::testing::StartServiceGroup;
@@ -42,12 +40,10 @@ constexpr milliseconds kDraftMaxBackoff{2000};
 constexpr milliseconds kBound = kLease + kDraftMaxBackoff + milliseconds(1000);
 constexpr uint64_t kMaxEpoch = std::numeric_limits<uint64_t>::max();
 
+// The fixture's ids (testing::ReadIds) as the proto's unsigned ids.
 std::vector<uint32_t> ReadIds(const std::string& path) {
-  std::istringstream in(ReadText(path));
-  std::vector<uint32_t> ids;
-  uint32_t v;
-  while (in >> v) ids.push_back(v);
-  return ids;
+  const std::vector<int32_t> ids = pipeinfer::testing::ReadIds(path);
+  return {ids.begin(), ids.end()};
 }
 
 std::shared_ptr<grpc::Channel> ChannelFor(const std::string& addr) {
