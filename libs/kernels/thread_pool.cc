@@ -1,6 +1,7 @@
 #include "kernels/thread_pool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 
@@ -20,6 +21,20 @@ class ActiveScope {
  private:
   const ThreadPool* saved_;
 };
+
+// Polls `ready` for up to ThreadPool::kSpinMicros; true as soon as it holds.
+template <class F>
+bool SpinUntil(const F& ready) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::microseconds(ThreadPool::kSpinMicros);
+  for (int i = 0;; ++i) {
+    if (ready()) return true;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((i & 63) == 63 && std::chrono::steady_clock::now() >= deadline) return false;
+  }
+}
 
 }  // namespace
 
@@ -42,6 +57,10 @@ void ThreadPool::WorkerLoop(int index) {
   for (;;) {
     std::pair<int64_t, int64_t> chunk{0, 0};
     const std::function<void(int64_t, int64_t, int)>* fn = nullptr;
+    SpinUntil([&] {
+      return stop_.load(std::memory_order_acquire) ||
+             generation_.load(std::memory_order_acquire) != seen;
+    });
     {
       std::unique_lock<std::mutex> lock(mu_);
       work_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
@@ -102,6 +121,7 @@ void ThreadPool::ParallelFor(
   struct WaitForWorkers {
     ThreadPool* pool;
     ~WaitForWorkers() {
+      SpinUntil([&] { return pool->pending_.load(std::memory_order_acquire) == 0; });
       std::unique_lock<std::mutex> lock(pool->mu_);
       pool->done_cv_.wait(lock, [&] { return pool->pending_ == 0; });
       pool->fn_ = nullptr;
