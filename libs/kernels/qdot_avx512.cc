@@ -111,11 +111,7 @@ struct KQ4_0 {
   template <int R, int T>
   static void Run(const Args& g) {
     __m256 acc[R][T];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    }
+    ZeroTile(acc);
     const int64_t np = g.nb / 2;
     int64_t p = 0;
     for (; p + 2 <= np; p += 2) {
@@ -170,7 +166,7 @@ struct KQ4_0 {
         }
       }
     }
-    StoreTile8(g, acc);
+    StoreTile(g, acc);
   }
 };
 

@@ -89,32 +89,28 @@ struct Args {
   int64_t nb;  // weight blocks per row
 };
 
-// A tile's R x T accumulators: cleared before, and each summed into y[t * ys + r] after.
-template <int R, int T>
-inline void ZeroTile(__m512 (&acc)[R][T]) {
+inline void SetZero(__m512& v) { v = _mm512_setzero_ps(); }
+inline void SetZero(__m256& v) { v = _mm256_setzero_ps(); }
+inline float SumLanes(__m512 v) { return Sum512(v); }
+inline float SumLanes(__m256 v) { return Sum256(v); }
+
+// A tile's R x T accumulators (16 or 8 lanes): cleared before, and each summed into
+// y[t * ys + r] after.
+template <class V, int R, int T>
+inline void ZeroTile(V (&acc)[R][T]) {
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int t = 0; t < T; ++t) acc[r][t] = _mm512_setzero_ps();
+    for (int t = 0; t < T; ++t) SetZero(acc[r][t]);
   }
 }
 
-template <int R, int T>
-inline void StoreTile(const Args& g, const __m512 (&acc)[R][T]) {
+template <class V, int R, int T>
+inline void StoreTile(const Args& g, const V (&acc)[R][T]) {
 #pragma GCC unroll 4
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 4
-    for (int t = 0; t < T; ++t) g.y[t * g.ys + r] = Sum512(acc[r][t]);
-  }
-}
-
-// As StoreTile, for 8-lane accumulators.
-template <int R, int T>
-inline void StoreTile8(const Args& g, const __m256 (&acc)[R][T]) {
-#pragma GCC unroll 4
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-    for (int t = 0; t < T; ++t) g.y[t * g.ys + r] = Sum256(acc[r][t]);
+    for (int t = 0; t < T; ++t) g.y[t * g.ys + r] = SumLanes(acc[r][t]);
   }
 }
 

@@ -28,11 +28,7 @@ struct KQ4_K {
   template <int R, int T>
   static void Run(const Args& g) {
     __m256 acc[R][T];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 4
-      for (int t = 0; t < T; ++t) acc[r][t] = _mm256_setzero_ps();
-    }
+    ZeroTile(acc);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     for (int64_t b = 0; b < g.nb; ++b) {
       __m256i scales[R];  // the 8 sub-block scales as 16-bit lanes, in both 128-bit halves
@@ -91,7 +87,7 @@ struct KQ4_K {
         }
       }
     }
-    StoreTile8(g, acc);
+    StoreTile(g, acc);
   }
 };
 
