@@ -30,16 +30,23 @@ int32_t DotQ8_0(const uint8_t* b, const int8_t* x) {
   return s;
 }
 
-// Q4_K super-block: returns d_w * d_x * sum_j sc_j * dot_j - dmin_w * d_x * sum_j m_j * xsum_j.
-float DotQ4_K(const uint8_t* b, const int8_t* x, float dx, const int16_t* bsums) {
-  const uint8_t* qs = b + 16;
+// Q4_K (kQ5 false) / Q5_K super-block: returns d_w * d_x * sum_j sc_j * dot_j - dmin_w * d_x *
+// sum_j m_j * xsum_j; Q5_K's weights have a fifth bit from qh.
+template <bool kQ5>
+float DotQ45_K(const uint8_t* b, const int8_t* x, float dx, const int16_t* bsums) {
+  const uint8_t* qh = b + 16;
+  const uint8_t* qs = b + (kQ5 ? 48 : 16);
   int32_t sumi = 0, summ = 0;
   for (int j = 0; j < 8; ++j) {
     int sc, m;
     ScaleMinK4(b + 4, j, &sc, &m);
     const int c = j / 2, shift = 4 * (j % 2);
     int32_t s = 0;
-    for (int l = 0; l < 32; ++l) s += ((qs[32 * c + l] >> shift) & 0xf) * x[32 * j + l];
+    for (int l = 0; l < 32; ++l) {
+      int q = (qs[32 * c + l] >> shift) & 0xf;
+      if (kQ5) q |= ((qh[l] >> j) & 1) << 4;
+      s += q * x[32 * j + l];
+    }
     sumi += sc * s;
     summ += m * (bsums[2 * j] + bsums[2 * j + 1]);
   }
@@ -129,27 +136,6 @@ float DotQ3_K(const uint8_t* b, const int8_t* x, float dx) {
     sumi += sc[s] * dot;
   }
   return LoadHalf(b + 108) * dx * static_cast<float>(sumi);
-}
-
-// Q5_K super-block: as Q4_K with the fifth bit from qh.
-float DotQ5_K(const uint8_t* b, const int8_t* x, float dx, const int16_t* bsums) {
-  const uint8_t* qh = b + 16;
-  const uint8_t* qs = b + 48;
-  int32_t sumi = 0, summ = 0;
-  for (int j = 0; j < 8; ++j) {
-    int sc, m;
-    ScaleMinK4(b + 4, j, &sc, &m);
-    const int c = j / 2, shift = 4 * (j % 2);
-    int32_t s = 0;
-    for (int l = 0; l < 32; ++l) {
-      const int q = ((qs[32 * c + l] >> shift) & 0xf) | (((qh[l] >> j) & 1) << 4);
-      s += q * x[32 * j + l];
-    }
-    sumi += sc * s;
-    summ += m * (bsums[2 * j] + bsums[2 * j + 1]);
-  }
-  const float d = LoadHalf(b) * dx, dmin = LoadHalf(b + 2) * dx;
-  return d * static_cast<float>(sumi) - dmin * static_cast<float>(summ);
 }
 
 // Round to nearest, ties to even (as nearbyint in the default rounding mode) for |v| < 2^22,
@@ -293,8 +279,8 @@ void ScalarQuantRows(const Matrix& w, const QuantActs& a, int64_t n_tokens, floa
         case TensorType::kQ4_K:
         case TensorType::kQ5_K: {  // the K-quants with mins
           const auto dot = w.type == TensorType::kQ2_K   ? DotQ2_K
-                           : w.type == TensorType::kQ4_K ? DotQ4_K
-                                                         : DotQ5_K;
+                           : w.type == TensorType::kQ4_K ? DotQ45_K<false>
+                                                         : DotQ45_K<true>;
           const int64_t bytes = w.type == TensorType::kQ2_K   ? 84
                                 : w.type == TensorType::kQ4_K ? 144
                                                               : 176;

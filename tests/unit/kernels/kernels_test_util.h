@@ -151,7 +151,69 @@ inline void RefScaleMinK4(const uint8_t* s, int j, int* sc, int* m) {
   }
 }
 
+// Weight i of a block as integers: w = D * sc * q - M * m (K-quants and Q4_0/Q5_0/Q8_0 with
+// sc = 1, m = 0), or w = D * q + M (Q4_1/Q5_1: sc = 1, m = 1, minus sign dropped).
+struct RefParts {
+  int q, sc, m;
+};
+
+inline RefParts RefWeightParts(TensorType t, const uint8_t* b, int i) {
+  switch (t) {
+    case TensorType::kQ8_0:
+      return {static_cast<int8_t>(b[2 + i]), 1, 0};
+    case TensorType::kQ4_0:
+    case TensorType::kQ4_1: {
+      const uint8_t byte = b[(t == TensorType::kQ4_0 ? 2 : 4) + i % 16];
+      const int q = i < 16 ? byte % 16 : byte / 16;
+      return t == TensorType::kQ4_0 ? RefParts{q - 8, 1, 0} : RefParts{q, 1, 1};
+    }
+    case TensorType::kQ5_0:
+    case TensorType::kQ5_1: {
+      const bool q51 = t == TensorType::kQ5_1;
+      const uint8_t* qh = b + (q51 ? 4 : 2);
+      const uint8_t byte = b[(q51 ? 8 : 6) + i % 16];
+      const int q = (i < 16 ? byte % 16 : byte / 16) + 16 * ((qh[i / 8] >> (i % 8)) & 1);
+      return q51 ? RefParts{q, 1, 1} : RefParts{q - 16, 1, 0};
+    }
+    case TensorType::kQ2_K: {
+      const int h = i / 128, j = (i % 128) / 32, l = i % 32, s = i / 16;
+      return {(b[16 + 32 * h + l] >> (2 * j)) & 3, b[s] % 16, b[s] / 16};
+    }
+    case TensorType::kQ3_K: {
+      const int h = i / 128, j = (i % 128) / 32, l = i % 32, s = i / 16;
+      const uint8_t* scales = b + 96;
+      const int low = s < 8 ? scales[s] % 16 : scales[s - 8] / 16;
+      const int high = (scales[8 + s % 4] >> (2 * (s / 4))) & 3;
+      const int hbit = (b[l] >> (4 * h + j)) & 1;
+      return {((b[32 + 32 * h + l] >> (2 * j)) & 3) - (hbit ? 0 : 4), low + 16 * high - 32, 0};
+    }
+    case TensorType::kQ4_K:
+    case TensorType::kQ5_K: {
+      const bool q5 = t == TensorType::kQ5_K;
+      const int c = i / 64, r = i % 64, sub = i / 32;
+      const uint8_t byte = b[(q5 ? 48 : 16) + 32 * c + r % 32];
+      int q = r < 32 ? byte % 16 : byte / 16;
+      if (q5) q += 16 * ((b[16 + r % 32] >> sub) & 1);
+      int sc, m;
+      RefScaleMinK4(b + 4, sub, &sc, &m);
+      return {q, sc, m};
+    }
+    case TensorType::kQ6_K: {
+      const int h = i / 128, g = (i % 128) / 32, l = i % 32, s = i / 16;
+      const uint8_t lbyte = b[64 * h + l + 32 * (g % 2)];
+      const int low = g < 2 ? lbyte % 16 : lbyte / 16;
+      const int high = (b[128 + 32 * h + l] >> (2 * g)) & 3;
+      return {low + 16 * high - 32, static_cast<int8_t>(b[192 + s]), 0};
+    }
+    default:
+      return {0, 0, 0};
+  }
+}
+
 inline float RefWeight(TensorType t, const uint8_t* b, int i) {
+  const RefParts p = RefWeightParts(t, b, i);
+  const float q = static_cast<float>(p.q), sc = static_cast<float>(p.sc);
+  const float m = static_cast<float>(p.m);
   switch (t) {
     case TensorType::kF32: {
       float f;
@@ -167,64 +229,21 @@ inline float RefWeight(TensorType t, const uint8_t* b, int i) {
       return f;
     }
     case TensorType::kQ8_0:
-      return static_cast<float>(static_cast<int8_t>(b[2 + i])) * Half(b);
-    case TensorType::kQ4_0: {
-      const uint8_t byte = b[2 + i % 16];
-      const int q = i < 16 ? byte % 16 : byte / 16;
-      return static_cast<float>(q - 8) * Half(b);
-    }
-    case TensorType::kQ4_1: {
-      const uint8_t byte = b[4 + i % 16];
-      const int q = i < 16 ? byte % 16 : byte / 16;
-      return static_cast<float>(q) * Half(b) + Half(b + 2);
-    }
+    case TensorType::kQ4_0:
     case TensorType::kQ5_0:
-    case TensorType::kQ5_1: {
-      const bool q51 = t == TensorType::kQ5_1;
-      const uint8_t* qh = b + (q51 ? 4 : 2);
-      const uint8_t byte = b[(q51 ? 8 : 6) + i % 16];
-      const int fifth = (qh[i / 8] >> (i % 8)) & 1;  // bit i of the little-endian u32
-      const int q = (i < 16 ? byte % 16 : byte / 16) + 16 * fifth;
-      if (q51) return static_cast<float>(q) * Half(b) + Half(b + 2);
-      return static_cast<float>(q - 16) * Half(b);
-    }
-    case TensorType::kQ2_K: {
-      const int h = i / 128, j = (i % 128) / 32, l = i % 32, s = i / 16;
-      const int q = (b[16 + 32 * h + l] >> (2 * j)) & 3;
-      const float d = Half(b + 80), dmin = Half(b + 82);
-      return (d * static_cast<float>(b[s] % 16)) * static_cast<float>(q) -
-             dmin * static_cast<float>(b[s] / 16);
-    }
-    case TensorType::kQ3_K: {
-      const int h = i / 128, j = (i % 128) / 32, l = i % 32, s = i / 16;
-      const uint8_t* scales = b + 96;
-      const int low = s < 8 ? scales[s] % 16 : scales[s - 8] / 16;
-      const int high = (scales[8 + s % 4] >> (2 * (s / 4))) & 3;
-      const int sc = low + 16 * high - 32;
-      const int hbit = (b[l] >> (4 * h + j)) & 1;
-      const int q = ((b[32 + 32 * h + l] >> (2 * j)) & 3) - (hbit ? 0 : 4);
-      return (Half(b + 108) * static_cast<float>(sc)) * static_cast<float>(q);
-    }
+      return q * Half(b);
+    case TensorType::kQ4_1:
+    case TensorType::kQ5_1:
+      return q * Half(b) + Half(b + 2);
+    case TensorType::kQ2_K:
+      return (Half(b + 80) * sc) * q - Half(b + 82) * m;
+    case TensorType::kQ3_K:
+      return (Half(b + 108) * sc) * q;
     case TensorType::kQ4_K:
-    case TensorType::kQ5_K: {
-      const bool q5 = t == TensorType::kQ5_K;
-      const int c = i / 64, r = i % 64, sub = i / 32;
-      const uint8_t byte = b[(q5 ? 48 : 16) + 32 * c + r % 32];
-      int q = r < 32 ? byte % 16 : byte / 16;
-      if (q5) q += 16 * ((b[16 + r % 32] >> sub) & 1);
-      int sc, m;
-      RefScaleMinK4(b + 4, sub, &sc, &m);
-      return (Half(b) * static_cast<float>(sc)) * static_cast<float>(q) -
-             Half(b + 2) * static_cast<float>(m);
-    }
-    case TensorType::kQ6_K: {
-      const int h = i / 128, g = (i % 128) / 32, l = i % 32, s = i / 16;
-      const uint8_t lbyte = b[64 * h + l + 32 * (g % 2)];
-      const int low = g < 2 ? lbyte % 16 : lbyte / 16;
-      const int high = (b[128 + 32 * h + l] >> (2 * g)) & 3;
-      const int sc = static_cast<int8_t>(b[192 + s]);
-      return (Half(b + 208) * static_cast<float>(sc)) * static_cast<float>(low + 16 * high - 32);
-    }
+    case TensorType::kQ5_K:
+      return (Half(b) * sc) * q - Half(b + 2) * m;
+    case TensorType::kQ6_K:
+      return (Half(b + 208) * sc) * q;
     default:
       return NAN;
   }
