@@ -105,16 +105,29 @@ void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int6
   d.resize(static_cast<size_t>(n_tokens * nb));
   if (ab == 256) bsums.resize(static_cast<size_t>(n_tokens * nb * 16));
   if (q8_1) sums.resize(static_cast<size_t>(n_tokens * nb));
-  for (int64_t t = 0; t < n_tokens; ++t) {
-    if (q8_1) {
-      internal::QuantizeQ8_1(x + t * x_stride, m.cols, qs.data() + t * m.cols, d.data() + t * nb,
-                             sums.data() + t * nb);
-    } else if (ab == 32) {
-      internal::QuantizeQ8_0(x + t * x_stride, m.cols, qs.data() + t * m.cols, d.data() + t * nb);
-    } else {
-      internal::QuantizeQ8_K(x + t * x_stride, m.cols, qs.data() + t * m.cols, d.data() + t * nb,
-                             bsums.data() + t * nb * 16);
+  // Each token's row on its own (batches: split over the pool; the result does not depend on it).
+  // The buffers are the calling thread's (thread_local): the workers get their addresses.
+  int8_t* const qs_p = qs.data();
+  float* const d_p = d.data();
+  int16_t* const bsums_p = bsums.data();
+  float* const sums_p = sums.data();
+  const auto quantize = [&](int64_t t0, int64_t t1, int) {
+    for (int64_t t = t0; t < t1; ++t) {
+      if (q8_1) {
+        internal::QuantizeQ8_1(x + t * x_stride, m.cols, qs_p + t * m.cols, d_p + t * nb,
+                               sums_p + t * nb);
+      } else if (ab == 32) {
+        internal::QuantizeQ8_0(x + t * x_stride, m.cols, qs_p + t * m.cols, d_p + t * nb);
+      } else {
+        internal::QuantizeQ8_K(x + t * x_stride, m.cols, qs_p + t * m.cols, d_p + t * nb,
+                               bsums_p + t * nb * 16);
+      }
     }
+  };
+  if (n_tokens == 1) {
+    quantize(0, 1, 0);
+  } else {
+    pool.ParallelFor(n_tokens, 1, quantize);
   }
   internal::QuantActs a;
 #if PIPEINFER_KERNELS_X86

@@ -7,6 +7,7 @@
 #include "kernels/act_quant.h"
 #include "kernels/formats.h"
 #include "kernels/half.h"
+#include "kernels/simd.h"
 
 namespace pipeinfer::kernels::internal {
 namespace {
@@ -155,11 +156,23 @@ inline float MaxAbs(float m, float v) {
 
 // The 32 quants of a Q8_0/Q8_1 block: q = nearbyint(x * 127 / amax); returns amax.
 float Quantize32(const float* x, int8_t* qs) {
+#if PIPEINFER_KERNELS_X86
+  if (UsingSimd()) return avx2::Quantize32(x, qs);
+#endif
   float amax = 0.0f;
   for (int j = 0; j < 32; ++j) amax = MaxAbs(amax, x[j]);
   const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
   for (int j = 0; j < 32; ++j) qs[j] = static_cast<int8_t>(RoundNearest(x[j] * id));
   return amax;
+}
+
+// The 16 sums of 16 quants of a Q8_K block.
+void BlockSums16(const int8_t* qs, int16_t* bsums) {
+  for (int j = 0; j < 16; ++j) {
+    int s = 0;
+    for (int l = 0; l < 16; ++l) s += qs[16 * j + l];
+    bsums[j] = static_cast<int16_t>(s);
+  }
 }
 
 }  // namespace
@@ -208,6 +221,20 @@ void QuantizeQ8_1(const float* x, int64_t n, int8_t* qs, float* d, float* s) {
 void QuantizeQ8_K(const float* x, int64_t n, int8_t* qs, float* d, int16_t* bsums) {
   const float top = GetActQuantScheme() == ActQuantScheme::kLlamaCpp2024 ? -127.0f : -128.0f;
   for (int64_t b = 0; b < n / 256; ++b, x += 256, qs += 256, bsums += 16) {
+#if PIPEINFER_KERNELS_X86
+    if (UsingSimd()) {
+      float iscale;
+      if (!avx2::QuantizeQ8_KBlock(x, top, qs, &iscale)) {
+        d[b] = 0.0f;
+        for (int j = 0; j < 256; ++j) qs[j] = 0;
+        for (int j = 0; j < 16; ++j) bsums[j] = 0;
+        continue;
+      }
+      BlockSums16(qs, bsums);
+      d[b] = 1.0f / iscale;
+      continue;
+    }
+#endif
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < 256; ++j) {
       if (std::fabs(x[j]) > amax) {
@@ -226,11 +253,7 @@ void QuantizeQ8_K(const float* x, int64_t n, int8_t* qs, float* d, int16_t* bsum
       const int v = RoundNearest(iscale * x[j]);
       qs[j] = static_cast<int8_t>(v > 127 ? 127 : v);
     }
-    for (int j = 0; j < 16; ++j) {
-      int s = 0;
-      for (int l = 0; l < 16; ++l) s += qs[16 * j + l];
-      bsums[j] = static_cast<int16_t>(s);
-    }
+    BlockSums16(qs, bsums);
     d[b] = 1.0f / iscale;
   }
 }

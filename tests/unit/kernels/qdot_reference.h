@@ -137,7 +137,7 @@ inline RefDot RefIntegerDot(TensorType t, const uint8_t* row, int64_t cols, cons
     double d, m;
     RefBlockFactors(t, b, &d, &m);
     int64_t s1 = 0, s2 = 0, a1 = 0, a2 = 0;
-    for (int i = 0; i < info.block_size; ++i) {
+    for (int i = 0; i < static_cast<int>(info.block_size); ++i) {
       const int64_t c = blk * info.block_size + i;
       const RefParts p = RefWeightParts(t, b, i);
       s1 += static_cast<int64_t>(p.sc) * p.q * a.q[c];
