@@ -81,9 +81,10 @@ struct KQ4_0 {
       const __m256i hi = _mm256_permute2x128_si256(a, b, 0x31);
       const __m256i sum =
           _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), k8, lo), k8, hi);
-      const __m256 dx = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(_mm_castpd_ps(_mm_load_sd(
-                                                     reinterpret_cast<const double*>(d + 2 * p)))),
-                                                 pick);
+      // The two scales d[2p], d[2p + 1] (8 bytes, 4-byte aligned: an unaligned 64-bit load).
+      const __m128 d2 =
+          _mm_castsi128_ps(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(d + 2 * p)));
+      const __m256 dx = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(d2), pick);
       uint8_t* o = out + kAuxBytes * p;
       _mm256_store_si256(reinterpret_cast<__m256i*>(o), lo);
       _mm256_store_si256(reinterpret_cast<__m256i*>(o + 32), hi);
