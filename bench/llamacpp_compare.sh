@@ -154,7 +154,7 @@ LLAMA_BENCH=$LLAMACPP_DIR/build-cpu/bin/llama-bench
   echo "llama.cpp: $(git -C "$LLAMACPP_DIR/src" rev-parse HEAD) (node-llama-cpp $NODE_LLAMA_CPP_VERSION bundle)"
   echo "llama.cpp build: $(grep -E '^GGML_(NATIVE|AVX[A-Z0-9_]*|AMX[A-Z_]*|F16C|FMA|BMI2|SSE42|OPENMP):' \
     "$LLAMACPP_DIR/build-cpu/CMakeCache.txt" | sed 's/:BOOL//' | tr '\n' ' ')"
-  echo "OMP_WAIT_POLICY: ${OMP_WAIT_POLICY:-unset} (llama.cpp's OpenMP threads; ours never spin)"
+  echo "OMP_WAIT_POLICY: ${OMP_WAIT_POLICY:-unset} (llama.cpp's OpenMP threads; ours poll for at most 100 us between kernel calls, then sleep)"
   echo "model shape: $SHAPE (random weights, pipeinfer gguf synth --seed 1)"
   if grep -qw amx_int8 /proc/cpuinfo; then
     echo "AMX: this CPU has AMX (the tables use the AMX-off build)"

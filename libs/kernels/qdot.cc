@@ -166,13 +166,23 @@ float Quantize32(const float* x, int8_t* qs) {
   return amax;
 }
 
-// The 16 sums of 16 quants of a Q8_K block.
-void BlockSums16(const int8_t* qs, int16_t* bsums) {
-  for (int j = 0; j < 16; ++j) {
-    int s = 0;
-    for (int l = 0; l < 16; ++l) s += qs[16 * j + l];
-    bsums[j] = static_cast<int16_t>(s);
+// A Q8_K block's 256 quants: max = the first value of the largest magnitude, iscale = top / max,
+// q = min(127, nearbyint(iscale * x)); false (nothing written) when every value is 0 or NaN.
+bool QuantizeQ8_KBlock(const float* x, float top, int8_t* qs, float* iscale) {
+  float amax = 0.0f, max = 0.0f;
+  for (int j = 0; j < 256; ++j) {
+    if (std::fabs(x[j]) > amax) {
+      amax = std::fabs(x[j]);
+      max = x[j];
+    }
   }
+  if (amax == 0.0f) return false;
+  *iscale = top / max;
+  for (int j = 0; j < 256; ++j) {
+    const int v = RoundNearest(*iscale * x[j]);
+    qs[j] = static_cast<int8_t>(v > 127 ? 127 : v);
+  }
+  return true;
 }
 
 }  // namespace
@@ -221,39 +231,24 @@ void QuantizeQ8_1(const float* x, int64_t n, int8_t* qs, float* d, float* s) {
 void QuantizeQ8_K(const float* x, int64_t n, int8_t* qs, float* d, int16_t* bsums) {
   const float top = GetActQuantScheme() == ActQuantScheme::kLlamaCpp2024 ? -127.0f : -128.0f;
   for (int64_t b = 0; b < n / 256; ++b, x += 256, qs += 256, bsums += 16) {
+    float iscale = 0.0f;
 #if PIPEINFER_KERNELS_X86
-    if (UsingSimd()) {
-      float iscale;
-      if (!avx2::QuantizeQ8_KBlock(x, top, qs, &iscale)) {
-        d[b] = 0.0f;
-        for (int j = 0; j < 256; ++j) qs[j] = 0;
-        for (int j = 0; j < 16; ++j) bsums[j] = 0;
-        continue;
-      }
-      BlockSums16(qs, bsums);
-      d[b] = 1.0f / iscale;
-      continue;
-    }
+    const bool any = UsingSimd() ? avx2::QuantizeQ8_KBlock(x, top, qs, &iscale)
+                                 : QuantizeQ8_KBlock(x, top, qs, &iscale);
+#else
+    const bool any = QuantizeQ8_KBlock(x, top, qs, &iscale);
 #endif
-    float amax = 0.0f, max = 0.0f;
-    for (int j = 0; j < 256; ++j) {
-      if (std::fabs(x[j]) > amax) {
-        amax = std::fabs(x[j]);
-        max = x[j];
-      }
-    }
-    if (amax == 0.0f) {
+    if (!any) {
       d[b] = 0.0f;
       for (int j = 0; j < 256; ++j) qs[j] = 0;
       for (int j = 0; j < 16; ++j) bsums[j] = 0;
       continue;
     }
-    const float iscale = top / max;
-    for (int j = 0; j < 256; ++j) {
-      const int v = RoundNearest(iscale * x[j]);
-      qs[j] = static_cast<int8_t>(v > 127 ? 127 : v);
+    for (int j = 0; j < 16; ++j) {
+      int s = 0;
+      for (int l = 0; l < 16; ++l) s += qs[16 * j + l];
+      bsums[j] = static_cast<int16_t>(s);
     }
-    BlockSums16(qs, bsums);
     d[b] = 1.0f / iscale;
   }
 }

@@ -49,9 +49,10 @@ void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);
 void SwiGlu(const float* gate, const float* up, float* out, int64_t n);
 float SoftmaxInPlace(float* x, int64_t n);
 
-// Activation quantizers (act_quant_avx2.cc), bit-identical to the portable ones of qdot.cc: the
-// 32 quants of a Q8_0/Q8_1 block (returns amax); a Q8_K block's 256 quants (false, nothing
-// written, when every value is 0 or NaN) and its iscale = top / (first value of largest |x|).
+// Activation quantizers (act_quant_avx2.cc), bit-identical to the portable ones of qdot.cc with
+// the same contracts: the 32 quants of a Q8_0/Q8_1 block (returns amax); a Q8_K block's 256
+// quants and its iscale = top / (first value of the largest |x|), or false (nothing written) when
+// every value is 0 or NaN.
 float Quantize32(const float* x, int8_t* qs);
 bool QuantizeQ8_KBlock(const float* x, float top, int8_t* qs, float* iscale);
 
