@@ -80,10 +80,14 @@ const std::vector<ModeRun>& Modes() {
 }
 
 // Runs every mode for `prompt` against the cluster; returns the tombstoned outcomes counted by the
-// controller (from --show-counters).
+// controller (from --show-counters). Every run must give `want`. A speculative mode must also
+// speculate; verified work has priority, so on a loaded machine (sanitizers, parallel tests) a
+// request can legitimately finish before any draft does: such a mode gets up to 3 requests to
+// show a speculative run (each one still checked token for token).
 uint64_t ExpectModesIdentical(const LocalCluster& c, const std::string& prompt, int n,
                               const std::vector<int32_t>& want,
                               const std::vector<std::string>& knobs) {
+  constexpr int kAttempts = 3;
   uint64_t tombstoned = 0;
   for (const ModeRun& m : Modes()) {
     SCOPED_TRACE(m.name);
@@ -94,16 +98,22 @@ uint64_t ExpectModesIdentical(const LocalCluster& c, const std::string& prompt, 
         "--show-counters"};
     argv.insert(argv.end(), m.flags.begin(), m.flags.end());
     argv.insert(argv.end(), knobs.begin(), knobs.end());
-    const CommandResult r = RunCmd(argv, std::chrono::seconds(120));
-    EXPECT_EQ(r.exit_code, 0) << r.output;
-    EXPECT_EQ(LastIdsLine(r.output), want) << r.output;
-    std::smatch sm;
-    if (std::regex_search(r.output, sm, std::regex("tombstoned ([0-9]+)"))) {
-      tombstoned += std::stoull(sm[1]);
+    std::string last_output;
+    bool speculated = false;
+    for (int attempt = 0; attempt < kAttempts && !speculated; ++attempt) {
+      const CommandResult r = RunCmd(argv, std::chrono::seconds(120));
+      EXPECT_EQ(r.exit_code, 0) << r.output;
+      EXPECT_EQ(LastIdsLine(r.output), want) << r.output;
+      std::smatch sm;
+      if (std::regex_search(r.output, sm, std::regex("tombstoned ([0-9]+)"))) {
+        tombstoned += std::stoull(sm[1]);
+      }
+      speculated =
+          m.name == "plain" || std::regex_search(r.output, std::regex("speculative [1-9]"));
+      last_output = r.output;
     }
-    if (m.name != "plain") {
-      EXPECT_TRUE(std::regex_search(r.output, std::regex("speculative [1-9]"))) << r.output;
-    }
+    EXPECT_TRUE(speculated) << "no speculative run in " << kAttempts << " requests; last:\n"
+                            << last_output;
   }
   return tombstoned;
 }
