@@ -6,6 +6,9 @@
 //                [--n-layer 4] [--n-vocab 4096] [--head] [--runs 1,2,4,8,16] [--prefill 128,512]
 //                [--path scalar|avx2|avx512] [--seconds 2] [--dir /tmp]
 //   engine_bench --model FILE [--threads N] [--prefill 128,512] [--gen 64] [--reps 3] [--json F]
+//   engine_bench --device cuda:0 [...]   the same on a GPU stage (CUDA builds): the bandwidth
+//                column is then the device's HBM, measured by a device-to-device copy in the same
+//                run (bytes read + written per second), and prefill rows add TFLOP/s
 //
 // --head adds the output norm and projection (n_vocab rows) to the stage: every run then returns
 // the logits of its last token, as a decode step does. --prefill N times one run of N tokens in a
@@ -29,10 +32,14 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "engine/devices.h"
 #include "engine/engine.h"
 #include "engine/synth.h"
 #include "kernels/kernels.h"
 #include "model_file_bench.h"
+#ifdef PIPEINFER_HAVE_CUDA
+#include "cuda/cuda_ops.h"
+#endif
 
 namespace {
 
@@ -102,13 +109,19 @@ int main(int argc, char** argv) {
   app.add_option("--n-ff", spec.n_ff);
   app.add_option("--n-layer", spec.n_layer);
   app.add_option("--n-vocab", spec.n_vocab);
+  uint32_t n_head = 0;
+  app.add_option("--n-head", n_head, "Attention heads (query and KV; default 16)");
   app.add_flag("--head", head, "Include the output norm and projection (logits of the last token)");
   app.add_option("--runs", runs_list, "Run sizes (tokens per forward pass) to time");
   app.add_option("--prefill", prefill_list, "Prompt lengths to time as one forward pass each");
   app.add_option("--path", path_name, "Kernel path cap: scalar, avx2 or avx512");
   app.add_option("--seconds", seconds, "Time per measurement");
   app.add_option("--dir", dir, "Where the synthetic models are written");
+  std::string device = "cpu";
+  app.add_option("--device", device, "Where the stage runs: cpu or cuda:N (CUDA builds)");
   CLI11_PARSE(app, argc, argv);
+  const bool gpu = device != "cpu";
+  if (n_head > 0) spec.n_head = spec.n_head_kv = n_head;
 
   if (!path_name.empty()) {
     const auto level = pipeinfer::kernels::ParseSimdLevel(path_name);
@@ -130,12 +143,39 @@ int main(int argc, char** argv) {
     }
   }
   pipeinfer::kernels::ThreadPool pool(threads);
-  const double bw = MeasureReadBandwidth(pool, size_t{1} << 30, seconds);
-  std::printf(
-      "threads %d, kernels %s (cpu: %s), memory read bandwidth %.2f GB/s (1 GiB buffer, "
-      "best of runs)\n",
-      threads, pipeinfer::kernels::ActivePath(), pipeinfer::kernels::CpuFeatureString().c_str(),
-      bw / 1e9);
+  double bw = 0;
+  if (gpu) {
+#ifdef PIPEINFER_HAVE_CUDA
+    const auto parsed = pipeinfer::engine::ParseDevices(device);
+    if (!parsed.ok() || !parsed->cuda || parsed->count() != 1) {
+      std::fprintf(stderr, "--device takes cpu or one cuda:N\n");
+      return 1;
+    }
+    const auto dev = pipeinfer::cuda::UseDevice(parsed->ordinals[0]);
+    auto copy_bw =
+        dev.ok() ? pipeinfer::cuda::MeasureCopyBandwidth(parsed->ordinals[0], size_t{1} << 30, 20)
+                 : absl::StatusOr<double>(dev.status());
+    if (!copy_bw.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(copy_bw.status().message()).c_str());
+      return 1;
+    }
+    bw = *copy_bw;
+    std::printf(
+        "device %s (%s, %d SMs), HBM bandwidth %.1f GB/s (device-to-device copy of 1 GiB, "
+        "bytes read + written, best of 20)\n",
+        device.c_str(), dev->name.c_str(), dev->sm_count, bw / 1e9);
+#else
+    std::fprintf(stderr, "no CUDA device: this build has no CUDA backend\n");
+    return 1;
+#endif
+  } else {
+    bw = MeasureReadBandwidth(pool, size_t{1} << 30, seconds);
+    std::printf(
+        "threads %d, kernels %s (cpu: %s), memory read bandwidth %.2f GB/s (1 GiB buffer, "
+        "best of runs)\n",
+        threads, pipeinfer::kernels::ActivePath(), pipeinfer::kernels::CpuFeatureString().c_str(),
+        bw / 1e9);
+  }
   if (!file_opts.model.empty()) {
     file_opts.threads = threads;
     file_opts.prompt_lengths = prefill_sizes;
@@ -145,8 +185,9 @@ int main(int argc, char** argv) {
   std::printf("model: n_embd %u, n_ff %u, n_layer %u, n_vocab %u, head %s\n\n", spec.n_embd,
               spec.n_ff, spec.n_layer, spec.n_vocab, head ? "yes" : "no");
   std::printf(
-      "| type | weights MB | run tokens | runs/s | tokens/s | weight GB/s | %% of bandwidth |\n");
-  std::printf("|---|---|---|---|---|---|---|\n");
+      "| type | weights MB | run tokens | runs/s | tokens/s | weight GB/s | %% of bandwidth | "
+      "matrix TFLOP/s |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
 
   for (const auto& type_name : absl::StrSplit(types, ',')) {
     std::optional<pipeinfer::gguf::TensorTypeInfo> info;
@@ -178,8 +219,19 @@ int main(int argc, char** argv) {
     opts.threads = threads;
     opts.kv_capacity_tokens = 8192;
     opts.max_context = 8192;
+    opts.devices = device;
+    // Multiply-adds of one token through the stage's matrices (for prefill TFLOP/s).
+    const auto& hp = (*model)->hparams();
+    const double flops_per_token =
+        2.0 * spec.n_layer *
+            (static_cast<double>(hp.n_embd) * (2.0 * hp.n_embd_q() + 2.0 * hp.n_embd_kv()) +
+             3.0 * hp.n_embd * hp.n_ff) +
+        (head ? 2.0 * hp.n_embd * hp.n_vocab : 0.0);
     auto engine = pipeinfer::engine::Engine::Create(std::move(*model), opts);
-    if (!engine.ok()) return 1;
+    if (!engine.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(engine.status().message()).c_str());
+      return 1;
+    }
     auto& e = **engine;
     uint64_t session = 1;
     for (int k : run_sizes) {
@@ -210,9 +262,9 @@ int main(int argc, char** argv) {
       const double dt = Seconds(t0, Clock::now());
       (void)e.kv().CloseSession(session);
       const double rps = runs / dt;
-      std::printf("| %s | %.0f | %d | %.1f | %.1f | %.2f | %.0f%% |\n", info->name,
+      std::printf("| %s | %.0f | %d | %.1f | %.1f | %.2f | %.0f%% | %.3f |\n", info->name,
                   weight_bytes / 1e6, k, rps, rps * k, rps * weight_bytes / 1e9,
-                  100.0 * rps * weight_bytes / bw);
+                  100.0 * rps * weight_bytes / bw, rps * k * flops_per_token / 1e12);
       std::fflush(stdout);
     }
     // Prefill: one run of n tokens in a fresh sequence, repeated; tokens/s = n / run time.
@@ -242,9 +294,10 @@ int main(int argc, char** argv) {
           ++runs;
         }
       }
-      std::printf("| %s | %.0f | prefill %d | %.2f | %.1f | %.2f | %.0f%% |\n", info->name,
+      std::printf("| %s | %.0f | prefill %d | %.2f | %.1f | %.2f | %.0f%% | %.3f |\n", info->name,
                   weight_bytes / 1e6, n, runs / busy, runs * n / busy,
-                  runs * weight_bytes / busy / 1e9, 100.0 * runs * weight_bytes / busy / bw);
+                  runs * weight_bytes / busy / 1e9, 100.0 * runs * weight_bytes / busy / bw,
+                  runs * n * flops_per_token / busy / 1e12);
       std::fflush(stdout);
     }
     std::remove(path.c_str());

@@ -13,6 +13,10 @@
 #   ./scripts/test.sh --fuzz     clang + libFuzzer build in build-fuzz/, short fuzz runs only
 #                                (PIPEINFER_FUZZ_SECONDS=600 for 10-minute runs per target)
 #   extra arguments after `--` go to ctest (e.g. -- -R gguf)
+#
+# The release build includes the CUDA backend (and NCCL) when nvcc is installed (/usr/local/cuda or
+# on PATH; PIPEINFER_CUDA=OFF in the environment turns it off); its `cuda` tests skip, saying why,
+# on a machine without a GPU. The sanitizer and fuzz builds are CPU-only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,7 +28,7 @@ while (($#)); do
     --tsan) mode=tsan ;;
     --fuzz) mode=fuzz ;;
     --) shift; ctest_args+=("$@"); break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
   shift
@@ -37,7 +41,18 @@ cmake_args=(-G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo)
 label_args=(-LE "fuzz|soak|bench|container|browser")
 build_args=()
 case "$mode" in
-  release) build=build ;;
+  release)
+    build=build
+    nvcc=$(command -v nvcc || ls /usr/local/cuda/bin/nvcc 2>/dev/null || true)
+    if [[ -n $nvcc && ${PIPEINFER_CUDA:-ON} != OFF ]]; then
+      cmake_args+=(-DPIPEINFER_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc")
+      cuda_root=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+      [[ -f $cuda_root/include/nccl.h ]] && cmake_args+=(-DPIPEINFER_NCCL=ON)
+      echo "== CUDA backend on ($nvcc)"
+    else
+      cmake_args+=(-DPIPEINFER_CUDA=OFF -DPIPEINFER_NCCL=OFF)
+    fi
+    ;;
   asan)
     build=build-asan
     cmake_args+=(-DPIPEINFER_SANITIZE=ON)

@@ -54,6 +54,7 @@ struct UpArgs {
   std::optional<int> base_port;
   std::optional<int> metrics_base_port;
   std::optional<int> threads;
+  std::optional<std::string> stage_devices;  // "cpu;cuda:0": config key `devices`
   std::optional<int64_t> kv_tokens;
   std::optional<int> concurrency, max_batch_tokens;
   std::optional<uint64_t> kv_memory;
@@ -193,6 +194,7 @@ int RunUp(const UpArgs& a) {
   if (a.base_port) c.base_port = *a.base_port;
   if (a.metrics_base_port) c.metrics_base_port = *a.metrics_base_port;
   if (a.threads) c.threads = *a.threads;
+  if (a.stage_devices) c.devices = cluster::SplitStageDevices(*a.stage_devices);
   if (a.kv_tokens) c.kv_tokens = *a.kv_tokens;
   if (a.concurrency) c.concurrency = *a.concurrency;
   if (a.kv_memory) c.kv_memory = *a.kv_memory;
@@ -290,7 +292,9 @@ int RunUp(const UpArgs& a) {
               c.replicas > 1 ? absl::StrCat(" x ", c.replicas, " replicas").c_str() : "",
               c.mode.c_str(), c.model.c_str());
   for (size_t i = 0; i < state.endpoints.stages.size(); ++i) {
-    std::printf("  stage %zu        %s\n", i, state.endpoints.stages[i].c_str());
+    const std::vector<std::string> device = cluster::StageDeviceArgs(c, static_cast<int>(i));
+    std::printf("  stage %zu        %s%s\n", i, state.endpoints.stages[i].c_str(),
+                device.empty() ? "" : absl::StrCat("  (", device[1], ")").c_str());
   }
   std::printf("  draft          %s\n", state.endpoints.draft.c_str());
   for (size_t r = 1; r < state.endpoints.drafts.size(); ++r) {
@@ -415,6 +419,11 @@ void RegisterClusterCommands(CLI::App& app) {
                  "First stage /metrics port (stage i: +i; 0 = base port + stages + 2; -1 = none)")
       ->check(CLI::Range(-1, 65535));
   up->add_option("--threads,-t", u.threads, "Compute threads per stage")->check(CLI::Range(1, 256));
+  up->add_option("--stage-devices", u.stage_devices,
+                 "Where the stages compute, entries separated by ';': one for every stage or one "
+                 "per stage, each cpu, cuda:N or a list of one kind splitting each layer over its "
+                 "devices (\"cpu;cuda:0\", \"cuda:0,cuda:1\"); every replica's stage i gets entry "
+                 "i (default: cpu; config key `devices`)");
   up->add_option("--kv-tokens", u.kv_tokens,
                  "KV capacity per stage, in tokens (default: sized by --concurrency)");
   up->add_option("--concurrency", u.concurrency,

@@ -11,6 +11,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "engine/devices.h"
 #include "spec/knobs.h"
 #include "spec/kv_demand.h"
 
@@ -145,6 +148,21 @@ std::vector<std::string> StageTlsArgs(const ClusterConfig& c, int i) {
   return args;
 }
 
+std::vector<std::string> SplitStageDevices(const std::string& text) {
+  if (absl::StripAsciiWhitespace(text).empty()) return {};
+  std::vector<std::string> out;
+  for (absl::string_view entry : absl::StrSplit(text, ';')) {
+    out.emplace_back(absl::StripAsciiWhitespace(entry));
+  }
+  return out;
+}
+
+std::vector<std::string> StageDeviceArgs(const ClusterConfig& c, int i) {
+  if (c.devices.empty()) return {};
+  const std::string& entry = c.devices.size() == 1 ? c.devices[0] : c.devices.at(i);
+  return {entry.find(',') != std::string::npos ? "--devices" : "--device", entry};
+}
+
 std::vector<std::string> LogArgs(const ClusterConfig& c) {
   return {"--log-format", c.log_format, "--log-level", c.log_level};
 }
@@ -190,13 +208,13 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     return (base / p).lexically_normal().string();
   };
   static const std::set<std::string> kKeys = {
-      "model",        "draft_model",    "stages",           "weights",
-      "mode",         "emulate_run_us", "emulate_token_us", "threads",
-      "kv_tokens",    "host",           "base_port",        "http_port",
-      "grpc_port",    "chat_template",  "model_id",         "metrics_base_port",
-      "replicas",     "log_format",     "log_level",        "spec",
-      "concurrency",  "kv_memory",      "max_batch_tokens", "tls_dir",
-      "api_keys_file"};
+      "model",         "draft_model",    "stages",           "weights",
+      "mode",          "emulate_run_us", "emulate_token_us", "threads",
+      "kv_tokens",     "host",           "base_port",        "http_port",
+      "grpc_port",     "chat_template",  "model_id",         "metrics_base_port",
+      "replicas",      "log_format",     "log_level",        "spec",
+      "concurrency",   "kv_memory",      "max_batch_tokens", "tls_dir",
+      "api_keys_file", "devices"};
   // Link emulation, benchmarks only (docs/link-emulation.md).
   static const std::set<std::string> kLinkKeys = {"emulate_link_mbps", "emulate_link_us"};
   ClusterConfig c;
@@ -233,6 +251,22 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
     if (root["model_id"]) c.model_id = root["model_id"].as<std::string>();
     if (root["tls_dir"]) c.tls_dir = resolve(root["tls_dir"].as<std::string>());
     if (root["api_keys_file"]) c.api_keys_file = resolve(root["api_keys_file"].as<std::string>());
+    if (const YAML::Node d = root["devices"]) {  // "cuda:0" or one entry per stage
+      if (d.IsScalar()) {
+        c.devices = {d.as<std::string>()};
+      } else if (d.IsSequence()) {
+        for (const YAML::Node& entry : d) {
+          if (!entry.IsScalar()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat(path, ": every 'devices' entry must be a string like cuda:0"));
+          }
+          c.devices.push_back(entry.as<std::string>());
+        }
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat(
+            path, ": 'devices' must be a string (every stage) or a list (one entry per stage)"));
+      }
+    }
     if (root["spec"]) {
       if (!root["spec"].IsMap()) {
         return absl::InvalidArgumentError(absl::StrCat(path, ": 'spec' must be a mapping"));
@@ -280,6 +314,18 @@ absl::Status ValidateClusterConfig(const ClusterConfig& c) {
   if (!c.weights.empty() && c.weights.size() != static_cast<size_t>(c.stages)) {
     return absl::InvalidArgumentError(
         absl::StrCat("weights has ", c.weights.size(), " entries but stages is ", c.stages));
+  }
+  if (c.devices.size() > 1 && c.devices.size() != static_cast<size_t>(c.stages)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("devices has ", c.devices.size(), " entries but stages is ", c.stages,
+                     " (give one entry for every stage, or one per stage)"));
+  }
+  for (size_t i = 0; i < c.devices.size(); ++i) {
+    if (absl::StatusOr<engine::DeviceList> d = engine::ParseDevices(c.devices[i]); !d.ok()) {
+      const std::string who = c.devices.size() == 1 ? "every stage" : absl::StrCat("stage ", i);
+      return absl::InvalidArgumentError(
+          absl::StrCat("devices '", c.devices[i], "' of ", who, ": ", d.status().message()));
+    }
   }
   if (c.threads < 1 || c.threads > 256) {
     return absl::InvalidArgumentError(absl::StrCat("threads must be in [1, 256], got ", c.threads));

@@ -19,6 +19,13 @@ struct ClusterConfig {
   std::vector<double> weights;  // optional relative layer weights, one per stage
   std::string mode = "plain";   // plain | sync | pipeinfer
   int threads = 1;              // compute threads per stage
+  // Where each stage computes (pipeinfer-stage --device, or --devices for a list): empty = no flag
+  // (the stage's default, the CPU); one entry = every stage; otherwise one entry per stage. An
+  // entry is one device ("cpu", "cuda:0") or a comma list of one kind that splits each of the
+  // stage's layers over its devices ("cuda:0,cuda:1": tensor parallelism; engine/devices.h). With
+  // replicas > 1, stage i of every replica gets entry i (the replicas share those devices). YAML
+  // `devices:` (a string or a list), `up --stage-devices "cpu;cuda:0"` (entries split at ';').
+  std::vector<std::string> devices;
   // Requests generating at once: the router's slots (--max-inflight), and what each stage's KV
   // cache is sized for when kv_tokens is 0 (full-context requests with this mode's speculation
   // headroom; pipeinfer-stage --kv-sessions), within kv_memory bytes (0 = the stage's default,
@@ -98,6 +105,14 @@ std::vector<std::string> StageTlsArgs(const ClusterConfig& c, int i);
 // shares it), "draft", "router", and "client" for the operator tools.
 std::string StageCertName(int i);
 
+// Splits `up --stage-devices` ("cpu;cuda:0,cuda:1") into its entries, trimmed of spaces; an empty
+// text gives none. ValidateClusterConfig checks them.
+std::vector<std::string> SplitStageDevices(const std::string& text);
+
+// Stage i's device flags: none when c.devices is empty, else `--devices E` for an entry E that
+// lists several devices and `--device E` for one device (E = the entry for stage i).
+std::vector<std::string> StageDeviceArgs(const ClusterConfig& c, int i);
+
 // The log flags every process of the cluster gets.
 std::vector<std::string> LogArgs(const ClusterConfig& c);
 
@@ -125,7 +140,8 @@ std::vector<std::string> StageKvArgs(const ClusterConfig& c);
 // error.
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
 
-// Checks ranges, the mode, the spec entries and that the model file exists.
+// Checks ranges, the mode, the spec entries, the devices (one entry or one per stage, each one
+// engine::ParseDevices accepts) and that the model file exists.
 absl::Status ValidateClusterConfig(const ClusterConfig& c);
 
 }  // namespace pipeinfer::cluster

@@ -231,6 +231,62 @@ absl::Status Supervisor::WaitServing(const ProcessInfo& p, const volatile int* s
   }
 }
 
+std::vector<std::string> Supervisor::StageArgv(int i, int r) const {
+  const ClusterConfig& c = config_;
+  std::vector<std::string> argv = {options_.bin_dir + "/pipeinfer-stage",
+                                   "--model",
+                                   c.model,
+                                   "--listen",
+                                   StageListen(i, r),
+                                   "--stage",
+                                   std::to_string(i),
+                                   "--stages",
+                                   std::to_string(c.stages),
+                                   "--threads",
+                                   std::to_string(c.threads)};
+  // --device / --devices: every replica's stage i gets the same entry (config.h).
+  const std::vector<std::string> device_args = StageDeviceArgs(c, i);
+  argv.insert(argv.end(), device_args.begin(), device_args.end());
+  if (i + 1 < c.stages) {
+    std::string next = c.StageAddress(i + 1, r);
+    if (!options_.links.empty()) {
+      next = options_.links.StageDataAddress(i + 1) + ":" + PortOf(next);
+    }
+    argv.insert(argv.end(), {"--downstream", next});
+  }
+  if (c.emulate_link_us > 0) {
+    argv.insert(argv.end(), {"--emulate-link-us", std::to_string(c.emulate_link_us)});
+  }
+  if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
+    argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
+  }
+  const std::vector<std::string> kv_args = StageKvArgs(c);
+  argv.insert(argv.end(), kv_args.begin(), kv_args.end());
+  if (c.max_batch_tokens > 0) {
+    argv.insert(argv.end(), {"--max-batch-tokens", std::to_string(c.max_batch_tokens)});
+  }
+  if (c.emulate_run_us > 0) {
+    argv.insert(argv.end(), {"--emulate-run-us", std::to_string(c.emulate_run_us)});
+  }
+  if (c.emulate_token_us > 0) {
+    argv.insert(argv.end(), {"--emulate-token-us", std::to_string(c.emulate_token_us)});
+  }
+  if (!c.weights.empty()) {
+    std::vector<std::string> w;
+    for (double x : c.weights) w.push_back(absl::StrCat(x));
+    argv.insert(argv.end(), {"--weights", absl::StrJoin(w, ",")});
+  }
+  if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
+  if (const std::string m = StageMetricsListen(i, r); !m.empty()) {
+    argv.insert(argv.end(), {"--metrics-listen", m});
+  }
+  const std::vector<std::string> tls_args = StageTlsArgs(c, i);  // + its allow-list
+  argv.insert(argv.end(), tls_args.begin(), tls_args.end());
+  const std::vector<std::string> log_args = LogArgs(c);
+  argv.insert(argv.end(), log_args.begin(), log_args.end());
+  return argv;
+}
+
 absl::Status Supervisor::Start(const volatile int* stop_requested) {
   const ClusterConfig& c = config_;
   const std::string stage_bin = options_.bin_dir + "/pipeinfer-stage";
@@ -262,55 +318,8 @@ absl::Status Supervisor::Start(const volatile int* stop_requested) {
     const std::string who = c.replicas > 1 ? absl::StrCat("replica ", r, " ") : "";
     // The last stage first: a stage reports SERVING only once its downstream link is up.
     for (int i = c.stages - 1; i >= 0; --i) {
-      std::vector<std::string> argv = {stage_bin,
-                                       "--model",
-                                       c.model,
-                                       "--listen",
-                                       StageListen(i, r),
-                                       "--stage",
-                                       std::to_string(i),
-                                       "--stages",
-                                       std::to_string(c.stages),
-                                       "--threads",
-                                       std::to_string(c.threads)};
-      if (i + 1 < c.stages) {
-        std::string next = c.StageAddress(i + 1, r);
-        if (!options_.links.empty()) {
-          next = options_.links.StageDataAddress(i + 1) + ":" + PortOf(next);
-        }
-        argv.insert(argv.end(), {"--downstream", next});
-      }
-      if (c.emulate_link_us > 0) {
-        argv.insert(argv.end(), {"--emulate-link-us", std::to_string(c.emulate_link_us)});
-      }
-      if (c.emulate_link_mbps > 0) {  // in-process pacing on top of tbf (docs/link-emulation.md)
-        argv.insert(argv.end(), {"--emulate-link-mbps", absl::StrCat(c.emulate_link_mbps)});
-      }
-      const std::vector<std::string> kv_args = StageKvArgs(c);
-      argv.insert(argv.end(), kv_args.begin(), kv_args.end());
-      if (c.max_batch_tokens > 0) {
-        argv.insert(argv.end(), {"--max-batch-tokens", std::to_string(c.max_batch_tokens)});
-      }
-      if (c.emulate_run_us > 0) {
-        argv.insert(argv.end(), {"--emulate-run-us", std::to_string(c.emulate_run_us)});
-      }
-      if (c.emulate_token_us > 0) {
-        argv.insert(argv.end(), {"--emulate-token-us", std::to_string(c.emulate_token_us)});
-      }
-      if (!c.weights.empty()) {
-        std::vector<std::string> w;
-        for (double x : c.weights) w.push_back(absl::StrCat(x));
-        argv.insert(argv.end(), {"--weights", absl::StrJoin(w, ",")});
-      }
-      if (!c.model_id.empty()) argv.insert(argv.end(), {"--model-id", c.model_id});
-      if (const std::string m = StageMetricsListen(i, r); !m.empty()) {
-        argv.insert(argv.end(), {"--metrics-listen", m});
-      }
-      const std::vector<std::string> tls_args = StageTlsArgs(c, i);  // + its allow-list
-      argv.insert(argv.end(), tls_args.begin(), tls_args.end());
+      const std::vector<std::string> argv = StageArgv(i, r);
       const std::string netns = options_.links.empty() ? "" : options_.links.namespaces[i];
-      const std::vector<std::string> log_args = LogArgs(c);
-      argv.insert(argv.end(), log_args.begin(), log_args.end());
       if (auto st = Spawn(absl::StrCat(who, "stage ", i), StageEndpoint(i, r), argv, netns);
           !st.ok()) {
         return fail(st);

@@ -132,6 +132,10 @@ class Supervisor {
 
   ClusterState State() const;
 
+  // The command line Start uses for stage i of replica r: pipeinfer-stage of options.bin_dir with
+  // its model slice, addresses, KV sizing, devices (StageDeviceArgs), TLS and log flags.
+  std::vector<std::string> StageArgv(int i, int r = 0) const;
+
  private:
   // Starts one process (its log truncated); the caller records it.
   absl::StatusOr<ProcessInfo> Launch(const std::string& name, const std::string& address,

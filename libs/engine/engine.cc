@@ -5,6 +5,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "engine/cpu_shard.h"
+#include "engine/devices.h"
 #include "kernels/kernels.h"
 
 namespace pipeinfer::engine {
@@ -44,16 +46,40 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<StageMode
     return absl::InvalidArgumentError(absl::StrCat(
         "KV capacity of ", kc.capacity_tokens, " tokens is below one block of ", kc.block_tokens));
   }
-  e->kv_ = std::make_unique<kv::KvCache>(kc);
+  PI_ASSIGN_OR_RETURN(const DeviceList devices, ParseDevices(options.devices));
   e->pool_ = std::make_unique<kernels::ThreadPool>(options.threads);
-  e->scratch_.resize(options.threads);
+  std::vector<ShardSlice> slices;
+  for (int32_t i = 0; i < devices.count(); ++i) {
+    PI_ASSIGN_OR_RETURN(ShardSlice s, SliceFor(*e->model_, i, devices.count()));
+    slices.push_back(s);
+  }
+  if (devices.cuda) {
+    PI_ASSIGN_OR_RETURN(CudaStage stage, CreateCudaStage(*e->model_, kc, devices.ordinals));
+    e->kv_ = std::make_unique<kv::KvCache>(kc, std::move(stage.kv_store));
+    e->shards_ = std::move(stage.shards);
+    e->all_reduce_ = std::move(stage.all_reduce);
+  } else {
+    e->kv_ = std::make_unique<kv::KvCache>(kc);
+    for (const ShardSlice& s : slices) {
+      e->shards_.push_back(MakeCpuShard(*e->model_, s, *e->kv_, *e->pool_));
+    }
+    e->all_reduce_ = MakeHostAllReduce();
+  }
+  for (auto& s : e->shards_) e->shard_ptrs_.push_back(s.get());
   return e;
+}
+
+std::string Engine::DeviceDescription() const {
+  if (shards_.size() == 1) return shards_[0]->Describe();
+  return absl::StrCat(shards_.size(), " x ", shards_[0]->Describe(), " (tensor parallel)");
 }
 
 absl::StatusOr<ForwardOutput> Engine::Forward(const ForwardInput& in) {
   Batch batch(*this);
   PI_RETURN_IF_ERROR(batch.Add(in));
-  return std::move(batch.Run().front());
+  ForwardOutput out = std::move(batch.Run().front());
+  if (!out.error.ok()) return out.error;
+  return out;
 }
 
 }  // namespace pipeinfer::engine

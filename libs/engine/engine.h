@@ -14,9 +14,11 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/layer_shard.h"
 #include "engine/stage_model.h"
 #include "kernels/thread_pool.h"
 #include "kv/kv_cache.h"
@@ -30,6 +32,9 @@ struct EngineOptions {
   uint64_t kv_capacity_bytes = 0;             // if > 0, overrides kv_capacity_tokens: a byte budget
   int32_t kv_block_tokens = 16;
   int32_t max_context = 0;  // positions must stay below this; 0 = the model's context length
+  // Where the layers run (engine/devices.h): "cpu", "cuda:N", or a list of one kind
+  // ("cuda:0,cuda:1", "cpu,cpu") that splits every layer over the devices (tensor parallelism).
+  std::string devices = "cpu";
 };
 
 struct ForwardInput {
@@ -53,6 +58,9 @@ struct ForwardOutput {
   std::vector<float> logits;       // [output_rows.size()][n_vocab] (last stage)
   bool stopped = false;            // cancelled between layers; outputs are empty
   int32_t layers_done = 0;
+  // Not OK when the pass failed on its device (a GPU error): outputs are empty, and the KV slots
+  // of the run hold nothing usable.
+  absl::Status error;
 };
 
 // How one batched pass went: the rows computed in each layer (a run that is cancelled between
@@ -94,6 +102,7 @@ class Engine {
     std::vector<ForwardOutput> Run(BatchStats* stats = nullptr);
 
    private:
+    friend class Engine;
     struct Item {
       ForwardInput in;
       const kv::Sequence* seq = nullptr;
@@ -109,21 +118,28 @@ class Engine {
   kv::KvCache& kv() { return *kv_; }
   kernels::ThreadPool& pool() { return *pool_; }
   int32_t max_context() const { return max_context_; }
+  // The shards the layers run on (one unless the stage is split over several devices).
+  int32_t n_shards() const { return static_cast<int32_t>(shards_.size()); }
+  const LayerShard& shard(int32_t i) const { return *shards_[i]; }
+  // e.g. "cpu", "cuda:0 (NVIDIA H200)", "2 x cpu (tensor parallel)".
+  std::string DeviceDescription() const;
 
  private:
   Engine() = default;
-  // Attention of every row: row r attends to the slots visible[r] of sequence *seqs[r].
-  void Attention(const std::vector<const kv::Sequence*>& seqs, int32_t layer,
-                 const std::vector<std::vector<int32_t>>& visible, const float* q, float* out,
-                 int32_t n_rows);
+  // One pass over the rows of the batch's runs; fills the outputs of the runs that complete.
+  absl::Status RunPass(Batch& batch, std::vector<ForwardOutput>& outs, BatchStats* stats);
+  // The rows of a pass in the shards' terms: physical KV slots and the keys each row sees.
+  PassRows Describe(const std::vector<const kv::Sequence*>& seqs, const std::vector<int32_t>& slots,
+                    const std::vector<int32_t>& positions) const;
 
   std::unique_ptr<StageModel> model_;
   EngineOptions options_;
-  std::unique_ptr<kv::KvCache> kv_;
   std::unique_ptr<kernels::ThreadPool> pool_;
+  std::unique_ptr<kv::KvCache> kv_;  // before the shards: they may use its store's memory
+  std::vector<std::unique_ptr<LayerShard>> shards_;
+  std::unique_ptr<AllReduce> all_reduce_;
+  std::vector<LayerShard*> shard_ptrs_;
   int32_t max_context_ = 0;
-  std::vector<float> rope_inv_freq_;
-  std::vector<std::vector<float>> scratch_;  // per thread: attention scores
 };
 
 // Applies llama.cpp's "normal" RoPE (rotates consecutive pairs) to one head vector in place.

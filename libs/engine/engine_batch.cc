@@ -95,90 +95,29 @@ absl::Status Engine::Batch::Add(const ForwardInput& in) {
   return absl::OkStatus();
 }
 
-void Engine::Attention(const std::vector<const kv::Sequence*>& seqs, int32_t layer,
-                       const std::vector<std::vector<int32_t>>& visible, const float* q, float* out,
-                       int32_t n_rows) {
-  const auto& hp = model_->hparams();
-  const int32_t n_head = static_cast<int32_t>(hp.n_head);
-  const int32_t hd = static_cast<int32_t>(hp.head_dim());
-  const int32_t n_gqa = static_cast<int32_t>(hp.n_gqa());
-  const int64_t n_q = hp.n_embd_q();  // row stride of q and out
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const bool f16 = options_.kv_type == kv::ElemType::kF16;
-  const size_t elem = f16 ? 2 : 4;
-
-  pool_->ParallelFor(
-      static_cast<int64_t>(n_rows) * n_head, 1, [&](int64_t begin, int64_t end, int thread) {
-        std::vector<float>& scores = scratch_[thread];
-        for (int64_t task = begin; task < end; ++task) {
-          const int32_t t = static_cast<int32_t>(task / n_head);
-          const int32_t h = static_cast<int32_t>(task % n_head);
-          const int32_t kvh = h / n_gqa;  // consecutive query heads share a KV head
-          const kv::Sequence& seq = *seqs[t];
-          const std::vector<int32_t>& keys = visible[t];
-          const float* qv = q + t * n_q + h * hd;
-          scores.resize(keys.size());
-          for (size_t j = 0; j < keys.size(); ++j) {
-            const uint8_t* krow = kv_->KeyRow(seq, layer, keys[j]) + kvh * hd * elem;
-            scores[j] =
-                scale * (f16 ? kernels::DotF32F16(qv, reinterpret_cast<const uint16_t*>(krow), hd)
-                             : kernels::DotF32(qv, reinterpret_cast<const float*>(krow), hd));
-          }
-          kernels::SoftmaxInPlace(scores.data(), static_cast<int64_t>(scores.size()));
-          float* o = out + t * n_q + h * hd;
-          std::fill(o, o + hd, 0.0f);
-          for (size_t j = 0; j < keys.size(); ++j) {
-            const uint8_t* vrow = kv_->ValueRow(seq, layer, keys[j]) + kvh * hd * elem;
-            if (f16) {
-              kernels::AxpyF16(scores[j], reinterpret_cast<const uint16_t*>(vrow), o, hd);
-            } else {
-              kernels::AxpyF32(scores[j], reinterpret_cast<const float*>(vrow), o, hd);
-            }
-          }
-        }
-      });
+PassRows Engine::Describe(const std::vector<const kv::Sequence*>& seqs,
+                          const std::vector<int32_t>& slots,
+                          const std::vector<int32_t>& positions) const {
+  PassRows rows;
+  rows.n = static_cast<int32_t>(slots.size());
+  rows.position = positions;
+  rows.kv_slot.resize(rows.n);
+  rows.vis_offsets.assign(1, 0);
+  for (int32_t r = 0; r < rows.n; ++r) {
+    const kv::Sequence& seq = *seqs[r];
+    rows.kv_slot[r] = kv_->PhysicalSlot(seq, slots[r]);
+    // Keys visible to the token (its path): the same for every layer and head.
+    const kv::Visibility vis = kv::KvCache::VisibilityOf(seq, slots[r]);
+    for (int32_t s = 0; s < vis.linear_end; ++s)
+      rows.vis_slots.push_back(kv_->PhysicalSlot(seq, s));
+    for (int32_t s : vis.extra) rows.vis_slots.push_back(kv_->PhysicalSlot(seq, s));
+    rows.vis_offsets.push_back(static_cast<int32_t>(rows.vis_slots.size()));
+    rows.max_visible = std::max(rows.max_visible, rows.vis_offsets[r + 1] - rows.vis_offsets[r]);
+  }
+  return rows;
 }
-
-namespace {
-
-// One row's q, k and v between the projections and the KV cache: biases (qwen2, optional in
-// llama), per-head RMSNorm of q and k (qwen3), then RoPE of q and k in the architecture's style.
-void PrepareQkv(const gguf::LlamaHParams& hp, const RopeConfig& rope, const LayerWeights& w,
-                int32_t pos, float* q, float* k, float* v) {
-  const int32_t hd = static_cast<int32_t>(hp.head_dim());
-  const int32_t n_q = static_cast<int32_t>(hp.n_embd_q());
-  const int32_t n_kv = static_cast<int32_t>(hp.n_embd_kv());
-  if (!w.bq.empty()) {
-    for (int32_t j = 0; j < n_q; ++j) q[j] += w.bq[j];
-    for (int32_t j = 0; j < n_kv; ++j) k[j] += w.bk[j];
-    for (int32_t j = 0; j < n_kv; ++j) v[j] += w.bv[j];
-  }
-  float head[1024];  // head_dim <= 1024 (LlamaHParams::FromGguf)
-  auto norm_heads = [&](float* x, int32_t n_heads, const std::vector<float>& weight) {
-    for (int32_t hh = 0; hh < n_heads; ++hh) {
-      std::copy(x + hh * hd, x + (hh + 1) * hd, head);
-      kernels::RmsNorm(head, weight.data(), hd, hp.rms_norm_eps, x + hh * hd);
-    }
-  };
-  if (!w.q_norm.empty()) norm_heads(q, static_cast<int32_t>(hp.n_head), w.q_norm);
-  if (!w.k_norm.empty()) norm_heads(k, static_cast<int32_t>(hp.n_head_kv), w.k_norm);
-  float cos_v[512], sin_v[512];
-  RopeAngles(rope, pos, cos_v, sin_v);
-  for (int32_t hh = 0; hh < static_cast<int32_t>(hp.n_head); ++hh) {
-    RopeRotate(rope.style, rope.n_rot, cos_v, sin_v, q + hh * hd);
-  }
-  for (int32_t hh = 0; hh < static_cast<int32_t>(hp.n_head_kv); ++hh) {
-    RopeRotate(rope.style, rope.n_rot, cos_v, sin_v, k + hh * hd);
-  }
-}
-
-}  // namespace
 
 std::vector<ForwardOutput> Engine::Batch::Run(BatchStats* stats) {
-  Engine& e = e_;
-  const StageModel& model = *e.model_;
-  const auto& hp = model.hparams();
-  const int64_t n_embd = hp.n_embd, n_q = hp.n_embd_q(), n_kv = hp.n_embd_kv(), n_ff = hp.n_ff;
   const int32_t n_items = static_cast<int32_t>(items_.size());
   std::vector<ForwardOutput> outs(n_items);
   for (int32_t i = 0; i < n_items; ++i) {
@@ -186,27 +125,36 @@ std::vector<ForwardOutput> Engine::Batch::Run(BatchStats* stats) {
     outs[i].positions = items_[i].positions;
   }
   if (n_items == 0) return outs;
+  if (absl::Status st = e_.RunPass(*this, outs, stats); !st.ok()) {
+    for (ForwardOutput& o : outs) {
+      o.hidden.clear();
+      o.logits.clear();
+      o.error = st;
+    }
+  }
+  return outs;
+}
+
+absl::Status Engine::RunPass(Batch& batch, std::vector<ForwardOutput>& outs, BatchStats* stats) {
+  const std::vector<Batch::Item>& items = batch.items_;
+  const StageModel& model = *model_;
+  const auto& hp = model.hparams();
+  const int64_t n_embd = hp.n_embd;
+  const int32_t n_items = static_cast<int32_t>(items.size());
 
   // The rows of the runs still in the batch, run after run. `active` holds item indices.
   std::vector<int32_t> active(n_items);
   for (int32_t i = 0; i < n_items; ++i) active[i] = i;
   std::vector<int32_t> row_item, row_slot, row_pos;
   std::vector<const kv::Sequence*> row_seq;
-  std::vector<std::vector<int32_t>> visible;
   std::vector<float> x;
   for (int32_t i : active) {
-    const Item& it = items_[i];
+    const Batch::Item& it = items[i];
     for (int32_t t = 0; t < it.in.n_tokens; ++t) {
       row_item.push_back(i);
       row_slot.push_back(it.slots[t]);
       row_pos.push_back(it.positions[t]);
       row_seq.push_back(it.seq);
-      // Keys visible to the token (its path): the same for every layer and head.
-      const kv::Visibility vis = kv::KvCache::VisibilityOf(*it.seq, it.slots[t]);
-      std::vector<int32_t>& v = visible.emplace_back();
-      v.reserve(vis.linear_end + vis.extra.size());
-      for (int32_t s = 0; s < vis.linear_end; ++s) v.push_back(s);
-      v.insert(v.end(), vis.extra.begin(), vis.extra.end());
     }
     const size_t base = x.size();
     x.resize(base + static_cast<size_t>(it.in.n_tokens) * n_embd);
@@ -218,91 +166,54 @@ std::vector<ForwardOutput> Engine::Batch::Run(BatchStats* stats) {
       std::copy(it.in.hidden.begin(), it.in.hidden.end(), x.begin() + base);
     }
   }
+  PassRows rows = Describe(row_seq, row_slot, row_pos);
+  for (auto& shard : shards_) PI_RETURN_IF_ERROR(shard->Begin(rows, x));
 
   // Drops the rows of the items for which `leave` is true (cancelled runs leave the batch).
-  auto shrink = [&](const std::vector<bool>& leave) {
-    size_t w = 0;
+  auto shrink = [&](const std::vector<bool>& leave) -> absl::Status {
+    std::vector<int32_t> keep;
     for (size_t r = 0; r < row_item.size(); ++r) {
       if (leave[row_item[r]]) continue;
-      if (w != r) {
-        row_item[w] = row_item[r];
-        row_slot[w] = row_slot[r];
-        row_pos[w] = row_pos[r];
-        row_seq[w] = row_seq[r];
-        visible[w] = std::move(visible[r]);
-        std::memmove(x.data() + w * n_embd, x.data() + r * n_embd, n_embd * sizeof(float));
-      }
-      ++w;
+      const size_t w = keep.size();
+      keep.push_back(static_cast<int32_t>(r));
+      row_item[w] = row_item[r];
+      row_slot[w] = row_slot[r];
+      row_pos[w] = row_pos[r];
+      row_seq[w] = row_seq[r];
     }
+    const size_t w = keep.size();
     row_item.resize(w);
     row_slot.resize(w);
     row_pos.resize(w);
     row_seq.resize(w);
-    visible.resize(w);
-    x.resize(w * n_embd);
     std::erase_if(active, [&](int32_t i) { return leave[i]; });
+    rows = Describe(row_seq, row_slot, row_pos);
+    for (auto& shard : shards_) PI_RETURN_IF_ERROR(shard->Keep(keep, rows));
+    return absl::OkStatus();
   };
 
-  const bool f16 = e.options_.kv_type == kv::ElemType::kF16;
-  std::vector<float> h, q, k, v, attn, tmp, gate, up;
+  const bool split = shards_.size() > 1;
   for (int32_t l = 0; l < model.n_layers(); ++l) {
     std::vector<bool> leave(n_items, false);
     bool any = false;
     for (int32_t i : active) {
-      const ForwardInput& in = items_[i].in;
+      const ForwardInput& in = items[i].in;
       if (in.cancelled && in.cancelled()) {
         leave[i] = any = true;
         outs[i].stopped = true;
         outs[i].layers_done = l;
       }
     }
-    if (any) shrink(leave);
+    if (any) PI_RETURN_IF_ERROR(shrink(leave));
     const int32_t n = static_cast<int32_t>(row_item.size());
     if (n == 0) break;
     if (stats) stats->rows_per_layer.push_back(n);
-    h.resize(n * n_embd);
-    q.resize(n * n_q);
-    k.resize(n * n_kv);
-    v.resize(n * n_kv);
-    attn.resize(n * n_q);
-    tmp.resize(n * n_embd);
-    gate.resize(n * n_ff);
-    up.resize(n * n_ff);
-
-    const LayerWeights& w = model.layer(l);
-    for (int32_t i = 0; i < n; ++i) {
-      kernels::RmsNorm(x.data() + i * n_embd, w.attn_norm.data(), n_embd, hp.rms_norm_eps,
-                       h.data() + i * n_embd);
-    }
-    kernels::MatMul(w.wq, h.data(), n_embd, n, q.data(), n_q, *e.pool_);
-    kernels::MatMul(w.wk, h.data(), n_embd, n, k.data(), n_kv, *e.pool_);
-    kernels::MatMul(w.wv, h.data(), n_embd, n, v.data(), n_kv, *e.pool_);
-    for (int32_t i = 0; i < n; ++i) {
-      PrepareQkv(hp, model.rope(), w, row_pos[i], q.data() + i * n_q, k.data() + i * n_kv,
-                 v.data() + i * n_kv);
-      uint8_t* krow = e.kv_->KeyRow(*row_seq[i], l, row_slot[i]);
-      uint8_t* vrow = e.kv_->ValueRow(*row_seq[i], l, row_slot[i]);
-      if (f16) {
-        kernels::FloatToHalfN(k.data() + i * n_kv, reinterpret_cast<uint16_t*>(krow), n_kv);
-        kernels::FloatToHalfN(v.data() + i * n_kv, reinterpret_cast<uint16_t*>(vrow), n_kv);
-      } else {
-        std::memcpy(krow, k.data() + i * n_kv, n_kv * sizeof(float));
-        std::memcpy(vrow, v.data() + i * n_kv, n_kv * sizeof(float));
-      }
-    }
-    e.Attention(row_seq, l, visible, q.data(), attn.data(), n);
-    kernels::MatMul(w.wo, attn.data(), n_q, n, tmp.data(), n_embd, *e.pool_);
-    for (int64_t j = 0; j < n * n_embd; ++j) x[j] += tmp[j];
-
-    for (int32_t i = 0; i < n; ++i) {
-      kernels::RmsNorm(x.data() + i * n_embd, w.ffn_norm.data(), n_embd, hp.rms_norm_eps,
-                       h.data() + i * n_embd);
-    }
-    kernels::MatMul(w.w_gate, h.data(), n_embd, n, gate.data(), n_ff, *e.pool_);
-    kernels::MatMul(w.w_up, h.data(), n_embd, n, up.data(), n_ff, *e.pool_);
-    kernels::SwiGlu(gate.data(), up.data(), gate.data(), n * n_ff);
-    kernels::MatMul(w.w_down, gate.data(), n_ff, n, tmp.data(), n_embd, *e.pool_);
-    for (int64_t j = 0; j < n * n_embd; ++j) x[j] += tmp[j];
+    for (auto& shard : shards_) PI_RETURN_IF_ERROR(shard->AttentionPartial(l));
+    if (split) PI_RETURN_IF_ERROR(all_reduce_->Sum(shard_ptrs_, n * n_embd));
+    for (auto& shard : shards_) PI_RETURN_IF_ERROR(shard->AddPartial());
+    for (auto& shard : shards_) PI_RETURN_IF_ERROR(shard->FfnPartial(l));
+    if (split) PI_RETURN_IF_ERROR(all_reduce_->Sum(shard_ptrs_, n * n_embd));
+    for (auto& shard : shards_) PI_RETURN_IF_ERROR(shard->AddPartial());
   }
 
   // Runs still in the batch completed every layer; hand each its rows.
@@ -312,35 +223,29 @@ std::vector<ForwardOutput> Engine::Batch::Run(BatchStats* stats) {
   }
   for (int32_t i : active) outs[i].layers_done = model.n_layers();
   if (!model.is_last()) {
+    x.resize(row_item.size() * n_embd);
+    PI_RETURN_IF_ERROR(shards_[0]->ReadHidden(x));
     for (int32_t i : active) {
       const auto begin = x.begin() + static_cast<int64_t>(first_row[i]) * n_embd;
-      outs[i].hidden.assign(begin, begin + static_cast<int64_t>(items_[i].in.n_tokens) * n_embd);
+      outs[i].hidden.assign(begin, begin + static_cast<int64_t>(items[i].in.n_tokens) * n_embd);
     }
-    return outs;
+    return absl::OkStatus();
   }
   // The output head once for the requested rows of every run.
-  std::vector<float> normed;
+  std::vector<int32_t> which;
   for (int32_t i : active) {
-    for (int32_t r : items_[i].in.output_rows) {
-      const size_t base = normed.size();
-      normed.resize(base + n_embd);
-      kernels::RmsNorm(x.data() + (static_cast<int64_t>(first_row[i]) + r) * n_embd,
-                       model.output_norm().data(), n_embd, hp.rms_norm_eps, normed.data() + base);
-    }
+    for (int32_t r : items[i].in.output_rows) which.push_back(first_row[i] + r);
   }
-  const int64_t n_out = static_cast<int64_t>(normed.size() / n_embd);
   const int64_t n_vocab = hp.n_vocab;
-  std::vector<float> logits(n_out * n_vocab);
-  if (n_out > 0) {
-    kernels::MatMul(model.output(), normed.data(), n_embd, n_out, logits.data(), n_vocab, *e.pool_);
-  }
+  std::vector<float> logits(which.size() * n_vocab);
+  PI_RETURN_IF_ERROR(shards_[0]->Head(which, logits));
   int64_t o = 0;
   for (int32_t i : active) {
-    const int64_t rows = static_cast<int64_t>(items_[i].in.output_rows.size());
-    outs[i].logits.assign(logits.begin() + o * n_vocab, logits.begin() + (o + rows) * n_vocab);
-    o += rows;
+    const int64_t n_rows = static_cast<int64_t>(items[i].in.output_rows.size());
+    outs[i].logits.assign(logits.begin() + o * n_vocab, logits.begin() + (o + n_rows) * n_vocab);
+    o += n_rows;
   }
-  return outs;
+  return absl::OkStatus();
 }
 
 }  // namespace pipeinfer::engine

@@ -40,9 +40,48 @@ bool Sequence::IsLinear() const {
   return true;
 }
 
-KvCache::KvCache(const KvConfig& config) : config_(config) {
-  n_blocks_ = CeilDiv(std::max<int64_t>(config_.capacity_tokens, 0), config_.block_tokens);
-  storage_ = std::make_unique_for_overwrite<uint8_t[]>(n_blocks_ * config_.block_bytes());
+size_t KeyOffset(const KvConfig& c, int64_t phys, int32_t layer) {
+  const size_t layer_bytes = 2u * c.block_tokens * c.row_bytes();
+  return static_cast<size_t>(phys / c.block_tokens) * c.block_bytes() + layer * layer_bytes +
+         static_cast<size_t>(phys % c.block_tokens) * c.row_bytes();
+}
+
+size_t ValueOffset(const KvConfig& c, int64_t phys, int32_t layer) {
+  return KeyOffset(c, phys, layer) + c.block_tokens * c.row_bytes();
+}
+
+namespace {
+
+// The default store: one host allocation.
+class HostKvStore final : public KvStore {
+ public:
+  HostKvStore(const KvConfig& c, int64_t n_blocks)
+      : c_(c), data_(std::make_unique_for_overwrite<uint8_t[]>(n_blocks * c.block_bytes())) {}
+  uint8_t* host_data() override { return data_.get(); }
+  void CopyBlock(BlockId dst, BlockId src) override {
+    std::memcpy(data_.get() + static_cast<size_t>(dst) * c_.block_bytes(),
+                data_.get() + static_cast<size_t>(src) * c_.block_bytes(), c_.block_bytes());
+  }
+  void CopySlot(int64_t dst, int64_t src) override {
+    for (int32_t l = 0; l < c_.n_layers; ++l) {
+      std::memcpy(data_.get() + KeyOffset(c_, dst, l), data_.get() + KeyOffset(c_, src, l),
+                  c_.row_bytes());
+      std::memcpy(data_.get() + ValueOffset(c_, dst, l), data_.get() + ValueOffset(c_, src, l),
+                  c_.row_bytes());
+    }
+  }
+
+ private:
+  KvConfig c_;
+  std::unique_ptr<uint8_t[]> data_;
+};
+
+}  // namespace
+
+KvCache::KvCache(const KvConfig& config, std::unique_ptr<KvStore> store)
+    : config_(config), store_(std::move(store)) {
+  n_blocks_ = config_.n_blocks();
+  if (!store_) store_ = std::make_unique<HostKvStore>(config_, n_blocks_);
   refs_.assign(n_blocks_, 0);
   owner_.assign(n_blocks_, 0);
   free_.reserve(n_blocks_);
@@ -50,10 +89,6 @@ KvCache::KvCache(const KvConfig& config) : config_(config) {
 }
 
 KvCache::~KvCache() = default;
-
-uint8_t* KvCache::BlockBase(BlockId b) const {
-  return storage_.get() + static_cast<size_t>(b) * config_.block_bytes();
-}
 
 int64_t KvCache::Available(uint64_t session) const {
   auto it = accounts_.find(session);
@@ -110,9 +145,7 @@ void KvCache::Drop(Sequence& seq) {
 }
 
 uint8_t* KvCache::KeyRow(const Sequence& seq, int32_t layer, int32_t slot) {
-  const BlockId b = seq.blocks[slot / config_.block_tokens];
-  const size_t layer_bytes = 2u * config_.block_tokens * config_.row_bytes();
-  return BlockBase(b) + layer * layer_bytes + (slot % config_.block_tokens) * config_.row_bytes();
+  return store_->host_data() + KeyOffset(config_, PhysicalSlot(seq, slot), layer);
 }
 
 uint8_t* KvCache::ValueRow(const Sequence& seq, int32_t layer, int32_t slot) {
@@ -128,17 +161,14 @@ const uint8_t* KvCache::ValueRow(const Sequence& seq, int32_t layer, int32_t slo
 }
 
 void KvCache::CopySlot(const Sequence& src, int32_t src_slot, Sequence& dst, int32_t dst_slot) {
-  for (int32_t l = 0; l < config_.n_layers; ++l) {
-    std::memcpy(KeyRow(dst, l, dst_slot), KeyRow(src, l, src_slot), config_.row_bytes());
-    std::memcpy(ValueRow(dst, l, dst_slot), ValueRow(src, l, src_slot), config_.row_bytes());
-  }
+  store_->CopySlot(PhysicalSlot(dst, dst_slot), PhysicalSlot(src, src_slot));
 }
 
 void KvCache::MakePrivate(uint64_t session, Sequence& seq, int32_t block_index) {
   const BlockId old = seq.blocks[block_index];
   if (refs_[old] <= 1) return;
   const BlockId fresh = Allocate(session);
-  std::memcpy(BlockBase(fresh), BlockBase(old), config_.block_bytes());
+  store_->CopyBlock(fresh, old);
   Unref(old);
   seq.blocks[block_index] = fresh;
 }

@@ -39,11 +39,34 @@ struct KvConfig {
   size_t row_bytes() const { return static_cast<size_t>(n_embd_kv) * elem_bytes(); }
   // Bytes of one block (all layers, K and V).
   size_t block_bytes() const { return 2u * n_layers * block_tokens * row_bytes(); }
+  // Blocks of the pool: capacity_tokens rounded up to whole blocks.
+  int64_t n_blocks() const {
+    return capacity_tokens <= 0 ? 0 : (capacity_tokens + block_tokens - 1) / block_tokens;
+  }
   // Capacity from a byte budget.
   static int64_t TokensForBytes(const KvConfig& c, uint64_t bytes);
 };
 
 using BlockId = int32_t;
+
+// Where the bytes of the blocks live. The cache keeps the bookkeeping (sequences, reference
+// counts, reservations) and asks its store to move bytes when it copies on write or rebuilds a
+// sequence. Slot p of the store is block p / block_tokens, row p % block_tokens (a "physical
+// slot"). The default store is host memory; a GPU backend supplies one in device memory.
+class KvStore {
+ public:
+  virtual ~KvStore() = default;
+  // Host address of the storage (block 0), or nullptr when it is not in host memory.
+  virtual uint8_t* host_data() = 0;
+  virtual void CopyBlock(BlockId dst, BlockId src) = 0;
+  // Every layer's key and value rows of one physical slot.
+  virtual void CopySlot(int64_t dst, int64_t src) = 0;
+};
+
+// Byte offset of the key row of physical slot `phys` of `layer` in a store (the value row follows
+// block_tokens rows later).
+size_t KeyOffset(const KvConfig& c, int64_t phys, int32_t layer);
+size_t ValueOffset(const KvConfig& c, int64_t phys, int32_t layer);
 
 // One sequence: blocks plus per-slot parents.
 struct Sequence {
@@ -81,7 +104,8 @@ class KvCache {
  public:
   static constexpr uint32_t kCanonical = 0;
 
-  explicit KvCache(const KvConfig& config);
+  // `store` null: the blocks live in host memory.
+  explicit KvCache(const KvConfig& config, std::unique_ptr<KvStore> store = nullptr);
   ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
@@ -124,7 +148,16 @@ class KvCache {
   static std::vector<int32_t> PathOf(const Sequence& seq, int32_t slot);
   static Visibility VisibilityOf(const Sequence& seq, int32_t slot);
 
-  // K/V row of `slot` of `layer` (layer is stage-local, 0-based). Element type per config.
+  // Physical slot (block * block_tokens + row) holding `slot` of `seq`.
+  int64_t PhysicalSlot(const Sequence& seq, int32_t slot) const {
+    return static_cast<int64_t>(seq.blocks[slot / config_.block_tokens]) * config_.block_tokens +
+           slot % config_.block_tokens;
+  }
+  KvStore& store() { return *store_; }
+  int64_t n_blocks() const { return n_blocks_; }
+
+  // K/V row of `slot` of `layer` (layer is stage-local, 0-based). Element type per config. Only
+  // for stores in host memory.
   uint8_t* KeyRow(const Sequence& seq, int32_t layer, int32_t slot);
   uint8_t* ValueRow(const Sequence& seq, int32_t layer, int32_t slot);
   const uint8_t* KeyRow(const Sequence& seq, int32_t layer, int32_t slot) const;
@@ -151,7 +184,6 @@ class KvCache {
   };
 
   absl::StatusOr<Session*> GetSession(uint64_t session);
-  uint8_t* BlockBase(BlockId b) const;
   // Blocks `session` may still allocate: what is left of its reservation plus unpromised blocks.
   int64_t Available(uint64_t session) const;
   absl::Status CheckAvailable(uint64_t session, int64_t need) const;
@@ -171,7 +203,7 @@ class KvCache {
 
   KvConfig config_;
   int64_t n_blocks_ = 0;
-  std::unique_ptr<uint8_t[]> storage_;
+  std::unique_ptr<KvStore> store_;
   std::vector<int32_t> refs_;
   std::vector<BlockId> free_;
   std::vector<uint64_t> owner_;  // per block: the session that allocated it

@@ -471,6 +471,12 @@ void StageCore::FinishRun(PendingRun& p, engine::ForwardOutput& res, const v1::S
   const uint64_t rid = run.run_id();
   Session& s = *p.s;
   ForgetCancelled(rid);
+  if (!res.error.ok()) {
+    // The pass failed on the stage's device: the session cannot go on here.
+    FailSession(p.sid, &s, res.error, rid, out);
+    EmitTombstone(msg, v1::TOMBSTONE_REASON_SESSION_FAILED, out);
+    return;
+  }
   if (res.stopped) {
     // Slots were appended; what they hold is incomplete: poisoned.
     if (p.plain) {

@@ -119,6 +119,13 @@ int main(int argc, char** argv) {
   app.add_option("--weights", weights, "Relative layer weights per stage (with --stages)")
       ->delimiter(',');
   app.add_option("--threads,-t", threads, "Compute threads")->check(CLI::Range(1, 256));
+  std::string device = "cpu", devices;
+  auto* device_opt = app.add_option("--device", device,
+                                    "Where the stage's layers run: cpu or cuda:N (default cpu)");
+  app.add_option("--devices", devices,
+                 "Several devices of one kind (cuda:0,cuda:1 or cpu,cpu): every layer is split "
+                 "over them by attention heads and FFN columns (tensor parallelism; NCCL on GPUs)")
+      ->excludes(device_opt);
   auto* kvt = app.add_option("--kv-tokens", kv_tokens,
                              "KV capacity in tokens (default: sized by --kv-sessions)")
                   ->check(CLI::PositiveNumber);
@@ -264,6 +271,7 @@ int main(int argc, char** argv) {
   if (!sm.ok()) return Fail(std::string(sm.status().message()));
   pipeinfer::engine::EngineOptions eo;
   eo.threads = threads;
+  eo.devices = devices.empty() ? device : devices;
   eo.kv_type = kv_type == "f32" ? pipeinfer::kv::ElemType::kF32 : pipeinfer::kv::ElemType::kF16;
   eo.kv_capacity_tokens = kv_tokens;
   eo.kv_capacity_bytes = kv_bytes;
@@ -286,6 +294,7 @@ int main(int argc, char** argv) {
   }
   auto engine = pipeinfer::engine::Engine::Create(std::move(*sm), eo);
   if (!engine.ok()) return Fail(std::string(engine.status().message()));
+  spdlog::info("stage {} computes on {}", stage, (*engine)->DeviceDescription());
 
   pipeinfer::stage::StageCoreConfig cc;
   cc.stage_index = static_cast<uint32_t>(stage);

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -17,12 +18,19 @@
 
 namespace pipeinfer::testing {
 
+// The folders are compiled in; the environment variables of the same names override them, for test
+// binaries run away from their build tree (scripts/gpu-check.sh on a GPU machine).
+inline std::string DirFromEnv(const char* var, const char* compiled) {
+  const char* v = std::getenv(var);
+  return v != nullptr && *v != '\0' ? std::string(v) : std::string(compiled);
+}
+
 inline std::string FixturePath(const std::string& rel) {
-  return std::string(PIPEINFER_FIXTURES_DIR) + "/" + rel;
+  return DirFromEnv("PIPEINFER_FIXTURES_DIR", PIPEINFER_FIXTURES_DIR) + "/" + rel;
 }
 
 inline std::string BinPath(const std::string& name) {
-  return std::string(PIPEINFER_BIN_DIR) + "/" + name;
+  return DirFromEnv("PIPEINFER_BIN_DIR", PIPEINFER_BIN_DIR) + "/" + name;
 }
 
 inline std::vector<uint8_t> ReadBytes(const std::string& path) {

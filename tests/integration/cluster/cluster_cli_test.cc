@@ -7,9 +7,11 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -307,6 +309,48 @@ TEST_F(ClusterCliTest, BadConfigurationsFailReadably) {
     EXPECT_NE(r.output.find("error: stage 39 (pid "), std::string::npos) << r.output;
     EXPECT_NE(r.output.find(dir_ + "/logs/stage-39.log"), std::string::npos) << r.output;
   }
+}
+
+// `--stage-devices` overrides the config's `devices:`, is checked before anything starts, and
+// reaches each stage as --device / --devices (here a CPU stage split in two: "cpu,cpu").
+TEST_F(ClusterCliTest, StageDevicesFlagOverridesTheConfig) {
+  const std::string model = FixturePath("models/tiny-f32.gguf");
+  const std::string cfg = dir_ + "/devices.yaml";
+  std::ofstream(cfg) << "model: " << model << "\nstages: 2\ndevices: [cpu, cpu, cpu]\n";
+  {
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: devices has 3 entries but stages is 2"), std::string::npos)
+        << r.output;
+  }
+  {
+    const CommandResult r = RunCmd({BinPath("pipeinfer"), "up", "--config", cfg, "--no-router",
+                                    "--stage-devices", "cpu;gpu:1"},
+                                   std::chrono::seconds(30));
+    EXPECT_EQ(r.exit_code, 1) << r.output;
+    EXPECT_NE(r.output.find("error: devices 'gpu:1' of stage 1: unknown device 'gpu:1'"),
+              std::string::npos)
+        << r.output;
+  }
+  const CommandResult up =
+      UpDetached({"--config", cfg, "--no-router", "--stage-devices", "cpu; cpu,cpu"}, 7);
+  ASSERT_EQ(up.exit_code, 0) << up.output;
+  EXPECT_NE(up.output.find("(cpu,cpu)"), std::string::npos) << up.output;
+  auto state = cluster::ReadState(state_);
+  ASSERT_TRUE(state.ok()) << state.status();
+  std::map<std::string, std::string> cmdlines;  // process name -> its command line, spaced
+  for (const cluster::ProcessInfo& p : state->processes) {
+    std::string line = ReadText("/proc/" + std::to_string(p.pid) + "/cmdline");
+    std::replace(line.begin(), line.end(), '\0', ' ');
+    cmdlines[p.name] = line;
+  }
+  EXPECT_NE(cmdlines["stage 0"].find(" --device cpu "), std::string::npos) << cmdlines["stage 0"];
+  EXPECT_EQ(cmdlines["stage 0"].find("--devices"), std::string::npos) << cmdlines["stage 0"];
+  EXPECT_NE(cmdlines["stage 1"].find(" --devices cpu,cpu "), std::string::npos)
+      << cmdlines["stage 1"];
+  EXPECT_NE(ReadText(dir_ + "/logs/stage-1.log").find("stage 1 computes on 2 x"), std::string::npos)
+      << ReadText(dir_ + "/logs/stage-1.log");
 }
 
 TEST_F(ClusterCliTest, RouterChatAndComplete) {

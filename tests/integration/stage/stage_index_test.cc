@@ -94,6 +94,40 @@ TEST(StageIndexTest, BadIndexSourcesFailReadably) {
   EXPECT_NE(r.output.find("--stage must be less than --stages"), std::string::npos) << r.output;
 }
 
+// A GPU stage on a machine without a CUDA device (or a build without the CUDA backend) stops at
+// start-up with a readable error; a malformed device is refused the same way.
+TEST(StageIndexTest, DeviceErrorsFailReadably) {
+  if (access("/dev/nvidia0", F_OK) == 0) {
+    GTEST_SKIP() << "this machine has an NVIDIA device (the cuda tests cover GPU stages)";
+  }
+  const int port = FreePort();
+  std::vector<std::string> argv = {BinPath("pipeinfer-stage"),
+                                   "--model",
+                                   FixturePath("models/tiny-f32.gguf"),
+                                   "--stages",
+                                   "1",
+                                   "--stage",
+                                   "0",
+                                   "--kv-tokens",
+                                   "512",
+                                   "--listen",
+                                   "127.0.0.1:" + std::to_string(port),
+                                   "--device",
+                                   "cuda:0"};
+  auto r = RunCmd(argv, std::chrono::seconds(30));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("no CUDA device"), std::string::npos) << r.output;
+  argv.back() = "tpu:0";
+  r = RunCmd(argv, std::chrono::seconds(30));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("unknown device 'tpu:0'"), std::string::npos) << r.output;
+  argv.back() = "cuda:0";
+  argv.insert(argv.end() - 2, {"--devices", "cpu,cpu"});
+  r = RunCmd(argv, std::chrono::seconds(30));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.output.find("excludes"), std::string::npos) << r.output;
+}
+
 // --stage-from-hostname in a UTS namespace of its own (needs root, as CI has: unshare -u).
 TEST(StageIndexTest, StageFromHostname) {
   if (RunCmd({"/usr/bin/unshare", "-u", "true"}, std::chrono::seconds(10)).exit_code != 0) {

@@ -56,8 +56,9 @@ struct ReferenceRun {
 };
 
 // Loads models/<model>.gguf and refs/<ref>.p1.*, runs the prompt, fills the prompt error.
+// `devices`: EngineOptions.devices ("cpu", "cuda:0", ...).
 inline void RunPrompt(const std::string& model, const std::string& ref, kv::ElemType kv_type,
-                      ReferenceRun* run) {
+                      ReferenceRun* run, const std::string& devices = "cpu") {
   using pipeinfer::testing::FixturePath;
   auto m = StageModel::LoadFull(FixturePath("models/" + model + ".gguf"));
   ASSERT_TRUE(m.ok()) << m.status();
@@ -65,6 +66,7 @@ inline void RunPrompt(const std::string& model, const std::string& ref, kv::Elem
   opts.threads = 2;
   opts.kv_type = kv_type;
   opts.kv_capacity_tokens = 512;
+  opts.devices = devices;
   auto engine = Engine::Create(std::move(*m), opts);
   ASSERT_TRUE(engine.ok()) << engine.status();
   run->engine = std::move(*engine);

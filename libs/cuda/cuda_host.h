@@ -1,0 +1,46 @@
+// Internal: the parts of the CUDA library that run on the host without a device (the argument
+// checks of UploadMatrix, and host builds of the kernels' element-level code: weight decoding, KV
+// addressing, RoPE), declared without CUDA headers so that tests can call them on any machine.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "cuda/cuda_kv_geometry.h"
+#include "cuda/cuda_ops.h"
+#include "gguf/tensor_type.h"
+
+namespace pipeinfer::cuda::internal {
+
+// True when `type` stays in its GGUF block layout on the device (F32, F16, BF16, Q8_0, Q4_0, Q4_K,
+// Q6_K); other types the CPU kernels decode are converted to F16 at upload.
+bool KeptOnDevice(gguf::TensorType type);
+
+// OK when UploadMatrix can upload this slice; INVALID_ARGUMENT for bad sizes, slices or alignment
+// (col0 and n_cols must be multiples of the block size), UNIMPLEMENTED for a type that is neither
+// kept on the device nor decodable by the CPU kernels.
+absl::Status CheckUploadArgs(gguf::TensorType type, const uint8_t* host, int64_t rows, int64_t cols,
+                             size_t host_row_bytes, int64_t row0, int64_t n_rows, int64_t col0,
+                             int64_t n_cols);
+
+// Decodes one row of `cols` weights of a device type with the very functions the kernels use
+// (cuda_matmul.cu, compiled for the host as well): out[cols] gets the floats the mat-vec kernel
+// multiplies with, out_half[cols] the F16 bits the dequantize-for-cuBLAS kernel writes. `aligned`
+// selects the kernels' 16-byte load/store path (the row must then start at a 16-byte boundary and
+// its bytes be a multiple of 16, as on the device). False for a type the device does not decode.
+bool DecodeRowOnHost(gguf::TensorType type, const uint8_t* row, int64_t cols, bool aligned,
+                     float* out, uint16_t* out_half);
+
+// The byte geometry the KV kernels use for `layout`.
+KvGeometry KvGeometryOf(const KvLayout& layout);
+
+// Host runs of the element-level code of the KvWrite, KvCopySlot and Rope kernels (the same
+// functions, compiled for the host; arguments as for the public calls, host pointers).
+void KvWriteOnHost(const KvGeometry& g, void* kv, int layer, const int64_t* slots, const float* k,
+                   int64_t k_stride, const float* v, int64_t v_stride, int64_t n_rows);
+void KvCopySlotOnHost(const KvGeometry& g, void* kv, int64_t dst, int64_t src);
+void RopeOnHost(float* x, int64_t n_rows, int n_heads, int head_dim, int64_t stride, int n_rot,
+                bool neox, const float* cos_v, const float* sin_v);
+
+}  // namespace pipeinfer::cuda::internal

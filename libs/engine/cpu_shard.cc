@@ -1,0 +1,253 @@
+// One layer slice on the CPU. With the whole layer (one shard) every step below is the engine's
+// original forward pass, operation for operation, so the results are unchanged bit for bit.
+#include "engine/cpu_shard.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/rope.h"
+#include "engine/stage_model.h"
+
+namespace pipeinfer::engine {
+
+namespace {
+
+class CpuShard final : public LayerShard {
+ public:
+  CpuShard(const StageModel& model, const ShardSlice& slice, kv::KvCache& kv,
+           kernels::ThreadPool& pool)
+      : model_(model), hp_(model.hparams()), slice_(slice), kv_(kv), pool_(pool) {
+    layers_.reserve(model.n_layers());
+    for (int32_t l = 0; l < model.n_layers(); ++l) {
+      layers_.push_back(SliceLayer(hp_, model.layer(l), slice));
+    }
+    scratch_.resize(pool.size());
+  }
+
+  std::string Describe() const override { return "cpu"; }
+
+  absl::Status Begin(const PassRows& rows, std::span<const float> x) override {
+    rows_ = rows;
+    x_.assign(x.begin(), x.end());
+    // The rotation angles of each row (the same for every layer).
+    const RopeConfig& rope = model_.rope();
+    const int32_t half = rope.n_rot / 2;
+    cos_.resize(static_cast<size_t>(rows.n) * half);
+    sin_.resize(cos_.size());
+    for (int32_t i = 0; i < rows.n; ++i) {
+      RopeAngles(rope, rows.position[i], cos_.data() + i * half, sin_.data() + i * half);
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status AttentionPartial(int32_t l) override;
+  absl::Status FfnPartial(int32_t l) override;
+
+  absl::Status AddPartial() override {
+    const int64_t n = static_cast<int64_t>(rows_.n) * hp_.n_embd;
+    for (int64_t j = 0; j < n; ++j) x_[j] += partial_[j];
+    return absl::OkStatus();
+  }
+
+  float* partial() override { return partial_.data(); }
+
+  absl::Status Keep(std::span<const int32_t> keep, const PassRows& rows) override {
+    const int64_t n_embd = hp_.n_embd;
+    const int32_t half = model_.rope().n_rot / 2;
+    for (size_t i = 0; i < keep.size(); ++i) {
+      const int32_t r = keep[i];
+      if (r == static_cast<int32_t>(i)) continue;
+      std::memmove(x_.data() + i * n_embd, x_.data() + r * n_embd, n_embd * sizeof(float));
+      std::memmove(cos_.data() + i * half, cos_.data() + r * half, half * sizeof(float));
+      std::memmove(sin_.data() + i * half, sin_.data() + r * half, half * sizeof(float));
+    }
+    x_.resize(keep.size() * n_embd);
+    rows_ = rows;
+    return absl::OkStatus();
+  }
+
+  absl::Status ReadHidden(std::span<float> out) override {
+    std::copy(x_.begin(), x_.begin() + out.size(), out.begin());
+    return absl::OkStatus();
+  }
+
+  absl::Status Head(std::span<const int32_t> which, std::span<float> logits) override;
+
+ private:
+  // Attention of the slice's heads for every row over its visible keys.
+  void Attention(int32_t layer, const float* q, float* out);
+  // Biases, per-head norms and RoPE of row i's q and k (the slice's heads).
+  void PrepareQkv(const LayerWeights& w, int32_t i, float* q, float* k, float* v);
+
+  const StageModel& model_;
+  const gguf::LlamaHParams& hp_;
+  ShardSlice slice_;
+  kv::KvCache& kv_;
+  kernels::ThreadPool& pool_;
+  std::vector<SlicedLayer> layers_;
+  PassRows rows_;
+  std::vector<float> x_, h_, q_, k_, v_, attn_, partial_, gate_, up_, cos_, sin_;
+  std::vector<std::vector<float>> scratch_;  // per thread: attention scores
+};
+
+void CpuShard::PrepareQkv(const LayerWeights& w, int32_t i, float* q, float* k, float* v) {
+  const int32_t hd = static_cast<int32_t>(hp_.head_dim());
+  const int32_t nq = slice_.n_heads * hd, nkv = slice_.n_kv_heads * hd;
+  if (!w.bq.empty()) {
+    const float* bq = w.bq.data() + slice_.head0 * hd;
+    const float* bk = w.bk.data() + slice_.kv_head0 * hd;
+    const float* bv = w.bv.data() + slice_.kv_head0 * hd;
+    for (int32_t j = 0; j < nq; ++j) q[j] += bq[j];
+    for (int32_t j = 0; j < nkv; ++j) k[j] += bk[j];
+    for (int32_t j = 0; j < nkv; ++j) v[j] += bv[j];
+  }
+  float head[1024];  // head_dim <= 1024 (LlamaHParams::FromGguf)
+  auto norm_heads = [&](float* x, int32_t n_heads, const std::vector<float>& weight) {
+    for (int32_t hh = 0; hh < n_heads; ++hh) {
+      std::copy(x + hh * hd, x + (hh + 1) * hd, head);
+      kernels::RmsNorm(head, weight.data(), hd, hp_.rms_norm_eps, x + hh * hd);
+    }
+  };
+  if (!w.q_norm.empty()) norm_heads(q, slice_.n_heads, w.q_norm);
+  if (!w.k_norm.empty()) norm_heads(k, slice_.n_kv_heads, w.k_norm);
+  const RopeConfig& rope = model_.rope();
+  const int32_t half = rope.n_rot / 2;
+  const float* c = cos_.data() + i * half;
+  const float* s = sin_.data() + i * half;
+  for (int32_t hh = 0; hh < slice_.n_heads; ++hh)
+    RopeRotate(rope.style, rope.n_rot, c, s, q + hh * hd);
+  for (int32_t hh = 0; hh < slice_.n_kv_heads; ++hh) {
+    RopeRotate(rope.style, rope.n_rot, c, s, k + hh * hd);
+  }
+}
+
+void CpuShard::Attention(int32_t layer, const float* q, float* out) {
+  const int32_t n_heads = slice_.n_heads;
+  const int32_t hd = static_cast<int32_t>(hp_.head_dim());
+  const int32_t n_gqa = static_cast<int32_t>(hp_.n_gqa());
+  const int64_t stride = static_cast<int64_t>(n_heads) * hd;  // of q and out
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const kv::KvConfig& kc = kv_.config();
+  const bool f16 = kc.type == kv::ElemType::kF16;
+  const uint8_t* base = kv_.store().host_data();
+  const size_t elem = kc.elem_bytes();
+
+  pool_.ParallelFor(
+      static_cast<int64_t>(rows_.n) * n_heads, 1, [&](int64_t begin, int64_t end, int thread) {
+        std::vector<float>& scores = scratch_[thread];
+        for (int64_t task = begin; task < end; ++task) {
+          const int32_t t = static_cast<int32_t>(task / n_heads);
+          const int32_t h = static_cast<int32_t>(task % n_heads);
+          // Consecutive query heads share a KV head (global numbering; the row holds every head).
+          const int32_t kvh = (slice_.head0 + h) / n_gqa;
+          const size_t col = static_cast<size_t>(kvh) * hd * elem;
+          const int64_t* keys = rows_.vis_slots.data() + rows_.vis_offsets[t];
+          const int32_t n_keys = rows_.vis_offsets[t + 1] - rows_.vis_offsets[t];
+          const float* qv = q + t * stride + h * hd;
+          scores.resize(n_keys);
+          for (int32_t j = 0; j < n_keys; ++j) {
+            const uint8_t* krow = base + kv::KeyOffset(kc, keys[j], layer) + col;
+            scores[j] =
+                scale * (f16 ? kernels::DotF32F16(qv, reinterpret_cast<const uint16_t*>(krow), hd)
+                             : kernels::DotF32(qv, reinterpret_cast<const float*>(krow), hd));
+          }
+          kernels::SoftmaxInPlace(scores.data(), n_keys);
+          float* o = out + t * stride + h * hd;
+          std::fill(o, o + hd, 0.0f);
+          for (int32_t j = 0; j < n_keys; ++j) {
+            const uint8_t* vrow = base + kv::ValueOffset(kc, keys[j], layer) + col;
+            if (f16) {
+              kernels::AxpyF16(scores[j], reinterpret_cast<const uint16_t*>(vrow), o, hd);
+            } else {
+              kernels::AxpyF32(scores[j], reinterpret_cast<const float*>(vrow), o, hd);
+            }
+          }
+        }
+      });
+}
+
+absl::Status CpuShard::AttentionPartial(int32_t l) {
+  const int32_t n = rows_.n;
+  const int64_t n_embd = hp_.n_embd;
+  const int64_t hd = hp_.head_dim();
+  const int64_t nq = slice_.n_heads * hd, nkv = slice_.n_kv_heads * hd;
+  h_.resize(n * n_embd);
+  q_.resize(n * nq);
+  k_.resize(n * nkv);
+  v_.resize(n * nkv);
+  attn_.resize(n * nq);
+  partial_.resize(n * n_embd);
+  const LayerWeights& w = model_.layer(l);
+  const SlicedLayer& s = layers_[l];
+  for (int32_t i = 0; i < n; ++i) {
+    kernels::RmsNorm(x_.data() + i * n_embd, w.attn_norm.data(), n_embd, hp_.rms_norm_eps,
+                     h_.data() + i * n_embd);
+  }
+  kernels::MatMul(s.wq, h_.data(), n_embd, n, q_.data(), nq, pool_);
+  kernels::MatMul(s.wk, h_.data(), n_embd, n, k_.data(), nkv, pool_);
+  kernels::MatMul(s.wv, h_.data(), n_embd, n, v_.data(), nkv, pool_);
+  const kv::KvConfig& kc = kv_.config();
+  const bool f16 = kc.type == kv::ElemType::kF16;
+  uint8_t* base = kv_.store().host_data();
+  const size_t col = static_cast<size_t>(slice_.kv_head0) * hd * kc.elem_bytes();
+  for (int32_t i = 0; i < n; ++i) {
+    PrepareQkv(w, i, q_.data() + i * nq, k_.data() + i * nkv, v_.data() + i * nkv);
+    uint8_t* krow = base + kv::KeyOffset(kc, rows_.kv_slot[i], l) + col;
+    uint8_t* vrow = base + kv::ValueOffset(kc, rows_.kv_slot[i], l) + col;
+    if (f16) {
+      kernels::FloatToHalfN(k_.data() + i * nkv, reinterpret_cast<uint16_t*>(krow), nkv);
+      kernels::FloatToHalfN(v_.data() + i * nkv, reinterpret_cast<uint16_t*>(vrow), nkv);
+    } else {
+      std::memcpy(krow, k_.data() + i * nkv, nkv * sizeof(float));
+      std::memcpy(vrow, v_.data() + i * nkv, nkv * sizeof(float));
+    }
+  }
+  Attention(l, q_.data(), attn_.data());
+  kernels::MatMul(s.wo, attn_.data(), nq, n, partial_.data(), n_embd, pool_);
+  return absl::OkStatus();
+}
+
+absl::Status CpuShard::FfnPartial(int32_t l) {
+  const int32_t n = rows_.n;
+  const int64_t n_embd = hp_.n_embd, n_ff = slice_.n_ff;
+  h_.resize(n * n_embd);
+  gate_.resize(n * n_ff);
+  up_.resize(n * n_ff);
+  partial_.resize(n * n_embd);
+  const LayerWeights& w = model_.layer(l);
+  const SlicedLayer& s = layers_[l];
+  for (int32_t i = 0; i < n; ++i) {
+    kernels::RmsNorm(x_.data() + i * n_embd, w.ffn_norm.data(), n_embd, hp_.rms_norm_eps,
+                     h_.data() + i * n_embd);
+  }
+  kernels::MatMul(s.w_gate, h_.data(), n_embd, n, gate_.data(), n_ff, pool_);
+  kernels::MatMul(s.w_up, h_.data(), n_embd, n, up_.data(), n_ff, pool_);
+  kernels::SwiGlu(gate_.data(), up_.data(), gate_.data(), n * n_ff);
+  kernels::MatMul(s.w_down, gate_.data(), n_ff, n, partial_.data(), n_embd, pool_);
+  return absl::OkStatus();
+}
+
+absl::Status CpuShard::Head(std::span<const int32_t> which, std::span<float> logits) {
+  const int64_t n_embd = hp_.n_embd;
+  std::vector<float> normed(which.size() * n_embd);
+  for (size_t i = 0; i < which.size(); ++i) {
+    kernels::RmsNorm(x_.data() + static_cast<int64_t>(which[i]) * n_embd,
+                     model_.output_norm().data(), n_embd, hp_.rms_norm_eps,
+                     normed.data() + i * n_embd);
+  }
+  if (!which.empty()) {
+    kernels::MatMul(model_.output(), normed.data(), n_embd, static_cast<int64_t>(which.size()),
+                    logits.data(), hp_.n_vocab, pool_);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::unique_ptr<LayerShard> MakeCpuShard(const StageModel& model, const ShardSlice& slice,
+                                         kv::KvCache& kv, kernels::ThreadPool& pool) {
+  return std::make_unique<CpuShard>(model, slice, kv, pool);
+}
+
+}  // namespace pipeinfer::engine
