@@ -7,7 +7,7 @@
 #      llama.cpp's logits, KV operations and tensor parallelism (engine_cuda_test), and a 2-stage
 #      cluster with a GPU stage against the CPU cluster (gpu_stage_test);
 #   4. engine_bench on a GPU stage: decode GB/s against the HBM bandwidth measured by a copy in the
-#      same run, and prefill TFLOP/s, on 7B-shaped synthetic layers (n_embd 4096, n_ff 11008,
+#      same run (at contexts below 128 tokens, then below 2048), and prefill TFLOP/s, on 7B-shaped synthetic layers (n_embd 4096, n_ff 11008,
 #      32 heads; 4 layers, to keep the model files small) in F16 and Q4_K.
 # Everything goes to $OUT (the device tool's result folder; ./gpu-check-out elsewhere):
 # gpu-check.md (the report) and gpu-check.log (everything printed).
@@ -84,10 +84,14 @@ done
 if (( quick == 0 )); then
   say ""
   say "## engine_bench --device cuda:0 (7B-shaped layers: n_embd 4096, n_ff 11008, 32 heads, 4 layers)"
+  shape=(--n-embd 4096 --n-ff 11008 --n-head 32 --n-layer 4 --seconds 2 --dir /tmp)
   for type in f16 q4_K; do
-    timeout -k 5 120 "$bin/engine_bench" --device cuda:0 --types "$type" --n-embd 4096 --n-ff 11008 --n-head 32 \
-      --n-layer 4 --runs 1,4,8 --prefill 512 --seconds 2 --dir /tmp 2>&1 |
-      tee -a "$report" || rc=1
+    # Weight streaming (short contexts: attention reads at most 128 keys) and prefill ...
+    timeout -k 5 120 "$bin/engine_bench" --device cuda:0 --types "$type" "${shape[@]}" \
+      --runs 1,4,8 --context 128 --prefill 512 2>&1 | tee -a "$report" || rc=1
+    # ... and decode at contexts up to 2048 tokens (attention's share).
+    timeout -k 5 90 "$bin/engine_bench" --device cuda:0 --types "$type" "${shape[@]}" \
+      --runs 1 --context 2048 2>&1 | grep -E '^\| '"$type"' ' | tee -a "$report" || rc=1
   done
 fi
 say ""

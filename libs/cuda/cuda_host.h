@@ -32,6 +32,16 @@ absl::Status CheckUploadArgs(gguf::TensorType type, const uint8_t* host, int64_t
 bool DecodeRowOnHost(gguf::TensorType type, const uint8_t* row, int64_t cols, bool aligned,
                      float* out, uint16_t* out_half);
 
+// The mat-vec kernel's fast path run on the host (cuda_decode.cuh's MatVecLane, compiled for the
+// host): DecodeRowForMatVecOnHost decodes a row with its unit decoders (the floats the kernel
+// multiplies with), MatVecOnHost computes y[t * y_stride + r] as the kernel does (every row, every
+// lane; `aligned` takes the fast path as for 16-byte aligned rows). False for a type the device
+// does not decode (MatVecOnHost also for n_tokens outside 1..8).
+bool DecodeRowForMatVecOnHost(gguf::TensorType type, const uint8_t* row, int64_t cols, float* out);
+bool MatVecOnHost(gguf::TensorType type, const uint8_t* w, int64_t rows, int64_t cols,
+                  size_t row_bytes, bool aligned, const float* x, int64_t x_stride, int n_tokens,
+                  float* y, int64_t y_stride);
+
 // The byte geometry the KV kernels use for `layout`.
 KvGeometry KvGeometryOf(const KvLayout& layout);
 

@@ -4,11 +4,21 @@
 
 namespace pipeinfer::engine {
 
-absl::StatusOr<CudaStage> CreateCudaStage(const StageModel&, const kv::KvConfig&,
-                                          std::span<const int>) {
+namespace {
+
+absl::Status NoBackend() {
   return absl::FailedPreconditionError(
       "no CUDA device: this build has no CUDA backend (rebuild with -DPIPEINFER_CUDA=ON; "
       "scripts/test.sh does so when nvcc is installed)");
 }
+
+}  // namespace
+
+absl::StatusOr<CudaStage> CreateCudaStage(const StageModel&, const kv::KvConfig&,
+                                          std::span<const int>) {
+  return NoBackend();
+}
+
+absl::StatusOr<uint64_t> CudaKvBudget(std::span<const int>, uint64_t) { return NoBackend(); }
 
 }  // namespace pipeinfer::engine

@@ -93,12 +93,16 @@ class CudaShard final : public LayerShard {
  private:
   cuda::Stream& S() { return *dev_.stream; }
   // Grows a buffer of this shard's device (a default-constructed buffer knows no device yet).
+  // Growing frees the old memory, which kernels enqueued earlier may still use (Head grows h_
+  // while the last layer's products may still read it): the stream is drained first.
   absl::Status Reserve(cuda::DeviceBuffer& b, size_t bytes) {
     bytes = std::max<size_t>(bytes, 1);
     if (b.get() == nullptr) {
       PI_ASSIGN_OR_RETURN(b, cuda::DeviceBuffer::Allocate(dev_.ordinal, bytes));
       return absl::OkStatus();
     }
+    if (b.bytes() >= bytes) return absl::OkStatus();
+    PI_RETURN_IF_ERROR(S().Synchronize());
     return b.Reserve(bytes);
   }
   // Uploads the row description (slots, visible keys, RoPE angles) of `rows`.
@@ -117,7 +121,9 @@ class CudaShard final : public LayerShard {
   int32_t max_visible_ = 0;
   cuda::DeviceBuffer x_, x2_, h_, q_, k_, v_, attn_, partial_, gate_, up_, logits_;
   cuda::DeviceBuffer slots_, vis_offsets_, vis_slots_, cos_, sin_, index_;
-  cuda::PinnedBuffer in_x_, in_slots_, in_offsets_, in_vis_, in_cos_, in_sin_, in_index_, out_;
+  // Host staging. in_which_ is Head's own: Keep's copy out of in_index_ may still be pending then.
+  cuda::PinnedBuffer in_x_, in_slots_, in_offsets_, in_vis_, in_cos_, in_sin_, in_index_, in_which_,
+      out_;
 };
 
 absl::Status CudaShard::Upload() {
@@ -200,8 +206,10 @@ absl::Status CudaShard::UploadRows(const PassRows& rows) {
 
 absl::Status CudaShard::Begin(const PassRows& rows, std::span<const float> x) {
   PI_RETURN_IF_ERROR(store_.error());
-  // The staging buffers of the previous pass are free: every pass ends with a synchronizing
-  // download (ReadHidden or Head).
+  // The staging buffers are refilled below. A pass that ended normally left this stream idle,
+  // but one that failed half-way (or a shard other than 0, which downloads nothing) may still
+  // have copies out of them pending.
+  PI_RETURN_IF_ERROR(S().Synchronize());
   PI_RETURN_IF_ERROR(UploadRows(rows));
   const int64_t n = rows.n, n_embd = hp_.n_embd, hd = hp_.head_dim();
   const int64_t nq = slice_.n_heads * hd, nkv = slice_.n_kv_heads * hd;
@@ -304,9 +312,9 @@ absl::Status CudaShard::Head(std::span<const int32_t> which, std::span<float> lo
   if (m == 0) return S().Synchronize();
   if (output_.data.get() == nullptr)
     return absl::InternalError("output head asked of a shard without it");
-  PI_RETURN_IF_ERROR(Stage(in_index_, which.data(), which.size()));
+  PI_RETURN_IF_ERROR(Stage(in_which_, which.data(), which.size()));
   PI_RETURN_IF_ERROR(Reserve(index_, m * sizeof(int32_t)));
-  PI_RETURN_IF_ERROR(cuda::CopyToDevice(S(), index_.get(), in_index_.get(), m * sizeof(int32_t)));
+  PI_RETURN_IF_ERROR(cuda::CopyToDevice(S(), index_.get(), in_which_.get(), m * sizeof(int32_t)));
   PI_RETURN_IF_ERROR(Reserve(x2_, m * n_embd * sizeof(float)));
   PI_RETURN_IF_ERROR(Reserve(h_, m * n_embd * sizeof(float)));
   PI_RETURN_IF_ERROR(

@@ -38,4 +38,10 @@ struct CudaStage {
 absl::StatusOr<CudaStage> CreateCudaStage(const StageModel& model, const kv::KvConfig& kv,
                                           std::span<const int> ordinals);
 
+// The default KV budget of a GPU stage (the CPU's is a quarter of host memory): on each device, its
+// free memory minus its share of `weight_bytes` and a reserve for activations and cuBLAS (10 % of
+// the device plus 1 GiB), times the number of devices (each holds 1/count of every KV row).
+// FAILED_PRECONDITION as CreateCudaStage; RESOURCE_EXHAUSTED when the weights leave no room.
+absl::StatusOr<uint64_t> CudaKvBudget(std::span<const int> ordinals, uint64_t weight_bytes);
+
 }  // namespace pipeinfer::engine

@@ -16,6 +16,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/stop_signals.h"
+#include "engine/devices.h"
 #include "engine/engine.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
@@ -149,7 +150,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 1 << 16));
   app.add_option("--kv-memory", kv_memory,
                  "Memory budget of the default-sized KV cache in bytes (default: a quarter of "
-                 "physical memory)")
+                 "physical memory; on GPUs, what their free memory leaves beside the weights)")
       ->check(CLI::PositiveNumber);
   app.add_option("--kv-type", kv_type, "KV cache element type")
       ->check(CLI::IsMember({"f16", "f32"}));
@@ -288,6 +289,12 @@ int main(int argc, char** argv) {
     kr.session_tokens = hp->n_ctx_train + kv_headroom_tokens.value_or(headroom.reserve_tokens);
     kr.session_partitions = kv_session_partitions.value_or(headroom.partitions);
     kr.memory_budget = kv_memory > 0 ? kv_memory : pipeinfer::stage::DefaultKvMemoryBudget();
+    if (auto parsed = pipeinfer::engine::ParseDevices(eo.devices);
+        kv_memory == 0 && parsed.ok() && parsed->cuda) {
+      auto budget = pipeinfer::engine::CudaKvBudget(parsed->ordinals, (*sm)->weight_bytes());
+      if (!budget.ok()) return Fail(std::string(budget.status().message()));
+      kr.memory_budget = *budget;
+    }
     const pipeinfer::stage::KvSizing sized = pipeinfer::stage::SizeKvCache(kr);
     eo.kv_capacity_tokens = sized.blocks * eo.kv_block_tokens;
     spdlog::info("{}", sized.Describe(static_cast<uint32_t>(stage), kr.memory_budget));

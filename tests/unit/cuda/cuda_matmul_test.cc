@@ -120,6 +120,14 @@ TEST(CudaNoDevice, DeviceDecodersMatchCpuDecodersBitForBit) {
       for (int64_t r = 0; r < rows; ++r) {
         kernels::DequantizeRow(m, r, want.data());
         const uint8_t* row = data.data() + r * row_bytes;
+        // The mat-vec kernel's own unit decoders (16 bytes of Q4_K quants at a time).
+        std::fill(got.begin(), got.end(), NAN);
+        ASSERT_TRUE(internal::DecodeRowForMatVecOnHost(type, row, cols, got.data()));
+        for (int64_t c = 0; c < cols; ++c) {
+          ASSERT_TRUE(kt::SameFloat(got[c], want[c]))
+              << kt::TypeName(type) << " cols " << cols << " row " << r << " col " << c
+              << " (mat-vec units): " << got[c] << " vs " << want[c];
+        }
         const bool can_align = reinterpret_cast<uintptr_t>(row) % 16 == 0 && row_bytes % 16 == 0;
         for (bool aligned : {false, can_align}) {
           std::fill(got.begin(), got.end(), NAN);
@@ -138,6 +146,7 @@ TEST(CudaNoDevice, DeviceDecodersMatchCpuDecodersBitForBit) {
   }
   for (TensorType t : ConvertedTypes()) {
     EXPECT_FALSE(internal::DecodeRowOnHost(t, nullptr, 0, false, nullptr, nullptr));
+    EXPECT_FALSE(internal::DecodeRowForMatVecOnHost(t, nullptr, 0, nullptr));
   }
 }
 
@@ -180,6 +189,55 @@ CpuProduct CpuMatMul(const kernels::Matrix& m, const std::vector<float>& x, int6
     }
   }
   return p;
+}
+
+// The mat-vec kernel's per-lane code (MatVecLane), run on the host for all 32 lanes of every row,
+// against the CPU product: widths where the unrolled part, the one-unit-at-a-time part and (plain
+// types) a partial last group all occur, several token counts, strided x and y, and both the
+// 16-byte path and the group-by-group one. Padding columns of y must stay untouched.
+TEST(CudaNoDevice, MatVecLanesMatchCpuOnHost) {
+  std::mt19937 rng(23);
+  for (TensorType type : DeviceTypes()) {
+    const int64_t block = gguf::TypeInfo(type).block_size;
+    std::vector<int64_t> widths = {512, 4864};  // Q4_K: 16 and 152 units of 32 weights
+    if (block == 32) widths = {512, 1184};
+    if (block == 1) widths = {1032, 1029, 100, 5};
+    for (int64_t cols : widths) {
+      const int64_t rows = 5;
+      const size_t row_bytes = *gguf::RowBytes(type, static_cast<uint64_t>(cols));
+      const std::vector<uint8_t> w = kt::RandomRows(type, rows, cols, rng, /*moderate=*/true);
+      const kernels::Matrix m{type, w.data(), rows, cols, row_bytes};
+      for (int n_tokens : {1, 3, 8}) {
+        const int64_t x_stride = cols + 4 - cols % 4, y_stride = rows + 3;
+        const auto x = RandomFloats(n_tokens * x_stride, rng);
+        const CpuProduct cpu = CpuMatMul(m, x, x_stride, n_tokens, y_stride);
+        for (bool aligned : {true, false}) {
+          std::vector<float> y(n_tokens * y_stride, NAN);
+          ASSERT_TRUE(internal::MatVecOnHost(type, w.data(), rows, cols, row_bytes, aligned,
+                                             x.data(), x_stride, n_tokens, y.data(), y_stride));
+          int bad = 0;
+          for (int64_t t = 0; t < n_tokens; ++t) {
+            for (int64_t r = 0; r < y_stride; ++r) {
+              const size_t i = t * y_stride + r;
+              const bool ok = r >= rows
+                                  ? std::isnan(y[i])
+                                  : std::fabs(y[i] - cpu.y[i]) <= 1e-5f * cpu.bound[i] + 1e-6f;
+              if (!ok && bad++ < 5) {
+                ADD_FAILURE() << kt::TypeName(type) << " cols " << cols << " n_tokens " << n_tokens
+                              << (aligned ? " (16-byte path)" : "") << ": token " << t << " row "
+                              << r << ": " << y[i] << " vs " << cpu.y[i];
+              }
+            }
+          }
+          EXPECT_EQ(bad, 0);
+        }
+      }
+    }
+  }
+  float y = 0.0f;
+  EXPECT_FALSE(
+      internal::MatVecOnHost(TensorType::kQ5_K, nullptr, 0, 256, 176, true, &y, 256, 1, &y, 1));
+  EXPECT_FALSE(internal::MatVecOnHost(TensorType::kF32, nullptr, 0, 8, 32, true, &y, 8, 9, &y, 1));
 }
 
 class CudaMatMul : public CudaTest {
@@ -241,10 +299,11 @@ class CudaMatMul : public CudaTest {
 TEST_F(CudaMatMul, DeviceTypesMatchCpuForEveryTokenCount) {
   std::mt19937 rng(7);
   for (TensorType type : DeviceTypes()) {
-    // Plain types also get a width that is not a multiple of 8 (partial last group; for F16/BF16
-    // also rows that are not 16-byte aligned).
-    std::vector<int64_t> widths = {512};
-    if (gguf::TypeInfo(type).block_size == 1) widths.push_back(100);
+    // Plain types also get widths that are not a multiple of 8 (partial last group; for F16/BF16
+    // also rows that are not 16-byte aligned). The wide ones reach the mat-vec's unrolled loop
+    // (4864: 19 blocks of 256; 4868: F32 rows that stay 16-byte aligned, then a partial group).
+    std::vector<int64_t> widths = {512, 4864};
+    if (gguf::TypeInfo(type).block_size == 1) widths = {512, 100, 4868};
     for (int64_t cols : widths) {
       const int64_t rows = 67;  // not a multiple of the 4 rows of a mat-vec block
       const HostMatrix m = MakeMatrix(type, rows, cols, rng, /*moderate=*/true);
@@ -273,29 +332,34 @@ TEST_F(CudaMatMul, MatVecDecodesBitIdenticalWeights) {
   std::mt19937 rng(11);
   for (TensorType type : DeviceTypes()) {
     const int64_t rows = 37;
-    const int64_t cols = gguf::TypeInfo(type).block_size == 1 ? 100 : 512;
-    const HostMatrix m = MakeMatrix(type, rows, cols, rng, /*moderate=*/false);
-    const DeviceMatrix d = Upload(m, 0, rows, 0, cols);
-    std::vector<float> ref(rows * cols);
-    for (int64_t r = 0; r < rows; ++r) kernels::DequantizeRow(m.View(), r, &ref[r * cols]);
-    int mismatches = 0;
-    for (int64_t c0 = 0; c0 < cols; c0 += kMatVecMaxTokens) {
-      const int64_t n_tokens = std::min<int64_t>(kMatVecMaxTokens, cols - c0);
-      std::vector<float> x(n_tokens * cols, 0.0f);
-      for (int64_t t = 0; t < n_tokens; ++t) x[t * cols + c0 + t] = 1.0f;
-      const auto y = GpuMatMul(d, x, cols, n_tokens, rows);
-      ASSERT_EQ(y.size(), static_cast<size_t>(n_tokens * rows));
-      for (int64_t t = 0; t < n_tokens; ++t) {
-        for (int64_t r = 0; r < rows; ++r) {
-          const float want = ref[r * cols + c0 + t], got = y[t * rows + r];
-          if (got != want && mismatches++ < 5) {
-            ADD_FAILURE() << kt::TypeName(type) << " row " << r << " col " << c0 + t << ": gpu "
-                          << got << " cpu " << want;
+    // 100: the group-by-group path (F16/BF16 rows not 16-byte aligned); the others are wide
+    // enough for the unrolled loop of the 16-byte path.
+    std::vector<int64_t> widths = {4096};
+    if (gguf::TypeInfo(type).block_size == 1) widths = {100, 1032};
+    for (int64_t cols : widths) {
+      const HostMatrix m = MakeMatrix(type, rows, cols, rng, /*moderate=*/false);
+      const DeviceMatrix d = Upload(m, 0, rows, 0, cols);
+      std::vector<float> ref(rows * cols);
+      for (int64_t r = 0; r < rows; ++r) kernels::DequantizeRow(m.View(), r, &ref[r * cols]);
+      int mismatches = 0;
+      for (int64_t c0 = 0; c0 < cols; c0 += kMatVecMaxTokens) {
+        const int64_t n_tokens = std::min<int64_t>(kMatVecMaxTokens, cols - c0);
+        std::vector<float> x(n_tokens * cols, 0.0f);
+        for (int64_t t = 0; t < n_tokens; ++t) x[t * cols + c0 + t] = 1.0f;
+        const auto y = GpuMatMul(d, x, cols, n_tokens, rows);
+        ASSERT_EQ(y.size(), static_cast<size_t>(n_tokens * rows));
+        for (int64_t t = 0; t < n_tokens; ++t) {
+          for (int64_t r = 0; r < rows; ++r) {
+            const float want = ref[r * cols + c0 + t], got = y[t * rows + r];
+            if (got != want && mismatches++ < 5) {
+              ADD_FAILURE() << kt::TypeName(type) << " row " << r << " col " << c0 + t << ": gpu "
+                            << got << " cpu " << want;
+            }
           }
         }
       }
+      EXPECT_EQ(mismatches, 0) << kt::TypeName(type) << " cols " << cols;
     }
-    EXPECT_EQ(mismatches, 0) << kt::TypeName(type);
   }
 }
 

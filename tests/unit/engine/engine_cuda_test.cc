@@ -222,6 +222,67 @@ TEST(GpuKv, TreeRunsForkCommitReleaseMatchTheCpu) {
   }
 }
 
+// A batch of three runs whose middle one is cancelled before layer 1: the GPU shard drops its rows
+// between layers (LayerShard::Keep) and the other runs must come out as on the CPU, in this pass
+// and in one more decode step over the KV it wrote. Layer 0 sees 13 rows (cuBLAS), layer 1 the 7
+// that stay (mat-vec). Returns every logit row of runs 0 and 2, and of the decode step.
+std::vector<float> RunCancelledBatch(Engine& e) {
+  const std::vector<int32_t> a = {5, 17, 33, 2}, b = {9, 9, 40, 41, 42, 7}, c = {100, 3, 250};
+  const std::vector<int32_t> rows_a = {0, 1, 2, 3}, rows_b = {5}, rows_c = {2};
+  const std::vector<int32_t>* tokens[] = {&a, &b, &c};
+  const std::vector<int32_t>* rows[] = {&rows_a, &rows_b, &rows_c};
+  int polls = 0;
+  Engine::Batch batch(e);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(e.kv().OpenSession(10 + i).ok());
+    ForwardInput in;
+    in.session = 10 + i;
+    in.tokens = *tokens[i];
+    in.output_rows = *rows[i];
+    if (i == 1) in.cancelled = [&polls] { return ++polls >= 2; };  // polled before each layer
+    EXPECT_TRUE(batch.Add(in).ok());
+  }
+  const std::vector<ForwardOutput> outs = batch.Run();
+  std::vector<float> logits;
+  if (outs.size() != 3) {
+    ADD_FAILURE() << "expected 3 outputs, got " << outs.size();
+    return logits;
+  }
+  for (const ForwardOutput& o : outs) EXPECT_TRUE(o.error.ok()) << o.error;
+  EXPECT_TRUE(outs[1].stopped);
+  EXPECT_EQ(outs[1].layers_done, 1);
+  EXPECT_FALSE(outs[0].stopped || outs[2].stopped);
+  logits.insert(logits.end(), outs[0].logits.begin(), outs[0].logits.end());
+  logits.insert(logits.end(), outs[2].logits.begin(), outs[2].logits.end());
+  const std::vector<int32_t> next = {77}, first = {0};
+  ForwardInput in;
+  in.session = 10;
+  in.tokens = next;
+  in.output_rows = first;
+  auto o = e.Forward(in);
+  EXPECT_TRUE(o.ok()) << o.status();
+  if (o.ok()) logits.insert(logits.end(), o->logits.begin(), o->logits.end());
+  return logits;
+}
+
+TEST(GpuKv, CancelledRunLeavesTheBatchAsOnTheCpu) {
+  SKIP_WITHOUT_GPU();
+  auto cpu = Make("tiny-f16", "cpu");
+  auto gpu = Make("tiny-f16", "cuda:0");
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  const std::vector<float> want = RunCancelledBatch(**cpu), got = RunCancelledBatch(**gpu);
+  ASSERT_EQ(got.size(), want.size());
+  ASSERT_EQ(want.size(), 6 * static_cast<size_t>((*cpu)->model().hparams().n_vocab));
+  double max_diff = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    max_diff = std::max<double>(max_diff, std::fabs(got[i] - want[i]));
+  }
+  std::printf("cancelled batch: cpu vs cuda:0 max |d logit| %.4g over %zu logits\n", max_diff,
+              want.size());
+  EXPECT_LE(max_diff, 0.05);
+}
+
 TEST(GpuTensorParallel, SplitOverEveryGpuMatchesOneGpu) {
   SKIP_WITHOUT_GPU();
   // "cuda:0" alone runs the NCCL communicator with world size 1 on every pass... with one shard
