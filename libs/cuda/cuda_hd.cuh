@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "cuda/cuda_kv_geometry.h"
+
 #define PI_HD __host__ __device__ __forceinline__
 #if defined(__CUDA_ARCH__)
 #define PI_UNROLL _Pragma("unroll")
@@ -76,6 +78,13 @@ PI_HD float Bf16BitsToFloat(uint32_t bits) {
   std::memcpy(&f, &u, sizeof(f));
   return f;
 #endif
+}
+
+// Byte offset of the K row of physical slot `slot` in layer `layer` (the V row follows
+// block_tokens rows later; see KvGeometry).
+PI_HD int64_t KeyRowOffset(const KvGeometry& g, int layer, int64_t slot) {
+  return (slot / g.block_tokens) * g.block_bytes + layer * g.layer_bytes +
+         (slot % g.block_tokens) * g.row_bytes;
 }
 
 }  // namespace pipeinfer::cuda::internal

@@ -62,12 +62,6 @@ cudaError_t LaunchKvWrite(const KvGeometry& g, void* kv, int layer, const int64_
                           int64_t n_rows, cudaStream_t stream);
 cudaError_t LaunchKvCopySlot(const KvGeometry& g, void* kv, int64_t dst, int64_t src,
                              cudaStream_t stream);
-// Largest head_dim the attention kernel takes.
-inline constexpr int kAttentionMaxHeadDim = 256;
-cudaError_t LaunchAttention(const KvGeometry& g, const void* kv, int layer, const float* q,
-                            int64_t q_stride, int64_t n_rows, int n_heads, int n_kv_heads,
-                            int head_dim, const int32_t* vis_offsets, const int64_t* vis_slots,
-                            float* out, int64_t out_stride, cudaStream_t stream);
 
 // Host runs of the element-level code of KvWrite, KvCopySlot and Rope (same arguments), for tests
 // (declared for them in cuda_host.h).
@@ -82,5 +76,31 @@ cudaError_t LaunchSwiGlu(const float* gate, const float* up, float* out, int64_t
 cudaError_t LaunchAddInPlace(float* x, const float* y, int64_t n, cudaStream_t stream);
 cudaError_t LaunchGatherRows(const float* in, const int32_t* rows, int64_t n_out, int64_t n,
                              float* out, cudaStream_t stream);
+
+// --- cuda_attention.cu ------------------------------------------------------------------------
+// Largest head_dim the attention kernels take, and the most key chunks per (row, head) pair.
+inline constexpr int kAttentionMaxHeadDim = 256;
+inline constexpr int kAttentionMaxSplits = 32;
+// Floats of scratch the split path needs: per partial (pair, chunk) a maximum, a normalizer and
+// head_dim sums.
+inline int64_t AttentionScratchFloats(int64_t n_pairs, int splits, int head_dim) {
+  return n_pairs * splits * (2 + static_cast<int64_t>(head_dim));
+}
+// Attention of n_rows query rows (arguments as for cuda::Attention), each (row, head) pair's
+// visible entries cut into `splits` chunks (1..kAttentionMaxSplits). splits = 1: one kernel writes
+// the output. More: one block per (pair, chunk) writes a partial to `scratch` (at least
+// AttentionScratchFloats floats), then a combine kernel merges each pair's partials into the
+// output.
+cudaError_t LaunchAttention(const KvGeometry& g, const void* kv, int layer, const float* q,
+                            int64_t q_stride, int64_t n_rows, int n_heads, int n_kv_heads,
+                            int head_dim, const int32_t* vis_offsets, const int64_t* vis_slots,
+                            int splits, float* scratch, float* out, int64_t out_stride,
+                            cudaStream_t stream);
+// The same work on the host (host pointers), block by block and lane by lane with the kernels' own
+// per-lane code, for tests (declared for them in cuda_host.h).
+void AttentionOnHost(const KvGeometry& g, const void* kv, int layer, const float* q,
+                     int64_t q_stride, int64_t n_rows, int n_heads, int n_kv_heads, int head_dim,
+                     const int32_t* vis_offsets, const int64_t* vis_slots, int splits, float* out,
+                     int64_t out_stride);
 
 }  // namespace pipeinfer::cuda::internal

@@ -1,5 +1,5 @@
-// Device side of the layer kernels: norms, RoPE, paged KV writes and copies, attention over
-// visibility lists, SwiGLU, residual adds and row gathers. All math is F32; KV rows are F16 or F32.
+// Device side of the layer kernels: norms, RoPE, paged KV writes and copies, SwiGLU, residual adds
+// and row gathers (attention is in cuda_attention.cu). All math is F32; KV rows are F16 or F32.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -14,8 +14,6 @@ namespace {
 
 constexpr int kThreads = 256;  // threads of element-wise and per-row kernels
 constexpr int kHeadWarps = 4;  // (row, head) pairs per block of the per-head norm
-constexpr int kAttnWarps = 8;  // warps sharing one (row, head) in the attention kernel
-constexpr int kAttnPerLane = kAttentionMaxHeadDim / 32;
 
 unsigned GridFor(int64_t total) {
   const int64_t blocks = (total + kThreads - 1) / kThreads;
@@ -108,11 +106,6 @@ PI_HD void RopeAt(float* x, int n_heads, int head_dim, int64_t stride, int n_rot
   xh[b] = AddRn(MulRn(x0, s), MulRn(x1, c));
 }
 
-PI_HD int64_t KeyRowOffset(const KvGeometry& g, int layer, int64_t slot) {
-  return (slot / g.block_tokens) * g.block_bytes + layer * g.layer_bytes +
-         (slot % g.block_tokens) * g.row_bytes;
-}
-
 // Element `i` of the (token, element) enumeration of KvWrite: stores the K and the V element.
 // Negative slots are skipped.
 PI_HD void KvWriteAt(const KvGeometry& g, uint8_t* kv, int layer, const int64_t* slots,
@@ -161,11 +154,6 @@ __global__ void RopeKernel(float* x, int64_t n_rows, int n_heads, int head_dim, 
   }
 }
 
-__device__ __forceinline__ float LoadKv(const uint8_t* row, int64_t i, bool f16) {
-  return f16 ? __half2float(reinterpret_cast<const __half*>(row)[i])
-             : reinterpret_cast<const float*>(row)[i];
-}
-
 // One thread per (token, element).
 __global__ void KvWriteKernel(KvGeometry g, uint8_t* kv, int layer,
                               const int64_t* __restrict__ slots, const float* __restrict__ k,
@@ -180,83 +168,6 @@ __global__ void KvWriteKernel(KvGeometry g, uint8_t* kv, int layer,
 __global__ void KvCopySlotKernel(KvGeometry g, uint8_t* kv, int64_t dst, int64_t src) {
   const int64_t total = KvCopyUnits(g);
   for (int64_t i = FirstIndex(); i < total; i += GridStride()) KvCopyAt(g, kv, dst, src, i);
-}
-
-// One block per (row, query head): block b handles row b / n_heads, head b % n_heads. Its warps
-// take the visible keys in turn (warp w: keys w, w + kAttnWarps, ...); for each key the lanes
-// share the head's elements (lane l holds elements l, l + 32, ...), so K and V rows are read
-// coalesced. Each warp keeps a running softmax (max m, normalizer l, weighted sum o); at the end
-// the warps' partial results are rescaled to the common max and combined. `out` may be `q` (same
-// strides): a block reads its own query head before it writes the same head of the output.
-__global__ void __launch_bounds__(kAttnWarps * 32)
-    AttentionKernel(KvGeometry g, const uint8_t* __restrict__ kv, int layer, const float* q,
-                    int64_t q_stride, int n_heads, int group, int head_dim, float scale,
-                    const int32_t* __restrict__ offsets, const int64_t* __restrict__ slots,
-                    float* out, int64_t out_stride) {
-  __shared__ float sm_m[kAttnWarps], sm_l[kAttnWarps];
-  __shared__ float sm_o[kAttnWarps][kAttentionMaxHeadDim];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t row = blockIdx.x / n_heads;
-  const int h = static_cast<int>(blockIdx.x % n_heads);
-  const int64_t head_off = static_cast<int64_t>(h / group) * head_dim;  // in the K/V row
-
-  float qv[kAttnPerLane], o[kAttnPerLane];
-  const float* qh = q + row * q_stride + static_cast<int64_t>(h) * head_dim;
-#pragma unroll
-  for (int i = 0; i < kAttnPerLane; ++i) {
-    const int d = lane + 32 * i;
-    qv[i] = d < head_dim ? qh[d] : 0.0f;
-    o[i] = 0.0f;
-  }
-  float m = -INFINITY, l = 0.0f;
-  const int32_t begin = offsets[row], end = offsets[row + 1];
-  for (int32_t j = begin + warp; j < end; j += kAttnWarps) {
-    const int64_t slot = slots[j];
-    if (slot < 0) continue;  // same j for the whole warp
-    const uint8_t* krow = kv + KeyRowOffset(g, layer, slot);
-    const uint8_t* vrow = krow + static_cast<int64_t>(g.block_tokens) * g.row_bytes;
-    float dot = 0.0f;
-#pragma unroll
-    for (int i = 0; i < kAttnPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < head_dim) dot += qv[i] * LoadKv(krow, head_off + d, g.f16);
-    }
-    const float score = WarpSum(dot) * scale;
-    const float m_new = fmaxf(m, score);
-    if (m_new == -INFINITY) continue;    // only -inf scores so far: nothing to add
-    const float corr = expf(m - m_new);  // 0 for the first key (m = -inf)
-    const float p = expf(score - m_new);
-    l = l * corr + p;
-#pragma unroll
-    for (int i = 0; i < kAttnPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < head_dim) o[i] = o[i] * corr + p * LoadKv(vrow, head_off + d, g.f16);
-    }
-    m = m_new;
-  }
-  if (lane == 0) {
-    sm_m[warp] = m;
-    sm_l[warp] = l;
-  }
-#pragma unroll
-  for (int i = 0; i < kAttnPerLane; ++i) {
-    const int d = lane + 32 * i;
-    if (d < head_dim) sm_o[warp][d] = o[i];
-  }
-  __syncthreads();
-  float mmax = -INFINITY;
-  for (int w = 0; w < kAttnWarps; ++w) mmax = fmaxf(mmax, sm_m[w]);
-  float* oh = out + row * out_stride + static_cast<int64_t>(h) * head_dim;
-  for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
-    float num = 0.0f, den = 0.0f;
-    for (int w = 0; w < kAttnWarps; ++w) {
-      if (sm_m[w] == -INFINITY) continue;  // this warp saw no key
-      const float f = expf(sm_m[w] - mmax);
-      num += sm_o[w][d] * f;
-      den += sm_l[w] * f;
-    }
-    oh[d] = den > 0.0f ? num / den : 0.0f;
-  }
 }
 
 // out may be gate or up (each element is read before it is written, by the same thread).
@@ -325,18 +236,6 @@ cudaError_t LaunchKvCopySlot(const KvGeometry& g, void* kv, int64_t dst, int64_t
                              cudaStream_t stream) {
   const int64_t total = KvCopyUnits(g);
   KvCopySlotKernel<<<GridFor(total), kThreads, 0, stream>>>(g, static_cast<uint8_t*>(kv), dst, src);
-  return cudaGetLastError();
-}
-
-cudaError_t LaunchAttention(const KvGeometry& g, const void* kv, int layer, const float* q,
-                            int64_t q_stride, int64_t n_rows, int n_heads, int n_kv_heads,
-                            int head_dim, const int32_t* vis_offsets, const int64_t* vis_slots,
-                            float* out, int64_t out_stride, cudaStream_t stream) {
-  const float scale = 1.0f / sqrtf(static_cast<float>(head_dim));
-  const auto blocks = static_cast<unsigned>(n_rows * n_heads);
-  AttentionKernel<<<blocks, kAttnWarps * 32, 0, stream>>>(
-      g, static_cast<const uint8_t*>(kv), layer, q, q_stride, n_heads, n_heads / n_kv_heads,
-      head_dim, scale, vis_offsets, vis_slots, out, out_stride);
   return cudaGetLastError();
 }
 

@@ -199,11 +199,24 @@ absl::Status KvCopyBlock(Stream& s, const KvLayout& layout, void* d_kv, int64_t 
 // each). Query head h (of n_heads, head_dim floats each, row stride q_stride) reads KV head
 // h / (n_heads / n_kv_heads) of the layer's K/V rows; scores are scaled by 1/sqrt(head_dim),
 // softmaxed in F32, and the output (row stride out_stride) is the weighted sum of the V rows.
+// d_out may be d_q (same strides).
+//
+// Many (row, head) pairs (prefill) take one pass: a block per pair walks all its keys. Few pairs
+// (under twice the device's SM count, asked once per device, e.g. decode) would leave most of the
+// GPU idle that way, so each pair's keys are then cut into chunks, one block per chunk (about 3
+// blocks per SM in all, at most 32 chunks, and at most max_visible / 32 so that the longest row's
+// chunks hold 32 keys or more), and a second kernel merges the chunks' partial softmax results;
+// the two paths agree to float rounding. The partials live in `workspace`, device memory of the
+// stream's device that Attention allocates when it is empty and grows when it is too small (after
+// waiting for the stream, whose earlier kernels may still use it). A workspace belongs to one
+// stream: calls enqueued on the same stream may share it, calls on different streams must not.
+// nullptr: always one pass. The kernels load ahead: positions past a chunk's end (and negative
+// slots, which are skipped) read slot 0's rows and ignore them, so d_kv must hold block 0.
 absl::Status Attention(Stream& s, const KvLayout& layout, const void* d_kv, int32_t layer,
                        const float* d_q, int64_t q_stride, int64_t n_rows, int32_t n_heads,
                        int32_t n_kv_heads, int32_t head_dim, const int32_t* d_vis_offsets,
                        const int64_t* d_vis_slots, int32_t max_visible, float* d_out,
-                       int64_t out_stride);
+                       int64_t out_stride, DeviceBuffer* workspace);
 
 // d_out[i] = silu(d_gate[i]) * d_up[i], i < n.
 absl::Status SwiGlu(Stream& s, const float* d_gate, const float* d_up, float* d_out, int64_t n);

@@ -121,6 +121,8 @@ class CudaShard final : public LayerShard {
   int32_t max_visible_ = 0;
   cuda::DeviceBuffer x_, x2_, h_, q_, k_, v_, attn_, partial_, gate_, up_, logits_;
   cuda::DeviceBuffer slots_, vis_offsets_, vis_slots_, cos_, sin_, index_;
+  // Attention's partial results when it splits the keys of few rows (grown by Attention itself).
+  cuda::DeviceBuffer attn_scratch_;
   // Host staging. in_which_ is Head's own: Keep's copy out of in_index_ may still be pending then.
   cuda::PinnedBuffer in_x_, in_slots_, in_offsets_, in_vis_, in_cos_, in_sin_, in_index_, in_which_,
       out_;
@@ -261,9 +263,10 @@ absl::Status CudaShard::AttentionPartial(int32_t l) {
                                 cos_.as<float>(), sin_.as<float>()));
   PI_RETURN_IF_ERROR(
       cuda::KvWrite(S(), dev_.layout, dev_.kv.get(), l, slots_.as<int64_t>(), k, nkv, v, nkv, n));
-  PI_RETURN_IF_ERROR(cuda::Attention(
-      S(), dev_.layout, dev_.kv.get(), l, q, nq, n, slice_.n_heads, slice_.n_kv_heads, hd,
-      vis_offsets_.as<int32_t>(), vis_slots_.as<int64_t>(), max_visible_, attn_.as<float>(), nq));
+  PI_RETURN_IF_ERROR(cuda::Attention(S(), dev_.layout, dev_.kv.get(), l, q, nq, n, slice_.n_heads,
+                                     slice_.n_kv_heads, hd, vis_offsets_.as<int32_t>(),
+                                     vis_slots_.as<int64_t>(), max_visible_, attn_.as<float>(), nq,
+                                     &attn_scratch_));
   return cuda::MatMul(g, w.wo, attn_.as<float>(), nq, n, partial_.as<float>(), n_embd);
 }
 

@@ -20,23 +20,9 @@ namespace pipeinfer::cuda {
 namespace {
 
 using testing::CudaTest;
+using testing::ExpectAllClose;
+using testing::HostKv;
 using testing::RandomFloats;
-
-// |a - b| <= rel * |b| + abs_tol for every element (reports the first few mismatches).
-void ExpectAllClose(const std::vector<float>& got, const std::vector<float>& want, float rel,
-                    float abs_tol, const char* what) {
-  ASSERT_EQ(got.size(), want.size()) << what;
-  int bad = 0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const bool ok = std::isnan(want[i])
-                        ? std::isnan(got[i])
-                        : std::fabs(got[i] - want[i]) <= rel * std::fabs(want[i]) + abs_tol;
-    if (!ok && bad++ < 5) {
-      ADD_FAILURE() << what << "[" << i << "]: gpu " << got[i] << " cpu " << want[i];
-    }
-  }
-  EXPECT_EQ(bad, 0) << what;
-}
 
 // Index of the first differing byte, or -1 (keeps failure output short for big buffers).
 int64_t FirstDiff(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) {
@@ -44,40 +30,6 @@ int64_t FirstDiff(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) 
   const auto it = std::mismatch(a.begin(), a.end(), b.begin());
   return it.first == a.end() ? -1 : static_cast<int64_t>(it.first - a.begin());
 }
-
-// A host mirror of the device KV storage, written with the same layout rules.
-struct HostKv {
-  KvLayout layout;
-  std::vector<uint8_t> bytes;
-  size_t KeyOffset(int32_t layer, int64_t slot) const {
-    return static_cast<size_t>(slot / layout.block_tokens) * layout.block_bytes() +
-           static_cast<size_t>(layer) * 2 * layout.block_tokens * layout.row_bytes() +
-           static_cast<size_t>(slot % layout.block_tokens) * layout.row_bytes();
-  }
-  size_t ValueOffset(int32_t layer, int64_t slot) const {
-    return KeyOffset(layer, slot) + static_cast<size_t>(layout.block_tokens) * layout.row_bytes();
-  }
-  void WriteRow(size_t off, const float* v) {
-    for (int32_t e = 0; e < layout.row_elems; ++e) {
-      if (layout.f16) {
-        const uint16_t h = kernels::FloatToHalf(v[e]);
-        std::memcpy(&bytes[off + 2 * e], &h, 2);
-      } else {
-        std::memcpy(&bytes[off + 4 * e], &v[e], 4);
-      }
-    }
-  }
-  float Elem(size_t off, int64_t e) const {
-    if (layout.f16) {
-      uint16_t h;
-      std::memcpy(&h, &bytes[off + 2 * e], 2);
-      return kernels::HalfToFloat(h);
-    }
-    float f;
-    std::memcpy(&f, &bytes[off + 4 * e], 4);
-    return f;
-  }
-};
 
 // The KV kernels' addressing, run on the host (cuda_host.h), against the mirror above: every
 // written byte lands where the host cache's layout puts it, and nothing else changes.
@@ -338,9 +290,11 @@ TEST_P(CudaKv, WriteCopyAndTreeAttentionMatchCpu) {
   }
   DeviceBuffer dq = ToDevice(q), doffs = ToDevice(offsets), dslots = ToDevice(vis_slots);
   DeviceBuffer dout = ToDevice(std::vector<float>(n_rows * out_stride, 0.0f));
+  DeviceBuffer
+      workspace;  // few rows: the split path on most GPUs (cuda_attention_test covers both)
   PI_CUDA_ASSERT_OK(Attention(stream(), L, kv.get(), 1, dq.as<float>(), q_stride, n_rows, n_heads,
                               n_kv_heads, head_dim, doffs.as<int32_t>(), dslots.as<int64_t>(),
-                              max_visible, dout.as<float>(), out_stride));
+                              max_visible, dout.as<float>(), out_stride, &workspace));
   ExpectAllClose(FromDevice<float>(dout.get(), want.size()), want, 1e-4f, 2e-5f, "attention");
 
   // Copy one token's slot to a free slot, then a whole block over another one.
@@ -364,7 +318,7 @@ TEST_P(CudaKv, WriteCopyAndTreeAttentionMatchCpu) {
 
   EXPECT_EQ(Attention(stream(), L, kv.get(), 1, dq.as<float>(), q_stride, n_rows, n_heads, 3,
                       head_dim, doffs.as<int32_t>(), dslots.as<int64_t>(), max_visible,
-                      dout.as<float>(), out_stride)
+                      dout.as<float>(), out_stride, &workspace)
                 .code(),
             absl::StatusCode::kInvalidArgument);  // 8 heads do not split into 3 groups
   EXPECT_EQ(KvWrite(stream(), L, kv.get(), 2, d_phys.as<int64_t>(), dk0.as<float>(), re,

@@ -1,15 +1,18 @@
-// Helpers of the CUDA tests: skipping without a device, a stream on device 0, and copies between
-// std::vector and device memory.
+// Helpers of the CUDA tests: skipping without a device, a stream on device 0, copies between
+// std::vector and device memory, float comparison, and a host mirror of the paged KV storage.
 #pragma once
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
 
 #include "cuda/cuda_ops.h"
+#include "kernels/kernels.h"
 
 // ASSERT/EXPECT that an absl::Status (or StatusOr) is OK, printing the status otherwise.
 #define PI_CUDA_ASSERT_OK(expr)                                            \
@@ -82,5 +85,55 @@ inline std::vector<float> RandomFloats(size_t n, std::mt19937& rng, float lo = -
   for (float& x : v) x = d(rng);
   return v;
 }
+
+// |a - b| <= rel * |b| + abs_tol for every element (reports the first few mismatches).
+inline void ExpectAllClose(const std::vector<float>& got, const std::vector<float>& want, float rel,
+                           float abs_tol, const char* what) {
+  ASSERT_EQ(got.size(), want.size()) << what;
+  int bad = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const bool ok = std::isnan(want[i])
+                        ? std::isnan(got[i])
+                        : std::fabs(got[i] - want[i]) <= rel * std::fabs(want[i]) + abs_tol;
+    if (!ok && bad++ < 5) {
+      ADD_FAILURE() << what << "[" << i << "]: gpu " << got[i] << " cpu " << want[i];
+    }
+  }
+  EXPECT_EQ(bad, 0) << what;
+}
+
+// A host mirror of the device KV storage, written with the same layout rules.
+struct HostKv {
+  KvLayout layout;
+  std::vector<uint8_t> bytes;
+  size_t KeyOffset(int32_t layer, int64_t slot) const {
+    return static_cast<size_t>(slot / layout.block_tokens) * layout.block_bytes() +
+           static_cast<size_t>(layer) * 2 * layout.block_tokens * layout.row_bytes() +
+           static_cast<size_t>(slot % layout.block_tokens) * layout.row_bytes();
+  }
+  size_t ValueOffset(int32_t layer, int64_t slot) const {
+    return KeyOffset(layer, slot) + static_cast<size_t>(layout.block_tokens) * layout.row_bytes();
+  }
+  void WriteRow(size_t off, const float* v) {
+    for (int32_t e = 0; e < layout.row_elems; ++e) {
+      if (layout.f16) {
+        const uint16_t h = kernels::FloatToHalf(v[e]);
+        std::memcpy(&bytes[off + 2 * e], &h, 2);
+      } else {
+        std::memcpy(&bytes[off + 4 * e], &v[e], 4);
+      }
+    }
+  }
+  float Elem(size_t off, int64_t e) const {
+    if (layout.f16) {
+      uint16_t h;
+      std::memcpy(&h, &bytes[off + 2 * e], 2);
+      return kernels::HalfToFloat(h);
+    }
+    float f;
+    std::memcpy(&f, &bytes[off + 4 * e], 4);
+    return f;
+  }
+};
 
 }  // namespace pipeinfer::cuda::testing
