@@ -28,7 +28,7 @@ class CpuShard final : public LayerShard {
   std::string Describe() const override { return "cpu"; }
 
   absl::Status Begin(const PassRows& rows, std::span<const float> x) override {
-    rows_ = rows;
+    SetRows(rows);
     x_.assign(x.begin(), x.end());
     // The rotation angles of each row (the same for every layer).
     const RopeConfig& rope = model_.rope();
@@ -63,7 +63,7 @@ class CpuShard final : public LayerShard {
       std::memmove(sin_.data() + i * half, sin_.data() + r * half, half * sizeof(float));
     }
     x_.resize(keep.size() * n_embd);
-    rows_ = rows;
+    SetRows(rows);
     return absl::OkStatus();
   }
 
@@ -75,6 +75,17 @@ class CpuShard final : public LayerShard {
   absl::Status Head(std::span<const int32_t> which, std::span<float> logits) override;
 
  private:
+  // Takes the rows of a pass, with the byte offset of every visible key's layer-0 key row (a
+  // layer adds layer_bytes_, the value row block_tokens rows more): computed once per pass, not
+  // per layer and head.
+  void SetRows(const PassRows& rows) {
+    rows_ = rows;
+    const kv::KvConfig& kc = kv_.config();
+    key_offset_.resize(rows.vis_slots.size());
+    for (size_t j = 0; j < rows.vis_slots.size(); ++j) {
+      key_offset_[j] = kv::KeyOffset(kc, rows.vis_slots[j], 0);
+    }
+  }
   // Attention of the slice's heads for every row over its visible keys.
   void Attention(int32_t layer, const float* q, float* out);
   // Biases, per-head norms and RoPE of row i's q and k (the slice's heads).
@@ -87,6 +98,7 @@ class CpuShard final : public LayerShard {
   kernels::ThreadPool& pool_;
   std::vector<SlicedLayer> layers_;
   PassRows rows_;
+  std::vector<size_t> key_offset_;  // per entry of rows_.vis_slots (SetRows)
   std::vector<float> x_, h_, q_, k_, v_, attn_, partial_, gate_, up_, cos_, sin_;
   std::vector<std::vector<float>> scratch_;  // per thread: attention scores
 };
@@ -132,6 +144,8 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
   const bool f16 = kc.type == kv::ElemType::kF16;
   const uint8_t* base = kv_.store().host_data();
   const size_t elem = kc.elem_bytes();
+  const size_t value_off = static_cast<size_t>(kc.block_tokens) * kc.row_bytes();
+  const size_t layer_off = static_cast<size_t>(layer) * 2 * value_off;
 
   pool_.ParallelFor(
       static_cast<int64_t>(rows_.n) * n_heads, 1, [&](int64_t begin, int64_t end, int thread) {
@@ -142,12 +156,13 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
           // Consecutive query heads share a KV head (global numbering; the row holds every head).
           const int32_t kvh = (slice_.head0 + h) / n_gqa;
           const size_t col = static_cast<size_t>(kvh) * hd * elem;
-          const int64_t* keys = rows_.vis_slots.data() + rows_.vis_offsets[t];
+          const size_t layer_col = layer_off + col;
+          const size_t* keys = key_offset_.data() + rows_.vis_offsets[t];
           const int32_t n_keys = rows_.vis_offsets[t + 1] - rows_.vis_offsets[t];
           const float* qv = q + t * stride + h * hd;
           scores.resize(n_keys);
           for (int32_t j = 0; j < n_keys; ++j) {
-            const uint8_t* krow = base + kv::KeyOffset(kc, keys[j], layer) + col;
+            const uint8_t* krow = base + keys[j] + layer_col;
             scores[j] =
                 scale * (f16 ? kernels::DotF32F16(qv, reinterpret_cast<const uint16_t*>(krow), hd)
                              : kernels::DotF32(qv, reinterpret_cast<const float*>(krow), hd));
@@ -156,7 +171,7 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
           float* o = out + t * stride + h * hd;
           std::fill(o, o + hd, 0.0f);
           for (int32_t j = 0; j < n_keys; ++j) {
-            const uint8_t* vrow = base + kv::ValueOffset(kc, keys[j], layer) + col;
+            const uint8_t* vrow = base + keys[j] + layer_col + value_off;
             if (f16) {
               kernels::AxpyF16(scores[j], reinterpret_cast<const uint16_t*>(vrow), o, hd);
             } else {
