@@ -21,6 +21,7 @@ struct ModelArgs {
   int threads = 1;
   std::string kv_type = "f16";
   int ctx = 0;
+  std::string device = "cpu";
 };
 
 void AddModelOptions(CLI::App* cmd, ModelArgs& a) {
@@ -30,6 +31,9 @@ void AddModelOptions(CLI::App* cmd, ModelArgs& a) {
       ->check(CLI::IsMember({"f16", "f32"}));
   cmd->add_option("--ctx", a.ctx, "Context length (default: the model's)")
       ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--device", a.device,
+                  "Where the layers run: cpu, cuda:N, or a list of one kind that splits them "
+                  "(cuda:0,cuda:1; cpu,cpu)");
 }
 
 struct Loaded {
@@ -53,6 +57,7 @@ bool Load(const ModelArgs& a, Loaded& out) {
   opts.threads = a.threads;
   opts.kv_type = a.kv_type == "f32" ? kv::ElemType::kF32 : kv::ElemType::kF16;
   opts.max_context = a.ctx;
+  opts.devices = a.device;
   opts.kv_capacity_tokens = a.ctx > 0 ? a.ctx : (*model)->hparams().n_ctx_train;
   auto e = engine::Engine::Create(std::move(*model), opts);
   if (!e.ok()) {
