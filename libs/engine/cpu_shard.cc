@@ -86,6 +86,16 @@ class CpuShard final : public LayerShard {
       key_offset_[j] = kv::KeyOffset(kc, rows.vis_slots[j], 0);
     }
   }
+  // h_ = RMSNorm(x_) row by row with `weight`; sizes h_ and partial_ for the pass's rows.
+  void NormRows(const std::vector<float>& weight) {
+    const int64_t n_embd = hp_.n_embd;
+    h_.resize(rows_.n * n_embd);
+    partial_.resize(rows_.n * n_embd);
+    for (int32_t i = 0; i < rows_.n; ++i) {
+      kernels::RmsNorm(x_.data() + i * n_embd, weight.data(), n_embd, hp_.rms_norm_eps,
+                       h_.data() + i * n_embd);
+    }
+  }
   // Attention of the slice's heads for every row over its visible keys.
   void Attention(int32_t layer, const float* q, float* out);
   // Biases, per-head norms and RoPE of row i's q and k (the slice's heads).
@@ -187,18 +197,13 @@ absl::Status CpuShard::AttentionPartial(int32_t l) {
   const int64_t n_embd = hp_.n_embd;
   const int64_t hd = hp_.head_dim();
   const int64_t nq = slice_.n_heads * hd, nkv = slice_.n_kv_heads * hd;
-  h_.resize(n * n_embd);
   q_.resize(n * nq);
   k_.resize(n * nkv);
   v_.resize(n * nkv);
   attn_.resize(n * nq);
-  partial_.resize(n * n_embd);
   const LayerWeights& w = model_.layer(l);
   const SlicedLayer& s = layers_[l];
-  for (int32_t i = 0; i < n; ++i) {
-    kernels::RmsNorm(x_.data() + i * n_embd, w.attn_norm.data(), n_embd, hp_.rms_norm_eps,
-                     h_.data() + i * n_embd);
-  }
+  NormRows(w.attn_norm);
   kernels::MatMul(s.wq, h_.data(), n_embd, n, q_.data(), nq, pool_);
   kernels::MatMul(s.wk, h_.data(), n_embd, n, k_.data(), nkv, pool_);
   kernels::MatMul(s.wv, h_.data(), n_embd, n, v_.data(), nkv, pool_);
@@ -226,16 +231,11 @@ absl::Status CpuShard::AttentionPartial(int32_t l) {
 absl::Status CpuShard::FfnPartial(int32_t l) {
   const int32_t n = rows_.n;
   const int64_t n_embd = hp_.n_embd, n_ff = slice_.n_ff;
-  h_.resize(n * n_embd);
   gate_.resize(n * n_ff);
   up_.resize(n * n_ff);
-  partial_.resize(n * n_embd);
   const LayerWeights& w = model_.layer(l);
   const SlicedLayer& s = layers_[l];
-  for (int32_t i = 0; i < n; ++i) {
-    kernels::RmsNorm(x_.data() + i * n_embd, w.ffn_norm.data(), n_embd, hp_.rms_norm_eps,
-                     h_.data() + i * n_embd);
-  }
+  NormRows(w.ffn_norm);
   kernels::MatMul(s.w_gate, h_.data(), n_embd, n, gate_.data(), n_ff, pool_);
   kernels::MatMul(s.w_up, h_.data(), n_embd, n, up_.data(), n_ff, pool_);
   kernels::SwiGlu(gate_.data(), up_.data(), gate_.data(), n * n_ff);
