@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -39,8 +40,11 @@ class DetachedClusterTest : public ::testing::Test {
 
   // `pipeinfer up --detach <args>` on free ports (`ports` consecutive ones from --base-port, and
   // --http-port), with this test's state file and log folder; up to three tries, since a port can
-  // be taken between the check and the bind. Sets base_port_ and http_port_.
-  CommandResult UpOnFreePorts(const std::vector<std::string>& args, int ports) {
+  // be taken between the check and the bind, unless `final_failure` says a failure would repeat.
+  // Sets base_port_ and http_port_.
+  CommandResult UpOnFreePorts(
+      const std::vector<std::string>& args, int ports,
+      const std::function<bool(const CommandResult&)>& final_failure = nullptr) {
     CommandResult r;
     for (int attempt = 0; attempt < 3; ++attempt) {
       base_port_ = FreePortRange(ports);
@@ -51,7 +55,7 @@ class DetachedClusterTest : public ::testing::Test {
                                std::to_string(http_port_), "--detach", "--state", state_,
                                "--log-dir", dir_ + "/logs"});
       r = RunCmd(argv, std::chrono::seconds(120));
-      if (r.exit_code == 0) return r;
+      if (r.exit_code == 0 || (final_failure && final_failure(r))) return r;
       std::fprintf(stderr, "up failed (attempt %d):\n%s\n", attempt, r.output.c_str());
     }
     return r;

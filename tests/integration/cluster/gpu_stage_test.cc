@@ -58,35 +58,12 @@ class GpuStageTest : public testing::DetachedClusterTest {
   // stages, the draft service, router gRPC and three /metrics); retried on a port race, but not
   // when a stage found no CUDA device (that fails the same way every time).
   CommandResult Up(const std::vector<std::string>& extra) {
-    CommandResult r;
-    for (int attempt = 0; attempt < 3; ++attempt) {
-      base_port_ = FreePortRange(7);
-      http_port_ = FreePortRange(1);
-      std::vector<std::string> argv = {BinPath("pipeinfer"),
-                                       "up",
-                                       "--model",
-                                       FixturePath("models/tiny-f16.gguf"),
-                                       "--stages",
-                                       "2",
-                                       "--mode",
-                                       "plain",
-                                       "--kv-tokens",
-                                       "1024",
-                                       "--base-port",
-                                       std::to_string(base_port_),
-                                       "--http-port",
-                                       std::to_string(http_port_),
-                                       "--detach",
-                                       "--state",
-                                       state_,
-                                       "--log-dir",
-                                       dir_ + "/logs"};
-      argv.insert(argv.end(), extra.begin(), extra.end());
-      r = RunCmd(argv, std::chrono::seconds(120));
-      if (r.exit_code == 0 || NoCuda(r)) return r;
-      std::fprintf(stderr, "up failed (attempt %d):\n%s\n", attempt, r.output.c_str());
-    }
-    return r;
+    std::vector<std::string> args = {"--model",     FixturePath("models/tiny-f16.gguf"),
+                                     "--stages",    "2",
+                                     "--mode",      "plain",
+                                     "--kv-tokens", "1024"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    return UpOnFreePorts(args, 7, [this](const CommandResult& r) { return NoCuda(r); });
   }
 
   // Whether `up` failed because a stage found no CUDA device (its error, or stage 1's log).
