@@ -74,6 +74,9 @@ StageCore::StageCore(std::unique_ptr<engine::Engine> engine, StageCoreConfig con
   m_.kv_blocks_reserved =
       &m.Gauge("kv_blocks_reserved", "KV cache blocks reserved by open sessions (used or not)");
   m_.sessions_open = &m.Gauge("sessions_open", "Sessions open on this stage");
+  m.GaugeFamily("device_info", "Always 1; the device label names where the stage computes")
+      .Add({{"device", engine_->DeviceDescription()}})
+      .Set(1);
   UpdateKvGauges();
 }
 
