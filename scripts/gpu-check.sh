@@ -94,6 +94,29 @@ if (( quick == 0 )); then
       --runs 1 --context 2048 2>&1 | grep -E '^\| '"$type"' ' | tee -a "$report" || rc=1
   done
 fi
+# Where a decode step's time goes, kernel by kernel (hardware counters; works on Firecracker
+# machines, not on gVisor): one Q4_K 7B-shaped layer, ncu's speed-of-light section for 48 kernel
+# launches after the bench's warm-up, only when there is time left. Raw CSV in $OUT/ncu-decode.csv.
+if (( quick == 0 )) && command -v ncu > /dev/null && (( $(date +%s) - start < 400 )); then
+  timeout -k 5 120 ncu --clock-control none --launch-skip 400 --launch-count 48 \
+    --section SpeedOfLight --csv "$bin/engine_bench" --device cuda:0 --types q4_K \
+    --n-embd 4096 --n-ff 11008 --n-head 32 --n-layer 1 --runs 1 --context 128 --seconds 0.5 \
+    --dir /tmp > "$OUT/ncu-decode.csv" 2> "$OUT/ncu-decode.err"
+  say ""
+  say "## ncu (exit $?): kernels of a Q4_K decode step, DRAM throughput % of peak"
+  python3 - "$OUT/ncu-decode.csv" >> "$report" 2>&1 <<'PY'
+import csv, sys
+rows = {}
+lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
+for r in csv.DictReader(lines):
+    k = (r.get("ID"), r.get("Kernel Name", "")[:60])
+    rows.setdefault(k, {})[r.get("Metric Name")] = r.get("Metric Value")
+print("| kernel | duration | DRAM % |")
+print("|---|--:|--:|")
+for (i, name), m in rows.items():
+    print(f"| {name} | {m.get('Duration', '')} | {m.get('DRAM Throughput', '')} |")
+PY
+fi
 say ""
 say "total $(( $(date +%s) - start )) s, status $rc"
 exit "$rc"
