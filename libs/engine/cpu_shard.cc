@@ -145,10 +145,9 @@ void CpuShard::PrepareQkv(const LayerWeights& w, int32_t i, float* q, float* k, 
 }
 
 void CpuShard::Attention(int32_t layer, const float* q, float* out) {
-  const int32_t n_heads = slice_.n_heads;
   const int32_t hd = static_cast<int32_t>(hp_.head_dim());
   const int32_t n_gqa = static_cast<int32_t>(hp_.n_gqa());
-  const int64_t stride = static_cast<int64_t>(n_heads) * hd;  // of q and out
+  const int64_t stride = static_cast<int64_t>(slice_.n_heads) * hd;  // of q and out
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   const kv::KvConfig& kc = kv_.config();
   const bool f16 = kc.type == kv::ElemType::kF16;
@@ -156,40 +155,56 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
   const size_t elem = kc.elem_bytes();
   const size_t value_off = static_cast<size_t>(kc.block_tokens) * kc.row_bytes();
   const size_t layer_off = static_cast<size_t>(layer) * 2 * value_off;
+  // A task is one row and a group of the query heads that share a KV head: each key and value row
+  // is read (and converted from F16) once for the whole group. DotF32F16 / AxpyF16 equal DotF32 /
+  // AxpyF32 on the converted row bit for bit (kernels.h), so this is the per-head computation,
+  // operation for operation. Groups are split when there would be too few tasks for the threads.
+  int32_t group = n_gqa;
+  while (group % 2 == 0 &&
+         static_cast<int64_t>(rows_.n) * slice_.n_kv_heads * (n_gqa / group) < 2 * pool_.size()) {
+    group /= 2;
+  }
+  const int32_t groups_per_kv = n_gqa / group;
+  const int64_t n_tasks = static_cast<int64_t>(rows_.n) * slice_.n_kv_heads * groups_per_kv;
 
-  pool_.ParallelFor(
-      static_cast<int64_t>(rows_.n) * n_heads, 1, [&](int64_t begin, int64_t end, int thread) {
-        std::vector<float>& scores = scratch_[thread];
-        for (int64_t task = begin; task < end; ++task) {
-          const int32_t t = static_cast<int32_t>(task / n_heads);
-          const int32_t h = static_cast<int32_t>(task % n_heads);
-          // Consecutive query heads share a KV head (global numbering; the row holds every head).
-          const int32_t kvh = (slice_.head0 + h) / n_gqa;
-          const size_t col = static_cast<size_t>(kvh) * hd * elem;
-          const size_t layer_col = layer_off + col;
-          const size_t* keys = key_offset_.data() + rows_.vis_offsets[t];
-          const int32_t n_keys = rows_.vis_offsets[t + 1] - rows_.vis_offsets[t];
-          const float* qv = q + t * stride + h * hd;
-          scores.resize(n_keys);
-          for (int32_t j = 0; j < n_keys; ++j) {
-            const uint8_t* krow = base + keys[j] + layer_col;
-            scores[j] =
-                scale * (f16 ? kernels::DotF32F16(qv, reinterpret_cast<const uint16_t*>(krow), hd)
-                             : kernels::DotF32(qv, reinterpret_cast<const float*>(krow), hd));
-          }
-          kernels::SoftmaxInPlace(scores.data(), n_keys);
-          float* o = out + t * stride + h * hd;
-          std::fill(o, o + hd, 0.0f);
-          for (int32_t j = 0; j < n_keys; ++j) {
-            const uint8_t* vrow = base + keys[j] + layer_col + value_off;
-            if (f16) {
-              kernels::AxpyF16(scores[j], reinterpret_cast<const uint16_t*>(vrow), o, hd);
-            } else {
-              kernels::AxpyF32(scores[j], reinterpret_cast<const float*>(vrow), o, hd);
-            }
-          }
+  pool_.ParallelFor(n_tasks, 1, [&](int64_t begin, int64_t end, int thread) {
+    std::vector<float>& scratch = scratch_[thread];
+    for (int64_t task = begin; task < end; ++task) {
+      const int32_t t = static_cast<int32_t>(task / (slice_.n_kv_heads * groups_per_kv));
+      const int32_t rest = static_cast<int32_t>(task % (slice_.n_kv_heads * groups_per_kv));
+      const int32_t g = rest / groups_per_kv;                         // local KV head
+      const int32_t h0 = g * n_gqa + (rest % groups_per_kv) * group;  // first local query head
+      const size_t layer_col = layer_off + static_cast<size_t>(slice_.kv_head0 + g) * hd * elem;
+      const size_t* keys = key_offset_.data() + rows_.vis_offsets[t];
+      const int32_t n_keys = rows_.vis_offsets[t + 1] - rows_.vis_offsets[t];
+      scratch.resize(static_cast<size_t>(group) * n_keys + hd);
+      float* row = scratch.data();          // one key or value row as floats
+      float* scores = scratch.data() + hd;  // [group][n_keys]
+      auto as_floats = [&](const uint8_t* p) -> const float* {
+        if (!f16) return reinterpret_cast<const float*>(p);
+        kernels::HalfToFloatN(reinterpret_cast<const uint16_t*>(p), row, hd);
+        return row;
+      };
+      const float* qg = q + t * stride + static_cast<int64_t>(h0) * hd;
+      for (int32_t j = 0; j < n_keys; ++j) {
+        const float* k = as_floats(base + keys[j] + layer_col);
+        for (int32_t h = 0; h < group; ++h) {
+          scores[h * n_keys + j] = scale * kernels::DotF32(qg + h * hd, k, hd);
         }
-      });
+      }
+      float* og = out + t * stride + static_cast<int64_t>(h0) * hd;
+      for (int32_t h = 0; h < group; ++h) {
+        kernels::SoftmaxInPlace(scores + h * n_keys, n_keys);
+        std::fill(og + h * hd, og + (h + 1) * hd, 0.0f);
+      }
+      for (int32_t j = 0; j < n_keys; ++j) {
+        const float* v = as_floats(base + keys[j] + layer_col + value_off);
+        for (int32_t h = 0; h < group; ++h) {
+          kernels::AxpyF32(scores[h * n_keys + j], v, og + h * hd, hd);
+        }
+      }
+    }
+  });
 }
 
 absl::Status CpuShard::AttentionPartial(int32_t l) {

@@ -106,7 +106,9 @@ void MatMul(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
 
 // --- Vector ops (single thread; n is any length) ----------------------------------------------
 float DotF32(const float* a, const float* b, int64_t n);
-// Dot of F32 `a` with F16 `b` (KV cache rows).
+// Dot of F32 `a` with F16 `b` (KV cache rows). On every path it equals DotF32(a, b converted to
+// floats) bit for bit, and AxpyF16 equals AxpyF32 on the converted x (the same operations in the
+// same order; the conversion is exact): callers may convert a row once and reuse it.
 float DotF32F16(const float* a, const uint16_t* b, int64_t n);
 // y += s * x   (F32 x, or F16 x)
 void AxpyF32(float s, const float* x, float* y, int64_t n);

@@ -224,5 +224,36 @@ TEST(VecInvariance, ElementwiseResultsDoNotDependOnLength) {
   }
 }
 
+// The contract the CPU attention relies on (kernels.h): a dot or axpy with an F16 row equals the
+// F32 one on the row converted once, bit for bit, on every path and every length (vector body and
+// scalar tail).
+TEST(VecInvariance, HalfRowKernelsEqualFloatKernelsOnTheConvertedRow) {
+  constexpr int64_t kN = 300;
+  std::mt19937 rng(78);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f), wide(-8.0f, 8.0f);
+  std::vector<float> a(kN), y0(kN), converted(kN);
+  std::vector<uint16_t> h(kN);
+  for (int64_t i = 0; i < kN; ++i) {
+    a[i] = wide(rng);
+    y0[i] = unit(rng);
+    h[i] = FloatToHalf(wide(rng));
+  }
+  const float s = -0.4127f;
+  for (const Path& p : Paths()) {
+    ScopedPath scoped(p);
+    for (int64_t n : {1, 7, 8, 31, 32, 33, 64, 100, 128, 256, 300}) {
+      HalfToFloatN(h.data(), converted.data(), n);
+      EXPECT_EQ(Bits(DotF32F16(a.data(), h.data(), n)), Bits(DotF32(a.data(), converted.data(), n)))
+          << p.name << " n " << n;
+      std::vector<float> y16(y0.begin(), y0.begin() + n), y32(y16);
+      AxpyF16(s, h.data(), y16.data(), n);
+      AxpyF32(s, converted.data(), y32.data(), n);
+      for (int64_t j = 0; j < n; ++j) {
+        EXPECT_EQ(Bits(y16[j]), Bits(y32[j])) << p.name << " n " << n << " j " << j;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pipeinfer::kernels
