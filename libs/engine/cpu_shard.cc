@@ -177,9 +177,10 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
       const size_t layer_col = layer_off + static_cast<size_t>(slice_.kv_head0 + g) * hd * elem;
       const size_t* keys = key_offset_.data() + rows_.vis_offsets[t];
       const int32_t n_keys = rows_.vis_offsets[t + 1] - rows_.vis_offsets[t];
-      scratch.resize(static_cast<size_t>(group) * n_keys + hd);
-      float* row = scratch.data();          // one key or value row as floats
-      float* scores = scratch.data() + hd;  // [group][n_keys]
+      scratch.resize(static_cast<size_t>(group) * (n_keys + 1) + hd);
+      float* row = scratch.data();            // one key or value row as floats
+      float* per_head = scratch.data() + hd;  // [group]: one key's dots, or its weights
+      float* scores = per_head + group;       // [group][n_keys]
       auto as_floats = [&](const uint8_t* p) -> const float* {
         if (!f16) return reinterpret_cast<const float*>(p);
         kernels::HalfToFloatN(reinterpret_cast<const uint16_t*>(p), row, hd);
@@ -188,9 +189,8 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
       const float* qg = q + t * stride + static_cast<int64_t>(h0) * hd;
       for (int32_t j = 0; j < n_keys; ++j) {
         const float* k = as_floats(base + keys[j] + layer_col);
-        for (int32_t h = 0; h < group; ++h) {
-          scores[h * n_keys + j] = scale * kernels::DotF32(qg + h * hd, k, hd);
-        }
+        kernels::DotF32Rows(qg, hd, group, k, hd, per_head);
+        for (int32_t h = 0; h < group; ++h) scores[h * n_keys + j] = scale * per_head[h];
       }
       float* og = out + t * stride + static_cast<int64_t>(h0) * hd;
       for (int32_t h = 0; h < group; ++h) {
@@ -199,9 +199,8 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
       }
       for (int32_t j = 0; j < n_keys; ++j) {
         const float* v = as_floats(base + keys[j] + layer_col + value_off);
-        for (int32_t h = 0; h < group; ++h) {
-          kernels::AxpyF32(scores[h * n_keys + j], v, og + h * hd, hd);
-        }
+        for (int32_t h = 0; h < group; ++h) per_head[h] = scores[h * n_keys + j];
+        kernels::AxpyF32Rows(per_head, v, og, hd, group, hd);
       }
     }
   });

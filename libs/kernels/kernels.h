@@ -112,6 +112,13 @@ float DotF32(const float* a, const float* b, int64_t n);
 float DotF32F16(const float* a, const uint16_t* b, int64_t n);
 // y += s * x   (F32 x, or F16 x)
 void AxpyF32(float s, const float* x, float* y, int64_t n);
+// Several vectors against one row, with one dispatch (attention: the query heads sharing a KV
+// head): out[r] = DotF32(a + r * a_stride, b, n) and AxpyF32(s[r], x, y + r * y_stride, n) for
+// r < rows, bit for bit.
+void DotF32Rows(const float* a, int64_t a_stride, int64_t rows, const float* b, int64_t n,
+                float* out);
+void AxpyF32Rows(const float* s, const float* x, float* y, int64_t y_stride, int64_t rows,
+                 int64_t n);
 void AxpyF16(float s, const uint16_t* x, float* y, int64_t n);
 // out = x / sqrt(mean(x^2) + eps) * w
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);

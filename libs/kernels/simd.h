@@ -44,6 +44,10 @@ void FloatToHalfN(const float* in, uint16_t* out, int64_t n);
 float DotF32(const float* a, const float* b, int64_t n);
 float DotF32F16(const float* a, const uint16_t* b, int64_t n);
 void AxpyF32(float s, const float* x, float* y, int64_t n);
+void DotF32Rows(const float* a, int64_t a_stride, int64_t rows, const float* b, int64_t n,
+                float* out);
+void AxpyF32Rows(const float* s, const float* x, float* y, int64_t y_stride, int64_t rows,
+                 int64_t n);
 void AxpyF16(float s, const uint16_t* x, float* y, int64_t n);
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);
 void SwiGlu(const float* gate, const float* up, float* out, int64_t n);

@@ -85,7 +85,9 @@ void FloatToHalfN(const float* in, uint16_t* out, int64_t n) {
   for (; i < n; ++i) out[i] = _cvtss_sh(in[i], _MM_FROUND_TO_NEAREST_INT);
 }
 
-float DotF32(const float* a, const float* b, int64_t n) {
+namespace {
+
+inline float DotF32Body(const float* a, const float* b, int64_t n) {
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
   __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
   int64_t i = 0;
@@ -101,6 +103,24 @@ float DotF32(const float* a, const float* b, int64_t n) {
   float sum = HorizontalSum(_mm256_add_ps(_mm256_add_ps(acc0, acc2), _mm256_add_ps(acc1, acc3)));
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
+}
+
+inline void AxpyF32Body(float s, const float* x, float* y, int64_t n) {
+  const __m256 sv = _mm256_set1_ps(s);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(sv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  }
+  for (; i < n; ++i) y[i] = Fma1(s, x[i], y[i]);
+}
+
+}  // namespace
+
+float DotF32(const float* a, const float* b, int64_t n) { return DotF32Body(a, b, n); }
+
+void DotF32Rows(const float* a, int64_t a_stride, int64_t rows, const float* b, int64_t n,
+                float* out) {
+  for (int64_t r = 0; r < rows; ++r) out[r] = DotF32Body(a + r * a_stride, b, n);
 }
 
 float DotF32F16(const float* a, const uint16_t* b, int64_t n) {
@@ -119,13 +139,11 @@ float DotF32F16(const float* a, const uint16_t* b, int64_t n) {
   return sum;
 }
 
-void AxpyF32(float s, const float* x, float* y, int64_t n) {
-  const __m256 sv = _mm256_set1_ps(s);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(sv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  }
-  for (; i < n; ++i) y[i] = Fma1(s, x[i], y[i]);
+void AxpyF32(float s, const float* x, float* y, int64_t n) { AxpyF32Body(s, x, y, n); }
+
+void AxpyF32Rows(const float* s, const float* x, float* y, int64_t y_stride, int64_t rows,
+                 int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) AxpyF32Body(s[r], x, y + r * y_stride, n);
 }
 
 void AxpyF16(float s, const uint16_t* x, float* y, int64_t n) {

@@ -23,8 +23,9 @@ float SumLanes(const float p[8]) {
 
 }  // namespace
 
-float DotF32(const float* a, const float* b, int64_t n) {
-  PIPEINFER_DISPATCH(DotF32(a, b, n));
+namespace {
+
+float DotF32Portable(const float* a, const float* b, int64_t n) {
   float p[8] = {};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
@@ -32,6 +33,19 @@ float DotF32(const float* a, const float* b, int64_t n) {
   }
   for (int l = 0; i < n; ++i, ++l) p[l] += a[i] * b[i];
   return SumLanes(p);
+}
+
+}  // namespace
+
+float DotF32(const float* a, const float* b, int64_t n) {
+  PIPEINFER_DISPATCH(DotF32(a, b, n));
+  return DotF32Portable(a, b, n);
+}
+
+void DotF32Rows(const float* a, int64_t a_stride, int64_t rows, const float* b, int64_t n,
+                float* out) {
+  PIPEINFER_DISPATCH(DotF32Rows(a, a_stride, rows, b, n, out));
+  for (int64_t r = 0; r < rows; ++r) out[r] = DotF32Portable(a + r * a_stride, b, n);
 }
 
 float DotF32F16(const float* a, const uint16_t* b, int64_t n) {
@@ -48,6 +62,15 @@ float DotF32F16(const float* a, const uint16_t* b, int64_t n) {
 void AxpyF32(float s, const float* x, float* y, int64_t n) {
   PIPEINFER_DISPATCH(AxpyF32(s, x, y, n));
   for (int64_t i = 0; i < n; ++i) y[i] += s * x[i];
+}
+
+void AxpyF32Rows(const float* s, const float* x, float* y, int64_t y_stride, int64_t rows,
+                 int64_t n) {
+  PIPEINFER_DISPATCH(AxpyF32Rows(s, x, y, y_stride, rows, n));
+  for (int64_t r = 0; r < rows; ++r) {
+    float* yr = y + r * y_stride;
+    for (int64_t i = 0; i < n; ++i) yr[i] += s[r] * x[i];
+  }
 }
 
 void AxpyF16(float s, const uint16_t* x, float* y, int64_t n) {

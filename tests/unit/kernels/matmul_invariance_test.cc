@@ -224,9 +224,9 @@ TEST(VecInvariance, ElementwiseResultsDoNotDependOnLength) {
   }
 }
 
-// The contract the CPU attention relies on (kernels.h): a dot or axpy with an F16 row equals the
-// F32 one on the row converted once, bit for bit, on every path and every length (vector body and
-// scalar tail).
+// The contracts the CPU attention relies on (kernels.h): a dot or axpy with an F16 row equals the
+// F32 one on the row converted once, and the several-vector forms equal single calls, bit for bit,
+// on every path and every length (vector body and scalar tail).
 TEST(VecInvariance, HalfRowKernelsEqualFloatKernelsOnTheConvertedRow) {
   constexpr int64_t kN = 300;
   std::mt19937 rng(78);
@@ -250,6 +250,23 @@ TEST(VecInvariance, HalfRowKernelsEqualFloatKernelsOnTheConvertedRow) {
       AxpyF32(s, converted.data(), y32.data(), n);
       for (int64_t j = 0; j < n; ++j) {
         EXPECT_EQ(Bits(y16[j]), Bits(y32[j])) << p.name << " n " << n << " j " << j;
+      }
+      // The several-vector forms equal the single calls (3 vectors at stride n + 5).
+      const int64_t stride = n + 5, rows = 3;
+      std::vector<float> qs(rows * stride), dots(rows), ys(rows * stride),
+          coef = {0.3f, -1.7f, 2.f};
+      for (size_t i = 0; i < qs.size(); ++i) qs[i] = wide(rng), ys[i] = unit(rng);
+      std::vector<float> ys_single(ys);
+      DotF32Rows(qs.data(), stride, rows, converted.data(), n, dots.data());
+      AxpyF32Rows(coef.data(), converted.data(), ys.data(), stride, rows, n);
+      for (int64_t r = 0; r < rows; ++r) {
+        EXPECT_EQ(Bits(dots[r]), Bits(DotF32(qs.data() + r * stride, converted.data(), n)))
+            << p.name << " DotF32Rows n " << n << " r " << r;
+        AxpyF32(coef[r], converted.data(), ys_single.data() + r * stride, n);
+      }
+      for (size_t i = 0; i < ys.size(); ++i) {
+        EXPECT_EQ(Bits(ys[i]), Bits(ys_single[i]))
+            << p.name << " AxpyF32Rows n " << n << " i " << i;
       }
     }
   }
