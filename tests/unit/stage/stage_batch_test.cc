@@ -20,7 +20,6 @@
 #include "testing/fixtures.h"
 #include "testing/stage_messages.h"
 #include "testing/time_scale.h"
-#include "testing/time_scale.h"
 
 namespace pipeinfer::stage {
 namespace {
