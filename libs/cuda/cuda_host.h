@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "cuda/cuda_decode_host.h"
 #include "cuda/cuda_kv_geometry.h"
 #include "cuda/cuda_ops.h"
 #include "gguf/tensor_type.h"
@@ -25,23 +26,7 @@ absl::Status CheckUploadArgs(gguf::TensorType type, const uint8_t* host, int64_t
                              size_t host_row_bytes, int64_t row0, int64_t n_rows, int64_t col0,
                              int64_t n_cols);
 
-// Decodes one row of `cols` weights of a device type with the very functions the kernels use
-// (cuda_matmul.cu, compiled for the host as well): out[cols] gets the floats the mat-vec kernel
-// multiplies with, out_half[cols] the F16 bits the dequantize-for-cuBLAS kernel writes. `aligned`
-// selects the kernels' 16-byte load/store path (the row must then start at a 16-byte boundary and
-// its bytes be a multiple of 16, as on the device). False for a type the device does not decode.
-bool DecodeRowOnHost(gguf::TensorType type, const uint8_t* row, int64_t cols, bool aligned,
-                     float* out, uint16_t* out_half);
-
-// The mat-vec kernel's fast path run on the host (cuda_decode.cuh's MatVecLane, compiled for the
-// host): DecodeRowForMatVecOnHost decodes a row with its unit decoders (the floats the kernel
-// multiplies with), MatVecOnHost computes y[t * y_stride + r] as the kernel does (every row, every
-// lane; `aligned` takes the fast path as for 16-byte aligned rows). False for a type the device
-// does not decode (MatVecOnHost also for n_tokens outside 1..8).
-bool DecodeRowForMatVecOnHost(gguf::TensorType type, const uint8_t* row, int64_t cols, float* out);
-bool MatVecOnHost(gguf::TensorType type, const uint8_t* w, int64_t rows, int64_t cols,
-                  size_t row_bytes, bool aligned, const float* x, int64_t x_stride, int n_tokens,
-                  float* y, int64_t y_stride);
+// Host builds of the decoders and the mat-vec lane code: cuda_decode_host.h.
 
 // The byte geometry the KV kernels use for `layout`.
 KvGeometry KvGeometryOf(const KvLayout& layout);

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "cuda/cuda_decode_host.h"
 #include "cuda/cuda_kv_geometry.h"
 #include "gguf/tensor_type.h"
 
@@ -21,18 +22,7 @@ bool DeviceDecodes(gguf::TensorType type);
 int DeviceBlockSize(gguf::TensorType type);
 int DeviceBlockBytes(gguf::TensorType type);
 
-// Host build of the kernels' decoders, for tests (declared for them in cuda_host.h).
-bool DecodeRowOnHost(gguf::TensorType type, const uint8_t* row, int64_t cols, bool aligned,
-                     float* out, uint16_t* out_half);
-// Host runs of the mat-vec kernel's fast path, for tests (declared for them in cuda_host.h):
-// DecodeRowForMatVecOnHost decodes a row with the mat-vec's unit decoders (partial last groups
-// with the group decoders), MatVecOnHost computes y as the kernel does (MatVecLane for each row
-// and each of the 32 lanes, lanes summed in order; `aligned` selects the fast path). Both return
-// false for a type the device does not decode (MatVecOnHost also for n_tokens outside 1..8).
-bool DecodeRowForMatVecOnHost(gguf::TensorType type, const uint8_t* row, int64_t cols, float* out);
-bool MatVecOnHost(gguf::TensorType type, const uint8_t* w, int64_t rows, int64_t cols,
-                  size_t row_bytes, bool aligned, const float* x, int64_t x_stride, int n_tokens,
-                  float* y, int64_t y_stride);
+// Host builds of the decoders and the mat-vec lane code, for tests: cuda_decode_host.h.
 
 // y[t * y_stride + r] = sum_c W[r][c] * x[t * x_stride + c] for t < n_tokens (1..8), r < rows;
 // W: `rows` rows of `cols` weights, `row_bytes` apart, in the GGUF layout of `type`.
