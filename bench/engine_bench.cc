@@ -32,6 +32,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "common/huge_pages.h"
 #include "engine/devices.h"
 #include "engine/engine.h"
 #include "engine/synth.h"
@@ -49,10 +50,17 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// Read bandwidth of a buffer much larger than the caches, using the same thread count.
+// Read bandwidth of a buffer much larger than the caches, using the same thread count. The buffer
+// is in transparent huge pages where the kernel allows, like the weights of a CPU stage (the
+// best-case read rate; 4 KiB pages read slower: common/huge_pages.h).
 double MeasureReadBandwidth(pipeinfer::kernels::ThreadPool& pool, size_t bytes, double seconds) {
   const size_t n = bytes / sizeof(uint64_t);
-  std::vector<uint64_t> buf(n);
+  auto mem = pipeinfer::HugePageBuffer::Allocate(n * sizeof(uint64_t));
+  if (!mem.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(mem.status().message()).c_str());
+    return 0;
+  }
+  uint64_t* const buf = reinterpret_cast<uint64_t*>(mem->data());
   for (size_t i = 0; i < n; ++i) buf[i] = i * 2654435761u;
   std::vector<uint64_t> sums(pool.size());
   double best = 0;
@@ -119,6 +127,11 @@ int main(int argc, char** argv) {
   app.add_option("--dir", dir, "Where the synthetic models are written");
   std::string device = "cpu";
   app.add_option("--device", device, "Where the stage runs: cpu or cuda:N (CUDA builds)");
+  std::string weight_memory = "hugepages";
+  app.add_option("--weight-memory", weight_memory,
+                 "CPU stages: hugepages (a copy in transparent huge pages) or mmap (the file's "
+                 "mapping)")
+      ->check(CLI::IsMember({"hugepages", "mmap"}));
   int context = 1024;
   app.add_option("--context", context,
                  "Run-size rows: a session is restarted before it passes this many tokens, so "
@@ -147,6 +160,8 @@ int main(int argc, char** argv) {
       (list == &runs_list ? run_sizes : prefill_sizes).push_back(v);
     }
   }
+  const auto memory = weight_memory == "mmap" ? pipeinfer::engine::WeightMemory::kMapped
+                                              : pipeinfer::engine::WeightMemory::kHugePages;
   pipeinfer::kernels::ThreadPool pool(threads);
   double bw = 0;
   if (gpu) {
@@ -177,12 +192,13 @@ int main(int argc, char** argv) {
     bw = MeasureReadBandwidth(pool, size_t{1} << 30, seconds);
     std::printf(
         "threads %d, kernels %s (cpu: %s), memory read bandwidth %.2f GB/s (1 GiB buffer, "
-        "best of runs)\n",
+        "transparent huge pages %s, best of runs)\n",
         threads, pipeinfer::kernels::ActivePath(), pipeinfer::kernels::CpuFeatureString().c_str(),
-        bw / 1e9);
+        bw / 1e9, pipeinfer::TransparentHugePageMode().c_str());
   }
   if (!file_opts.model.empty()) {
     file_opts.threads = threads;
+    file_opts.weight_memory = memory;
     file_opts.prompt_lengths = prefill_sizes;
     file_opts.kernels = pipeinfer::kernels::ActivePath();
     return pipeinfer::bench::RunModelFileBench(file_opts, bw);
@@ -228,6 +244,7 @@ int main(int argc, char** argv) {
     opts.kv_capacity_tokens = 8192;
     opts.max_context = 8192;
     opts.devices = device;
+    opts.weight_memory = memory;
     // Multiply-adds of one token through the stage's matrices (for prefill TFLOP/s).
     const auto& hp = (*model)->hparams();
     const double flops_per_token =

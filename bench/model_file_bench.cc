@@ -141,6 +141,7 @@ int RunModelFileBench(const ModelFileBenchOptions& o, double bandwidth) {
 
   engine::EngineOptions opts;
   opts.threads = o.threads;
+  opts.weight_memory = o.weight_memory;
   opts.kv_capacity_tokens = max_tokens + 64;
   opts.max_context = max_tokens + 64;
   auto engine = engine::Engine::Create(std::move(*model), opts);
@@ -148,6 +149,7 @@ int RunModelFileBench(const ModelFileBenchOptions& o, double bandwidth) {
     std::fprintf(stderr, "%s\n", std::string(engine.status().message()).c_str());
     return 1;
   }
+  std::printf("%s\n\n", (*engine)->WeightDescription().c_str());
   std::mt19937 rng(42);
   std::uniform_int_distribution<int32_t> pick(3, static_cast<int32_t>(hp.n_vocab) - 1);
   std::vector<int32_t> tokens(static_cast<size_t>(max_tokens));

@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "engine/engine.h"
+
 namespace pipeinfer::bench {
 
 struct ModelFileBenchOptions {
@@ -16,6 +18,7 @@ struct ModelFileBenchOptions {
   int reps = 3;                     // timed repetitions per test (after one warm-up)
   std::string json_path;            // if set, one JSON object per test is written here (JSONL)
   std::string kernels;              // name of the kernel path in use, for the report
+  engine::WeightMemory weight_memory = engine::WeightMemory::kHugePages;
 };
 
 // Runs the tests and prints a markdown table; `bandwidth` is the read bandwidth (bytes/s) measured

@@ -58,6 +58,7 @@ absl::StatusOr<std::unique_ptr<DraftModel>> DraftModel::Load(const DraftModelOpt
   d->emulate_us_per_token_ = o.emulate_us_per_token;
   engine::EngineOptions eo;
   eo.threads = std::max(1, o.threads);
+  eo.weight_memory = o.weight_memory;
   const int64_t n_ctx = model->hparams().n_ctx_train;
   eo.kv_capacity_tokens = o.kv_tokens > 0 ? o.kv_tokens : 8 * n_ctx;
   PI_ASSIGN_OR_RETURN(d->engine_, engine::Engine::Create(std::move(model), eo));

@@ -36,6 +36,7 @@ struct DraftModelOptions {
   std::string path;         // the draft GGUF
   std::string target_path;  // the target GGUF, whose vocabulary the draft must share
   int32_t threads = 1;
+  engine::WeightMemory weight_memory = engine::WeightMemory::kHugePages;
   int64_t kv_tokens = 0;  // KV slots over all sessions; 0 = 8 contexts' worth
   // Benchmarks: with this probability (decided by a hash of the sequence, so every mode sees the
   // same draft), the draft's top token is moved away from rank 1 (where to: rank_model): a way to

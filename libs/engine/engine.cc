@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/huge_pages.h"
 #include "common/status_macros.h"
 #include "engine/cpu_shard.h"
 #include "engine/devices.h"
@@ -48,6 +50,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<StageMode
   }
   PI_ASSIGN_OR_RETURN(const DeviceList devices, ParseDevices(options.devices));
   e->pool_ = std::make_unique<kernels::ThreadPool>(options.threads);
+  if (!devices.cuda) PI_RETURN_IF_ERROR(e->PlaceWeights());  // before any view of the weights
   std::vector<ShardSlice> slices;
   for (int32_t i = 0; i < devices.count(); ++i) {
     PI_ASSIGN_OR_RETURN(ShardSlice s, SliceFor(*e->model_, i, devices.count()));
@@ -67,6 +70,28 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::unique_ptr<StageMode
   }
   for (auto& s : e->shards_) e->shard_ptrs_.push_back(s.get());
   return e;
+}
+
+absl::Status Engine::PlaceWeights() {
+  const double mb = static_cast<double>(model_->weight_bytes()) / 1e6;
+  if (options_.weight_memory == WeightMemory::kMapped) {
+    weight_description_ = absl::StrFormat("weights: %.1f MB read from the file mapping", mb);
+    return absl::OkStatus();
+  }
+  const std::string thp = TransparentHugePageMode();
+  if (thp.empty() || thp == "never") {
+    weight_description_ = absl::StrFormat(
+        "weights: %.1f MB read from the file mapping (transparent huge pages are %s)", mb,
+        thp.empty() ? "not available" : "off");
+    return absl::OkStatus();
+  }
+  PI_ASSIGN_OR_RETURN(const uint64_t bytes, model_->MoveWeightsToHugePages());
+  const HugePageBuffer& b = model_->weight_buffer();
+  weight_description_ = absl::StrFormat(
+      "weights: %.1f MB copied into transparent huge pages (%s; %.1f MB backed by 2 MiB pages)",
+      static_cast<double>(bytes) / 1e6, b.huge_pages() ? "advised" : "advice refused",
+      static_cast<double>(b.HugeBackedBytes()) / 1e6);
+  return absl::OkStatus();
 }
 
 std::string Engine::DeviceDescription() const {

@@ -25,6 +25,12 @@
 
 namespace pipeinfer::engine {
 
+// Where a CPU stage reads its weights from (GPU stages upload them and ignore this).
+enum class WeightMemory {
+  kHugePages,  // a copy in anonymous transparent-huge-page memory (common/huge_pages.h)
+  kMapped,     // the file's memory mapping (4 KiB page-cache pages; no copy)
+};
+
 struct EngineOptions {
   int32_t threads = 1;
   kv::ElemType kv_type = kv::ElemType::kF16;  // llama.cpp's default
@@ -35,6 +41,8 @@ struct EngineOptions {
   // Where the layers run (engine/devices.h): "cpu", "cuda:N", or a list of one kind
   // ("cuda:0,cuda:1", "cpu,cpu") that splits every layer over the devices (tensor parallelism).
   std::string devices = "cpu";
+  // kHugePages falls back to kMapped where the kernel has transparent huge pages off.
+  WeightMemory weight_memory = WeightMemory::kHugePages;
 };
 
 struct ForwardInput {
@@ -123,9 +131,14 @@ class Engine {
   const LayerShard& shard(int32_t i) const { return *shards_[i]; }
   // e.g. "cpu", "cuda:0 (NVIDIA H200)", "2 x cpu (tensor parallel)".
   std::string DeviceDescription() const;
+  // Where the weights are read from, e.g. "weights: 836.4 MB copied into transparent huge pages
+  // (...)"; empty on GPU stages.
+  const std::string& WeightDescription() const { return weight_description_; }
 
  private:
   Engine() = default;
+  // CPU stages: applies options_.weight_memory to the model.
+  absl::Status PlaceWeights();
   // One pass over the rows of the batch's runs; fills the outputs of the runs that complete.
   absl::Status RunPass(Batch& batch, std::vector<ForwardOutput>& outs, BatchStats* stats);
   // The rows of a pass in the shards' terms: physical KV slots and the keys each row sees.
@@ -140,6 +153,7 @@ class Engine {
   std::unique_ptr<AllReduce> all_reduce_;
   std::vector<LayerShard*> shard_ptrs_;
   int32_t max_context_ = 0;
+  std::string weight_description_;
 };
 
 // Applies llama.cpp's "normal" RoPE (rotates consecutive pairs) to one head vector in place.

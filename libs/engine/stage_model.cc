@@ -1,5 +1,8 @@
 #include "engine/stage_model.h"
 
+#include <cstring>
+#include <map>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -109,6 +112,42 @@ absl::StatusOr<std::unique_ptr<StageModel>> StageModel::FromFile(std::shared_ptr
   m->weight_bytes_ = st.total_bytes();
   if (prefault) gguf::PrefaultStage(*m->file_, st);
   return m;
+}
+
+absl::StatusOr<uint64_t> StageModel::MoveWeightsToHugePages() {
+  if (weight_buffer_.data() != nullptr) return copied_bytes_;
+  std::vector<kernels::Matrix*> all;
+  for (LayerWeights& l : layers_) {
+    for (kernels::Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      all.push_back(m);
+    }
+  }
+  all.push_back(&token_embd_);
+  all.push_back(&output_);
+  // One copy per distinct source (tied embeddings), each 64-byte aligned.
+  constexpr size_t kAlign = 64;
+  std::map<const uint8_t*, size_t> offset_of;
+  size_t total = 0;
+  for (const kernels::Matrix* m : all) {
+    if (m->data == nullptr || offset_of.contains(m->data)) continue;
+    offset_of[m->data] = total;
+    total += (static_cast<size_t>(m->rows) * m->row_bytes + kAlign - 1) / kAlign * kAlign;
+  }
+  PI_ASSIGN_OR_RETURN(HugePageBuffer buf, HugePageBuffer::Allocate(total));
+  std::map<const uint8_t*, const uint8_t*> moved;
+  copied_bytes_ = 0;
+  for (kernels::Matrix* m : all) {
+    if (m->data == nullptr) continue;
+    auto [it, fresh] = moved.try_emplace(m->data, buf.data() + offset_of[m->data]);
+    if (fresh) {
+      const size_t n = static_cast<size_t>(m->rows) * m->row_bytes;
+      std::memcpy(const_cast<uint8_t*>(it->second), m->data, n);
+      copied_bytes_ += n;
+    }
+    m->data = it->second;
+  }
+  weight_buffer_ = std::move(buf);
+  return copied_bytes_;
 }
 
 }  // namespace pipeinfer::engine

@@ -1,7 +1,9 @@
 // The weights one stage computes with: layers [first, last) of a llama-family model (llama, qwen2,
 // qwen3; gguf/architectures.h), plus the token embedding (first stage) and the output norm and
-// head (last stage; the head is token_embd when the file ties them). Weights stay in the file's
-// memory mapping in their stored format; only the tensors of the stage are ever read.
+// head (last stage; the head is token_embd when the file ties them). Weights keep their stored
+// format. They are read from the file's memory mapping (only the stage's tensors are ever read)
+// until MoveWeightsToHugePages copies them into anonymous huge-page memory, which CPU stages do
+// by default (EngineOptions::weight_memory).
 #pragma once
 
 #include <memory>
@@ -9,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/huge_pages.h"
 #include "engine/rope.h"
 #include "gguf/llama.h"
 #include "gguf/reader.h"
@@ -52,6 +55,14 @@ class StageModel {
   const RopeConfig& rope() const { return rope_; }
   uint64_t weight_bytes() const { return weight_bytes_; }
 
+  // Copies every matrix of the stage (each once: a tied head shares the embedding's copy) into
+  // one HugePageBuffer and points the matrices at it; vectors are already copies. Returns the
+  // bytes copied. Pointers to the old matrix data (views made before) stay valid: the file
+  // stays mapped.
+  absl::StatusOr<uint64_t> MoveWeightsToHugePages();
+  // The copy made by MoveWeightsToHugePages (empty before).
+  const HugePageBuffer& weight_buffer() const { return weight_buffer_; }
+
  private:
   StageModel() = default;
 
@@ -64,6 +75,8 @@ class StageModel {
   kernels::Matrix output_;
   RopeConfig rope_;
   uint64_t weight_bytes_ = 0;
+  HugePageBuffer weight_buffer_;
+  uint64_t copied_bytes_ = 0;
 };
 
 // Matrix view of a 2-D tensor (GGUF [cols, rows]). Fails for unsupported types.

@@ -52,6 +52,11 @@ int main(int argc, char** argv) {
                  "The draft GGUF (same vocabulary as the target); needed by sync and pipeinfer");
   app.add_option("--draft-threads", draft_threads, "Threads of the draft model's forward pass")
       ->check(CLI::Range(1, 256));
+  std::string draft_weight_memory = "hugepages";
+  app.add_option("--draft-weight-memory", draft_weight_memory,
+                 "hugepages copies the draft's weights into transparent huge pages, mmap reads "
+                 "them from the file's mapping (as pipeinfer-stage --weight-memory)")
+      ->check(CLI::IsMember({"hugepages", "mmap"}));
   app.add_option("--metrics-listen", metrics_listen,
                  "Serve Prometheus /metrics on HOST:PORT (port 0 picks a free one; absent: none)");
   app.add_option("--draft-noise", draft_noise,
@@ -183,6 +188,8 @@ int main(int argc, char** argv) {
     dmo.path = draft_model;
     dmo.target_path = model;
     dmo.threads = draft_threads;
+    dmo.weight_memory = draft_weight_memory == "mmap" ? pipeinfer::engine::WeightMemory::kMapped
+                                                      : pipeinfer::engine::WeightMemory::kHugePages;
     dmo.kv_tokens = draft_kv_tokens;
     dmo.noise = draft_noise;
     dmo.rank_model = *pipeinfer::draft_server::ParseRankModel(draft_rank_model);

@@ -127,6 +127,12 @@ int main(int argc, char** argv) {
                  "Several devices of one kind (cuda:0,cuda:1 or cpu,cpu): every layer is split "
                  "over them by attention heads and FFN columns (tensor parallelism; NCCL on GPUs)")
       ->excludes(device_opt);
+  std::string weight_memory = "hugepages";
+  app.add_option("--weight-memory", weight_memory,
+                 "CPU stages: hugepages copies the stage's weights into transparent huge pages "
+                 "(faster decode; falls back to mmap where they are off), mmap reads them from "
+                 "the file's mapping (no copy)")
+      ->check(CLI::IsMember({"hugepages", "mmap"}));
   auto* kvt = app.add_option("--kv-tokens", kv_tokens,
                              "KV capacity in tokens (default: sized by --kv-sessions)")
                   ->check(CLI::PositiveNumber);
@@ -272,6 +278,8 @@ int main(int argc, char** argv) {
   if (!sm.ok()) return Fail(std::string(sm.status().message()));
   pipeinfer::engine::EngineOptions eo;
   eo.threads = threads;
+  eo.weight_memory = weight_memory == "mmap" ? pipeinfer::engine::WeightMemory::kMapped
+                                             : pipeinfer::engine::WeightMemory::kHugePages;
   eo.devices = devices.empty() ? device : devices;
   eo.kv_type = kv_type == "f32" ? pipeinfer::kv::ElemType::kF32 : pipeinfer::kv::ElemType::kF16;
   eo.kv_capacity_tokens = kv_tokens;
@@ -302,6 +310,9 @@ int main(int argc, char** argv) {
   auto engine = pipeinfer::engine::Engine::Create(std::move(*sm), eo);
   if (!engine.ok()) return Fail(std::string(engine.status().message()));
   spdlog::info("stage {} computes on {}", stage, (*engine)->DeviceDescription());
+  if (!(*engine)->WeightDescription().empty()) {
+    spdlog::info("stage {} {}", stage, (*engine)->WeightDescription());
+  }
 
   pipeinfer::stage::StageCoreConfig cc;
   cc.stage_index = static_cast<uint32_t>(stage);
