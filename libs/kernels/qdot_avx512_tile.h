@@ -84,6 +84,9 @@ struct Args {
   // Q4_0/Q8_0 small batches: per token and block pair, the token's part of the pair's products
   // prepared once for all rows (Prepare); null: computed in the kernel.
   const uint8_t* aux[8];
+  // Kernels with row preparation (K::kRowPrepBytes), large batches: per row, its blocks' operands
+  // prepared once per tile (K::PrepareRow) for all of its tokens.
+  const uint8_t* prep[8];
   float* y;  // y[t * ys + r] for the tile's first row and token
   int64_t ys;
   int64_t nb;  // weight blocks per row
@@ -130,17 +133,43 @@ void RunRows(const Args& g, int nt) {
   }
 }
 
+// Same, on prepared rows (Args::prep).
+template <class K, int R>
+void RunPreparedRows(const Args& g, int nt) {
+  switch (nt) {
+    case 1:
+      return K::template RunPrepared<R, 1>(g);
+    case 2:
+      return K::template RunPrepared<R, 2>(g);
+    case 3:
+      return K::template RunPrepared<R, 3>(g);
+    default:
+      return K::template RunPrepared<R, 4>(g);
+  }
+}
+
 template <class K>
+concept PreparesRows = requires {
+  K::kRowPrepBytes;
+};
+
+template <class K, bool kPrepared = false>
 void RunTile(const Args& g, int nr, int nt) {
   static_assert(K::kT == 4 && K::kR >= 2 && K::kR <= 4);
-  if constexpr (K::kR >= 4) {
-    if (nr == 4) return RunRows<K, 4>(g, nt);
+  if constexpr (kPrepared) {
+    static_assert(K::kR == 2);
+    if (nr == 2) return RunPreparedRows<K, 2>(g, nt);
+    return RunPreparedRows<K, 1>(g, nt);
+  } else {
+    if constexpr (K::kR >= 4) {
+      if (nr == 4) return RunRows<K, 4>(g, nt);
+    }
+    if constexpr (K::kR >= 3) {
+      if (nr == 3) return RunRows<K, 3>(g, nt);
+    }
+    if (nr == 2) return RunRows<K, 2>(g, nt);
+    RunRows<K, 1>(g, nt);
   }
-  if constexpr (K::kR >= 3) {
-    if (nr == 3) return RunRows<K, 3>(g, nt);
-  }
-  if (nr == 2) return RunRows<K, 2>(g, nt);
-  RunRows<K, 1>(g, nt);
 }
 
 // Per-thread scratch for Prepare (64-byte aligned; freed when the thread ends).
@@ -166,6 +195,7 @@ struct Scratch {
   }
 };
 thread_local Scratch scratch;
+thread_local Scratch row_scratch;  // K::PrepareRow
 
 template <class K>
 void Tile(const Matrix& w, const QuantActs& a, int ab, float* y, int64_t ys, int64_t r0, int64_t r1,
@@ -190,9 +220,24 @@ void Tile(const Matrix& w, const QuantActs& a, int ab, float* y, int64_t ys, int
       }
     }
   }
+  // Rows prepared once for all of the tile's tokens (large batches of kernels that can).
+  bool prepared = false;
+  uint8_t* prep = nullptr;
+  if constexpr (PreparesRows<K>) {
+    prepared = !small;
+    if (prepared) prep = row_scratch.Get(static_cast<size_t>(kr * nb * K::kRowPrepBytes));
+  }
+  for (const uint8_t*& p : g.prep) p = nullptr;
   for (int64_t r = r0; r < r1; r += kr) {
     const int nr = static_cast<int>(r1 - r < kr ? r1 - r : kr);
     for (int i = 0; i < nr; ++i) g.row[i] = w.data + (r + i) * w.row_bytes;
+    if constexpr (PreparesRows<K>) {
+      for (int i = 0; prepared && i < nr; ++i) {
+        uint8_t* out = prep + i * nb * K::kRowPrepBytes;
+        K::PrepareRow(g.row[i], nb, out);
+        g.prep[i] = out;
+      }
+    }
     for (int64_t t = t0; t < t1; t += K::kT) {
       const int nt = static_cast<int>(t1 - t < K::kT ? t1 - t : K::kT);
       for (int i = 0; i < nt; ++i) {
@@ -202,6 +247,12 @@ void Tile(const Matrix& w, const QuantActs& a, int ab, float* y, int64_t ys, int
         if (aux != nullptr) g.aux[i] = aux + (t + i - t0) * aux_token_bytes;
       }
       g.y = y + t * ys + r;
+      if constexpr (PreparesRows<K>) {
+        if (prepared) {
+          RunTile<K, true>(g, nr, nt);
+          continue;
+        }
+      }
       RunTile<K>(g, nr, nt);
     }
   }

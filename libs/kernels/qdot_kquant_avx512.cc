@@ -27,8 +27,60 @@ struct KQ4_K {
     return _mm256_set1_epi16(static_cast<short>(0x0100 + 0x0202 * j));
   }
 
+  // Large batches prepare each row once per tile (PrepareRow): per block, the 8 sub-block
+  // scales each repeated in the 16-bit lanes of a vector (what Lane16 picks), the mins vector and
+  // the two block scales as floats. The kernel then loads what it would otherwise compute for
+  // every group of 4 tokens; the values, and so the results, are the same.
+  static constexpr int64_t kRowPrepBytes =
+      576;  // 8 x 32 scales, 32 mins, d, dmin, pad, 256 nibbles
+
+  static void PrepareRow(const uint8_t* row, int64_t nb, uint8_t* out) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * kBytes;
+      uint8_t* o = out + b * kRowPrepBytes;
+      __m256i scales, mins;
+      Unpack(blk, &scales, &mins);
+#pragma GCC unroll 8
+      for (int j = 0; j < 8; ++j) {
+        _mm256_store_si256(reinterpret_cast<__m256i*>(o + 32 * j),
+                           _mm256_shuffle_epi8(scales, Lane16(j)));
+      }
+      _mm256_store_si256(reinterpret_cast<__m256i*>(o + 256), mins);
+      const float dd[2] = {Half(blk), Half(blk + 2)};
+      std::memcpy(o + 288, dd, sizeof(dd));
+      const __m256i low4 = _mm256_set1_epi8(0x0f);
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 16 + 32 * c));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(o + 320 + 64 * c), _mm256_and_si256(v, low4));
+        _mm256_store_si256(reinterpret_cast<__m256i*>(o + 352 + 64 * c),
+                           _mm256_and_si256(_mm256_srli_epi16(v, 4), low4));
+      }
+    }
+  }
+
   template <int R, int T>
   static void Run(const Args& g) {
+    Body<R, T, false>(g);
+  }
+  template <int R, int T>
+  static void RunPrepared(const Args& g) {
+    Body<R, T, true>(g);
+  }
+
+ private:
+  // The block's 8 sub-block scales as 16-bit lanes in both 128-bit halves, and each min twice.
+  static inline void Unpack(const uint8_t* blk, __m256i* scales, __m256i* mins) {
+    uint64_t sc, mn;
+    avx2::ScalesMinsK4(blk + 4, &sc, &mn);
+    *scales = _mm256_broadcastsi128_si256(
+        _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(sc))));
+    const __m128i m8 = _mm_cvtsi64_si128(static_cast<long long>(mn));
+    *mins = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+  }
+
+  template <int R, int T, bool kPrep>
+  static void Body(const Args& g) {
     __m256 acc[R][T];
     ZeroTile(acc);
     const __m256i low4 = _mm256_set1_epi8(0x0f);
@@ -39,15 +91,17 @@ struct KQ4_K {
       __m256i isum[R][T];
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
-        const uint8_t* blk = g.row[r] + b * kBytes;
-        uint64_t sc, mn;
-        avx2::ScalesMinsK4(blk + 4, &sc, &mn);
-        scales[r] = _mm256_broadcastsi128_si256(
-            _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(sc))));
-        const __m128i m8 = _mm_cvtsi64_si128(static_cast<long long>(mn));
-        mins[r] = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
-        dw[r] = _mm256_set1_ps(Half(blk));
-        dmw[r] = _mm256_set1_ps(Half(blk + 2));
+        if constexpr (kPrep) {
+          const uint8_t* o = g.prep[r] + b * kRowPrepBytes;
+          mins[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(o + 256));
+          dw[r] = _mm256_broadcast_ss(reinterpret_cast<const float*>(o + 288));
+          dmw[r] = _mm256_broadcast_ss(reinterpret_cast<const float*>(o + 292));
+        } else {
+          const uint8_t* blk = g.row[r] + b * kBytes;
+          Unpack(blk, &scales[r], &mins[r]);
+          dw[r] = _mm256_set1_ps(Half(blk));
+          dmw[r] = _mm256_set1_ps(Half(blk + 2));
+        }
 #pragma GCC unroll 4
         for (int t = 0; t < T; ++t) isum[r][t] = _mm256_setzero_si256();
       }
@@ -56,12 +110,20 @@ struct KQ4_K {
         __m256i lo[R], hi[R], s0[R], s1[R];
 #pragma GCC unroll 4
         for (int r = 0; r < R; ++r) {
-          const __m256i v = _mm256_loadu_si256(
-              reinterpret_cast<const __m256i*>(g.row[r] + b * kBytes + 16 + 32 * c));
-          lo[r] = _mm256_and_si256(v, low4);
-          hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
-          s0[r] = _mm256_shuffle_epi8(scales[r], Lane16(2 * c));
-          s1[r] = _mm256_shuffle_epi8(scales[r], Lane16(2 * c + 1));
+          if constexpr (kPrep) {
+            const uint8_t* o = g.prep[r] + b * kRowPrepBytes + 64 * c;
+            s0[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(o));
+            s1[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(o + 32));
+            lo[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(o + 320));
+            hi[r] = _mm256_load_si256(reinterpret_cast<const __m256i*>(o + 352));
+          } else {
+            const __m256i v = _mm256_loadu_si256(
+                reinterpret_cast<const __m256i*>(g.row[r] + b * kBytes + 16 + 32 * c));
+            lo[r] = _mm256_and_si256(v, low4);
+            hi[r] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low4);
+            s0[r] = _mm256_shuffle_epi8(scales[r], Lane16(2 * c));
+            s1[r] = _mm256_shuffle_epi8(scales[r], Lane16(2 * c + 1));
+          }
         }
 #pragma GCC unroll 4
         for (int t = 0; t < T; ++t) {
