@@ -119,32 +119,27 @@ inline void StoreTile(const Args& g, const V (&acc)[R][T]) {
 
 // ----- tiles -----------------------------------------------------------------------------------
 
-template <class K, int R>
-void RunRows(const Args& g, int nt) {
-  switch (nt) {
-    case 1:
-      return K::template Run<R, 1>(g);
-    case 2:
-      return K::template Run<R, 2>(g);
-    case 3:
-      return K::template Run<R, 3>(g);
-    default:
-      return K::template Run<R, 4>(g);
+// K::Run<R, T>, or K::RunPrepared<R, T> on prepared rows (Args::prep).
+template <class K, int R, int T, bool kPrepared>
+inline void RunOne(const Args& g) {
+  if constexpr (kPrepared) {
+    K::template RunPrepared<R, T>(g);
+  } else {
+    K::template Run<R, T>(g);
   }
 }
 
-// Same, on prepared rows (Args::prep).
-template <class K, int R>
-void RunPreparedRows(const Args& g, int nt) {
+template <class K, int R, bool kPrepared = false>
+void RunRows(const Args& g, int nt) {
   switch (nt) {
     case 1:
-      return K::template RunPrepared<R, 1>(g);
+      return RunOne<K, R, 1, kPrepared>(g);
     case 2:
-      return K::template RunPrepared<R, 2>(g);
+      return RunOne<K, R, 2, kPrepared>(g);
     case 3:
-      return K::template RunPrepared<R, 3>(g);
+      return RunOne<K, R, 3, kPrepared>(g);
     default:
-      return K::template RunPrepared<R, 4>(g);
+      return RunOne<K, R, 4, kPrepared>(g);
   }
 }
 
@@ -158,8 +153,8 @@ void RunTile(const Args& g, int nr, int nt) {
   static_assert(K::kT == 4 && K::kR >= 2 && K::kR <= 4);
   if constexpr (kPrepared) {
     static_assert(K::kR == 2);
-    if (nr == 2) return RunPreparedRows<K, 2>(g, nt);
-    return RunPreparedRows<K, 1>(g, nt);
+    if (nr == 2) return RunRows<K, 2, true>(g, nt);
+    return RunRows<K, 1, true>(g, nt);
   } else {
     if constexpr (K::kR >= 4) {
       if (nr == 4) return RunRows<K, 4>(g, nt);
