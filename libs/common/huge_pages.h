@@ -1,9 +1,11 @@
-// Anonymous memory for data that is streamed over and over (weights, the KV cache): a private
+// Anonymous memory for data that is streamed over and over (a CPU stage's weights): a private
 // mapping aligned to 2 MiB and advised as transparent huge pages (MADV_HUGEPAGE), so that the
 // kernel backs it with 2 MiB pages where it can. Streaming reads then miss the TLB 512 times
 // less often and the hardware prefetchers are not stopped at every 4 KiB boundary; on a 2-core
-// AMD EPYC, decode of the same weights read 15-55 % faster from such memory than from the file's
-// 4 KiB page-cache mapping (bench/results/hugepages-2026-12-07).
+// AMD EPYC, decode of the same weights ran 6-24 % faster from such memory than from the file's
+// 4 KiB page-cache mapping (bench/results/hugepages-2026-12-07.md). Not for the KV cache:
+// attention reads its rows at power-of-two strides, which 2 MiB pages map onto the same cache
+// sets (decode measured 10 % slower).
 //
 // Where transparent huge pages are off ("never"), the advice is refused and the memory is ordinary
 // anonymous memory; huge_pages() says which.

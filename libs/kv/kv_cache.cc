@@ -5,7 +5,6 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "common/huge_pages.h"
 #include "common/status_macros.h"
 
 namespace pipeinfer::kv {
@@ -53,44 +52,28 @@ size_t ValueOffset(const KvConfig& c, int64_t phys, int32_t layer) {
 
 namespace {
 
-// The default store: one host allocation, in transparent huge pages where the kernel allows
-// (attention streams the keys and values; common/huge_pages.h).
+// The default store: one host allocation.
 class HostKvStore final : public KvStore {
  public:
-  HostKvStore(const KvConfig& c, int64_t n_blocks) : c_(c) {
-    const size_t bytes = static_cast<size_t>(n_blocks) * c.block_bytes();
-#if defined(__SANITIZE_ADDRESS__)
-    constexpr bool kHuge = false;  // keep AddressSanitizer's bounds checks on the cache
-#else
-    constexpr bool kHuge = true;
-#endif
-    absl::StatusOr<HugePageBuffer> b = HugePageBuffer();
-    if (kHuge) b = HugePageBuffer::Allocate(bytes);
-    if (b.ok() && b->data() != nullptr) {
-      huge_ = std::move(*b);
-      data_ = huge_.data();
-    } else {
-      heap_ = std::make_unique_for_overwrite<uint8_t[]>(bytes);  // throws like any allocation
-      data_ = heap_.get();
-    }
-  }
-  uint8_t* host_data() override { return data_; }
+  HostKvStore(const KvConfig& c, int64_t n_blocks)
+      : c_(c), data_(std::make_unique_for_overwrite<uint8_t[]>(n_blocks * c.block_bytes())) {}
+  uint8_t* host_data() override { return data_.get(); }
   void CopyBlock(BlockId dst, BlockId src) override {
-    std::memcpy(data_ + static_cast<size_t>(dst) * c_.block_bytes(),
-                data_ + static_cast<size_t>(src) * c_.block_bytes(), c_.block_bytes());
+    std::memcpy(data_.get() + static_cast<size_t>(dst) * c_.block_bytes(),
+                data_.get() + static_cast<size_t>(src) * c_.block_bytes(), c_.block_bytes());
   }
   void CopySlot(int64_t dst, int64_t src) override {
     for (int32_t l = 0; l < c_.n_layers; ++l) {
-      std::memcpy(data_ + KeyOffset(c_, dst, l), data_ + KeyOffset(c_, src, l), c_.row_bytes());
-      std::memcpy(data_ + ValueOffset(c_, dst, l), data_ + ValueOffset(c_, src, l), c_.row_bytes());
+      std::memcpy(data_.get() + KeyOffset(c_, dst, l), data_.get() + KeyOffset(c_, src, l),
+                  c_.row_bytes());
+      std::memcpy(data_.get() + ValueOffset(c_, dst, l), data_.get() + ValueOffset(c_, src, l),
+                  c_.row_bytes());
     }
   }
 
  private:
   KvConfig c_;
-  HugePageBuffer huge_;
-  std::unique_ptr<uint8_t[]> heap_;
-  uint8_t* data_ = nullptr;
+  std::unique_ptr<uint8_t[]> data_;
 };
 
 }  // namespace
