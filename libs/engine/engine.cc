@@ -1,6 +1,7 @@
 #include "engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -85,11 +86,15 @@ absl::Status Engine::PlaceWeights() {
         thp.empty() ? "not available" : "off");
     return absl::OkStatus();
   }
+  const auto t0 = std::chrono::steady_clock::now();
   PI_ASSIGN_OR_RETURN(const uint64_t bytes, model_->MoveWeightsToHugePages());
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const HugePageBuffer& b = model_->weight_buffer();
   weight_description_ = absl::StrFormat(
-      "weights: %.1f MB copied into transparent huge pages (%s; %.1f MB backed by 2 MiB pages)",
-      static_cast<double>(bytes) / 1e6, b.huge_pages() ? "advised" : "advice refused",
+      "weights: %.1f MB copied into transparent huge pages in %.2f s (%s; %.1f MB backed by 2 MiB "
+      "pages)",
+      static_cast<double>(bytes) / 1e6, seconds, b.huge_pages() ? "advised" : "advice refused",
       static_cast<double>(b.HugeBackedBytes()) / 1e6);
   return absl::OkStatus();
 }

@@ -122,7 +122,10 @@ absl::StatusOr<uint64_t> StageModel::MoveWeightsToHugePages() {
       all.push_back(m);
     }
   }
-  all.push_back(&token_embd_);
+  // The embedding is read one row per token, never streamed: it stays in the mapping unless the
+  // head is tied to it (then both point to the head's copy).
+  const bool tied = token_embd_.data != nullptr && token_embd_.data == output_.data;
+  if (tied) all.push_back(&token_embd_);
   all.push_back(&output_);
   // One copy per distinct source (tied embeddings), each 64-byte aligned.
   constexpr size_t kAlign = 64;

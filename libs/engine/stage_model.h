@@ -55,10 +55,10 @@ class StageModel {
   const RopeConfig& rope() const { return rope_; }
   uint64_t weight_bytes() const { return weight_bytes_; }
 
-  // Copies every matrix of the stage (each once: a tied head shares the embedding's copy) into
-  // one HugePageBuffer and points the matrices at it; vectors are already copies. Returns the
-  // bytes copied. Pointers to the old matrix data (views made before) stay valid: the file
-  // stays mapped.
+  // Copies the layers' matrices and the head (a tied embedding shares the head's copy; an untied
+  // one, read a row per token, stays in the mapping) into one HugePageBuffer and points the
+  // matrices at it; vectors are already copies. Returns the bytes copied. Pointers to the old
+  // matrix data (views made before) stay valid: the file stays mapped.
   absl::StatusOr<uint64_t> MoveWeightsToHugePages();
   // The copy made by MoveWeightsToHugePages (empty before).
   const HugePageBuffer& weight_buffer() const { return weight_buffer_; }
