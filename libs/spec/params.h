@@ -55,6 +55,12 @@ struct SpecParams {
 // draft_max = 0 under the paper's micro-batches, and the dynamic tree's largest run.
 inline constexpr uint32_t kPaperDraftMax = 4;
 inline constexpr uint32_t kDynamicNodeCap = 16;
+// ... of which a self-tuned pipeinfer run sends at most this many. Its cost model charges a token
+// b per stage pass, but runs filled to 16 nodes slowed every pass of a busy pipeline by up to 80 %
+// and returned about 1.7 accepted tokens each; capped at 6, the bundled pair decoded 7 % faster
+// and the 0.8-agreement oracle 2 % faster (bench/results/speculation-2026-12-07-s2/README.md).
+// Sync rounds size themselves by their own rate test and keep kDynamicNodeCap.
+inline constexpr uint32_t kDynamicRunCap = 6;
 // The draft tokens per run the controller may send at most.
 uint32_t EffectiveDraftMax(const SpecParams& params);
 

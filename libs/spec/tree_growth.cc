@@ -264,7 +264,8 @@ absl::StatusOr<int> TreeController::Speculate(const std::function<bool()>& resul
   }
   if (mode_ != Mode::kPipeInfer) return 0;
   int launched = 0;
-  const uint32_t cap = std::min(EffectiveDraftMax(options_.spec), options_.max_run_tokens);
+  uint32_t cap = std::min(EffectiveDraftMax(options_.spec), options_.max_run_tokens);
+  if (options_.spec.draft_max == 0) cap = std::min(cap, kDynamicRunCap);  // self-tuned
   while (ledger_.size() < max_inflight_ && !frozen_ && line_ >= 0) {
     // The no_continuous ablation: one run per verification, none while results are outstanding.
     if (options_.spec.no_continuous && allowance_ == 0) break;
