@@ -127,27 +127,27 @@ absl::StatusOr<uint64_t> StageModel::MoveWeightsToHugePages() {
   const bool tied = token_embd_.data != nullptr && token_embd_.data == output_.data;
   if (tied) all.push_back(&token_embd_);
   all.push_back(&output_);
-  // One copy per distinct source (tied embeddings), each 64-byte aligned.
+  // One copy per distinct source (a tied embedding is the head), each 64-byte aligned.
   constexpr size_t kAlign = 64;
-  std::map<const uint8_t*, size_t> offset_of;
+  struct Place {
+    size_t offset, bytes;
+  };
+  std::map<const uint8_t*, Place> place;
   size_t total = 0;
   for (const kernels::Matrix* m : all) {
-    if (m->data == nullptr || offset_of.contains(m->data)) continue;
-    offset_of[m->data] = total;
-    total += (static_cast<size_t>(m->rows) * m->row_bytes + kAlign - 1) / kAlign * kAlign;
+    if (m->data == nullptr || place.contains(m->data)) continue;
+    const size_t n = static_cast<size_t>(m->rows) * m->row_bytes;
+    place[m->data] = {total, n};
+    total += (n + kAlign - 1) / kAlign * kAlign;
   }
   PI_ASSIGN_OR_RETURN(HugePageBuffer buf, HugePageBuffer::Allocate(total));
-  std::map<const uint8_t*, const uint8_t*> moved;
   copied_bytes_ = 0;
+  for (const auto& [src, at] : place) {
+    std::memcpy(buf.data() + at.offset, src, at.bytes);
+    copied_bytes_ += at.bytes;
+  }
   for (kernels::Matrix* m : all) {
-    if (m->data == nullptr) continue;
-    auto [it, fresh] = moved.try_emplace(m->data, buf.data() + offset_of[m->data]);
-    if (fresh) {
-      const size_t n = static_cast<size_t>(m->rows) * m->row_bytes;
-      std::memcpy(const_cast<uint8_t*>(it->second), m->data, n);
-      copied_bytes_ += n;
-    }
-    m->data = it->second;
+    if (m->data != nullptr) m->data = buf.data() + place.at(m->data).offset;
   }
   weight_buffer_ = std::move(buf);
   return copied_bytes_;
