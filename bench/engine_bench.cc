@@ -165,7 +165,7 @@ int main(int argc, char** argv) {
   app.add_option("--weight-memory", weight_memory,
                  "CPU stages: hugepages (a copy in transparent huge pages) or mmap (the file's "
                  "mapping)")
-      ->check(CLI::IsMember({"hugepages", "mmap"}));
+      ->check(CLI::IsMember(pipeinfer::engine::WeightMemoryNames()));
   int context = 1024;
   app.add_option("--context", context,
                  "Run-size rows: a session is restarted before it passes this many tokens, so "
@@ -194,8 +194,7 @@ int main(int argc, char** argv) {
       (list == &runs_list ? run_sizes : prefill_sizes).push_back(v);
     }
   }
-  const auto memory = weight_memory == "mmap" ? pipeinfer::engine::WeightMemory::kMapped
-                                              : pipeinfer::engine::WeightMemory::kHugePages;
+  const auto memory = pipeinfer::engine::WeightMemoryNamed(weight_memory);
   pipeinfer::kernels::ThreadPool pool(threads);
   double bw = 0;
   if (gpu) {

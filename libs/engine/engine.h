@@ -15,6 +15,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -30,6 +31,13 @@ enum class WeightMemory {
   kHugePages,  // a copy in anonymous transparent-huge-page memory (common/huge_pages.h)
   kMapped,     // the file's memory mapping (4 KiB page-cache pages; no copy)
 };
+
+// The values of the --weight-memory flags: "hugepages" (kHugePages) and "mmap" (kMapped).
+inline std::vector<std::string> WeightMemoryNames() { return {"hugepages", "mmap"}; }
+// kMapped for "mmap", kHugePages otherwise (the flags accept only the names above).
+inline WeightMemory WeightMemoryNamed(std::string_view name) {
+  return name == "mmap" ? WeightMemory::kMapped : WeightMemory::kHugePages;
+}
 
 struct EngineOptions {
   int32_t threads = 1;

@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   app.add_option("--draft-weight-memory", draft_weight_memory,
                  "hugepages copies the draft's weights into transparent huge pages, mmap reads "
                  "them from the file's mapping (as pipeinfer-stage --weight-memory)")
-      ->check(CLI::IsMember({"hugepages", "mmap"}));
+      ->check(CLI::IsMember(pipeinfer::engine::WeightMemoryNames()));
   app.add_option("--metrics-listen", metrics_listen,
                  "Serve Prometheus /metrics on HOST:PORT (port 0 picks a free one; absent: none)");
   app.add_option("--draft-noise", draft_noise,
@@ -188,8 +188,7 @@ int main(int argc, char** argv) {
     dmo.path = draft_model;
     dmo.target_path = model;
     dmo.threads = draft_threads;
-    dmo.weight_memory = draft_weight_memory == "mmap" ? pipeinfer::engine::WeightMemory::kMapped
-                                                      : pipeinfer::engine::WeightMemory::kHugePages;
+    dmo.weight_memory = pipeinfer::engine::WeightMemoryNamed(draft_weight_memory);
     dmo.kv_tokens = draft_kv_tokens;
     dmo.noise = draft_noise;
     dmo.rank_model = *pipeinfer::draft_server::ParseRankModel(draft_rank_model);

@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
                  "CPU stages: hugepages copies the stage's weights into transparent huge pages "
                  "(faster decode; falls back to mmap where they are off), mmap reads them from "
                  "the file's mapping (no copy)")
-      ->check(CLI::IsMember({"hugepages", "mmap"}));
+      ->check(CLI::IsMember(pipeinfer::engine::WeightMemoryNames()));
   auto* kvt = app.add_option("--kv-tokens", kv_tokens,
                              "KV capacity in tokens (default: sized by --kv-sessions)")
                   ->check(CLI::PositiveNumber);
@@ -278,8 +278,7 @@ int main(int argc, char** argv) {
   if (!sm.ok()) return Fail(std::string(sm.status().message()));
   pipeinfer::engine::EngineOptions eo;
   eo.threads = threads;
-  eo.weight_memory = weight_memory == "mmap" ? pipeinfer::engine::WeightMemory::kMapped
-                                             : pipeinfer::engine::WeightMemory::kHugePages;
+  eo.weight_memory = pipeinfer::engine::WeightMemoryNamed(weight_memory);
   eo.devices = devices.empty() ? device : devices;
   eo.kv_type = kv_type == "f32" ? pipeinfer::kv::ElemType::kF32 : pipeinfer::kv::ElemType::kF16;
   eo.kv_capacity_tokens = kv_tokens;
