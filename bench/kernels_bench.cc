@@ -9,8 +9,11 @@
 // arithmetic of the kernels (FMA chains, decoding, register blocking) rather than memory. Set
 // PIPEINFER_QUANT_MATH=exact to time the float path of Q8_0/Q4_0/Q4_K/Q6_K instead of the integer
 // one. The `path` argument caps the kernel level (1 avx2, 2 avx512; 0 portable); BM_MatMulPrefill
-// times prompt-sized batches (128 and 512 tokens).
+// times prompt-sized batches (128 and 512 tokens). Weights are laid out as the engine copies them
+// for the path (rows interleaved where it wants them, shown in the label);
+// PIPEINFER_BENCH_WEIGHTS=file keeps the file layout.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <random>
 #include <string>
@@ -20,6 +23,7 @@
 #include <benchmark/benchmark.h>
 
 #include "gguf/tensor_type.h"
+#include "kernels/interleave.h"
 #include "kernels/kernels.h"
 
 namespace pipeinfer::kernels {
@@ -76,7 +80,19 @@ void RunMatMul(benchmark::State& state, int64_t rows, int64_t cols) {
   SetMaxSimdLevel(level);
   const auto& info = gguf::TypeInfo(type);
   const auto data = RandomWeights(type, rows, cols);
-  const Matrix w{type, data.data(), rows, cols, data.size() / rows};
+  // The weights in the layout the engine copies them into for this path (kernels/interleave.h),
+  // or in the file layout when PIPEINFER_BENCH_WEIGHTS=file (what a stage computing on its
+  // mapped file, --weight-memory mmap, reads).
+  const char* layout = std::getenv("PIPEINFER_BENCH_WEIGHTS");
+  const bool file_layout = layout != nullptr && std::string(layout) == "file";
+  const int interleave = file_layout ? 1 : PreferredRowInterleave(type, rows);
+  std::vector<uint8_t> grouped(interleave > 1 ? data.size() : 0);
+  Matrix w{type, data.data(), rows, cols, data.size() / rows};
+  if (interleave > 1) {
+    InterleaveRows(w, interleave, grouped.data());
+    w.data = grouped.data();
+    w.interleave = interleave;
+  }
   std::vector<float> x(n_tokens * cols), y(n_tokens * rows);
   std::mt19937 rng(1);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -94,7 +110,8 @@ void RunMatMul(benchmark::State& state, int64_t rows, int64_t cols) {
   state.counters["Gflops"] =
       benchmark::Counter(iters * 2.0 * rows * cols * n_tokens / 1e9, benchmark::Counter::kIsRate);
   SetMaxSimdLevel(level);
-  state.SetLabel(std::string(info.name) + " " + ActivePath());
+  state.SetLabel(std::string(info.name) + " " + ActivePath() +
+                 (interleave > 1 ? " rows x" + std::to_string(interleave) : ""));
   SetMaxSimdLevel(SimdLevel::kAvx512);
 }
 

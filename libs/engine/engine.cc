@@ -10,6 +10,7 @@
 #include "common/status_macros.h"
 #include "engine/cpu_shard.h"
 #include "engine/devices.h"
+#include "kernels/interleave.h"
 #include "kernels/kernels.h"
 
 namespace pipeinfer::engine {
@@ -80,7 +81,10 @@ absl::Status Engine::PlaceWeights() {
     return absl::OkStatus();
   }
   const std::string thp = TransparentHugePageMode();
-  if (thp.empty() || thp == "never") {
+  const bool no_thp = thp.empty() || thp == "never";
+  // Without huge pages the copy is still made when the kernels want some matrix grouped
+  // (kernels/interleave.h): that layout matters more than the page size.
+  if (no_thp && !model_->WantsGroupedLayout()) {
     weight_description_ = absl::StrFormat(
         "weights: %.1f MB read from the file mapping (transparent huge pages are %s)", mb,
         thp.empty() ? "not available" : "off");
@@ -91,11 +95,24 @@ absl::Status Engine::PlaceWeights() {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const HugePageBuffer& b = model_->weight_buffer();
-  weight_description_ = absl::StrFormat(
-      "weights: %.1f MB copied into transparent huge pages in %.2f s (%s; %.1f MB backed by 2 MiB "
-      "pages)",
-      static_cast<double>(bytes) / 1e6, seconds, b.huge_pages() ? "advised" : "advice refused",
-      static_cast<double>(b.HugeBackedBytes()) / 1e6);
+  if (no_thp) {
+    weight_description_ = absl::StrFormat(
+        "weights: %.1f MB copied into anonymous memory in %.2f s (4 KiB pages: transparent huge "
+        "pages are %s)",
+        static_cast<double>(bytes) / 1e6, seconds, thp.empty() ? "not available" : "off");
+  } else {
+    weight_description_ = absl::StrFormat(
+        "weights: %.1f MB copied into transparent huge pages in %.2f s (%s; %.1f MB backed by 2 "
+        "MiB pages)",
+        static_cast<double>(bytes) / 1e6, seconds, b.huge_pages() ? "advised" : "advice refused",
+        static_cast<double>(b.HugeBackedBytes()) / 1e6);
+  }
+  if (model_->grouped_bytes() > 0) {
+    absl::StrAppendFormat(&weight_description_,
+                          "; %.1f MB stored in groups of %d rows for the %s kernels",
+                          static_cast<double>(model_->grouped_bytes()) / 1e6, kernels::kGroupRows,
+                          kernels::ActivePath());
+  }
   return absl::OkStatus();
 }
 

@@ -28,8 +28,13 @@ namespace pipeinfer::engine {
 
 // Where a CPU stage reads its weights from (GPU stages upload them and ignore this).
 enum class WeightMemory {
-  kHugePages,  // a copy in anonymous transparent-huge-page memory (common/huge_pages.h)
-  kMapped,     // the file's memory mapping (4 KiB page-cache pages; no copy)
+  // A copy in anonymous transparent-huge-page memory (common/huge_pages.h), in the layout the
+  // kernels want (Q4_0/Q4_K in groups of 8 rows on the avx512-vnni path: kernels/interleave.h).
+  kHugePages,
+  // The file's memory mapping (4 KiB page-cache pages; no copy). Q4_0/Q4_K rows are then packed
+  // into groups on the fly on the avx512-vnni path: decode of those types is slower than from the
+  // copy (same results).
+  kMapped,
 };
 
 // The values of the --weight-memory flags: "hugepages" (kHugePages) and "mmap" (kMapped).
@@ -49,7 +54,8 @@ struct EngineOptions {
   // Where the layers run (engine/devices.h): "cpu", "cuda:N", or a list of one kind
   // ("cuda:0,cuda:1", "cpu,cpu") that splits every layer over the devices (tensor parallelism).
   std::string devices = "cpu";
-  // kHugePages falls back to kMapped where the kernel has transparent huge pages off.
+  // Where the kernel has transparent huge pages off, kHugePages still copies (into 4 KiB pages)
+  // when the kernels want some matrix grouped, and falls back to kMapped otherwise.
   WeightMemory weight_memory = WeightMemory::kHugePages;
 };
 

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/layer_shard.h"
 #include "engine/stage_model.h"
+#include "kernels/interleave.h"
 
 namespace pipeinfer::engine {
 
@@ -12,7 +13,7 @@ namespace {
 
 uint32_t BlockOf(gguf::TensorType t) { return gguf::TypeInfo(t).block_size; }
 
-// Rows [r0, r0 + n) of m.
+// Rows [r0, r0 + n) of m (multiples of m.interleave; checked by SliceFor).
 kernels::Matrix RowView(const kernels::Matrix& m, int64_t r0, int64_t n) {
   kernels::Matrix v = m;
   v.data = m.data + r0 * m.row_bytes;
@@ -24,7 +25,7 @@ kernels::Matrix RowView(const kernels::Matrix& m, int64_t r0, int64_t n) {
 kernels::Matrix ColumnView(const kernels::Matrix& m, int64_t c0, int64_t n) {
   const auto info = gguf::TypeInfo(m.type);
   kernels::Matrix v = m;
-  v.data = m.data + c0 / info.block_size * info.type_size;
+  v.data = m.data + c0 / info.block_size * info.type_size * m.interleave;
   v.cols = n;
   return v;
 }
@@ -68,6 +69,22 @@ absl::StatusOr<ShardSlice> SliceFor(const StageModel& model, int32_t index, int3
           " attention-output columns per device must be a multiple of ", bo, " (",
           gguf::TypeInfo(w.wo.type).name, ") and ", s.n_ff, " FFN columns a multiple of ", bd, " (",
           gguf::TypeInfo(w.w_down.type).name, ")"));
+    }
+    // Matrices stored in groups of rows (kernels/interleave.h): row cuts must fall between
+    // groups, and column cuts need every row in a group (no rows left in the file layout).
+    const auto whole_groups = [](const kernels::Matrix& m, int64_t n) {
+      return n % m.interleave == 0;
+    };
+    if (!whole_groups(w.wq, s.n_heads * hd) || !whole_groups(w.wk, s.n_kv_heads * hd) ||
+        !whole_groups(w.wv, s.n_kv_heads * hd) || !whole_groups(w.w_gate, s.n_ff) ||
+        !whole_groups(w.w_up, s.n_ff) || !whole_groups(w.wo, w.wo.rows) ||
+        !whole_groups(w.w_down, w.w_down.rows)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot split layer ", l, " over ", count,
+                       " devices: its weights are stored in groups of ", kernels::kGroupRows,
+                       " rows, and ", s.n_heads * hd, " query rows, ", s.n_kv_heads * hd,
+                       " key/value rows, ", s.n_ff, " FFN rows per device or the ", w.wo.rows,
+                       " output rows are not a multiple of it (use --weight-memory mmap)"));
     }
   }
   return s;

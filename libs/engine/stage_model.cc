@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/interleave.h"
 
 namespace pipeinfer::engine {
 
@@ -114,6 +115,18 @@ absl::StatusOr<std::unique_ptr<StageModel>> StageModel::FromFile(std::shared_ptr
   return m;
 }
 
+bool StageModel::WantsGroupedLayout() const {
+  const auto wants = [](const kernels::Matrix& m) {
+    return m.data != nullptr && kernels::PreferredRowInterleave(m.type, m.rows) != 1;
+  };
+  for (const LayerWeights& l : layers_) {
+    for (const kernels::Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+      if (wants(*m)) return true;
+    }
+  }
+  return wants(output_);
+}
+
 absl::StatusOr<uint64_t> StageModel::MoveWeightsToHugePages() {
   if (weight_buffer_.data() != nullptr) return copied_bytes_;
   std::vector<kernels::Matrix*> all;
@@ -142,12 +155,22 @@ absl::StatusOr<uint64_t> StageModel::MoveWeightsToHugePages() {
   }
   PI_ASSIGN_OR_RETURN(HugePageBuffer buf, HugePageBuffer::Allocate(total));
   copied_bytes_ = 0;
-  for (const auto& [src, at] : place) {
-    std::memcpy(buf.data() + at.offset, src, at.bytes);
-    copied_bytes_ += at.bytes;
+  grouped_bytes_ = 0;
+  // Each source in the layout the active kernels want (kernels/interleave.h); a tied embedding
+  // and head, one source, get the same.
+  std::map<const uint8_t*, int32_t> interleave;
+  for (const kernels::Matrix* m : all) {
+    if (m->data == nullptr || interleave.contains(m->data)) continue;
+    const int32_t il = kernels::PreferredRowInterleave(m->type, m->rows);
+    kernels::InterleaveRows(*m, il, buf.data() + place.at(m->data).offset);
+    interleave[m->data] = il;
+    copied_bytes_ += place.at(m->data).bytes;
+    if (il != 1) grouped_bytes_ += place.at(m->data).bytes;
   }
   for (kernels::Matrix* m : all) {
-    if (m->data != nullptr) m->data = buf.data() + place.at(m->data).offset;
+    if (m->data == nullptr) continue;
+    m->interleave = interleave.at(m->data);
+    m->data = buf.data() + place.at(m->data).offset;
   }
   weight_buffer_ = std::move(buf);
   return copied_bytes_;

@@ -58,10 +58,17 @@ class StageModel {
   // Copies the layers' matrices and the head (a tied embedding shares the head's copy; an untied
   // one, read a row per token, stays in the mapping) into one HugePageBuffer and points the
   // matrices at it; vectors are already copies. Returns the bytes copied. Pointers to the old
-  // matrix data (views made before) stay valid: the file stays mapped.
+  // matrix data (views made before) stay valid: the file stays mapped. Matrices are stored in the
+  // layout the active kernel path prefers (kernels::PreferredRowInterleave: Q4_0 in groups of 8
+  // rows on the AVX-512 VNNI path; Matrix::interleave says which).
   absl::StatusOr<uint64_t> MoveWeightsToHugePages();
   // The copy made by MoveWeightsToHugePages (empty before).
   const HugePageBuffer& weight_buffer() const { return weight_buffer_; }
+  // True when the active kernels want some matrix of the copy in groups of rows
+  // (kernels::PreferredRowInterleave).
+  bool WantsGroupedLayout() const;
+  // Bytes of the copy stored in groups of rows for the kernels (kernels/interleave.h).
+  uint64_t grouped_bytes() const { return grouped_bytes_; }
 
  private:
   StageModel() = default;
@@ -77,6 +84,7 @@ class StageModel {
   uint64_t weight_bytes_ = 0;
   HugePageBuffer weight_buffer_;
   uint64_t copied_bytes_ = 0;
+  uint64_t grouped_bytes_ = 0;
 };
 
 // Matrix view of a 2-D tensor (GGUF [cols, rows]). Fails for unsupported types.

@@ -2,9 +2,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "kernels/formats.h"
 #include "kernels/half.h"
+#include "kernels/interleave.h"
 #include "kernels/kernels.h"
 
 namespace pipeinfer::kernels {
@@ -227,13 +229,25 @@ bool SupportsType(gguf::TensorType type) { return internal::FindFormat(type) != 
 
 void DequantizeRow(const Matrix& w, int64_t row, float* out) {
   const internal::Format* f = internal::FindFormat(w.type);
-  if (f == nullptr || w.cols % f->block != 0 || row < 0 || row >= w.rows) {
+  const bool layout_ok =
+      w.interleave == 1 || (w.interleave == kGroupRows && HasGroupedLayout(w.type));
+  if (f == nullptr || w.cols % f->block != 0 || row < 0 || row >= w.rows || !layout_ok) {
     std::fprintf(stderr, "DequantizeRow: unsupported matrix (type %s, cols %lld) or row %lld\n",
                  gguf::TensorTypeName(static_cast<uint32_t>(w.type)).c_str(),
                  static_cast<long long>(w.cols), static_cast<long long>(row));
     std::abort();
   }
   const size_t row_bytes = w.row_bytes ? w.row_bytes : w.cols / f->block * f->bytes;
+  if (w.interleave != 1 && row < w.rows - w.rows % w.interleave) {  // restore it from its group
+    thread_local std::vector<uint8_t> plain;
+    const int64_t nb = w.cols / f->block;
+    plain.resize(static_cast<size_t>(nb * f->bytes));
+    const int64_t g = row - row % w.interleave;
+    internal::UnpackRow(w.type, w.data + g * row_bytes, nb, static_cast<int>(row - g),
+                        plain.data());
+    f->decode(plain.data(), nb, out);
+    return;
+  }
   f->decode(w.data + row * row_bytes, w.cols / f->block, out);
 }
 

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/formats.h"
+#include "kernels/interleave.h"
 #include "kernels/kernels.h"
 #include "kernels/qdot.h"
 #include "kernels/simd.h"
@@ -158,6 +159,29 @@ void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int6
     a.qs_pairs = qs_pairs.data();
     a.d_pairs = d_pairs.data();
   }
+  thread_local std::vector<int32_t> q4_0_init;
+  if (tiles512 && m.type == gguf::TensorType::kQ4_0) {
+    q4_0_init.resize(static_cast<size_t>(n_tokens * nb));
+    for (int64_t i = 0; i < n_tokens * nb; ++i) {
+      int32_t sum = 0;
+      for (int j = 0; j < 32; ++j) sum += qs[32 * i + j];
+      q4_0_init[i] = -8 * sum;
+    }
+    a.q4_0_init = q4_0_init.data();
+  }
+  thread_local std::vector<int32_t> q4_k_pairs;
+  if (tiles512 && m.type == gguf::TensorType::kQ4_K) {
+    q4_k_pairs.resize(static_cast<size_t>(n_tokens * nb * 4));
+    for (int64_t i = 0; i < n_tokens * nb; ++i) {  // block i's 16 bsums of 16 quants each
+      const int16_t* bs = bsums.data() + 16 * i;
+      for (int k = 0; k < 4; ++k) {
+        const int32_t lo = bs[4 * k] + bs[4 * k + 1], hi = bs[4 * k + 2] + bs[4 * k + 3];
+        q4_k_pairs[4 * i + k] = static_cast<int32_t>((static_cast<uint32_t>(hi) << 16) |
+                                                     (static_cast<uint32_t>(lo) & 0xffff));
+      }
+    }
+    a.q4_k_bsum_pairs = q4_k_pairs.data();
+  }
 #endif
   a.qs = qs.data();
   a.d = d.data();
@@ -183,6 +207,24 @@ void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int6
   });
 }
 
+// A path that computes on the file layout, given an interleaved matrix (the weights were placed
+// for another path): the rows are restored chunk by chunk. Every row's result is the one the
+// path gives for the file layout (rows are independent).
+void MatMulDeinterleaved(const Matrix& m, const float* x, int64_t x_stride, int64_t n_tokens,
+                         float* y, int64_t y_stride, ThreadPool& pool) {
+  constexpr int64_t kChunkRows = 256;  // a multiple of every interleave
+  thread_local std::vector<uint8_t> plain;
+  const auto* f = internal::FindFormat(m.type);
+  const size_t row_bytes = static_cast<size_t>(m.cols / f->block * f->bytes);
+  plain.resize(static_cast<size_t>(std::min(kChunkRows, m.rows)) * row_bytes);
+  for (int64_t r0 = 0; r0 < m.rows; r0 += kChunkRows) {
+    const int64_t n = std::min(kChunkRows, m.rows - r0);
+    internal::DeinterleaveRows(m, r0, n, plain.data());
+    const Matrix chunk{m.type, plain.data(), n, m.cols, row_bytes};
+    MatMul(chunk, x, x_stride, n_tokens, y + r0, y_stride, pool);
+  }
+}
+
 [[noreturn]] void BadMatrix(const Matrix& w, const char* why) {
   std::fprintf(stderr, "MatMul: %s (type %s, %lld x %lld)\n", why,
                gguf::TensorTypeName(static_cast<uint32_t>(w.type)).c_str(),
@@ -202,6 +244,17 @@ void MatMul(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
   const size_t min_row_bytes = static_cast<size_t>(w.cols / f->block * f->bytes);
   if (m.row_bytes == 0) m.row_bytes = min_row_bytes;
   if (m.row_bytes < min_row_bytes) BadMatrix(w, "row_bytes too small");
+  if (m.interleave != 1) {
+    if (m.interleave != kGroupRows || !HasGroupedLayout(m.type)) {
+      BadMatrix(w, "unsupported row interleave");
+    }
+#if PIPEINFER_KERNELS_X86
+    const bool direct = GetQuantMath() == QuantMath::kFast && UseAvx512Quant(m.type);
+#else
+    const bool direct = false;
+#endif
+    if (!direct) return MatMulDeinterleaved(m, x, x_stride, n_tokens, y, y_stride, pool);
+  }
   if (GetQuantMath() == QuantMath::kFast) {
     const int ab = internal::QuantActBlock(w.type);
     if (ab != 0 && w.cols % ab == 0) {

@@ -1,6 +1,6 @@
 // Internal, AVX-512 VNNI translation units only (compiled with -mavx512f/bw/dq/vl/vnni): the
-// tile framework of the integer MatMul path (qdot.h) for Q8_0, Q4_0 (qdot_avx512.cc), Q4_K and
-// Q6_K (qdot_kquant_avx512.cc) weights.
+// tile framework of the integer MatMul path (qdot.h) for Q8_0 (qdot_avx512.cc) and Q6_K
+// (qdot_kquant_avx512.cc) weights.
 //
 // A micro-kernel K::Run<R, T> computes R rows x T tokens at once: each weight block is loaded and
 // unpacked once for the T tokens, each activation block once for the R rows, and the R x T
@@ -38,7 +38,11 @@
 
 namespace pipeinfer::kernels::avx512 {
 
-// The K-quant tiles (qdot_kquant_avx512.cc): Q4_K and Q6_K; false for another type.
+// The grouped kernels (qdot_groups_avx512.cc): Q4_0 and Q4_K, in groups of 8 rows
+// (interleave.h) whatever the matrix's layout.
+void GroupedMatMulTile(const Matrix& w, const internal::QuantActs& a, float* y, int64_t ys,
+                       int64_t r0, int64_t r1, int64_t t0, int64_t t1);
+// The K-quant tiles (qdot_kquant_avx512.cc): Q6_K; false for another type.
 bool KQuantMatMulTile(const Matrix& w, const internal::QuantActs& a, float* y, int64_t ys,
                       int64_t r0, int64_t r1, int64_t t0, int64_t t1);
 

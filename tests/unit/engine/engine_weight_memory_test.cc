@@ -1,7 +1,8 @@
 // Where a CPU stage reads its weights (EngineOptions::weight_memory): a copy in transparent huge
 // pages (the default) or the file's mapping. The copy must not change a single bit of the
 // results, every layer matrix and the head must point into it (a tied embedding shares the head's
-// copy; an untied one stays in the mapping), and the engine must really compute from it: spoiling
+// copy; an untied one stays in the mapping), stored in the layout the kernels want (Q4_0 in
+// groups of 8 rows on the avx512-vnni path), and the engine must really compute from it: spoiling
 // the copy changes the logits.
 #include <algorithm>
 #include <cstdint>
@@ -13,6 +14,7 @@
 
 #include "common/huge_pages.h"
 #include "engine/engine.h"
+#include "kernels/interleave.h"
 #include "testing/fixtures.h"
 
 namespace pipeinfer::engine {
@@ -97,17 +99,21 @@ TEST_P(WeightMemoryTest, CopyInHugePagesGivesTheSameBitsAndIsWhatTheEngineReads)
       << "the copy changed the results";
 
   const StageModel& cm = copied->model();
-  if (thp.empty() || thp == "never") {
-    EXPECT_EQ(cm.weight_buffer().data(), nullptr) << "no copy without transparent huge pages";
+  if ((thp.empty() || thp == "never") && !mm.WantsGroupedLayout()) {
+    EXPECT_EQ(cm.weight_buffer().data(), nullptr)
+        << "no copy without transparent huge pages, unless the kernels want grouped rows";
     GTEST_SKIP() << "transparent huge pages are " << (thp.empty() ? "missing" : "off");
   }
   const HugePageBuffer& buf = cm.weight_buffer();
   ASSERT_NE(buf.data(), nullptr);
-  uint64_t matrix_bytes = 0;
+  uint64_t matrix_bytes = 0, grouped_bytes = 0;
   for (int32_t l = 0; l < cm.n_layers(); ++l) {
     const LayerWeights& w = cm.layer(l);
     for (const kernels::Matrix* m : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
       EXPECT_TRUE(Inside(m->data, buf.data(), buf.size())) << "layer " << l;
+      // Stored in the layout the kernels want (Q4_0 in groups of 8 rows on avx512-vnni).
+      EXPECT_EQ(m->interleave, kernels::PreferredRowInterleave(m->type, m->rows)) << "layer " << l;
+      if (m->interleave != 1) grouped_bytes += m->rows * m->row_bytes;
       EXPECT_TRUE(Inside(m->data + m->rows * m->row_bytes - 1, buf.data(), buf.size()));
       matrix_bytes += m->rows * m->row_bytes;
     }
@@ -119,6 +125,15 @@ TEST_P(WeightMemoryTest, CopyInHugePagesGivesTheSameBitsAndIsWhatTheEngineReads)
   EXPECT_EQ(Inside(cm.token_embd().data, buf.data(), buf.size()), tied);
   if (!tied) EXPECT_EQ(cm.token_embd().data, cm.file().FindTensor("token_embd.weight")->data);
   matrix_bytes += cm.output().rows * cm.output().row_bytes;
+  EXPECT_EQ(cm.output().interleave,
+            kernels::PreferredRowInterleave(cm.output().type, cm.output().rows));
+  if (cm.output().interleave != 1) grouped_bytes += cm.output().rows * cm.output().row_bytes;
+  EXPECT_EQ(cm.grouped_bytes(), grouped_bytes);
+  if (GetParam() == "tiny-q4_0-pure" &&
+      kernels::PreferredRowInterleave(gguf::TensorType::kQ4_0, 64) != 1) {
+    EXPECT_GT(grouped_bytes, 0u) << "the Q4_0 matrices were not grouped";
+  }
+  for (int32_t l = 0; l < mm.n_layers(); ++l) EXPECT_EQ(mm.layer(l).wq.interleave, 1);
   EXPECT_GE(buf.size(), matrix_bytes);
   EXPECT_LT(buf.size(), matrix_bytes + 18 * 64 * cm.n_layers() + HugePageBuffer::kHugePage);
 
@@ -133,7 +148,7 @@ TEST_P(WeightMemoryTest, CopyInHugePagesGivesTheSameBitsAndIsWhatTheEngineReads)
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, WeightMemoryTest,
-                         ::testing::Values("tiny-f16", "tiny-q4_k_m", "tiny-q8_0",
+                         ::testing::Values("tiny-f16", "tiny-q4_k_m", "tiny-q8_0", "tiny-q4_0-pure",
                                            "llama3-tiny-f16", "qwen2-tiny-f16"),
                          [](const auto& info) {
                            std::string n = info.param;

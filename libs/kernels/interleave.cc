@@ -1,0 +1,126 @@
+// Row-interleaved layouts (interleave.h): the packers and the layout choice.
+#include "kernels/interleave.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include "kernels/simd.h"
+
+namespace pipeinfer::kernels {
+
+using gguf::TensorType;
+
+namespace {
+
+[[noreturn]] void BadInterleave(TensorType type, int64_t rows, int64_t cols, int interleave,
+                                const char* why) {
+  std::fprintf(stderr, "row interleave: %s (type %s, %lld x %lld, interleave %d)\n", why,
+               gguf::TensorTypeName(static_cast<uint32_t>(type)).c_str(),
+               static_cast<long long>(rows), static_cast<long long>(cols), interleave);
+  std::abort();
+}
+
+int BlockBytes(TensorType type) { return static_cast<int>(gguf::TypeInfo(type).type_size); }
+
+}  // namespace
+
+bool HasGroupedLayout(TensorType type) {
+  return type == TensorType::kQ4_0 || type == TensorType::kQ4_K;
+}
+
+int PreferredRowInterleave(TensorType type, int64_t rows) {
+  const bool vnni = ActiveSimdLevel() == SimdLevel::kAvx512 && GetCpuFeatures().avx512_vnni;
+  return vnni && PIPEINFER_KERNELS_X86 && HasGroupedLayout(type) && rows >= kGroupRows ? kGroupRows
+                                                                                       : 1;
+}
+
+void InterleaveRows(const Matrix& plain, int interleave, uint8_t* out) {
+  const auto bad = [&](const char* why) {
+    BadInterleave(plain.type, plain.rows, plain.cols, interleave, why);
+  };
+  if (plain.interleave != 1) bad("the source is interleaved");
+  if (interleave == 1) {
+    std::memcpy(out, plain.data, static_cast<size_t>(plain.rows) * plain.row_bytes);
+    return;
+  }
+  const auto& info = gguf::TypeInfo(plain.type);
+  if (interleave != kGroupRows || !HasGroupedLayout(plain.type) ||
+      plain.cols % info.block_size != 0 ||
+      plain.row_bytes != static_cast<size_t>(plain.cols / info.block_size * info.type_size)) {
+    bad("unsupported layout");
+  }
+  const int64_t nb = plain.cols / info.block_size;
+  const int64_t whole = plain.rows - plain.rows % kGroupRows;
+  for (int64_t r = 0; r < whole; r += kGroupRows) {
+    const uint8_t* rows[kGroupRows];
+    for (int i = 0; i < kGroupRows; ++i) rows[i] = plain.data + (r + i) * plain.row_bytes;
+    internal::PackGroup(plain.type, rows, nb, out + r * plain.row_bytes);
+  }
+  std::memcpy(out + whole * plain.row_bytes, plain.data + whole * plain.row_bytes,
+              static_cast<size_t>(plain.rows - whole) * plain.row_bytes);  // the last rows
+}
+
+namespace internal {
+
+void PackGroup(TensorType type, const uint8_t* const rows[kGroupRows], int64_t nb, uint8_t* out) {
+  const int bytes = BlockBytes(type);
+  const auto put = [&](int64_t b, int i, int from, int n, uint8_t* dst) {
+    if (rows[i] == nullptr) {
+      std::memset(dst, 0, n);
+    } else {
+      std::memcpy(dst, rows[i] + b * bytes + from, n);
+    }
+  };
+  for (int64_t b = 0; b < nb; ++b, out += kGroupRows * bytes) {
+    for (int i = 0; i < kGroupRows; ++i) {
+      if (type == TensorType::kQ4_0) {
+        put(b, i, 0, 2, out + 2 * i);
+        for (int c = 0; c < 4; ++c) put(b, i, 2 + 4 * c, 4, out + 16 + 32 * c + 4 * i);
+      } else if (type == TensorType::kQ4_K) {
+        for (int w = 0; w < bytes / 4; ++w) put(b, i, 4 * w, 4, out + 32 * w + 4 * i);
+      } else {
+        BadInterleave(type, 0, 0, kGroupRows, "no grouped layout");
+      }
+    }
+  }
+}
+
+void UnpackRow(TensorType type, const uint8_t* group, int64_t nb, int i, uint8_t* out) {
+  const int bytes = BlockBytes(type);
+  for (int64_t b = 0; b < nb; ++b, group += kGroupRows * bytes, out += bytes) {
+    if (type == TensorType::kQ4_0) {
+      std::memcpy(out, group + 2 * i, 2);
+      for (int c = 0; c < 4; ++c) std::memcpy(out + 2 + 4 * c, group + 16 + 32 * c + 4 * i, 4);
+    } else if (type == TensorType::kQ4_K) {
+      for (int w = 0; w < bytes / 4; ++w) std::memcpy(out + 4 * w, group + 32 * w + 4 * i, 4);
+    } else {
+      BadInterleave(type, 0, 0, kGroupRows, "no grouped layout");
+    }
+  }
+}
+
+void DeinterleaveRows(const Matrix& w, int64_t r0, int64_t n, uint8_t* out) {
+  const int g = w.interleave;
+  const int64_t whole = w.rows - w.rows % g;
+  if (g != kGroupRows || !HasGroupedLayout(w.type) || r0 % g != 0 ||
+      (n % g != 0 && r0 + n != w.rows)) {
+    BadInterleave(w.type, w.rows, w.cols, g, "cannot restore these rows");
+  }
+  const auto& info = gguf::TypeInfo(w.type);
+  const int64_t nb = w.cols / info.block_size;
+  const size_t plain_row = static_cast<size_t>(nb * info.type_size);
+  for (int64_t r = r0; r < r0 + n; r += g) {
+    if (r >= whole) {  // the last rows: file layout already (their bytes, without the row gaps)
+      for (int64_t i = r; i < r0 + n; ++i) {
+        std::memcpy(out + (i - r0) * plain_row, w.data + i * w.row_bytes, plain_row);
+      }
+      break;
+    }
+    const uint8_t* group = w.data + r * w.row_bytes;
+    for (int i = 0; i < g; ++i) UnpackRow(w.type, group, nb, i, out + (r - r0 + i) * plain_row);
+  }
+}
+
+}  // namespace internal
+}  // namespace pipeinfer::kernels

@@ -1,0 +1,58 @@
+// Row-interleaved weight layouts: groups of 8 rows stored block by block, so that a kernel reads
+// 8 rows as one sequential stream and computes them in the 8 lanes of one vector (one scale
+// conversion per block for all 8 rows, no horizontal sums).
+//
+// Rows 8g .. 8g + 7 start at byte 8g * row_bytes (row_bytes is the file layout's, so row offsets
+// that are multiples of 8 are computed as for the file layout); the group's blocks follow each
+// other, block b at b * (8 * the type's block bytes):
+//   * Q4_0 (144 bytes per group block): f16 d[8], the 8 rows' scales (row i at bytes 2i, 2i + 1);
+//     then u8 qs[4][8][4]: chunk c (c < 4), row i: bytes 4c .. 4c + 3 of row i's 16 quant bytes.
+//     The 32-byte chunk c so holds, per 32-bit lane i, row i's weights 4c .. 4c + 3 in its low
+//     nibbles and 16 + 4c .. 16 + 4c + 3 in its high nibbles.
+//   * Q4_K (1152 bytes): the 8 rows' 144-byte blocks transposed by 32-bit words: word w (bytes
+//     4w .. 4w + 3) of row i at byte 32w + 4i. Words 0-3 are d | dmin and the 12 scale bytes,
+//     words 4-35 the quants (32 bytes of 8 rows per word).
+// A column range starting at block b0 is the same layout starting b0 * (group block bytes)
+// further (Matrix::interleave says how far a block moves). The last rows % 8 rows, which make no
+// whole group, stay in the file layout at r * row_bytes.
+//
+// Which matrices are grouped is decided when the weights are copied for the kernels
+// (PreferredRowInterleave); every kernel path accepts both layouts and gives the same bits for
+// both (the paths that compute on the file layout restore it chunk by chunk; the AVX-512 VNNI
+// kernels pack file-layout rows into a group on the fly).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/kernels.h"
+
+namespace pipeinfer::kernels {
+
+inline constexpr int kGroupRows = 8;
+inline constexpr int kQ4_0GroupBlockBytes = 8 * 18;
+inline constexpr int kQ4_KGroupBlockBytes = 8 * 144;
+
+// True for the types that have a grouped layout (Q4_0, Q4_K).
+bool HasGroupedLayout(gguf::TensorType type);
+
+// The interleave the active kernel path wants for a matrix of this type and row count: 8 for Q4_0
+// and Q4_K on the AVX-512 VNNI path when there are at least 8 rows; 1 (the file layout) otherwise.
+int PreferredRowInterleave(gguf::TensorType type, int64_t rows);
+
+// Writes `plain` (file layout, interleave 1) in the layout of `interleave` (1: a copy; 8: a type
+// with a grouped layout) to `out` (rows * row_bytes bytes, the same size).
+void InterleaveRows(const Matrix& plain, int interleave, uint8_t* out);
+
+namespace internal {
+// One group: blocks [0, nb) of up to 8 file-layout rows (`rows[i]` null: a row of zeros, whose
+// products are 0) into nb group blocks at `out`.
+void PackGroup(gguf::TensorType type, const uint8_t* const rows[kGroupRows], int64_t nb,
+               uint8_t* out);
+// Row i (< 8) of a group (nb group blocks at `group`) in the file layout (nb blocks at `out`).
+void UnpackRow(gguf::TensorType type, const uint8_t* group, int64_t nb, int i, uint8_t* out);
+// Rows [r0, r0 + n) of the grouped `w` (r0 a multiple of 8; n too, unless the range ends at
+// w.rows) in the file layout, rows packed back to back, at `out`.
+void DeinterleaveRows(const Matrix& w, int64_t r0, int64_t n, uint8_t* out);
+}  // namespace internal
+
+}  // namespace pipeinfer::kernels

@@ -1,0 +1,236 @@
+// Row-interleaved Q4_0 and Q4_K weights (kernels/interleave.h): the layouts against their
+// definitions, the round trip, and every kernel path giving the same bits for the grouped copy as
+// for the file layout (MatMul over batches, threads and column ranges; DequantizeRow).
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "kernels/interleave.h"
+#include "kernels/kernels.h"
+#include "kernels_test_util.h"
+
+namespace pipeinfer::kernels {
+namespace {
+
+using gguf::TensorType;
+using testing::Path;
+using testing::Paths;
+using testing::RandomRows;
+using testing::ScopedPath;
+
+constexpr int64_t kQ4_0Bytes = 18;
+const TensorType kGroupedTypes[] = {TensorType::kQ4_0, TensorType::kQ4_K};
+
+class ScopedQuantMath {
+ public:
+  explicit ScopedQuantMath(QuantMath m) : old_(GetQuantMath()) { SetQuantMath(m); }
+  ~ScopedQuantMath() { SetQuantMath(old_); }
+
+ private:
+  QuantMath old_;
+};
+
+Matrix Plain(TensorType type, const std::vector<uint8_t>& data, int64_t rows, int64_t cols) {
+  const auto& info = gguf::TypeInfo(type);
+  return Matrix{type, data.data(), rows, cols,
+                static_cast<size_t>(cols / info.block_size * info.type_size)};
+}
+
+Matrix Grouped(const Matrix& plain, std::vector<uint8_t>* storage) {
+  storage->assign(static_cast<size_t>(plain.rows) * plain.row_bytes, 0xee);
+  InterleaveRows(plain, kGroupRows, storage->data());
+  Matrix g = plain;
+  g.data = storage->data();
+  g.interleave = kGroupRows;
+  return g;
+}
+
+// Byte by byte from the definition in interleave.h: group g, block b: the 8 scales (2 bytes each),
+// then chunk c, row i = quant bytes 4c..4c+3 of row 8g + i; the last 5 rows (no whole group) as in
+// the file.
+TEST(Interleave, Q4_0GroupsFollowTheDefinition) {
+  constexpr int64_t kRows = 29, kCols = 32 * 5;
+  std::mt19937 rng(7);
+  const std::vector<uint8_t> data = RandomRows(TensorType::kQ4_0, kRows, kCols, rng, false);
+  const Matrix plain = Plain(TensorType::kQ4_0, data, kRows, kCols);
+  std::vector<uint8_t> storage;
+  const Matrix g = Grouped(plain, &storage);
+  const int64_t nb = kCols / 32;
+  for (int64_t grp = 0; grp < kRows / 8; ++grp) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 144;
+      for (int i = 0; i < 8; ++i) {
+        const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * kQ4_0Bytes;
+        EXPECT_EQ(0, std::memcmp(blk + 2 * i, src, 2)) << "scale, group " << grp << " block " << b;
+        for (int c = 0; c < 4; ++c) {
+          EXPECT_EQ(0, std::memcmp(blk + 16 + 32 * c + 4 * i, src + 2 + 4 * c, 4))
+              << "group " << grp << " block " << b << " chunk " << c << " row " << i;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(0, std::memcmp(g.data + 24 * plain.row_bytes, data.data() + 24 * plain.row_bytes,
+                           5 * plain.row_bytes));
+  std::vector<uint8_t> back(data.size());
+  internal::DeinterleaveRows(g, 0, kRows, back.data());
+  EXPECT_EQ(back, data);
+  internal::DeinterleaveRows(g, 16, kRows - 16, back.data());  // a group and the last rows
+  EXPECT_EQ(0, std::memcmp(back.data(), data.data() + 16 * plain.row_bytes,
+                           (kRows - 16) * plain.row_bytes));
+  std::vector<uint8_t> rows16(16 * plain.row_bytes);
+  internal::DeinterleaveRows(g, 8, 16, rows16.data());
+  EXPECT_EQ(0, std::memcmp(rows16.data(), data.data() + 8 * plain.row_bytes, rows16.size()));
+}
+
+// Q4_K: word w (bytes 4w..4w+3) of row 8g + i's block b at byte 32w + 4i of group g's block b;
+// the last 3 rows as in the file.
+TEST(Interleave, Q4_KGroupsFollowTheDefinition) {
+  constexpr int64_t kRows = 19, kCols = 256 * 3;
+  std::mt19937 rng(8);
+  const std::vector<uint8_t> data = RandomRows(TensorType::kQ4_K, kRows, kCols, rng, false);
+  const Matrix plain = Plain(TensorType::kQ4_K, data, kRows, kCols);
+  std::vector<uint8_t> storage;
+  const Matrix g = Grouped(plain, &storage);
+  for (int64_t grp = 0; grp < kRows / 8; ++grp) {
+    for (int64_t b = 0; b < kCols / 256; ++b) {
+      const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 1152;
+      for (int i = 0; i < 8; ++i) {
+        const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * 144;
+        for (int w = 0; w < 36; ++w) {
+          ASSERT_EQ(0, std::memcmp(blk + 32 * w + 4 * i, src + 4 * w, 4))
+              << "group " << grp << " block " << b << " row " << i << " word " << w;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(0, std::memcmp(g.data + 16 * plain.row_bytes, data.data() + 16 * plain.row_bytes,
+                           3 * plain.row_bytes));
+  std::vector<uint8_t> back(data.size());
+  internal::DeinterleaveRows(g, 0, kRows, back.data());
+  EXPECT_EQ(back, data);
+}
+
+TEST(Interleave, PreferredLayoutIsGroupsOnlyForQ4_0AndQ4_KOnTheVnniPath) {
+  const bool vnni = BestSimdLevel() == SimdLevel::kAvx512 && GetCpuFeatures().avx512_vnni;
+  for (TensorType t : kGroupedTypes) {
+    EXPECT_EQ(PreferredRowInterleave(t, 4096), vnni ? 8 : 1);
+    EXPECT_EQ(PreferredRowInterleave(t, 4100), vnni ? 8 : 1);  // 4 rows left over
+    EXPECT_EQ(PreferredRowInterleave(t, 7), 1);                // no whole group
+  }
+  for (TensorType t : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ6_K, TensorType::kQ4_1}) {
+    EXPECT_EQ(PreferredRowInterleave(t, 4096), 1) << testing::TypeName(t);
+  }
+  for (const Path& p : Paths()) {
+    if (p.level == SimdLevel::kAvx512) continue;
+    ScopedPath scoped(p);
+    for (TensorType t : kGroupedTypes) EXPECT_EQ(PreferredRowInterleave(t, 4096), 1) << p.name;
+  }
+  if (!vnni) std::printf("[ note     ] no AVX-512 VNNI here: nothing is grouped by default\n");
+}
+
+TEST(Interleave, DequantizedRowsAreTheFileLayoutsRows) {
+  for (TensorType type : kGroupedTypes) {
+    constexpr int64_t kRows = 19;
+    const int64_t cols = gguf::TypeInfo(type).block_size * 7;
+    std::mt19937 rng(11);
+    const std::vector<uint8_t> data = RandomRows(type, kRows, cols, rng, false);
+    const Matrix plain = Plain(type, data, kRows, cols);
+    std::vector<uint8_t> storage;
+    const Matrix g = Grouped(plain, &storage);
+    std::vector<float> want(cols), got(cols);
+    for (int64_t r = 0; r < kRows; ++r) {
+      DequantizeRow(plain, r, want.data());
+      DequantizeRow(g, r, got.data());
+      EXPECT_EQ(0, std::memcmp(want.data(), got.data(), cols * sizeof(float)))
+          << testing::TypeName(type) << " row " << r;
+    }
+  }
+}
+
+// The grouped copy gives the file layout's bits on every path (grouped kernel, or rows restored
+// for the paths that compute on the file layout): for the whole matrix and a column range (40
+// rows: whole groups), and with 3 rows left over in the file layout (43 rows).
+void ExpectGroupsEqualFileLayout(TensorType type, int64_t kRows, bool cuts) {
+  constexpr int64_t kMaxTokens = 37;
+  const int64_t block = gguf::TypeInfo(type).block_size, kCols = block * 13;
+  std::mt19937 rng(5 + static_cast<uint32_t>(kRows));
+  const std::vector<uint8_t> data = RandomRows(type, kRows, kCols, rng, true);
+  const Matrix plain = Plain(type, data, kRows, kCols);
+  std::vector<uint8_t> storage;
+  const Matrix grouped = Grouped(plain, &storage);
+  // Blocks 2..10 of every row.
+  const auto columns = [&](Matrix m) {
+    m.data += 2 * gguf::TypeInfo(m.type).type_size * m.interleave;
+    m.cols = block * 9;
+    return m;
+  };
+  std::vector<float> x(kMaxTokens * kCols);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+  for (float& v : x) v = unit(rng);
+  ThreadPool pool1(1), pool3(3);
+  for (QuantMath math : {QuantMath::kExact, QuantMath::kFast}) {
+    ScopedQuantMath scoped_math(math);
+    for (const Path& p : Paths()) {
+      ScopedPath scoped_path(p);
+      for (bool cut : {false, cuts}) {
+        const Matrix a = cut ? columns(plain) : plain, b = cut ? columns(grouped) : grouped;
+        for (int64_t n : {int64_t{1}, int64_t{2}, int64_t{3}, int64_t{4}, int64_t{5}, int64_t{8},
+                          int64_t{9}, kMaxTokens}) {
+          for (ThreadPool* pool : {&pool1, &pool3}) {
+            std::vector<float> want(n * kRows, -1.0f), got(n * kRows, -2.0f);
+            MatMul(a, x.data(), kCols, n, want.data(), kRows, *pool);
+            MatMul(b, x.data(), kCols, n, got.data(), kRows, *pool);
+            EXPECT_EQ(0, std::memcmp(want.data(), got.data(), want.size() * sizeof(float)))
+                << testing::TypeName(type) << " " << p.name
+                << (math == QuantMath::kFast ? " fast" : " exact") << (cut ? " blocks 2.." : "")
+                << " rows " << kRows << " tokens " << n << " threads " << pool->size();
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(Interleave, MatMulOnGroupsEqualsMatMulOnTheFileLayout) {
+  std::printf("[ paths    ] %s\n", testing::PathsNote().c_str());
+  for (TensorType type : kGroupedTypes) {
+    ExpectGroupsEqualFileLayout(type, 40, /*cuts=*/true);
+    ExpectGroupsEqualFileLayout(type, 43, /*cuts=*/false);
+  }
+}
+
+// The grouped kernels read the groups, not a restored copy: spoiling one row's scale in the copy
+// changes that row's result only. Row 11 = group 1, lane 3; block 2's d (Q4_0: the f16 at 2 * 3;
+// Q4_K: word 0 at 4 * 3).
+TEST(Interleave, SpoilingOneRowOfTheCopyChangesOnlyThatRow) {
+  for (TensorType type : kGroupedTypes) {
+    constexpr int64_t kRows = 16;
+    const auto& info = gguf::TypeInfo(type);
+    const int64_t cols = info.block_size * 4;
+    std::mt19937 rng(9);
+    const std::vector<uint8_t> data = RandomRows(type, kRows, cols, rng, true);
+    std::vector<uint8_t> storage;
+    const Matrix grouped = Grouped(Plain(type, data, kRows, cols), &storage);
+    std::vector<float> x(cols, 0.5f), before(kRows), after(kRows);
+    ThreadPool pool(1);
+    MatMul(grouped, x.data(), cols, 1, before.data(), kRows, pool);
+    uint8_t* d = storage.data() + 8 * grouped.row_bytes + 2 * 8 * info.type_size +
+                 (type == TensorType::kQ4_0 ? 2 * 3 : 4 * 3);
+    const uint16_t doubled = FloatToHalf(2.0f * HalfToFloat(testing::HalfBits(d)));
+    std::memcpy(d, &doubled, 2);
+    MatMul(grouped, x.data(), cols, 1, after.data(), kRows, pool);
+    for (int64_t r = 0; r < kRows; ++r) {
+      if (r == 11) {
+        EXPECT_NE(before[r], after[r]) << testing::TypeName(type);
+      } else {
+        EXPECT_EQ(before[r], after[r]) << testing::TypeName(type) << " row " << r;
+      }
+    }
+  }
+}
+
+}  // namespace
+}  // namespace pipeinfer::kernels
