@@ -24,9 +24,10 @@ inline __m256i Broadcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
-// Rows k and k + 4 (k < 4) of 16 bytes at `offset` in one vector each, then a 4 x 4 transpose of
-// 32-bit words in each 128-bit lane: word j of the 8 rows, rows in lane order, at out + 32 j.
-inline void Transpose16(const uint8_t* const rows[kGroupRows], int64_t offset, uint8_t* out) {
+// 16 bytes at `offset` of 8 file-layout rows as 4 vectors: word j (bytes 4j..4j+3) of the 8
+// rows, row i in lane i. Rows k and k + 4 (k < 4) are loaded into one vector each, then a 4 x 4
+// transpose of 32-bit words in each 128-bit lane.
+inline void Transpose16(const uint8_t* const rows[kGroupRows], int64_t offset, __m256i (&w)[4]) {
   __m256i v[4];
 #pragma GCC unroll 4
   for (int k = 0; k < 4; ++k) {
@@ -35,12 +36,33 @@ inline void Transpose16(const uint8_t* const rows[kGroupRows], int64_t offset, u
   }
   const __m256i a0 = _mm256_unpacklo_epi32(v[0], v[1]), a1 = _mm256_unpackhi_epi32(v[0], v[1]);
   const __m256i a2 = _mm256_unpacklo_epi32(v[2], v[3]), a3 = _mm256_unpackhi_epi32(v[2], v[3]);
-  auto* q = reinterpret_cast<__m256i*>(out);
-  _mm256_storeu_si256(q, _mm256_unpacklo_epi64(a0, a2));
-  _mm256_storeu_si256(q + 1, _mm256_unpackhi_epi64(a0, a2));
-  _mm256_storeu_si256(q + 2, _mm256_unpacklo_epi64(a1, a3));
-  _mm256_storeu_si256(q + 3, _mm256_unpackhi_epi64(a1, a3));
+  w[0] = _mm256_unpacklo_epi64(a0, a2);
+  w[1] = _mm256_unpackhi_epi64(a0, a2);
+  w[2] = _mm256_unpacklo_epi64(a1, a3);
+  w[3] = _mm256_unpackhi_epi64(a1, a3);
 }
+
+// Where a kernel reads a group's blocks: a group in memory (the copy's layout, or rows packed into
+// a group), or 8 file-layout rows read directly and transposed in registers (decode: nothing is
+// stored; about 2x faster than packing the rows first in kernels_bench).
+struct InGroup {
+  const uint8_t* g;  // block 0 of the group
+  int block_bytes;
+  // The 4 words (32-byte vectors) at bytes 16 * q of block b's rows: quad q of the group block.
+  inline void Quad(int64_t b, int64_t at, __m256i (&w)[4]) const {
+    const uint8_t* p = g + b * block_bytes + at;
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      w[j] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 32 * j));
+  }
+};
+struct InRows {
+  const uint8_t* const* rows;  // 8 rows
+  int block_bytes;             // the file layout's
+  inline void Words(int64_t b, int64_t offset, __m256i (&w)[4]) const {
+    Transpose16(rows, b * block_bytes + offset, w);
+  }
+};
 
 // A token's operands: its quants, block scales and a per-block extra (Q4_0: -8 times the sum of
 // the block's quants; Q4_K: the bsums of its sub-blocks as int16 pairs, 4 words per block).
@@ -57,25 +79,44 @@ struct Token {
 struct Q4_0 {
   static constexpr int kBlock = 32, kBlockBytes = kQ4_0GroupBlockBytes, kT = 6;
 
+  // Block b's scales (8 floats) and quant chunks.
+  static inline void Load(const InGroup& in, int64_t b, __m256* dw, __m256i (&q)[4]) {
+    const uint8_t* p = in.g + b * kBlockBytes;
+    *dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    InGroup{p + 16, 0}.Quad(0, 0, q);
+  }
+  static inline void Load(const InRows& in, int64_t b, __m256* dw, __m256i (&q)[4]) {
+    __m256i head[4];  // word 0 of each row: d | (its first two quant bytes) << 16
+    in.Words(b, 0, head);
+    *dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(head[0]));
+    in.Words(b, 2, q);
+  }
+
   // internal::PackGroup for 8 file-layout rows.
-  static void Pack(const uint8_t* const rows[kGroupRows], int64_t nb, uint8_t* out) {
+  static void Pack(const InRows& in, int64_t nb, uint8_t* out) {
     for (int64_t b = 0; b < nb; ++b, out += kBlockBytes) {
-      for (int i = 0; i < kGroupRows; ++i) std::memcpy(out + 2 * i, rows[i] + 18 * b, 2);
-      Transpose16(rows, 18 * b + 2, out + 16);
+      __m256i w[4];
+      in.Words(b, 0, w);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_cvtepi32_epi16(w[0]));
+      in.Words(b, 2, w);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 + 32 * j), w[j]);
+      }
     }
   }
 
-  template <int T>
-  static void Run(const uint8_t* g, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
+  template <int T, class In>
+  static void Run(const In& in, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
     const __m256i m = _mm256_set1_epi8(0x0f);
-    for (int64_t b = 0; b < nb; ++b, g += kBlockBytes) {
-      const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(g)));
-      __m256i lo[4], hi[4];
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256 dw;
+      __m256i v[4], lo[4], hi[4];
+      Load(in, b, &dw, v);
 #pragma GCC unroll 4
       for (int c = 0; c < 4; ++c) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 16 + 32 * c));
-        lo[c] = _mm256_and_si256(v, m);
-        hi[c] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+        lo[c] = _mm256_and_si256(v[c], m);
+        hi[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 4), m);
       }
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) {
@@ -104,10 +145,23 @@ struct Q4_0 {
 struct Q4_K {
   static constexpr int kBlock = 256, kBlockBytes = kQ4_KGroupBlockBytes, kT = 4;
 
-  static void Pack(const uint8_t* const rows[kGroupRows], int64_t nb, uint8_t* out) {
+  // Quad q (words 4q .. 4q + 3) of block b.
+  static inline void Quad(const InGroup& in, int64_t b, int q, __m256i (&w)[4]) {
+    in.Quad(b, 128 * q, w);
+  }
+  static inline void Quad(const InRows& in, int64_t b, int q, __m256i (&w)[4]) {
+    in.Words(b, 16 * q, w);
+  }
+  static void Pack(const InRows& in, int64_t nb, uint8_t* out) {
     for (int64_t b = 0; b < nb; ++b, out += kBlockBytes) {
-#pragma GCC unroll 9
-      for (int q = 0; q < 9; ++q) Transpose16(rows, 144 * b + 16 * q, out + 128 * q);
+      for (int q = 0; q < 9; ++q) {
+        __m256i w[4];
+        Quad(in, b, q, w);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 128 * q + 32 * j), w[j]);
+        }
+      }
     }
   }
 
@@ -138,14 +192,13 @@ struct Q4_K {
             4));
   }
 
-  template <int T>
-  static void Run(const uint8_t* g, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
+  template <int T, class In>
+  static void Run(const In& in, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
     const __m256i m = _mm256_set1_epi8(0x0f);
-    for (int64_t b = 0; b < nb; ++b, g += kBlockBytes) {
-      const auto word = [&](int w) {
-        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + 32 * w));
-      };
-      const __m256i head = word(0), sa = word(1), sb = word(2), sc = word(3);
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i hq[4];
+      Quad(in, b, 0, hq);
+      const __m256i head = hq[0], sa = hq[1], sb = hq[2], sc = hq[3];
       __m256i sumi[T];
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
@@ -156,12 +209,12 @@ struct Q4_K {
         for (int t = 0; t < T; ++t) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {  // chunks 4h .. 4h + 3 of run c
-          __m256i lo[4], hi[4];
+          __m256i v[4], lo[4], hi[4];
+          Quad(in, b, 1 + 2 * c + h, v);
 #pragma GCC unroll 4
           for (int k = 0; k < 4; ++k) {
-            const __m256i v = word(4 + 8 * c + 4 * h + k);
-            lo[k] = _mm256_and_si256(v, m);
-            hi[k] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m);
+            lo[k] = _mm256_and_si256(v[k], m);
+            hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m);
           }
 #pragma GCC unroll 8
           for (int t = 0; t < T; ++t) {
@@ -208,59 +261,69 @@ struct Q4_K {
 
 // ----- tiles -----------------------------------------------------------------------------------
 
-template <class K, int T>
-void RunStore(const uint8_t* g, int64_t nb, const Token* tk, float* y, int64_t ys, int nr) {
+template <class K, int T, class In>
+void RunStore(const In& in, int64_t nb, const Token* tk, float* y, int64_t ys, int nr) {
   __m256 acc[T];
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-  K::template Run<T>(g, nb, tk, acc);
+  K::template Run<T>(in, nb, tk, acc);
   const __mmask8 keep = static_cast<__mmask8>((1u << nr) - 1);
 #pragma GCC unroll 8
   for (int t = 0; t < T; ++t) _mm256_mask_storeu_ps(y + t * ys, keep, acc[t]);
 }
 
-template <class K, int T = K::kT>
-void RunTokens(const uint8_t* g, int64_t nb, const Token* tk, float* y, int64_t ys, int nr,
-               int nt) {
+template <class K, class In, int T = K::kT>
+void RunTokens(const In& in, int64_t nb, const Token* tk, float* y, int64_t ys, int nr, int nt) {
   if constexpr (T > 1) {
-    if (nt < T) return RunTokens<K, T - 1>(g, nb, tk, y, ys, nr, nt);
+    if (nt < T) return RunTokens<K, In, T - 1>(in, nb, tk, y, ys, nr, nt);
   }
-  RunStore<K, T>(g, nb, tk, y, ys, nr);
+  RunStore<K, T>(in, nb, tk, y, ys, nr);
 }
 
 // Rows [r0, r1) x tokens [t0, t1), group by group (r0 is a multiple of 8 for a grouped matrix:
 // MatMul's tiles start at multiples of 8).
+// Rows [r0, r1) x tokens [t0, t1), group by group (r0 is a multiple of 8 for a grouped matrix:
+// MatMul's tiles start at multiples of 8). File-layout rows are read directly when the tile's
+// tokens take one pass over the group, else packed into a group once for all the passes.
 template <class K>
 void Tile(const Matrix& w, const QuantActs& a, const int32_t* extra, int extra_per_block, float* y,
           int64_t ys, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
   const int64_t nb = w.cols / K::kBlock;
   const bool grouped = w.interleave == kGroupRows;
   if (grouped && r0 % kGroupRows != 0) std::abort();
+  const int file_block = static_cast<int>(gguf::TypeInfo(w.type).type_size);
   uint8_t* packed = scratch.Get(static_cast<size_t>(nb * K::kBlockBytes));
   for (int64_t r = r0; r < r1; r += kGroupRows) {
     const int nr = static_cast<int>(r1 - r < kGroupRows ? r1 - r : kGroupRows);
-    const uint8_t* g = w.data + r * w.row_bytes;
-    if (!grouped || nr < kGroupRows) {  // file layout (a grouped matrix's last rows too)
-      const uint8_t* rows[kGroupRows];
-      for (int i = 0; i < kGroupRows; ++i) {
-        rows[i] = i < nr ? w.data + (r + i) * w.row_bytes : nullptr;
+    const auto for_tokens = [&](const auto& in) {
+      for (int64_t t = t0; t < t1; t += K::kT) {
+        const int nt = static_cast<int>(t1 - t < K::kT ? t1 - t : K::kT);
+        Token tk[K::kT];
+        for (int i = 0; i < nt; ++i) {
+          tk[i] = {a.qs + (t + i) * a.cols, a.d + (t + i) * nb,
+                   extra + (t + i) * nb * extra_per_block};
+        }
+        RunTokens<K>(in, nb, tk, y + t * ys + r, ys, nr, nt);
       }
-      if (nr == kGroupRows) {
-        K::Pack(rows, nb, packed);
-      } else {
-        internal::PackGroup(w.type, rows, nb, packed);
-      }
-      g = packed;
+    };
+    if (grouped && nr == kGroupRows) {
+      for_tokens(InGroup{w.data + r * w.row_bytes, K::kBlockBytes});
+      continue;
     }
-    for (int64_t t = t0; t < t1; t += K::kT) {
-      const int nt = static_cast<int>(t1 - t < K::kT ? t1 - t : K::kT);
-      Token tk[K::kT];
-      for (int i = 0; i < nt; ++i) {
-        tk[i] = {a.qs + (t + i) * a.cols, a.d + (t + i) * nb,
-                 extra + (t + i) * nb * extra_per_block};
-      }
-      RunTokens<K>(g, nb, tk, y + t * ys + r, ys, nr, nt);
+    // File layout (a grouped matrix's last rows too).
+    const uint8_t* rows[kGroupRows];
+    for (int i = 0; i < kGroupRows; ++i) {
+      rows[i] = i < nr ? w.data + (r + i) * w.row_bytes : nullptr;
     }
+    if (nr < kGroupRows) {
+      internal::PackGroup(w.type, rows, nb, packed);
+    } else if (t1 - t0 > K::kT) {
+      K::Pack(InRows{rows, file_block}, nb, packed);
+    } else {
+      for_tokens(InRows{rows, file_block});
+      continue;
+    }
+    for_tokens(InGroup{packed, K::kBlockBytes});
   }
 }
 
