@@ -26,7 +26,7 @@ int BlockBytes(TensorType type) { return static_cast<int>(gguf::TypeInfo(type).t
 }  // namespace
 
 bool HasGroupedLayout(TensorType type) {
-  return type == TensorType::kQ4_0 || type == TensorType::kQ4_K;
+  return type == TensorType::kQ4_0 || type == TensorType::kQ8_0 || type == TensorType::kQ4_K;
 }
 
 int PreferredRowInterleave(TensorType type, int64_t rows) {
@@ -74,9 +74,10 @@ void PackGroup(TensorType type, const uint8_t* const rows[kGroupRows], int64_t n
   };
   for (int64_t b = 0; b < nb; ++b, out += kGroupRows * bytes) {
     for (int i = 0; i < kGroupRows; ++i) {
-      if (type == TensorType::kQ4_0) {
+      if (type == TensorType::kQ4_0 || type == TensorType::kQ8_0) {
         put(b, i, 0, 2, out + 2 * i);
-        for (int c = 0; c < 4; ++c) put(b, i, 2 + 4 * c, 4, out + 16 + 32 * c + 4 * i);
+        for (int c = 0; c < (bytes - 2) / 4; ++c)
+          put(b, i, 2 + 4 * c, 4, out + 16 + 32 * c + 4 * i);
       } else if (type == TensorType::kQ4_K) {
         for (int w = 0; w < bytes / 4; ++w) put(b, i, 4 * w, 4, out + 32 * w + 4 * i);
       } else {
@@ -89,9 +90,11 @@ void PackGroup(TensorType type, const uint8_t* const rows[kGroupRows], int64_t n
 void UnpackRow(TensorType type, const uint8_t* group, int64_t nb, int i, uint8_t* out) {
   const int bytes = BlockBytes(type);
   for (int64_t b = 0; b < nb; ++b, group += kGroupRows * bytes, out += bytes) {
-    if (type == TensorType::kQ4_0) {
+    if (type == TensorType::kQ4_0 || type == TensorType::kQ8_0) {
       std::memcpy(out, group + 2 * i, 2);
-      for (int c = 0; c < 4; ++c) std::memcpy(out + 2 + 4 * c, group + 16 + 32 * c + 4 * i, 4);
+      for (int c = 0; c < (bytes - 2) / 4; ++c) {
+        std::memcpy(out + 2 + 4 * c, group + 16 + 32 * c + 4 * i, 4);
+      }
     } else if (type == TensorType::kQ4_K) {
       for (int w = 0; w < bytes / 4; ++w) std::memcpy(out + 4 * w, group + 32 * w + 4 * i, 4);
     } else {

@@ -9,6 +9,8 @@
 //     then u8 qs[4][8][4]: chunk c (c < 4), row i: bytes 4c .. 4c + 3 of row i's 16 quant bytes.
 //     The 32-byte chunk c so holds, per 32-bit lane i, row i's weights 4c .. 4c + 3 in its low
 //     nibbles and 16 + 4c .. 16 + 4c + 3 in its high nibbles.
+//   * Q8_0 (272 bytes): the same with the 32 quant bytes: f16 d[8], then chunk c (c < 8), row i:
+//     quants 4c .. 4c + 3 of row i.
 //   * Q4_K (1152 bytes): the 8 rows' 144-byte blocks transposed by 32-bit words: word w (bytes
 //     4w .. 4w + 3) of row i at byte 32w + 4i. Words 0-3 are d | dmin and the 12 scale bytes,
 //     words 4-35 the quants (32 bytes of 8 rows per word).
@@ -30,13 +32,15 @@ namespace pipeinfer::kernels {
 
 inline constexpr int kGroupRows = 8;
 inline constexpr int kQ4_0GroupBlockBytes = 8 * 18;
+inline constexpr int kQ8_0GroupBlockBytes = 8 * 34;
 inline constexpr int kQ4_KGroupBlockBytes = 8 * 144;
 
-// True for the types that have a grouped layout (Q4_0, Q4_K).
+// True for the types that have a grouped layout (Q4_0, Q8_0, Q4_K).
 bool HasGroupedLayout(gguf::TensorType type);
 
-// The interleave the active kernel path wants for a matrix of this type and row count: 8 for Q4_0
-// and Q4_K on the AVX-512 VNNI path when there are at least 8 rows; 1 (the file layout) otherwise.
+// The interleave the active kernel path wants for a matrix of this type and row count: 8 for the
+// types with a grouped layout on the AVX-512 VNNI path when there are at least 8 rows; 1 (the
+// file layout) otherwise.
 int PreferredRowInterleave(gguf::TensorType type, int64_t rows);
 
 // Writes `plain` (file layout, interleave 1) in the layout of `interleave` (1: a copy; 8: a type

@@ -159,15 +159,16 @@ void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int6
     a.qs_pairs = qs_pairs.data();
     a.d_pairs = d_pairs.data();
   }
-  thread_local std::vector<int32_t> q4_0_init;
-  if (tiles512 && m.type == gguf::TensorType::kQ4_0) {
-    q4_0_init.resize(static_cast<size_t>(n_tokens * nb));
+  thread_local std::vector<int32_t> block_init;
+  if (tiles512 && (m.type == gguf::TensorType::kQ4_0 || m.type == gguf::TensorType::kQ8_0)) {
+    const int32_t offset = m.type == gguf::TensorType::kQ4_0 ? 8 : 128;
+    block_init.resize(static_cast<size_t>(n_tokens * nb));
     for (int64_t i = 0; i < n_tokens * nb; ++i) {
       int32_t sum = 0;
       for (int j = 0; j < 32; ++j) sum += qs[32 * i + j];
-      q4_0_init[i] = -8 * sum;
+      block_init[i] = -offset * sum;
     }
-    a.q4_0_init = q4_0_init.data();
+    a.block_init = block_init.data();
   }
   thread_local std::vector<int32_t> q4_k_pairs;
   if (tiles512 && m.type == gguf::TensorType::kQ4_K) {

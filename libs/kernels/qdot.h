@@ -39,9 +39,10 @@ struct QuantActs {
   const float* d_pairs = nullptr;
   // Q8_1 only (Q4_1/Q5_1 weights; else null): s of each block, s[t * (cols / 32) ..].
   const float* s = nullptr;
-  // AVX-512 Q4_0 only (else null): -8 times the sum of each block's 32 quants,
-  // q4_0_init[t * (cols / 32) + b].
-  const int32_t* q4_0_init = nullptr;
+  // AVX-512 Q4_0 and Q8_0 only (else null): each block's integer sum starts here, -8 (Q4_0: the
+  // weights' offset) or -128 (Q8_0: the weights are moved to 0..255) times the sum of the block's
+  // 32 quants, block_init[t * (cols / 32) + b].
+  const int32_t* block_init = nullptr;
   // AVX-512 Q4_K only (else null): per token and block, 4 words: the sums of the token's quants
   // over sub-blocks 2k (low 16 bits) and 2k + 1 (high 16 bits), q4_k_bsum_pairs[(t * nb + b) * 4
   // + k] with nb = cols / 256.

@@ -1,5 +1,5 @@
-// AVX-512 VNNI kernels for Q4_0 and Q4_K weights in groups of 8 rows (interleave.h), compiled with
-// -mavx512f/bw/dq/vl/vnni and only called when the CPU has them.
+// AVX-512 VNNI kernels for Q4_0, Q8_0 and Q4_K weights in groups of 8 rows (interleave.h), compiled
+// with -mavx512f/bw/dq/vl/vnni and only called when the CPU has them.
 //
 // One row per 32-bit lane of 256-bit vectors. On AMD Zen 4 the 512-bit forms of the unpacking
 // cost about twice as much (bench/results/kernels-avx512-ymm-2026-12-07.md). Per group and block:
@@ -127,6 +127,73 @@ struct Q4_0 {
         for (int c = 0; c < 4; ++c) {
           s0 = _mm256_dpbusd_epi32(s0, lo[c], Broadcast4(x + 4 * c));
           s1 = _mm256_dpbusd_epi32(s1, hi[c], Broadcast4(x + 16 + 4 * c));
+        }
+        const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(tk[t].d[b]));
+        acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[t]);
+      }
+    }
+  }
+};
+
+// ----- Q8_0 ------------------------------------------------------------------------------------
+// Block (272 bytes): the 8 rows' f16 scales, then 8 chunks of 32 bytes: chunk c holds, per lane i,
+// row i's quants 4c..4c+3. They are moved to 0..255 (x ^ 0x80 = q + 128) to be vpdpbusd's
+// unsigned operand; the sum starts at -128 * sum(x); then acc = fma(d_w * d_x, float(sum), acc).
+struct Q8_0 {
+  static constexpr int kBlock = 32, kBlockBytes = kQ8_0GroupBlockBytes, kT = 6;
+
+  static inline void Load(const InGroup& in, int64_t b, __m256* dw, __m256i (&q)[8]) {
+    const uint8_t* p = in.g + b * kBlockBytes;
+    *dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#pragma GCC unroll 8
+    for (int c = 0; c < 8; ++c) {
+      q[c] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 + 32 * c));
+    }
+  }
+  static inline void Load(const InRows& in, int64_t b, __m256* dw, __m256i (&q)[8]) {
+    __m256i w[4];
+    in.Words(b, 0, w);  // word 0 of each row: d | (its first two quants) << 16
+    *dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(w[0]));
+    in.Words(b, 2, w);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) q[c] = w[c];
+    in.Words(b, 18, w);
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) q[4 + c] = w[c];
+  }
+  static void Pack(const InRows& in, int64_t nb, uint8_t* out) {
+    for (int64_t b = 0; b < nb; ++b, out += kBlockBytes) {
+      __m256i w[4];
+      in.Words(b, 0, w);
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_cvtepi32_epi16(w[0]));
+      for (int h = 0; h < 2; ++h) {
+        in.Words(b, 2 + 16 * h, w);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 16 + 128 * h + 32 * j), w[j]);
+        }
+      }
+    }
+  }
+
+  template <int T, class In>
+  static void Run(const In& in, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
+    const __m256i k80 = _mm256_set1_epi8(static_cast<char>(0x80));
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256 dw;
+      __m256i q[8];
+      Load(in, b, &dw, q);
+#pragma GCC unroll 8
+      for (int c = 0; c < 8; ++c) q[c] = _mm256_xor_si256(q[c], k80);
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const int8_t* x = tk[t].x + 32 * b;
+        __m256i s0 = _mm256_set1_epi32(tk[t].extra[b]);
+        __m256i s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+        for (int c = 0; c < 4; ++c) {
+          s0 = _mm256_dpbusd_epi32(s0, q[c], Broadcast4(x + 4 * c));
+          s1 = _mm256_dpbusd_epi32(s1, q[4 + c], Broadcast4(x + 16 + 4 * c));
         }
         const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(tk[t].d[b]));
         acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[t]);
@@ -332,7 +399,9 @@ void Tile(const Matrix& w, const QuantActs& a, const int32_t* extra, int extra_p
 void GroupedMatMulTile(const Matrix& w, const QuantActs& a, float* y, int64_t ys, int64_t r0,
                        int64_t r1, int64_t t0, int64_t t1) {
   if (w.type == TensorType::kQ4_0) {
-    Tile<Q4_0>(w, a, a.q4_0_init, 1, y, ys, r0, r1, t0, t1);
+    Tile<Q4_0>(w, a, a.block_init, 1, y, ys, r0, r1, t0, t1);
+  } else if (w.type == TensorType::kQ8_0) {
+    Tile<Q8_0>(w, a, a.block_init, 1, y, ys, r0, r1, t0, t1);
   } else if (w.type == TensorType::kQ4_K) {
     Tile<Q4_K>(w, a, a.q4_k_bsum_pairs, 4, y, ys, r0, r1, t0, t1);
   } else {

@@ -1,4 +1,4 @@
-// Row-interleaved Q4_0 and Q4_K weights (kernels/interleave.h): the layouts against their
+// Row-interleaved Q4_0, Q8_0 and Q4_K weights (kernels/interleave.h): the layouts against their
 // definitions, the round trip, and every kernel path giving the same bits for the grouped copy as
 // for the file layout (MatMul over batches, threads and column ranges; DequantizeRow).
 #include <cstdio>
@@ -21,8 +21,7 @@ using testing::Paths;
 using testing::RandomRows;
 using testing::ScopedPath;
 
-constexpr int64_t kQ4_0Bytes = 18;
-const TensorType kGroupedTypes[] = {TensorType::kQ4_0, TensorType::kQ4_K};
+const TensorType kGroupedTypes[] = {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K};
 
 class ScopedQuantMath {
  public:
@@ -49,40 +48,41 @@ Matrix Grouped(const Matrix& plain, std::vector<uint8_t>* storage) {
 }
 
 // Byte by byte from the definition in interleave.h: group g, block b: the 8 scales (2 bytes each),
-// then chunk c, row i = quant bytes 4c..4c+3 of row 8g + i; the last 5 rows (no whole group) as in
-// the file.
-TEST(Interleave, Q4_0GroupsFollowTheDefinition) {
-  constexpr int64_t kRows = 29, kCols = 32 * 5;
-  std::mt19937 rng(7);
-  const std::vector<uint8_t> data = RandomRows(TensorType::kQ4_0, kRows, kCols, rng, false);
-  const Matrix plain = Plain(TensorType::kQ4_0, data, kRows, kCols);
-  std::vector<uint8_t> storage;
-  const Matrix g = Grouped(plain, &storage);
-  const int64_t nb = kCols / 32;
-  for (int64_t grp = 0; grp < kRows / 8; ++grp) {
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 144;
-      for (int i = 0; i < 8; ++i) {
-        const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * kQ4_0Bytes;
-        EXPECT_EQ(0, std::memcmp(blk + 2 * i, src, 2)) << "scale, group " << grp << " block " << b;
-        for (int c = 0; c < 4; ++c) {
-          EXPECT_EQ(0, std::memcmp(blk + 16 + 32 * c + 4 * i, src + 2 + 4 * c, 4))
-              << "group " << grp << " block " << b << " chunk " << c << " row " << i;
+// then chunk c, row i = quant bytes 4c..4c+3 of row 8g + i (4 chunks for Q4_0, 8 for Q8_0); the
+// last 5 rows (no whole group) as in the file.
+TEST(Interleave, Q4_0AndQ8_0GroupsFollowTheDefinition) {
+  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0}) {
+    constexpr int64_t kRows = 29, kCols = 32 * 5;
+    const int64_t bytes = gguf::TypeInfo(type).type_size, chunks = (bytes - 2) / 4;
+    std::mt19937 rng(7);
+    const std::vector<uint8_t> data = RandomRows(type, kRows, kCols, rng, false);
+    const Matrix plain = Plain(type, data, kRows, kCols);
+    std::vector<uint8_t> storage;
+    const Matrix g = Grouped(plain, &storage);
+    for (int64_t grp = 0; grp < kRows / 8; ++grp) {
+      for (int64_t b = 0; b < kCols / 32; ++b) {
+        const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 8 * bytes;
+        for (int i = 0; i < 8; ++i) {
+          const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * bytes;
+          ASSERT_EQ(0, std::memcmp(blk + 2 * i, src, 2))
+              << "scale, group " << grp << " block " << b;
+          for (int c = 0; c < chunks; ++c) {
+            ASSERT_EQ(0, std::memcmp(blk + 16 + 32 * c + 4 * i, src + 2 + 4 * c, 4))
+                << testing::TypeName(type) << " group " << grp << " block " << b << " chunk " << c
+                << " row " << i;
+          }
         }
       }
     }
+    EXPECT_EQ(0, std::memcmp(g.data + 24 * plain.row_bytes, data.data() + 24 * plain.row_bytes,
+                             5 * plain.row_bytes));
+    std::vector<uint8_t> back(data.size());
+    internal::DeinterleaveRows(g, 0, kRows, back.data());
+    EXPECT_EQ(back, data);
+    internal::DeinterleaveRows(g, 16, kRows - 16, back.data());  // a group and the last rows
+    EXPECT_EQ(0, std::memcmp(back.data(), data.data() + 16 * plain.row_bytes,
+                             (kRows - 16) * plain.row_bytes));
   }
-  EXPECT_EQ(0, std::memcmp(g.data + 24 * plain.row_bytes, data.data() + 24 * plain.row_bytes,
-                           5 * plain.row_bytes));
-  std::vector<uint8_t> back(data.size());
-  internal::DeinterleaveRows(g, 0, kRows, back.data());
-  EXPECT_EQ(back, data);
-  internal::DeinterleaveRows(g, 16, kRows - 16, back.data());  // a group and the last rows
-  EXPECT_EQ(0, std::memcmp(back.data(), data.data() + 16 * plain.row_bytes,
-                           (kRows - 16) * plain.row_bytes));
-  std::vector<uint8_t> rows16(16 * plain.row_bytes);
-  internal::DeinterleaveRows(g, 8, 16, rows16.data());
-  EXPECT_EQ(0, std::memcmp(rows16.data(), data.data() + 8 * plain.row_bytes, rows16.size()));
 }
 
 // Q4_K: word w (bytes 4w..4w+3) of row 8g + i's block b at byte 32w + 4i of group g's block b;
@@ -113,14 +113,14 @@ TEST(Interleave, Q4_KGroupsFollowTheDefinition) {
   EXPECT_EQ(back, data);
 }
 
-TEST(Interleave, PreferredLayoutIsGroupsOnlyForQ4_0AndQ4_KOnTheVnniPath) {
+TEST(Interleave, PreferredLayoutIsGroupsOnlyForQ4_0Q8_0AndQ4_KOnTheVnniPath) {
   const bool vnni = BestSimdLevel() == SimdLevel::kAvx512 && GetCpuFeatures().avx512_vnni;
   for (TensorType t : kGroupedTypes) {
     EXPECT_EQ(PreferredRowInterleave(t, 4096), vnni ? 8 : 1);
     EXPECT_EQ(PreferredRowInterleave(t, 4100), vnni ? 8 : 1);  // 4 rows left over
     EXPECT_EQ(PreferredRowInterleave(t, 7), 1);                // no whole group
   }
-  for (TensorType t : {TensorType::kF16, TensorType::kQ8_0, TensorType::kQ6_K, TensorType::kQ4_1}) {
+  for (TensorType t : {TensorType::kF16, TensorType::kQ6_K, TensorType::kQ4_1, TensorType::kQ5_K}) {
     EXPECT_EQ(PreferredRowInterleave(t, 4096), 1) << testing::TypeName(t);
   }
   for (const Path& p : Paths()) {
@@ -203,8 +203,8 @@ TEST(Interleave, MatMulOnGroupsEqualsMatMulOnTheFileLayout) {
 }
 
 // The grouped kernels read the groups, not a restored copy: spoiling one row's scale in the copy
-// changes that row's result only. Row 11 = group 1, lane 3; block 2's d (Q4_0: the f16 at 2 * 3;
-// Q4_K: word 0 at 4 * 3).
+// changes that row's result only. Row 11 = group 1, lane 3; block 2's d (Q4_0, Q8_0: the f16 at
+// 2 * 3; Q4_K: word 0 at 4 * 3).
 TEST(Interleave, SpoilingOneRowOfTheCopyChangesOnlyThatRow) {
   for (TensorType type : kGroupedTypes) {
     constexpr int64_t kRows = 16;
@@ -218,7 +218,7 @@ TEST(Interleave, SpoilingOneRowOfTheCopyChangesOnlyThatRow) {
     ThreadPool pool(1);
     MatMul(grouped, x.data(), cols, 1, before.data(), kRows, pool);
     uint8_t* d = storage.data() + 8 * grouped.row_bytes + 2 * 8 * info.type_size +
-                 (type == TensorType::kQ4_0 ? 2 * 3 : 4 * 3);
+                 (type == TensorType::kQ4_K ? 4 * 3 : 2 * 3);
     const uint16_t doubled = FloatToHalf(2.0f * HalfToFloat(testing::HalfBits(d)));
     std::memcpy(d, &doubled, 2);
     MatMul(grouped, x.data(), cols, 1, after.data(), kRows, pool);
