@@ -1,6 +1,6 @@
-// Row-interleaved Q4_0, Q8_0 and Q4_K weights (kernels/interleave.h): the layouts against their
-// definitions, the round trip, and every kernel path giving the same bits for the grouped copy as
-// for the file layout (MatMul over batches, threads and column ranges; DequantizeRow).
+// Row-interleaved Q4_0, Q8_0 and Q4_K weights (kernels/interleave.h): the layouts against
+// their definitions, the round trip, and every kernel path giving the same bits for the grouped
+// copy as for the file layout (MatMul over batches, threads and column ranges; DequantizeRow).
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -113,7 +113,7 @@ TEST(Interleave, Q4_KGroupsFollowTheDefinition) {
   EXPECT_EQ(back, data);
 }
 
-TEST(Interleave, PreferredLayoutIsGroupsOnlyForQ4_0Q8_0AndQ4_KOnTheVnniPath) {
+TEST(Interleave, PreferredLayoutIsGroupsOnlyForTheGroupedTypesOnTheVnniPath) {
   const bool vnni = BestSimdLevel() == SimdLevel::kAvx512 && GetCpuFeatures().avx512_vnni;
   for (TensorType t : kGroupedTypes) {
     EXPECT_EQ(PreferredRowInterleave(t, 4096), vnni ? 8 : 1);

@@ -1,0 +1,143 @@
+// AVX-512 VNNI kernel for Q4_K weights (Q8_K activations) in groups of 8 rows
+// (qdot_groups_avx512.h).
+#include "kernels/qdot_groups_avx512.h"
+
+namespace pipeinfer::kernels::avx512 {
+namespace {
+
+// ----- Q4_K ------------------------------------------------------------------------------------
+// Block (1152 bytes): the 8 rows' blocks transposed by 32-bit words (word w of row i at 32 w + 4
+// i): words 0-3 are d | dmin << 16 and the 12 scale bytes, words 4-35 the quants (run c = words 4 +
+// 8c .. 11 + 8c: sub-block 2c in the low nibbles, 2c + 1 in the high ones). Per token:
+//   sumi = sum_j sc_j * (the integer product of sub-block j)        (exact, int32)
+//   summ = sum_j m_j * (the sum of the token's quants over sub-block j)
+//   acc = fma(d * d_x, float(sumi), acc); acc = fnmadd(dmin * d_x, float(summ), acc).
+struct Q4_K {
+  static constexpr int kBlock = 256, kBlockBytes = kQ4_KGroupBlockBytes, kT = 4;
+
+  // Quad q (words 4q .. 4q + 3) of block b.
+  static inline void Quad(const InGroup& in, int64_t b, int q, __m256i (&w)[4]) {
+    in.Quad(b, 128 * q, w);
+  }
+  static inline void Quad(const InRows& in, int64_t b, int q, __m256i (&w)[4]) {
+    in.Words(b, 16 * q, w);
+  }
+  static void Pack(const InRows& in, int64_t nb, uint8_t* out) {
+    for (int64_t b = 0; b < nb; ++b, out += kBlockBytes) {
+      for (int q = 0; q < 9; ++q) {
+        __m256i w[4];
+        Quad(in, b, q, w);
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 128 * q + 32 * j), w[j]);
+        }
+      }
+    }
+  }
+
+  // The 6-bit scale (sc) and min (m) of sub-block j of the 8 rows (ScaleMinK4 lane by lane), from
+  // scale words A (bytes 0-3), B (4-7) and C (8-11).
+  static inline __m256i Scale(__m256i a, __m256i c, int j) {
+    const __m256i k63 = _mm256_set1_epi32(63), k15 = _mm256_set1_epi32(15);
+    if (j < 4) return _mm256_and_si256(_mm256_srli_epi32(a, 8 * j), k63);
+    const int i = j - 4;
+    return _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi32(c, 8 * i), k15),
+        _mm256_slli_epi32(
+            _mm256_srli_epi32(
+                _mm256_and_si256(a, _mm256_set1_epi32(static_cast<int>(0xc0u << (8 * i)))),
+                8 * i + 6),
+            4));
+  }
+  static inline __m256i Min(__m256i b, __m256i c, int j) {
+    const __m256i k63 = _mm256_set1_epi32(63), k15 = _mm256_set1_epi32(15);
+    if (j < 4) return _mm256_and_si256(_mm256_srli_epi32(b, 8 * j), k63);
+    const int i = j - 4;
+    return _mm256_or_si256(
+        _mm256_and_si256(_mm256_srli_epi32(c, 8 * i + 4), k15),
+        _mm256_slli_epi32(
+            _mm256_srli_epi32(
+                _mm256_and_si256(b, _mm256_set1_epi32(static_cast<int>(0xc0u << (8 * i)))),
+                8 * i + 6),
+            4));
+  }
+
+  template <int T, class In>
+  static void Run(const In& in, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
+    const __m256i m = _mm256_set1_epi8(0x0f);
+    for (int64_t b = 0; b < nb; ++b) {
+      __m256i hq[4];
+      Quad(in, b, 0, hq);
+      const __m256i head = hq[0], sa = hq[1], sb = hq[2], sc = hq[3];
+      __m256i sumi[T];
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 4
+      for (int c = 0; c < 4; ++c) {
+        __m256i lo_sum[T], hi_sum[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) lo_sum[t] = hi_sum[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {  // chunks 4h .. 4h + 3 of run c
+          __m256i v[4], lo[4], hi[4];
+          Quad(in, b, 1 + 2 * c + h, v);
+#pragma GCC unroll 4
+          for (int k = 0; k < 4; ++k) {
+            lo[k] = _mm256_and_si256(v[k], m);
+            hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m);
+          }
+#pragma GCC unroll 8
+          for (int t = 0; t < T; ++t) {
+            const int8_t* x = tk[t].x + 256 * b + 64 * c + 16 * h;
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) {
+              lo_sum[t] = _mm256_dpbusd_epi32(lo_sum[t], lo[k], Broadcast4(x + 4 * k));
+              hi_sum[t] = _mm256_dpbusd_epi32(hi_sum[t], hi[k], Broadcast4(x + 32 + 4 * k));
+            }
+          }
+        }
+        const __m256i sc_lo = Scale(sa, sc, 2 * c), sc_hi = Scale(sa, sc, 2 * c + 1);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          sumi[t] =
+              _mm256_add_epi32(sumi[t], _mm256_add_epi32(_mm256_mullo_epi32(sc_lo, lo_sum[t]),
+                                                         _mm256_mullo_epi32(sc_hi, hi_sum[t])));
+        }
+      }
+      // Mins as int16 pairs (m_2k | m_2k+1 << 16) against the token's bsum pairs (vpmaddwd).
+      __m256i mins[4];
+#pragma GCC unroll 4
+      for (int k = 0; k < 4; ++k) {
+        mins[k] =
+            _mm256_or_si256(Min(sb, sc, 2 * k), _mm256_slli_epi32(Min(sb, sc, 2 * k + 1), 16));
+      }
+      const __m256 dw = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(head));
+      const __m256 dmin = _mm256_cvtph_ps(_mm256_cvtepi32_epi16(_mm256_srli_epi32(head, 16)));
+#pragma GCC unroll 8
+      for (int t = 0; t < T; ++t) {
+        const int32_t* pairs = tk[t].extra + 4 * b;
+        __m256i summ = _mm256_madd_epi16(mins[0], _mm256_set1_epi32(pairs[0]));
+#pragma GCC unroll 3
+        for (int k = 1; k < 4; ++k) {
+          summ = _mm256_add_epi32(summ, _mm256_madd_epi16(mins[k], _mm256_set1_epi32(pairs[k])));
+        }
+        const __m256 dx = _mm256_set1_ps(tk[t].d[b]);
+        acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+        acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, dx), _mm256_cvtepi32_ps(summ), acc[t]);
+      }
+    }
+  }
+};
+
+}  // namespace
+
+void GroupedKQuantTile(const Matrix& w, const QuantActs& a, float* y, int64_t ys, int64_t r0,
+                       int64_t r1, int64_t t0, int64_t t1) {
+  if (w.type == TensorType::kQ4_K) {
+    Tile<Q4_K>(w, a, a.q4_k_bsum_pairs, 4, y, ys, r0, r1, t0, t1);
+  } else {
+    std::abort();
+  }
+}
+
+}  // namespace pipeinfer::kernels::avx512
