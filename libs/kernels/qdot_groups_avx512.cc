@@ -5,6 +5,27 @@
 namespace pipeinfer::kernels::avx512 {
 namespace {
 
+// One block of 32 for T tokens: u[0..3] hold (per lane) the unsigned weights 4c..4c+3, u[4..7]
+// the weights 16+4c..16+4c+3; sum = init + the products with the token's quants, and
+// acc = fma(d_w * d_x, float(sum), acc).
+template <int T>
+inline void Block32(const __m256i (&u)[8], __m256 dw, const Token* tk, int64_t b,
+                    __m256 (&acc)[T]) {
+#pragma GCC unroll 8
+  for (int t = 0; t < T; ++t) {
+    const int8_t* x = tk[t].x + 32 * b;
+    __m256i s0 = _mm256_set1_epi32(tk[t].extra[b]);
+    __m256i s1 = _mm256_setzero_si256();
+#pragma GCC unroll 4
+    for (int c = 0; c < 4; ++c) {
+      s0 = _mm256_dpbusd_epi32(s0, u[c], Broadcast4(x + 4 * c));
+      s1 = _mm256_dpbusd_epi32(s1, u[4 + c], Broadcast4(x + 16 + 4 * c));
+    }
+    const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(tk[t].d[b]));
+    acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[t]);
+  }
+}
+
 // ----- Q4_0 ------------------------------------------------------------------------------------
 // Block (144 bytes): the 8 rows' f16 scales, then 4 chunks of 32 bytes: chunk c holds, per lane i,
 // row i's weights 4c..4c+3 (low nibbles) and 16+4c..16+4c+3 (high nibbles). The integer sum
@@ -41,29 +62,13 @@ struct Q4_0 {
 
   template <int T, class In>
   static void Run(const In& in, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
-    const __m256i m = _mm256_set1_epi8(0x0f);
     for (int64_t b = 0; b < nb; ++b) {
       __m256 dw;
       __m256i v[4], lo[4], hi[4];
       Load(in, b, &dw, v);
-#pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) {
-        lo[c] = _mm256_and_si256(v[c], m);
-        hi[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 4), m);
-      }
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) {
-        const int8_t* x = tk[t].x + 32 * b;
-        __m256i s0 = _mm256_set1_epi32(tk[t].extra[b]);
-        __m256i s1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          s0 = _mm256_dpbusd_epi32(s0, lo[c], Broadcast4(x + 4 * c));
-          s1 = _mm256_dpbusd_epi32(s1, hi[c], Broadcast4(x + 16 + 4 * c));
-        }
-        const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(tk[t].d[b]));
-        acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[t]);
-      }
+      Nibbles(v, lo, hi);
+      const __m256i u[8] = {lo[0], lo[1], lo[2], lo[3], hi[0], hi[1], hi[2], hi[3]};
+      Block32(u, dw, tk, b, acc);
     }
   }
 };
@@ -118,19 +123,7 @@ struct Q8_0 {
       Load(in, b, &dw, q);
 #pragma GCC unroll 8
       for (int c = 0; c < 8; ++c) q[c] = _mm256_xor_si256(q[c], k80);
-#pragma GCC unroll 8
-      for (int t = 0; t < T; ++t) {
-        const int8_t* x = tk[t].x + 32 * b;
-        __m256i s0 = _mm256_set1_epi32(tk[t].extra[b]);
-        __m256i s1 = _mm256_setzero_si256();
-#pragma GCC unroll 4
-        for (int c = 0; c < 4; ++c) {
-          s0 = _mm256_dpbusd_epi32(s0, q[c], Broadcast4(x + 4 * c));
-          s1 = _mm256_dpbusd_epi32(s1, q[4 + c], Broadcast4(x + 16 + 4 * c));
-        }
-        const __m256 d = _mm256_mul_ps(dw, _mm256_set1_ps(tk[t].d[b]));
-        acc[t] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(_mm256_add_epi32(s0, s1)), acc[t]);
-      }
+      Block32(q, dw, tk, b, acc);
     }
   }
 };

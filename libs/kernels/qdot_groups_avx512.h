@@ -76,6 +76,16 @@ struct InRows {
   }
 };
 
+// The low and high nibbles of 4 vectors of packed 4-bit weights, as bytes.
+inline void Nibbles(const __m256i (&v)[4], __m256i (&lo)[4], __m256i (&hi)[4]) {
+  const __m256i m = _mm256_set1_epi8(0x0f);
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    lo[c] = _mm256_and_si256(v[c], m);
+    hi[c] = _mm256_and_si256(_mm256_srli_epi16(v[c], 4), m);
+  }
+}
+
 // A token's operands: its quants, block scales and a per-block extra (Q4_0: -8 times the sum of
 // the block's quants; Q4_K: the bsums of its sub-blocks as int16 pairs, 4 words per block).
 struct Token {

@@ -64,7 +64,6 @@ struct Q4_K {
 
   template <int T, class In>
   static void Run(const In& in, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
-    const __m256i m = _mm256_set1_epi8(0x0f);
     for (int64_t b = 0; b < nb; ++b) {
       __m256i hq[4];
       Quad(in, b, 0, hq);
@@ -81,11 +80,7 @@ struct Q4_K {
         for (int h = 0; h < 2; ++h) {  // chunks 4h .. 4h + 3 of run c
           __m256i v[4], lo[4], hi[4];
           Quad(in, b, 1 + 2 * c + h, v);
-#pragma GCC unroll 4
-          for (int k = 0; k < 4; ++k) {
-            lo[k] = _mm256_and_si256(v[k], m);
-            hi[k] = _mm256_and_si256(_mm256_srli_epi16(v[k], 4), m);
-          }
+          Nibbles(v, lo, hi);
 #pragma GCC unroll 8
           for (int t = 0; t < T; ++t) {
             const int8_t* x = tk[t].x + 256 * b + 64 * c + 16 * h;

@@ -20,17 +20,9 @@ using testing::Path;
 using testing::Paths;
 using testing::RandomRows;
 using testing::ScopedPath;
+using testing::ScopedQuantMath;
 
 const TensorType kGroupedTypes[] = {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K};
-
-class ScopedQuantMath {
- public:
-  explicit ScopedQuantMath(QuantMath m) : old_(GetQuantMath()) { SetQuantMath(m); }
-  ~ScopedQuantMath() { SetQuantMath(old_); }
-
- private:
-  QuantMath old_;
-};
 
 Matrix Plain(TensorType type, const std::vector<uint8_t>& data, int64_t rows, int64_t cols) {
   const auto& info = gguf::TypeInfo(type);

@@ -64,6 +64,15 @@ class ScopedPath {
   explicit ScopedPath(const Path& p) { SetMaxSimdLevel(p.level); }
   ~ScopedPath() { SetMaxSimdLevel(SimdLevel::kAvx512); }
 };
+// Sets the process-wide QuantMath for a scope.
+class ScopedQuantMath {
+ public:
+  explicit ScopedQuantMath(QuantMath m) : old_(GetQuantMath()) { SetQuantMath(m); }
+  ~ScopedQuantMath() { SetQuantMath(old_); }
+
+ private:
+  QuantMath old_;
+};
 
 inline uint16_t HalfBits(const uint8_t* p) {
   uint16_t h;

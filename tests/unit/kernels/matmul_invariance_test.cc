@@ -26,6 +26,7 @@ using testing::Path;
 using testing::Paths;
 using testing::RandomRows;
 using testing::ScopedPath;
+using testing::ScopedQuantMath;
 using testing::TypeName;
 
 constexpr float kSentinel = -12345.0f;
@@ -33,15 +34,6 @@ constexpr int64_t kMaxTokens = 130;
 // Around every grouping the kernels might use (4, 8, 16, 32, 64 tokens ...), and larger.
 const int64_t kBatchSizes[] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13,
                                14, 15, 16, 17, 18, 19, 20, 31, 33, 64, 65, 130};
-
-class ScopedQuantMath {
- public:
-  explicit ScopedQuantMath(QuantMath m) : old_(GetQuantMath()) { SetQuantMath(m); }
-  ~ScopedQuantMath() { SetQuantMath(old_); }
-
- private:
-  QuantMath old_;
-};
 
 const char* MathName(QuantMath m) { return m == QuantMath::kFast ? "fast" : "exact"; }
 

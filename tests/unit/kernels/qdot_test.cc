@@ -33,16 +33,8 @@ using testing::RefIntegerDot;
 using testing::RefQuantize;
 using testing::RefRow;
 using testing::ScopedPath;
+using testing::ScopedQuantMath;
 using testing::TypeName;
-
-class ScopedQuantMath {
- public:
-  explicit ScopedQuantMath(QuantMath m) : old_(GetQuantMath()) { SetQuantMath(m); }
-  ~ScopedQuantMath() { SetQuantMath(old_); }
-
- private:
-  QuantMath old_;
-};
 
 class ScopedScheme {
  public:
