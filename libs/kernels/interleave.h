@@ -21,7 +21,8 @@
 // Which matrices are grouped is decided when the weights are copied for the kernels
 // (PreferredRowInterleave); every kernel path accepts both layouts and gives the same bits for
 // both (the paths that compute on the file layout restore it chunk by chunk; the AVX-512 VNNI
-// kernels pack file-layout rows into a group on the fly).
+// kernels read file-layout rows 8 side by side, or pack them into a group for tiles of several
+// passes).
 #pragma once
 
 #include <cstdint>

@@ -86,8 +86,9 @@ inline void Nibbles(const __m256i (&v)[4], __m256i (&lo)[4], __m256i (&hi)[4]) {
   }
 }
 
-// A token's operands: its quants, block scales and a per-block extra (Q4_0: -8 times the sum of
-// the block's quants; Q4_K: the bsums of its sub-blocks as int16 pairs, 4 words per block).
+// A token's operands: its quants, block scales and a per-block extra (Q4_0, Q8_0: where the
+// block's integer sum starts, QuantActs::block_init; Q4_K: the bsums of its sub-blocks as int16
+// pairs, 4 words per block).
 struct Token {
   const int8_t* x;
   const float* d;
