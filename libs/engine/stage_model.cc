@@ -120,7 +120,7 @@ bool StageModel::WantsGroupedLayout() const {
     return m.data != nullptr && kernels::PreferredRowInterleave(m.type, m.rows) != 1;
   };
   for (const LayerWeights& l : layers_) {
-    for (const kernels::Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+    for (const kernels::Matrix* m : l.matrices()) {
       if (wants(*m)) return true;
     }
   }
@@ -131,7 +131,7 @@ absl::StatusOr<uint64_t> StageModel::MoveWeightsToHugePages() {
   if (weight_buffer_.data() != nullptr) return copied_bytes_;
   std::vector<kernels::Matrix*> all;
   for (LayerWeights& l : layers_) {
-    for (kernels::Matrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+    for (kernels::Matrix* m : l.matrices()) {
       all.push_back(m);
     }
   }
@@ -140,37 +140,35 @@ absl::StatusOr<uint64_t> StageModel::MoveWeightsToHugePages() {
   const bool tied = token_embd_.data != nullptr && token_embd_.data == output_.data;
   if (tied) all.push_back(&token_embd_);
   all.push_back(&output_);
-  // One copy per distinct source (a tied embedding is the head), each 64-byte aligned.
+  // One copy per distinct source (a tied embedding is the head), each 64-byte aligned and in the
+  // layout the active kernels want (kernels/interleave.h).
   constexpr size_t kAlign = 64;
   struct Place {
+    const kernels::Matrix* source;  // the first matrix with this data
     size_t offset, bytes;
+    int32_t interleave;
   };
   std::map<const uint8_t*, Place> place;
   size_t total = 0;
   for (const kernels::Matrix* m : all) {
     if (m->data == nullptr || place.contains(m->data)) continue;
     const size_t n = static_cast<size_t>(m->rows) * m->row_bytes;
-    place[m->data] = {total, n};
+    place[m->data] = {m, total, n, kernels::PreferredRowInterleave(m->type, m->rows)};
     total += (n + kAlign - 1) / kAlign * kAlign;
   }
   PI_ASSIGN_OR_RETURN(HugePageBuffer buf, HugePageBuffer::Allocate(total));
   copied_bytes_ = 0;
   grouped_bytes_ = 0;
-  // Each source in the layout the active kernels want (kernels/interleave.h); a tied embedding
-  // and head, one source, get the same.
-  std::map<const uint8_t*, int32_t> interleave;
-  for (const kernels::Matrix* m : all) {
-    if (m->data == nullptr || interleave.contains(m->data)) continue;
-    const int32_t il = kernels::PreferredRowInterleave(m->type, m->rows);
-    kernels::InterleaveRows(*m, il, buf.data() + place.at(m->data).offset);
-    interleave[m->data] = il;
-    copied_bytes_ += place.at(m->data).bytes;
-    if (il != 1) grouped_bytes_ += place.at(m->data).bytes;
+  for (const auto& [src, at] : place) {
+    kernels::InterleaveRows(*at.source, at.interleave, buf.data() + at.offset);
+    copied_bytes_ += at.bytes;
+    if (at.interleave != 1) grouped_bytes_ += at.bytes;
   }
   for (kernels::Matrix* m : all) {
     if (m->data == nullptr) continue;
-    m->interleave = interleave.at(m->data);
-    m->data = buf.data() + place.at(m->data).offset;
+    const Place& at = place.at(m->data);
+    m->interleave = at.interleave;
+    m->data = buf.data() + at.offset;
   }
   weight_buffer_ = std::move(buf);
   return copied_bytes_;

@@ -6,6 +6,7 @@
 // by default (EngineOptions::weight_memory).
 #pragma once
 
+#include <array>
 #include <memory>
 #include <string>
 #include <vector>
@@ -26,6 +27,14 @@ struct LayerWeights {
   std::vector<float> q_norm, k_norm;  // [head_dim] per-head RMSNorm (qwen3), or empty
   std::vector<float> ffn_norm;        // [n_embd]
   kernels::Matrix w_gate, w_up, w_down;
+
+  // The seven matrices, in a fixed order (q, k, v, o, gate, up, down).
+  std::array<kernels::Matrix*, 7> matrices() {
+    return {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down};
+  }
+  std::array<const kernels::Matrix*, 7> matrices() const {
+    return {&wq, &wk, &wv, &wo, &w_gate, &w_up, &w_down};
+  }
 };
 
 class StageModel {

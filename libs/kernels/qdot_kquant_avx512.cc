@@ -1,7 +1,7 @@
 // AVX-512 VNNI tile kernel (qdot_avx512_tile.h) for Q6_K weights with Q8_K activations (compiled
 // with -mavx512f/bw/dq/vl/vnni; only called when the CPU has them): 6-bit values times the
 // activations (vpmaddubsw), times the sub-block scales; the offset 32 comes from the activations'
-// bsums. (Q4_K: qdot_groups_avx512.cc.)
+// bsums. (Q4_0, Q8_0, Q4_K: qdot_groups_avx512.h.)
 #include "kernels/qdot_avx512_tile.h"
 
 namespace pipeinfer::kernels::avx512 {
@@ -12,7 +12,6 @@ namespace {
 struct KQ6_K {
   static constexpr int kR = 2, kT = 4;
   static constexpr int64_t kSmallBatch = 4;
-  static constexpr Aux kAux = Aux::kNone;
   static constexpr int kBytes = 210;
 
   template <int R, int T>

@@ -109,7 +109,7 @@ TEST_P(WeightMemoryTest, CopyInHugePagesGivesTheSameBitsAndIsWhatTheEngineReads)
   uint64_t matrix_bytes = 0, grouped_bytes = 0;
   for (int32_t l = 0; l < cm.n_layers(); ++l) {
     const LayerWeights& w = cm.layer(l);
-    for (const kernels::Matrix* m : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) {
+    for (const kernels::Matrix* m : w.matrices()) {
       EXPECT_TRUE(Inside(m->data, buf.data(), buf.size())) << "layer " << l;
       // Stored in the layout the kernels want (Q4_0 in groups of 8 rows on avx512-vnni).
       EXPECT_EQ(m->interleave, kernels::PreferredRowInterleave(m->type, m->rows)) << "layer " << l;
