@@ -289,6 +289,7 @@ class DraftServer::Impl final : public v1::Draft::Service {
 
     SessionEnv env{&pipeline_, opt_.draft_model.get(), &m_, budget_.get(), &acceptance_, &trace_};
     env.recovery = std::chrono::seconds(opt_.recovery_seconds);
+    env.split_prefill = opt_.split_prefill;
     const KvDemand demand = KvDemandOf(*request, pipeline_.n_stages);
     env.reopen = [this, &ticket, demand](Steady::time_point deadline,
                                          const std::function<bool()>& cancelled) {

@@ -51,6 +51,9 @@ struct DraftServerOptions {
   // Crash recovery: how long a request whose pipeline epoch was lost (a stage died) waits for the
   // pipeline to come back before it ends with UNAVAILABLE; 0 = no recovery (it fails at once).
   int recovery_seconds = 30;
+  // A request alone on the pipeline splits its prefill into the runs that bring the first token
+  // soonest (spec::PrefillRunTokens; needs the speculation budget's cost fit).
+  bool split_prefill = true;
   uint64_t max_message_bytes = 64ull << 20;       // gRPC max send/receive message size
   std::string controller_id = "pipeinfer-draft";  // for the stages' logs
   // TLS (rpc/tls.h) of the Draft server and of the links to the stages (the stages check this

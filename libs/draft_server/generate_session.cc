@@ -38,6 +38,7 @@ spec::ControllerOptions ControllerOptionsFor(const v1::GenerateRequest& req,
   o.sampling = v.sampling;
   o.n_stages = pipeline.n_stages;
   o.max_run_tokens = pipeline.max_run_tokens;
+  o.split_prefill = env.split_prefill;
   o.stop.ignore_eos = req.ignore_eos();
   for (uint32_t id : pipeline.eos_ids) o.stop.eos_ids.push_back(static_cast<int32_t>(id));
   for (uint32_t id : req.stop_token_ids()) o.stop.stop_ids.push_back(static_cast<int32_t>(id));
@@ -296,23 +297,32 @@ absl::Status GenerateSession::Decode(const SessionCaller& caller) {
       absl::StatusOr<int> launched = ctl_->Speculate(outcome_waiting);
       if (!launched.ok()) return launched.status();
     }
-    absl::StatusOr<v1::ResultsDownstream> raw = inbox.Next(caller.cancelled);
+    // A run held back until stage 0 needs it (WakeAt): back to Speculate then, unless an outcome
+    // comes first.
+    absl::StatusOr<std::optional<v1::ResultsDownstream>> raw = inbox.NextUntil(
+        caller.cancelled, ctl_->WakeAt().value_or(std::chrono::steady_clock::time_point::max()));
     if (!raw.ok()) return raw.status();
-    spec::Outcome out;
-    if (absl::Status st = ToOutcome(*raw, env_.pipeline->n_vocab, &out); !st.ok()) return st;
-    absl::Status handled = ctl_->OnOutcome(out);
-    Account(*raw);
-    if (absl::Status st = handled; !st.ok()) {
-      // A stage skipped a run the controller still needed; its ErrorDetail says why.
-      if (out.tombstone) {
-        if (std::optional<absl::Status> why = inbox.AwaitFailure(kTombstoneReasonWait)) return *why;
-      }
-      return st;
-    }
-    const std::vector<int32_t> tokens = ctl_->TakeEmitted();
-    if (absl::Status st = Stream(tokens, ctl_->TakeLogprobs(), caller); !st.ok()) return st;
+    if (!raw->has_value()) continue;
+    if (absl::Status st = Handle(**raw, inbox, caller); !st.ok()) return st;
   }
   return absl::OkStatus();
+}
+
+absl::Status GenerateSession::Handle(const v1::ResultsDownstream& raw, SessionInbox& inbox,
+                                     const SessionCaller& caller) {
+  spec::Outcome out;
+  if (absl::Status st = ToOutcome(raw, env_.pipeline->n_vocab, &out); !st.ok()) return st;
+  absl::Status handled = ctl_->OnOutcome(out);
+  Account(raw);
+  if (!handled.ok()) {
+    // A stage skipped a run the controller still needed; its ErrorDetail says why.
+    if (out.tombstone) {
+      if (std::optional<absl::Status> why = inbox.AwaitFailure(kTombstoneReasonWait)) return *why;
+    }
+    return handled;
+  }
+  const std::vector<int32_t> tokens = ctl_->TakeEmitted();
+  return Stream(tokens, ctl_->TakeLogprobs(), caller);
 }
 
 void GenerateSession::Account(const v1::ResultsDownstream& raw) {

@@ -55,6 +55,7 @@ struct SessionEnv {
       std::chrono::steady_clock::time_point deadline, const std::function<bool()>& cancelled)>
       reopen;
   std::chrono::milliseconds recovery{30000};
+  bool split_prefill = true;  // spec::ControllerOptions::split_prefill
 };
 
 // The session's caller (the Generate stream).
@@ -113,6 +114,9 @@ class GenerateSession {
   // Budget bookkeeping: an outcome arrived (its run leaves the in-flight count; its stage timings
   // feed the cost model; the controller's acceptance since the last call feeds alpha); and its
   // trace event while someone listens.
+  // One outcome: verified by the controller, accounted, its committed tokens streamed.
+  absl::Status Handle(const v1::ResultsDownstream& raw, SessionInbox& inbox,
+                      const SessionCaller& caller);
   void Account(const v1::ResultsDownstream& raw);
   void Trace(const v1::ResultsDownstream& raw, uint64_t run_id, uint32_t accepted);
   absl::Status Fail(const absl::Status& st, const SessionCaller& caller);

@@ -28,6 +28,14 @@ bool SessionInbox::Waiting() const {
 }
 
 absl::StatusOr<v1::ResultsDownstream> SessionInbox::Next(const std::function<bool()>& cancelled) {
+  absl::StatusOr<std::optional<v1::ResultsDownstream>> next =
+      NextUntil(cancelled, std::chrono::steady_clock::time_point::max());
+  if (!next.ok()) return next.status();
+  return std::move(**next);  // no deadline: only an outcome ends the wait
+}
+
+absl::StatusOr<std::optional<v1::ResultsDownstream>> SessionInbox::NextUntil(
+    const std::function<bool()>& cancelled, std::chrono::steady_clock::time_point deadline) {
   std::unique_lock<std::mutex> l(mu_);
   while (true) {
     if (failure_) return *failure_;
@@ -37,7 +45,9 @@ absl::StatusOr<v1::ResultsDownstream> SessionInbox::Next(const std::function<boo
       outcomes_.pop_front();
       return out;
     }
-    cv_.wait_for(l, kPollInterval);
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) return std::nullopt;
+    cv_.wait_until(l, std::min(deadline, now + kPollInterval));
   }
 }
 

@@ -32,6 +32,9 @@ class SessionInbox {
   // CANCELLED once `cancelled()` (polled every kPollInterval) is true; a failure comes first,
   // then a cancellation, then an outcome.
   absl::StatusOr<v1::ResultsDownstream> Next(const std::function<bool()>& cancelled);
+  // The same, waiting at most until `deadline`: nullopt when it passes first.
+  absl::StatusOr<std::optional<v1::ResultsDownstream>> NextUntil(
+      const std::function<bool()>& cancelled, std::chrono::steady_clock::time_point deadline);
   // Waits up to `timeout` for a failure and returns it, if one arrived.
   std::optional<absl::Status> AwaitFailure(std::chrono::milliseconds timeout);
   // Called (on the delivering thread, without the inbox's lock) after every outcome or failure, so

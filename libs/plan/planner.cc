@@ -13,6 +13,8 @@
 namespace pipeinfer::plan {
 namespace {
 
+constexpr uint32_t kMaxRunTokens = 512;  // a stage's default --max-run-tokens
+
 absl::Status OutOfRange(absl::string_view field, absl::string_view range, double got) {
   return absl::InvalidArgumentError(absl::StrCat(field, " must be ", range, ", got ", got));
 }
@@ -56,8 +58,18 @@ ModePrediction Finish(std::string mode, const PlanInput& in, const Costs& c, con
   ModePrediction p;
   p.mode = std::move(mode);
   // Every request: the prefill (its result is the first token), then max_tokens - 1 decoded
-  // tokens at the round's rate.
-  const double ttft = c.Latency(in.prompt_tokens, l.load.Visit());
+  // tokens at the round's rate. A request alone splits its prefill as the draft service does
+  // (PrefillRunTokens): into the runs that bring the first token soonest by the stage passes'
+  // cost fit, which knows nothing of hops and links. Under load it sends one run.
+  Costs passes_only;
+  passes_only.stages = c.stages;
+  passes_only.pass_us = c.pass_us;
+  passes_only.token_us = c.token_us;
+  const int prefill_runs =
+      in.concurrency == 1 && c.token_us > 0
+          ? BestPrefillRuns(passes_only, static_cast<uint32_t>(in.prompt_tokens), kMaxRunTokens)
+          : 1;
+  const double ttft = c.PrefillLatency(in.prompt_tokens, prefill_runs, l.load.Visit());
   const double per_token = l.round.tokens > 0 ? l.round.time_us / l.round.tokens : 0.0;
   const double request_us = ttft + (in.max_tokens - 1) * per_token;
   p.tokens_per_s = request_us > 0 ? in.concurrency * in.max_tokens / request_us * 1e6 : 0.0;

@@ -28,6 +28,11 @@ Controller::Controller(ControllerOptions options, PipelineSink* sink, Drafter* d
   }
 }
 
+std::optional<std::chrono::steady_clock::time_point> Controller::WakeAt() const {
+  if (tree_) return tree_->wake_at();
+  return std::nullopt;
+}
+
 bool Controller::finished() const { return tree_ ? tree_->finished() : finish_ != Finish::kNone; }
 Finish Controller::finish_reason() const { return tree_ ? tree_->finish_reason() : finish_; }
 const std::vector<int32_t>& Controller::committed() const {
@@ -77,7 +82,8 @@ absl::Status Controller::Start(std::span<const int32_t> prompt) {
   emitted_ = committed_.size();
   for (int32_t t : prompt) sampler_.Accept(t);
   uint32_t off = 0;
-  for (const RunSpec& run : PrefillRuns(prompt, options_.max_run_tokens)) {
+  for (const RunSpec& run :
+       PrefillRuns(prompt, PrefillRunTokens(static_cast<uint32_t>(prompt.size()), options_))) {
     absl::StatusOr<uint64_t> id = sink_->SendRun(run);
     if (!id.ok()) return id.status();
     InFlight f;

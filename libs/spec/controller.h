@@ -31,6 +31,7 @@
 // the next micro-batch attaches, is reached from line_ through first children.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -65,6 +66,9 @@ class Controller {
   // Returns how many were launched. The dynamic tree in sync mode only drafts ahead (after the
   // prompt, while the prefill is in flight) and launches nothing.
   absl::StatusOr<int> Speculate(const std::function<bool()>& result_waiting);
+  // When Speculate held a run back until stage 0 needs it (the dynamic tree's pacing), the time
+  // to call it again if no outcome arrives first; nullopt: call it after the next outcome.
+  std::optional<std::chrono::steady_clock::time_point> WakeAt() const;
 
   bool finished() const;
   Finish finish_reason() const;

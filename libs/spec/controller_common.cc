@@ -6,7 +6,9 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "plan/costs.h"
 #include "sampling/speculative.h"
+#include "spec/spec_budget.h"
 
 namespace pipeinfer::spec {
 
@@ -36,6 +38,19 @@ std::vector<RunSpec> PrefillRuns(std::span<const int32_t> prompt, uint32_t max_r
     runs.push_back(std::move(run));
   }
   return runs;
+}
+
+uint32_t PrefillRunTokens(uint32_t prompt_len, const ControllerOptions& options) {
+  const uint32_t cap = std::max<uint32_t>(options.max_run_tokens, 1);
+  if (!options.split_prefill || options.costs == nullptr || prompt_len <= 1) return cap;
+  const SpecBudget::Snapshot fit = options.costs->snapshot();
+  if (!fit.have_model || fit.b_us <= 0 || fit.verified != 0 || fit.speculative != 0) return cap;
+  plan::Costs c;
+  c.stages = static_cast<int>(std::max<uint32_t>(options.n_stages, 1));
+  c.pass_us = std::max(0.0, fit.a_us);
+  c.token_us = fit.b_us;
+  const int runs = plan::BestPrefillRuns(c, prompt_len, cap);
+  return std::min(cap, (prompt_len + runs - 1) / static_cast<uint32_t>(runs));
 }
 
 RunSpec NewestTokenRun(const std::vector<int32_t>& committed) {

@@ -25,6 +25,14 @@ absl::StatusOr<uint32_t> PositionLimit(std::span<const int32_t> prompt, const St
 // the prompt's last token.
 std::vector<RunSpec> PrefillRuns(std::span<const int32_t> prompt, uint32_t max_run_tokens);
 
+// The run size for a prefill of `prompt_len` tokens. The runs are sent back to back and follow
+// each other through the stages (a stage takes one run of a request per pass), so on an idle
+// pipeline whose passes cost a + b * tokens (the stage cost fit of options.costs), smaller runs
+// bring the first token sooner while the per-token cost dominates: plan::BestPrefillRuns, the
+// planner's model. Without a fit, with other requests' runs in flight (every extra run costs each
+// stage a fixed cost that others wait for) or with split_prefill off: max_run_tokens.
+uint32_t PrefillRunTokens(uint32_t prompt_len, const ControllerOptions& options);
+
 // A plain run that feeds the newest committed token into canonical (one result row).
 RunSpec NewestTokenRun(const std::vector<int32_t>& committed);
 

@@ -134,7 +134,10 @@ struct ControllerOptions {
   sampling::SamplingParams sampling;
   StopRules stop;
   uint32_t n_stages = 1;
-  uint32_t max_run_tokens = 512;  // prefill chunk size; runs never exceed it
+  uint32_t max_run_tokens = 512;  // runs never exceed it
+  // Split the prefill into smaller runs when that brings the first token sooner (on an idle,
+  // measured pipeline: PrefillRunTokens in controller_common.h).
+  bool split_prefill = true;
   // The dynamic token tree's estimates shared by the requests of one draft service (null: the
   // request learns alone), and the pipeline's stage cost fit (null: a default cost model).
   SharedAcceptance* acceptance = nullptr;

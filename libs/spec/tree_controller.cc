@@ -42,11 +42,13 @@ absl::Status TreeController::Start(std::span<const int32_t> prompt) {
   prompt_len_ = static_cast<uint32_t>(prompt.size());
   emitted_ = committed_.size();
   for (int32_t t : prompt) sampler_.Accept(t);
-  for (const RunSpec& run : PrefillRuns(prompt, options_.max_run_tokens)) {
+  for (const RunSpec& run :
+       PrefillRuns(prompt, PrefillRunTokens(static_cast<uint32_t>(prompt.size()), options_))) {
     absl::StatusOr<uint64_t> id = sink_->SendRun(run);
     if (!id.ok()) return id.status();
     InFlight f;
     f.id = *id;
+    f.tokens = static_cast<uint32_t>(run.tokens.size());
     f.sent = std::chrono::steady_clock::now();
     if (!run.result_rows.empty()) {
       const int32_t node = NewNode(committed_.back(), prompt_len_ - 1, -1);
@@ -105,6 +107,7 @@ absl::Status TreeController::Launch(const Build& b, int32_t lead) {
   InFlight f;
   f.id = *id;
   f.speculative = true;
+  f.tokens = static_cast<uint32_t>(order.size());
   f.sent = std::chrono::steady_clock::now();
   for (size_t i = 0; i < order.size(); ++i) {
     nodes_[order[i]].run = *id;
@@ -127,6 +130,7 @@ absl::Status TreeController::SendPlain() {
   nodes_[node].row = 0;
   InFlight f;
   f.id = *id;
+  f.tokens = 1;
   f.sent = std::chrono::steady_clock::now();
   f.nodes.push_back(node);
   ledger_.push_back(std::move(f));
@@ -135,12 +139,15 @@ absl::Status TreeController::SendPlain() {
   return absl::OkStatus();
 }
 
-absl::Status TreeController::SendSync() {
+absl::Status TreeController::SendLead() {
   const uint32_t pos = static_cast<uint32_t>(committed_.size()) - 1;
   const int32_t lead = NewNode(committed_.back(), pos, -1);
   line_ = lead;
   Build b;
-  const uint32_t cap = std::min(EffectiveDraftMax(options_.spec), options_.max_run_tokens - 1);
+  uint32_t cap = std::min(EffectiveDraftMax(options_.spec), options_.max_run_tokens - 1);
+  if (mode_ == Mode::kPipeInfer && options_.spec.draft_max == 0) {
+    cap = std::min(cap, kDynamicRunCap - 1);
+  }
   if (!drafting_broken_ && RoomBelow(lead) > 0) Grow(b, cap, /*sync=*/true, nullptr);
   if (b.nodes.empty()) {
     nodes_[lead].dead = true;
@@ -293,8 +300,9 @@ absl::Status TreeController::OnOutcome(const Outcome& o) {
     return absl::InternalError(absl::StrCat("after run ", r.id, ": ", ledger_.size(),
                                             " runs in flight but the newest token is not fed"));
   }
-  if (mode_ == Mode::kSync) return SendSync();
-  return SendPlain();
+  // Both modes feed the token with a tree grown under it in the same run (pipeinfer: no bigger
+  // than its other runs), so that its first result already verifies the guesses after it.
+  return SendLead();
 }
 
 std::vector<int32_t> TreeController::TakeEmitted() { return TakeSince(committed_, &emitted_); }

@@ -13,13 +13,14 @@
 // the acceptance estimates (acceptance_model.h, learned online by rank and draft probability) of
 // the edges from line_ down to it.
 //
-// Growth (pipeinfer). While fewer than max_inflight runs are in flight, the controller builds a
-// run best-first from the candidates whose parent is in the tree (or in the run being built),
-// expanding nodes (one draft pass each) as their candidates are needed. A candidate's score is its
-// value times a timing weight (is it due by the time a run sent now arrives?), and it is added
-// while score x refill >= b + d: a refill (stages x a pass) is what a needed but unsent node costs,
-// b a token's share of a stage pass (fitted from the results' stage timings), d a draft pass. An
-// explicit draft_max is a fixed budget instead (filled best-first); 0 self-tunes up to 16 nodes.
+// Growth (pipeinfer). While fewer than max_inflight runs are in flight, and stage 0 is about to
+// need one (pacing, Stage0Free), the controller builds a run best-first from the candidates whose
+// parent is in the tree (or in the run being built), expanding nodes (one draft pass each) as
+// their candidates are needed. A candidate's score is its value times a timing weight (is it due
+// by the time a run sent now arrives?), and it is added while score x refill >= b + d: a refill
+// (stages x a pass) is what a needed but unsent node costs, b a token's share of a stage pass
+// (fitted from the results' stage timings), d a draft pass. An explicit draft_max is a fixed
+// budget instead (filled best-first); 0 self-tunes up to kDynamicRunCap nodes.
 //
 // KV. The tree lives in one partition per tree: its first run forks it from canonical at the
 // root's position, later runs append to it and hang their roots off the slots of their parents
@@ -28,8 +29,8 @@
 // nothing alive left are cancelled (the stages skip them, or stop them mid-pass). When
 // verification yields a token the tree does not hold (a correction, or a bonus token after the
 // deepest node), the tree ends: canonical adopts the path to the last accepted node (Commit),
-// the partition is released, and the token is fed by a plain run (pipeinfer) or as the lead of the
-// next sync run.
+// the partition is released, and the token is fed as the lead of a run that carries the next
+// tree's first nodes (sync: the next round; pipeinfer: the first run of the refill).
 //
 // Sync: one run per round, [the newest committed token, then a best-first tree under it], sized
 // for (1 + V) / (stages (a + b (n + 1)) + d e).
@@ -39,6 +40,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <optional>
 #include <set>
 #include <span>
 #include <vector>
@@ -71,6 +73,9 @@ class TreeController {
   const Counters& counters() const { return counters_; }
   size_t live_partitions() const { return part_ != 0 ? 1 : 0; }
   size_t runs_in_flight() const { return ledger_.size(); }
+  // Pipeinfer paces its runs to stage 0 (see Paced): when Speculate held a run back, the time to
+  // call it again even if no outcome arrives; nullopt otherwise.
+  std::optional<std::chrono::steady_clock::time_point> wake_at() const { return wake_at_; }
 
  private:
   struct Cand {
@@ -98,6 +103,7 @@ class TreeController {
   struct InFlight {
     uint64_t id = 0;
     bool speculative = false;
+    uint32_t tokens = 0;
     std::chrono::steady_clock::time_point sent;
     std::vector<int32_t> nodes;  // row order
   };
@@ -123,7 +129,10 @@ class TreeController {
   // Drafts (expands) up to `budget` of the most valuable unexpanded nodes while no result waits.
   void PreExpand(uint32_t budget, const std::function<bool()>& result_waiting);
   absl::Status SendPlain();
-  absl::Status SendSync();
+  // Feeds the newest committed token as the lead of a run with a best-first tree under it (the
+  // sync objective; pipeinfer: at most kDynamicRunCap tokens when self-tuned); a plain run when
+  // nothing is worth drafting.
+  absl::Status SendLead();
   // Sends `b` as a speculative run into the tree partition (forking it when the tree starts);
   // `lead` is a sync run's leading committed token (a node without a run yet) or -1.
   absl::Status Launch(const Build& b, int32_t lead);
@@ -139,6 +148,11 @@ class TreeController {
   double StageA() const;
   double StageB() const;
   uint32_t RoomBelow(int32_t node) const;
+  // Pacing: a run is built only when stage 0 is about to need it, so that it is grown from every
+  // result back by then (runs sent at once queue at stage 0, built from older knowledge). Stage 0
+  // takes this request's live runs in send order, each for a + b * tokens (the stage cost fit):
+  // the time it will be free. Nullopt without a fit.
+  std::optional<std::chrono::steady_clock::time_point> Stage0Free() const;
 
   ControllerOptions options_;
   PipelineSink* sink_;
@@ -170,6 +184,7 @@ class TreeController {
   double draft_us_ = 0;             // drafting time per expansion (moving average)
   double levels_per_result_ = 1.0;  // tokens committed per verified result (moving average)
   uint32_t allowance_ = 1;  // no_continuous: runs still allowed before the next verification
+  std::optional<std::chrono::steady_clock::time_point> wake_at_;
 
   AcceptanceCounts local_;
   AcceptanceCounts cluster_;  // a snapshot of options_.acceptance

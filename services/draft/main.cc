@@ -125,6 +125,12 @@ int main(int argc, char** argv) {
                  "(then it resumes; after that it fails with UNAVAILABLE, HTTP 503); 0 = fail at "
                  "once")
       ->check(CLI::Range(0, 3600));
+  bool split_prefill = true;
+  app.add_flag("--split-prefill,!--no-split-prefill", split_prefill,
+               "A request alone on the pipeline sends its prompt in the runs that bring the first "
+               "token soonest, by the stage passes' measured cost (they follow each other through "
+               "the stages); off: one run (up to the stages' --max-run-tokens). Needs the "
+               "speculation budget's cost fit (--spec-budget > 0)");
   pipeinfer::log::Options log_options;
   pipeinfer::log::AddFlags(app, &log_options);
   pipeinfer::rpc::TlsFiles tls;
@@ -178,6 +184,7 @@ int main(int argc, char** argv) {
   o.spec_budget_scale = spec_budget;
   o.connect_timeout_ms = connect_timeout_ms;
   o.recovery_seconds = recovery_seconds;
+  o.split_prefill = split_prefill;
   o.spec_defaults = sp;
   o.metrics_address = metrics_listen;
   o.emulate_link_us = emulate_link_us;

@@ -168,5 +168,31 @@ TEST(SessionInbox, NextWaitsForADelivery) {
   EXPECT_EQ(got->tombstone().run_id(), 5u);
 }
 
+TEST(SessionInbox, NextUntilEndsAtTheDeadlineOrAtADelivery) {
+  SessionInbox inbox;
+  const auto never = [] { return false; };
+  const auto t0 = std::chrono::steady_clock::now();
+  auto none = inbox.NextUntil(never, t0 + std::chrono::milliseconds(20));
+  ASSERT_TRUE(none.ok());
+  EXPECT_FALSE(none->has_value());
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, std::chrono::milliseconds(20));
+  // A delivery before the deadline ends the wait with it.
+  std::thread t([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    v1::ResultsDownstream m;
+    m.mutable_result()->set_run_id(7);
+    inbox.Deliver(m);
+  });
+  auto got = inbox.NextUntil(never, std::chrono::steady_clock::now() + std::chrono::seconds(30));
+  t.join();
+  ASSERT_TRUE(got.ok());
+  ASSERT_TRUE(got->has_value());
+  EXPECT_EQ((*got)->result().run_id(), 7u);
+  // A failure or a cancellation wins over the deadline as over a wait.
+  inbox.Fail(absl::AbortedError("reset"));
+  EXPECT_EQ(inbox.NextUntil(never, std::chrono::steady_clock::now()).status().code(),
+            absl::StatusCode::kAborted);
+}
+
 }  // namespace
 }  // namespace pipeinfer::draft_server

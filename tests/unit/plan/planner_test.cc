@@ -79,7 +79,9 @@ TEST(Planner, AgreementOneSyncCommitsDraftMaxPlusOne) {
   in.max_tokens = 21;
   const auto m = Modes(in);
   EXPECT_DOUBLE_EQ(m[1].tokens_per_pass, 5.0);
-  const double ttft = 4 * (10000 + 1000 * 10);
+  // The prefill alone in 2 runs of 5 tokens, one pass apart: 5 passes of 15 ms (1 run: 4 x 20 ms;
+  // 3 runs of at most 4 tokens: 6 x 14 ms).
+  const double ttft = 5 * (10000 + 1000 * 5);
   const double round = 4 * 2000 + 4 * (10000 + 1000 * 5);
   EXPECT_NEAR(m[1].tokens_per_s, Rate(21, ttft, round / 5), 1e-9);
 }
@@ -97,7 +99,7 @@ TEST(Planner, AgreementOnePipeInferKeepsThePipelineFull) {
   in.prompt_tokens = 10;
   in.max_tokens = 9;
   const auto m = Modes(in);
-  const double ttft = 4 * (10000 + 1000 * 10);
+  const double ttft = 5 * (10000 + 1000 * 5);  // as above: the prefill in 2 runs
   const double last_result = (11000 + 3 * 12000) + 4 * 12000;
   EXPECT_NEAR(m[2].tokens_per_s, 9 / (ttft + last_result) * 1e6, 1e-9);
   EXPECT_NEAR(m[2].tokens_per_pass, 8.0 / 5.0, 1e-12);  // 8 tokens from 5 verifying runs
@@ -109,7 +111,10 @@ TEST(Planner, AgreementZeroGainsNothing) {
   const auto m = Modes(in);
   const double hop = in.hop_us;
   const double plain_token = 8 * (10000 + 500) + 9 * hop;
-  const double ttft = 8 * (10000 + 500 * in.prompt_tokens) + 9 * hop;
+  // The 20-token prefill in 2 runs of 10: 9 passes of 15 ms (1 run: 8 x 20 ms; 3 runs of 7: also
+  // 10 x 13.5 = 135 ms, and ties go to fewer runs; 4 runs of 5: 11 x 12.5 ms).
+  ASSERT_EQ(in.prompt_tokens, 20);
+  const double ttft = 9 * (10000 + 500 * 10) + 9 * hop;
   EXPECT_NEAR(m[0].tokens_per_s, Rate(64, ttft, plain_token), 1e-9);
   // sync commits one token per round and pays the drafts and a longer run.
   const double draft = 4 * std::max(in.draft_us, in.draft_floor_us);
@@ -149,9 +154,11 @@ TEST(Planner, SlowLinkLowersEveryMode) {
   slow.link_us = 500;
   const auto f = Modes(fast), s = Modes(slow);
   for (int i = 0; i < 3; ++i) EXPECT_LT(s[i].tokens_per_s, f[i].tokens_per_s) << f[i].mode;
-  // plain: 7 links between the 8 stages carry 8192 bytes at 10 bit/us; 9 hops pay 500 us.
+  // plain: 7 links between the 8 stages carry 8192 bytes at 10 bit/us; 9 hops pay 500 us. The
+  // prefill is split by the passes alone (2 runs of 10, as in AgreementZeroGainsNothing); the
+  // second run follows the first one transfer behind (a transfer of 10 tokens outlasts a pass).
   const double wire = 8192 * 8 / 10.0;
-  const double ttft = 8 * (10000 + 500 * 20) + 9 * 500 + 7 * wire * 20;
+  const double ttft = 8 * (10000 + 500 * 10) + 9 * 500 + 7 * wire * 10 + wire * 10;
   const double token = 8 * 10500 + 9 * 500 + 7 * wire;
   EXPECT_NEAR(s[0].tokens_per_s, Rate(64, ttft, token), 1e-9);
 }
