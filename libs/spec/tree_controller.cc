@@ -12,6 +12,14 @@
 #include "spec/kv_demand.h"
 
 namespace pipeinfer::spec {
+namespace {
+
+// A pipeinfer correction goes out as a lead run (SendLead) only while a draft pass costs at most
+// kLeadDraftPass of a stage pass's fixed cost, and drafts for at most kLeadDraftShare of it.
+constexpr double kLeadDraftPass = 0.25;
+constexpr double kLeadDraftShare = 0.5;
+
+}  // namespace
 
 TreeController::TreeController(const ControllerOptions& options, PipelineSink* sink,
                                Drafter* drafter, Mode mode, uint32_t max_inflight)
@@ -145,10 +153,22 @@ absl::Status TreeController::SendLead() {
   line_ = lead;
   Build b;
   uint32_t cap = std::min(EffectiveDraftMax(options_.spec), options_.max_run_tokens - 1);
-  if (mode_ == Mode::kPipeInfer && options_.spec.draft_max == 0) {
-    cap = std::min(cap, kDynamicRunCap - 1);
+  std::function<bool()> stop;
+  bool draft = !drafting_broken_ && RoomBelow(lead) > 0;
+  if (mode_ == Mode::kPipeInfer) {
+    if (options_.spec.draft_max == 0) cap = std::min(cap, kDynamicRunCap - 1);
+    // The drafting delays the token itself; a plain run of it would let the next run follow one
+    // pass behind, so the lead run pays only while its drafting stays well within a pass (a slow
+    // draft sends the token alone, as before).
+    const double budget_us = kLeadDraftShare * StageA();
+    draft = draft && draft_us_ <= kLeadDraftPass * StageA();
+    const auto t0 = std::chrono::steady_clock::now();
+    stop = [t0, budget_us] {
+      return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0)
+                 .count() > budget_us;
+    };
   }
-  if (!drafting_broken_ && RoomBelow(lead) > 0) Grow(b, cap, /*sync=*/true, nullptr);
+  if (draft) Grow(b, cap, /*sync=*/true, stop);
   if (b.nodes.empty()) {
     nodes_[lead].dead = true;
     line_ = -1;

@@ -181,8 +181,9 @@ class TreeController {
   bool frozen_ = false;     // it reached TreeSlotCap: no more runs until the tree ends
   uint32_t slot_cap_ = 0;
   bool drafting_broken_ = false;
-  double draft_us_ = 0;             // drafting time per expansion (moving average)
-  double levels_per_result_ = 1.0;  // tokens committed per verified result (moving average)
+  double draft_us_ = 0;              // drafting time per expansion (moving average)
+  double levels_per_result_ = 1.0;   // tokens committed per verified result (moving average)
+  double expansions_per_run_ = 1.0;  // draft passes while building a pipeinfer run (moving average)
   uint32_t allowance_ = 1;  // no_continuous: runs still allowed before the next verification
   std::optional<std::chrono::steady_clock::time_point> wake_at_;
 

@@ -297,8 +297,9 @@ absl::StatusOr<int> TreeController::Speculate(const std::function<bool()>& resul
     if (result_waiting && result_waiting()) break;
     if (paced) {
       if (const auto free = Stage0Free()) {
-        const auto lead = std::chrono::microseconds(
-            static_cast<int64_t>(kPaceLead * (StageA() + StageB() * cap)));
+        // The lead covers at least the run's own drafting (a slow draft needs its time).
+        const auto lead = std::chrono::microseconds(static_cast<int64_t>(
+            std::max(kPaceLead * (StageA() + StageB() * cap), expansions_per_run_ * draft_us_)));
         if (*free - lead > std::chrono::steady_clock::now()) {
           wake_at_ = *free - lead;
           break;
@@ -309,6 +310,7 @@ absl::StatusOr<int> TreeController::Speculate(const std::function<bool()>& resul
     Grow(b, cap, /*sync=*/false, result_waiting);
     if (b.nodes.empty()) break;
     if (absl::Status st = Launch(b, -1); !st.ok()) return st;
+    expansions_per_run_ = 0.8 * expansions_per_run_ + 0.2 * b.expansions;
     ++launched;
     if (allowance_ > 0) --allowance_;
   }
