@@ -14,9 +14,13 @@
 
 #include "spec/controller.h"
 #include "spec/spec_budget.h"
+#include "unit/spec/spec_test_util.h"
 
 namespace pipeinfer::spec {
 namespace {
+
+using testing::FittedBudget;
+using testing::RecordingSink;
 
 using Clock = std::chrono::steady_clock;
 using std::chrono::microseconds;
@@ -36,31 +40,6 @@ class NextTokenDrafter : public Drafter {
   std::vector<float> logits_ = std::vector<float>(kVocab, 0.0f);
 };
 
-class RecordingSink : public PipelineSink {
- public:
-  absl::StatusOr<uint64_t> SendRun(const RunSpec& run) override {
-    runs.push_back(run);
-    sent_at.push_back(Clock::now());
-    return runs.size();
-  }
-  absl::Status SendKvOp(const KvOpSpec&) override { return absl::OkStatus(); }
-  void Cancel(std::span<const uint64_t> ids) override {
-    cancelled.insert(cancelled.end(), ids.begin(), ids.end());
-  }
-  std::vector<RunSpec> runs;
-  std::vector<Clock::time_point> sent_at;
-  std::vector<uint64_t> cancelled;
-};
-
-// Stage passes of a + b * tokens microseconds, measured.
-std::unique_ptr<SpecBudget> Fitted(double a, double b, uint32_t stages) {
-  SpecBudgetOptions o;
-  o.n_stages = stages;
-  auto budget = std::make_unique<SpecBudget>(o);
-  for (uint32_t t = 1; t <= 40; ++t) budget->ObservePass(t, static_cast<uint64_t>(a + b * t));
-  return budget;
-}
-
 ControllerOptions PipeInfer(const SpecBudget* costs) {
   ControllerOptions o;
   o.spec.mode = Mode::kPipeInfer;
@@ -79,7 +58,7 @@ double MicrosBetween(Clock::time_point a, Clock::time_point b) {
 TEST(Pacing, RunsFollowStageZero) {
   // Passes of 20 ms + 1 ms per token. The prefill of 10 tokens keeps stage 0 busy 30 ms; a run is
   // built once at most 0.2 of a full run's pass (0.2 x 26 ms) of stage-0 work is left before it.
-  const auto budget = Fitted(20000, 1000, 8);
+  const auto budget = FittedBudget(20000, 1000, 8);
   NextTokenDrafter drafter;
   RecordingSink sink;
   Controller c(PipeInfer(budget.get()), &sink, &drafter);
@@ -120,7 +99,7 @@ TEST(Pacing, NoFitOrNoContinuousMeansNoPacing) {
   }
   // The no_continuous ablation keeps the paper's timing: one run per verification, not paced.
   {
-    const auto budget = Fitted(20000, 1000, 8);
+    const auto budget = FittedBudget(20000, 1000, 8);
     ControllerOptions o = PipeInfer(budget.get());
     o.spec.no_continuous = true;
     NextTokenDrafter drafter;

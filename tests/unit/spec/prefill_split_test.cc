@@ -13,9 +13,13 @@
 #include "spec/controller.h"
 #include "spec/controller_common.h"
 #include "spec/spec_budget.h"
+#include "unit/spec/spec_test_util.h"
 
 namespace pipeinfer::spec {
 namespace {
+
+using testing::FittedBudget;
+using testing::RecordingSink;
 
 plan::Costs PassCosts(int stages, double a, double b) {
   plan::Costs c;
@@ -59,14 +63,6 @@ TEST(PrefillSplit, ASlowLinkPacesTheRunsByItsTransfers) {
   EXPECT_DOUBLE_EQ(c.PrefillLatency(20, 2, 0), 70000);
 }
 
-std::unique_ptr<SpecBudget> FittedBudget(double a, double b, uint32_t stages) {
-  SpecBudgetOptions o;
-  o.n_stages = stages;
-  auto budget = std::make_unique<SpecBudget>(o);
-  for (uint32_t t = 1; t <= 40; ++t) budget->ObservePass(t, static_cast<uint64_t>(a + b * t));
-  return budget;
-}
-
 ControllerOptions Options(const SpecBudget* costs) {
   ControllerOptions o;
   o.n_stages = 8;
@@ -102,18 +98,6 @@ TEST(PrefillSplit, RunTokensOnlyForAMeasuredIdlePipeline) {
   budget->AddSpeculative(-4);
   EXPECT_EQ(PrefillRunTokens(100, o), 20u);
 }
-
-// Records the runs; nothing comes back.
-class RecordingSink : public PipelineSink {
- public:
-  absl::StatusOr<uint64_t> SendRun(const RunSpec& run) override {
-    runs.push_back(run);
-    return runs.size();
-  }
-  absl::Status SendKvOp(const KvOpSpec&) override { return absl::OkStatus(); }
-  void Cancel(std::span<const uint64_t>) override {}
-  std::vector<RunSpec> runs;
-};
 
 // Start() drafts nothing; a drafter is needed only for the controller to take a speculative mode.
 class FlatDrafter : public Drafter {
