@@ -151,8 +151,11 @@ class TreeController {
   // Pacing: a run is built only when stage 0 is about to need it, so that it is grown from every
   // result back by then (runs sent at once queue at stage 0, built from older knowledge). Stage 0
   // takes this request's live runs in send order, each for a + b * tokens (the stage cost fit):
-  // the time it will be free. Nullopt without a fit.
+  // the time it will be free. Nullopt when not Paced().
   std::optional<std::chrono::steady_clock::time_point> Stage0Free() const;
+  // Runs are paced: there is a stage cost fit, and not the no_continuous ablation (which keeps the
+  // paper's timing).
+  bool Paced() const;
 
   ControllerOptions options_;
   PipelineSink* sink_;

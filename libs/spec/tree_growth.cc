@@ -142,10 +142,15 @@ uint32_t TreeController::RoomBelow(int32_t node) const {
   return child < limit_ ? limit_ - child : 0;
 }
 
-std::optional<std::chrono::steady_clock::time_point> TreeController::Stage0Free() const {
-  if (!options_.costs) return std::nullopt;
+bool TreeController::Paced() const {
+  if (options_.spec.no_continuous || !options_.costs) return false;
   const SpecBudget::Snapshot s = options_.costs->snapshot();
-  if (!s.have_model || s.a_us <= 0) return std::nullopt;
+  return s.have_model && s.a_us > 0;
+}
+
+std::optional<std::chrono::steady_clock::time_point> TreeController::Stage0Free() const {
+  if (!Paced()) return std::nullopt;
+  const SpecBudget::Snapshot s = options_.costs->snapshot();
   std::chrono::steady_clock::time_point t{};
   for (const InFlight& f : ledger_) {
     const double us = s.a_us + std::max(0.0, s.b_us) * f.tokens;
@@ -205,8 +210,7 @@ void TreeController::Grow(Build& b, uint32_t cap, bool sync, const std::function
   // the drafting below is bounded to half a pass), so their draft passes delay nothing: only
   // the token's share of the passes is priced. Measured on the oracle draft (1-3 ms a pass) at
   // agreement 0.8: 36.4 tokens/s against 33.7 with d priced too; no change on the bundled pair.
-  const bool paced = !options_.spec.no_continuous && Stage0Free().has_value();
-  const double node_cost = bt + (paced ? 0.0 : draft_us_);
+  const double node_cost = bt + (Paced() ? 0.0 : draft_us_);
   auto worth = [&](double score) {
     if (sync || fixed) return score >= kMinValue;
     return score * refill >= node_cost && score >= kMinValue;
@@ -289,21 +293,17 @@ absl::StatusOr<int> TreeController::Speculate(const std::function<bool()>& resul
   uint32_t cap = std::min(EffectiveDraftMax(options_.spec), options_.max_run_tokens);
   if (options_.spec.draft_max == 0) cap = std::min(cap, kDynamicRunCap);  // self-tuned
   wake_at_.reset();
-  // Pacing (Stage0Free): the no_continuous ablation keeps the paper's timing instead.
-  const bool paced = !options_.spec.no_continuous;
   while (ledger_.size() < max_inflight_ && !frozen_ && line_ >= 0) {
     // The no_continuous ablation: one run per verification, none while results are outstanding.
     if (options_.spec.no_continuous && allowance_ == 0) break;
     if (result_waiting && result_waiting()) break;
-    if (paced) {
-      if (const auto free = Stage0Free()) {
-        // The lead covers at least the run's own drafting (a slow draft needs its time).
-        const auto lead = std::chrono::microseconds(static_cast<int64_t>(
-            std::max(kPaceLead * (StageA() + StageB() * cap), expansions_per_run_ * draft_us_)));
-        if (*free - lead > std::chrono::steady_clock::now()) {
-          wake_at_ = *free - lead;
-          break;
-        }
+    if (const auto free = Stage0Free()) {
+      // Paced: the lead covers at least the run's own drafting (a slow draft needs its time).
+      const auto lead = std::chrono::microseconds(static_cast<int64_t>(
+          std::max(kPaceLead * (StageA() + StageB() * cap), expansions_per_run_ * draft_us_)));
+      if (*free - lead > std::chrono::steady_clock::now()) {
+        wake_at_ = *free - lead;
+        break;
       }
     }
     Build b;
