@@ -280,15 +280,20 @@ absl::Status GenerateSession::Open(const std::vector<int32_t>& prompt) {
 absl::Status GenerateSession::Decode(const SessionCaller& caller) {
   SessionInbox& inbox = link_->inbox();
   // A draft pass this session waits for is interrupted when an outcome arrives: handling results
-  // never waits for drafting.
-  if (drafter_) drafter_->SetInterrupt([&inbox] { return inbox.Waiting(); });
+  // never waits for drafting. Outcomes of runs the controller dropped (cancelled, after a miss
+  // there are several) do not count: they change nothing, and they would interrupt the drafting of
+  // the very run that replaces them.
+  const auto result_waiting = [this, &inbox] {
+    return inbox.Waiting([this](uint64_t run_id) { return ctl_->Dropped(run_id); });
+  };
+  if (drafter_) drafter_->SetInterrupt(result_waiting);
   // Drafting stops when an outcome is waiting (it is handled first) or when the pipeline-wide
   // budget has no room for another micro-batch.
   const uint32_t micro_batch =
       std::min(spec::EffectiveDraftMax(request_.spec), spec::kPaperDraftMax);
-  const auto outcome_waiting = [this, &inbox, micro_batch] {
-    return inbox.Waiting() || (env_.budget && !env_.budget->Allows(micro_batch, sink_->verified(),
-                                                                   sink_->speculative()));
+  const auto outcome_waiting = [this, &result_waiting, micro_batch] {
+    return result_waiting() || (env_.budget && !env_.budget->Allows(micro_batch, sink_->verified(),
+                                                                    sink_->speculative()));
   };
   while (!ctl_->finished()) {
     if (ctl_->mode() != spec::Mode::kPlain) {

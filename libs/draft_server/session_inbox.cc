@@ -27,6 +27,15 @@ bool SessionInbox::Waiting() const {
   return !outcomes_.empty() || failure_.has_value();
 }
 
+bool SessionInbox::Waiting(const std::function<bool(uint64_t run_id)>& ignored) const {
+  std::lock_guard<std::mutex> l(mu_);
+  if (failure_.has_value()) return true;
+  for (const v1::ResultsDownstream& o : outcomes_) {
+    if (!ignored(o.has_result() ? o.result().run_id() : o.tombstone().run_id())) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<v1::ResultsDownstream> SessionInbox::Next(const std::function<bool()>& cancelled) {
   absl::StatusOr<std::optional<v1::ResultsDownstream>> next =
       NextUntil(cancelled, std::chrono::steady_clock::time_point::max());

@@ -28,6 +28,9 @@ class SessionInbox {
 
   // An outcome or a failure is waiting (so the session should not start drafting).
   bool Waiting() const;
+  // The same, not counting outcomes of the runs `ignored` names (the controller dropped them:
+  // handling them can wait until drafting pauses).
+  bool Waiting(const std::function<bool(uint64_t run_id)>& ignored) const;
   // The next outcome, waiting while there is none. Fails with the session's failure, or with
   // CANCELLED once `cancelled()` (polled every kPollInterval) is true; a failure comes first,
   // then a cancellation, then an outcome.

@@ -156,9 +156,9 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
   const size_t value_off = static_cast<size_t>(kc.block_tokens) * kc.row_bytes();
   const size_t layer_off = static_cast<size_t>(layer) * 2 * value_off;
   // A task is one row and a group of the query heads that share a KV head: each key and value row
-  // is read (and converted from F16) once for the whole group. DotF32F16 / AxpyF16 equal DotF32 /
-  // AxpyF32 on the converted row bit for bit (kernels.h), so this is the per-head computation,
-  // operation for operation. Groups are split when there would be too few tasks for the threads.
+  // is read (and converted from F16) once for the whole group, in one kernel call per task
+  // (AttentionScores / AttentionValues, bit for bit the per-head DotF32 / AxpyF32 computation).
+  // Groups are split when there would be too few tasks for the threads.
   int32_t group = n_gqa;
   while (group % 2 == 0 &&
          static_cast<int64_t>(rows_.n) * slice_.n_kv_heads * (n_gqa / group) < 2 * pool_.size()) {
@@ -177,31 +177,19 @@ void CpuShard::Attention(int32_t layer, const float* q, float* out) {
       const size_t layer_col = layer_off + static_cast<size_t>(slice_.kv_head0 + g) * hd * elem;
       const size_t* keys = key_offset_.data() + rows_.vis_offsets[t];
       const int32_t n_keys = rows_.vis_offsets[t + 1] - rows_.vis_offsets[t];
-      scratch.resize(static_cast<size_t>(group) * (n_keys + 1) + hd);
-      float* row = scratch.data();            // one key or value row as floats
-      float* per_head = scratch.data() + hd;  // [group]: one key's dots, or its weights
-      float* scores = per_head + group;       // [group][n_keys]
-      auto as_floats = [&](const uint8_t* p) -> const float* {
-        if (!f16) return reinterpret_cast<const float*>(p);
-        kernels::HalfToFloatN(reinterpret_cast<const uint16_t*>(p), row, hd);
-        return row;
-      };
+      scratch.resize(static_cast<size_t>(group) * n_keys + hd);
+      float* row = scratch.data();          // one key or value row as floats
+      float* scores = scratch.data() + hd;  // [group][n_keys]
       const float* qg = q + t * stride + static_cast<int64_t>(h0) * hd;
-      for (int32_t j = 0; j < n_keys; ++j) {
-        const float* k = as_floats(base + keys[j] + layer_col);
-        kernels::DotF32Rows(qg, hd, group, k, hd, per_head);
-        for (int32_t h = 0; h < group; ++h) scores[h * n_keys + j] = scale * per_head[h];
-      }
+      kernels::AttentionScores(qg, hd, group, base + layer_col, keys, n_keys, f16, hd, scale, row,
+                               scores, n_keys);
       float* og = out + t * stride + static_cast<int64_t>(h0) * hd;
       for (int32_t h = 0; h < group; ++h) {
         kernels::SoftmaxInPlace(scores + h * n_keys, n_keys);
         std::fill(og + h * hd, og + (h + 1) * hd, 0.0f);
       }
-      for (int32_t j = 0; j < n_keys; ++j) {
-        const float* v = as_floats(base + keys[j] + layer_col + value_off);
-        for (int32_t h = 0; h < group; ++h) per_head[h] = scores[h * n_keys + j];
-        kernels::AxpyF32Rows(per_head, v, og, hd, group, hd);
-      }
+      kernels::AttentionValues(scores, n_keys, group, base + layer_col + value_off, keys, n_keys,
+                               f16, hd, row, og, hd);
     }
   });
 }

@@ -124,6 +124,17 @@ void DotF32Rows(const float* a, int64_t a_stride, int64_t rows, const float* b, 
 void AxpyF32Rows(const float* s, const float* x, float* y, int64_t y_stride, int64_t rows,
                  int64_t n);
 void AxpyF16(float s, const uint16_t* x, float* y, int64_t n);
+// Attention over gathered cache rows, one dispatch for all the keys of a head group. Row j is at
+// base + offsets[j]: n F16 values when f16, else n floats; `row` is n floats of scratch.
+// AttentionScores: out[r * out_stride + j] = scale * DotF32(a + r * a_stride, row j, n) for r <
+// rows. AttentionValues: for j = 0, 1, ... in order, AxpyF32(w[r * w_stride + j], row j,
+// y + r * y_stride, n) for r < rows. Both bit for bit (the conversion is exact).
+void AttentionScores(const float* a, int64_t a_stride, int64_t rows, const uint8_t* base,
+                     const size_t* offsets, int64_t n_keys, bool f16, int64_t n, float scale,
+                     float* row, float* out, int64_t out_stride);
+void AttentionValues(const float* w, int64_t w_stride, int64_t rows, const uint8_t* base,
+                     const size_t* offsets, int64_t n_keys, bool f16, int64_t n, float* row,
+                     float* y, int64_t y_stride);
 // out = x / sqrt(mean(x^2) + eps) * w
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);
 // out[i] = silu(gate[i]) * up[i]

@@ -49,6 +49,12 @@ void DotF32Rows(const float* a, int64_t a_stride, int64_t rows, const float* b, 
 void AxpyF32Rows(const float* s, const float* x, float* y, int64_t y_stride, int64_t rows,
                  int64_t n);
 void AxpyF16(float s, const uint16_t* x, float* y, int64_t n);
+void AttentionScores(const float* a, int64_t a_stride, int64_t rows, const uint8_t* base,
+                     const size_t* offsets, int64_t n_keys, bool f16, int64_t n, float scale,
+                     float* row, float* out, int64_t out_stride);
+void AttentionValues(const float* w, int64_t w_stride, int64_t rows, const uint8_t* base,
+                     const size_t* offsets, int64_t n_keys, bool f16, int64_t n, float* row,
+                     float* y, int64_t y_stride);
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out);
 void SwiGlu(const float* gate, const float* up, float* out, int64_t n);
 float SoftmaxInPlace(float* x, int64_t n);

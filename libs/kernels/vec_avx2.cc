@@ -155,6 +155,45 @@ void AxpyF16(float s, const uint16_t* x, float* y, int64_t n) {
   for (; i < n; ++i) y[i] = Fma1(s, _cvtsh_ss(x[i]), y[i]);
 }
 
+namespace {
+
+// Row j of an attention call as floats (converted into `row` when F16), with the next row
+// prefetched: the rows of a paged cache are not contiguous.
+inline const float* CacheRow(const uint8_t* base, const size_t* offsets, int64_t j, int64_t n_keys,
+                             bool f16, int64_t n, float* row) {
+  if (j + 1 < n_keys) {
+    _mm_prefetch(reinterpret_cast<const char*>(base + offsets[j + 1]), _MM_HINT_T0);
+  }
+  if (!f16) return reinterpret_cast<const float*>(base + offsets[j]);
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(base + offsets[j]);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(row + i, LoadHalf8(h + i));
+  for (; i < n; ++i) row[i] = _cvtsh_ss(h[i]);
+  return row;
+}
+
+}  // namespace
+
+void AttentionScores(const float* a, int64_t a_stride, int64_t rows, const uint8_t* base,
+                     const size_t* offsets, int64_t n_keys, bool f16, int64_t n, float scale,
+                     float* row, float* out, int64_t out_stride) {
+  for (int64_t j = 0; j < n_keys; ++j) {
+    const float* k = CacheRow(base, offsets, j, n_keys, f16, n, row);
+    for (int64_t r = 0; r < rows; ++r) {
+      out[r * out_stride + j] = scale * DotF32Body(a + r * a_stride, k, n);
+    }
+  }
+}
+
+void AttentionValues(const float* w, int64_t w_stride, int64_t rows, const uint8_t* base,
+                     const size_t* offsets, int64_t n_keys, bool f16, int64_t n, float* row,
+                     float* y, int64_t y_stride) {
+  for (int64_t j = 0; j < n_keys; ++j) {
+    const float* v = CacheRow(base, offsets, j, n_keys, f16, n, row);
+    for (int64_t r = 0; r < rows; ++r) AxpyF32Body(w[r * w_stride + j], v, y + r * y_stride, n);
+  }
+}
+
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {
   // Float squares summed in double, as the portable version (and llama.cpp) does.
   __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();

@@ -78,6 +78,46 @@ void AxpyF16(float s, const uint16_t* x, float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) y[i] += s * internal::HalfBitsToFloat(x[i]);
 }
 
+namespace {
+
+// Row j of an attention call as floats (converted into `row` when F16).
+const float* CacheRow(const uint8_t* base, size_t offset, bool f16, int64_t n, float* row) {
+  if (!f16) return reinterpret_cast<const float*>(base + offset);
+  const uint16_t* h = reinterpret_cast<const uint16_t*>(base + offset);
+  for (int64_t i = 0; i < n; ++i) row[i] = internal::HalfBitsToFloat(h[i]);
+  return row;
+}
+
+}  // namespace
+
+void AttentionScores(const float* a, int64_t a_stride, int64_t rows, const uint8_t* base,
+                     const size_t* offsets, int64_t n_keys, bool f16, int64_t n, float scale,
+                     float* row, float* out, int64_t out_stride) {
+  PIPEINFER_DISPATCH(AttentionScores(a, a_stride, rows, base, offsets, n_keys, f16, n, scale, row,
+                                     out, out_stride));
+  for (int64_t j = 0; j < n_keys; ++j) {
+    const float* k = CacheRow(base, offsets[j], f16, n, row);
+    for (int64_t r = 0; r < rows; ++r) {
+      out[r * out_stride + j] = scale * DotF32Portable(a + r * a_stride, k, n);
+    }
+  }
+}
+
+void AttentionValues(const float* w, int64_t w_stride, int64_t rows, const uint8_t* base,
+                     const size_t* offsets, int64_t n_keys, bool f16, int64_t n, float* row,
+                     float* y, int64_t y_stride) {
+  PIPEINFER_DISPATCH(
+      AttentionValues(w, w_stride, rows, base, offsets, n_keys, f16, n, row, y, y_stride));
+  for (int64_t j = 0; j < n_keys; ++j) {
+    const float* v = CacheRow(base, offsets[j], f16, n, row);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float s = w[r * w_stride + j];
+      float* yr = y + r * y_stride;
+      for (int64_t i = 0; i < n; ++i) yr[i] += s * v[i];
+    }
+  }
+}
+
 // As llama.cpp: the squares are summed in double, the mean and the scale are float, and the
 // result is (x * scale) * w.
 void RmsNorm(const float* x, const float* w, int64_t n, float eps, float* out) {

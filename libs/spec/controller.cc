@@ -477,6 +477,11 @@ std::vector<TokenLogprob> Controller::TakeLogprobs() {
   return std::exchange(logprobs_, {});
 }
 
+bool Controller::Dropped(uint64_t run_id) const {
+  if (tree_) return tree_->Dropped(run_id);
+  return dropped_.count(run_id) > 0;
+}
+
 std::vector<uint64_t> Controller::OutstandingRunIds() const {
   if (tree_) return tree_->OutstandingRunIds();
   return OutstandingIds(dropped_, ledger_);

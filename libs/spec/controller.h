@@ -82,6 +82,8 @@ class Controller {
   uint32_t generated() const { return static_cast<uint32_t>(committed().size()) - prompt_length(); }
   // Run ids whose outcome has not been handled yet, valid or invalidated (for closing).
   std::vector<uint64_t> OutstandingRunIds() const;
+  // The run was invalidated: its outcome, still to come, changes nothing but counters.
+  bool Dropped(uint64_t run_id) const;
   const Counters& counters() const;
   Mode mode() const { return mode_; }
   uint32_t max_inflight() const { return max_inflight_; }

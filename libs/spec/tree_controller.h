@@ -70,6 +70,7 @@ class TreeController {
   const std::vector<int32_t>& committed() const { return committed_; }
   uint32_t prompt_length() const { return prompt_len_; }
   std::vector<uint64_t> OutstandingRunIds() const;
+  bool Dropped(uint64_t run_id) const { return dropped_.count(run_id) > 0; }
   const Counters& counters() const { return counters_; }
   size_t live_partitions() const { return part_ != 0 ? 1 : 0; }
   size_t runs_in_flight() const { return ledger_.size(); }

@@ -194,5 +194,31 @@ TEST(SessionInbox, NextUntilEndsAtTheDeadlineOrAtADelivery) {
             absl::StatusCode::kAborted);
 }
 
+TEST(SessionInbox, WaitingCanIgnoreTheOutcomesOfDroppedRuns) {
+  SessionInbox inbox;
+  const auto dropped = [](uint64_t id) { return id == 5 || id == 6; };
+  EXPECT_FALSE(inbox.Waiting(dropped));
+  v1::ResultsDownstream r5, t6, r8;
+  r5.mutable_result()->set_run_id(5);
+  t6.mutable_tombstone()->set_run_id(6);
+  r8.mutable_result()->set_run_id(8);
+  inbox.Deliver(r5);
+  inbox.Deliver(t6);
+  EXPECT_TRUE(inbox.Waiting());  // the plain form counts everything
+  EXPECT_FALSE(inbox.Waiting(dropped));
+  EXPECT_TRUE(inbox.Waiting([](uint64_t id) { return id == 5; }));  // the tombstone of 6 counts
+  inbox.Deliver(r8);                                                // behind the ignored ones
+  EXPECT_TRUE(inbox.Waiting(dropped));
+  // Nothing was consumed: they come out in order.
+  for (uint64_t want : {5u, 6u, 8u}) {
+    auto got = inbox.Next([] { return false; });
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(got->has_result() ? got->result().run_id() : got->tombstone().run_id(), want);
+  }
+  // A failure always counts.
+  inbox.Fail(absl::AbortedError("reset"));
+  EXPECT_TRUE(inbox.Waiting([](uint64_t) { return true; }));
+}
+
 }  // namespace
 }  // namespace pipeinfer::draft_server

@@ -264,5 +264,59 @@ TEST(VecInvariance, HalfRowKernelsEqualFloatKernelsOnTheConvertedRow) {
   }
 }
 
+TEST(VecInvariance, AttentionKernelsEqualThePerKeyComputation) {
+  // Rows gathered from a paged cache (scattered offsets, F16 or F32) against DotF32 / AxpyF32 on
+  // each converted row, in key order, bit for bit; on every path.
+  std::mt19937 rng(79);
+  std::uniform_real_distribution<float> unit(-1.0f, 1.0f), wide(-4.0f, 4.0f);
+  for (const Path& p : Paths()) {
+    ScopedPath scoped(p);
+    for (bool f16 : {true, false}) {
+      for (int64_t n : {5, 32, 64, 100, 128}) {
+        const int64_t n_keys = 37, rows = 3, a_stride = n + 3;
+        const size_t elem = f16 ? 2 : 4, slot = static_cast<size_t>(n + 9) * elem;
+        std::vector<uint8_t> cache(slot * 64);
+        std::vector<size_t> offsets(n_keys);
+        for (int64_t j = 0; j < n_keys; ++j) offsets[j] = ((j * 17) % 64) * slot;
+        std::vector<std::vector<float>> key(n_keys, std::vector<float>(n));
+        for (int64_t j = 0; j < n_keys; ++j) {
+          for (int64_t i = 0; i < n; ++i) {
+            const float v = wide(rng);
+            if (f16) {
+              const uint16_t h = FloatToHalf(v);
+              std::memcpy(cache.data() + offsets[j] + i * 2, &h, 2);
+              key[j][i] = HalfToFloat(h);
+            } else {
+              std::memcpy(cache.data() + offsets[j] + i * 4, &v, 4);
+              key[j][i] = v;
+            }
+          }
+        }
+        std::vector<float> a(rows * a_stride), row(n), scores(rows * n_keys);
+        for (float& v : a) v = wide(rng);
+        const float scale = 0.1767767f;
+        AttentionScores(a.data(), a_stride, rows, cache.data(), offsets.data(), n_keys, f16, n,
+                        scale, row.data(), scores.data(), n_keys);
+        std::vector<float> y(rows * a_stride), y_ref;
+        for (float& v : y) v = unit(rng);
+        y_ref = y;
+        AttentionValues(scores.data(), n_keys, rows, cache.data(), offsets.data(), n_keys, f16, n,
+                        row.data(), y.data(), a_stride);
+        for (int64_t j = 0; j < n_keys; ++j) {
+          for (int64_t r = 0; r < rows; ++r) {
+            const float want = scale * DotF32(a.data() + r * a_stride, key[j].data(), n);
+            EXPECT_EQ(Bits(scores[r * n_keys + j]), Bits(want))
+                << p.name << (f16 ? " f16" : " f32") << " n " << n << " key " << j;
+            AxpyF32(scores[r * n_keys + j], key[j].data(), y_ref.data() + r * a_stride, n);
+          }
+        }
+        for (size_t i = 0; i < y.size(); ++i) {
+          EXPECT_EQ(Bits(y[i]), Bits(y_ref[i])) << p.name << (f16 ? " f16" : " f32") << " n " << n;
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace pipeinfer::kernels

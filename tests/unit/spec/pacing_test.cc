@@ -133,6 +133,9 @@ TEST(LeadRun, ACorrectionCarriesTheNextGuesses) {
   EXPECT_EQ(c.TakeEmitted(), std::vector<int32_t>{9});
   EXPECT_EQ(sink.cancelled.size(), before - 1);
   ASSERT_EQ(sink.runs.size(), before + 1);
+  // The cancelled runs are dropped (their outcomes need not interrupt drafting); the lead is not.
+  for (uint64_t id : sink.cancelled) EXPECT_TRUE(c.Dropped(id)) << id;
+  EXPECT_FALSE(c.Dropped(before + 1));
   const RunSpec& lead = sink.runs.back();
   EXPECT_TRUE(lead.verified);
   ASSERT_GE(lead.tokens.size(), 2u);
