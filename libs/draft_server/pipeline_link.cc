@@ -32,6 +32,7 @@ constexpr std::chrono::seconds kAttempt{5};  // one open waits this long for sta
 // from the last stage, with their threads.
 struct PipelineLink::Epoch {
   uint64_t epoch = 0;
+  uint32_t n_stages = 1;
   std::unique_ptr<grpc::ClientContext> pctx, rctx;
   std::unique_ptr<PipeStream> pipe;
   std::unique_ptr<ResStream> res;
@@ -184,6 +185,14 @@ void PipelineLink::SendCancel(Epoch& ep, std::span<const uint64_t> run_ids) {
   if (run_ids.empty()) return;
   v1::ResultsUpstream c;
   for (uint64_t id : run_ids) c.mutable_cancel()->add_run_ids(id);
+  // Stage 0 also gets it straight away on the Pipeline stream (stage.proto section 6): it is the
+  // stage that would otherwise hear last, while the run that replaces the cancelled ones waits
+  // behind its pass. The Results-stream copy climbs from the last stage to the others.
+  if (ep.n_stages > 1) {
+    v1::StageDownstream d;
+    *d.mutable_cancel() = c.cancel();
+    (void)Enqueue(ep, std::move(d), nullptr);
+  }
   if (ep.cancel_line) {
     Epoch* e = &ep;  // the line is discarded before the epoch's streams end (StopEpoch)
     ep.cancel_line->Post(
@@ -210,6 +219,7 @@ absl::Status PipelineLink::Lost(Epoch& ep) {
 absl::StatusOr<std::shared_ptr<PipelineLink::Epoch>> PipelineLink::Connect(
     Clock::time_point deadline) {
   auto ep = std::make_shared<Epoch>();
+  ep->n_stages = opt_.n_stages;
   {
     // Epochs are microseconds since 1970, strictly increasing even if the clock steps back.
     std::lock_guard<std::mutex> l(mu_);
@@ -267,7 +277,8 @@ void PipelineLink::SendLoop(std::shared_ptr<Epoch> ep) {
     v1::StageDownstream m;
     {
       std::unique_lock<std::mutex> l(ep->mu);
-      while (!ep->dead && (ep->out.empty() || ep->credit <= 0)) {
+      // A Cancel needs no credit (stage.proto section 7); it still keeps its place in the queue.
+      while (!ep->dead && (ep->out.empty() || (ep->credit <= 0 && !ep->out.front().has_cancel()))) {
         const auto now = std::chrono::steady_clock::now();
         const bool can_keepalive = ep->keepalive.count() > 0 && ep->out.empty() && ep->credit > 0;
         if (can_keepalive && now - ep->last_sent >= ep->keepalive) {
@@ -294,7 +305,7 @@ void PipelineLink::SendLoop(std::shared_ptr<Epoch> ep) {
       }
       m = std::move(ep->out.front());
       ep->out.pop_front();
-      --ep->credit;
+      if (!m.has_cancel()) --ep->credit;
       ep->last_sent = std::chrono::steady_clock::now();
     }
     if (!ep->pipe->Write(m)) {

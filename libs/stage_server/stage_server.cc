@@ -171,6 +171,13 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
       break;
     }
     received_bytes_->Increment(static_cast<double>(m->ByteSizeLong()));
+    if (m->has_cancel()) {  // the controller's shortcut (stage.proto section 6): no credit, no
+                            // queue
+      cancels_received_->Increment();
+      core_->Cancel(
+          std::vector<uint64_t>(m->cancel().run_ids().begin(), m->cancel().run_ids().end()));
+      continue;
+    }
     bool overflow = false;
     {
       std::lock_guard<std::mutex> l(link->mu);

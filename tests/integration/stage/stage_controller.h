@@ -126,6 +126,13 @@ class Controller {
     return pipe_->Write(m);
   }
 
+  // A Cancel straight to stage 0 on the Pipeline stream (no credit).
+  bool CancelAtStage0(const std::vector<uint64_t>& ids) {
+    v1::StageDownstream m;
+    for (uint64_t id : ids) m.mutable_cancel()->add_run_ids(id);
+    return pipe_->Write(m);
+  }
+
   bool Cancel(const std::vector<uint64_t>& ids) {
     v1::ResultsUpstream m;
     for (uint64_t id : ids) m.mutable_cancel()->add_run_ids(id);

@@ -239,6 +239,23 @@ TEST_F(StageServerTest, GreedyDecodingCancellationAndKvRelease) {
   EXPECT_EQ(Stats(*stub1)["tombstones_forwarded_total"], 1);
   EXPECT_EQ(c.cancels_seen(), 0);  // stage 0 does not send cancels to the controller
 
+  // The shortcut: a Cancel on the Pipeline stream, right before the run, reaches stage 0 first
+  // (it is read ahead of the run) and goes nowhere else. It costs no credit: the stage sent none
+  // back for it, and the run behind it used the one credit left of a window otherwise in use.
+  const double stage1_cancels = Stats(*stub1)["cancels_received_total"];
+  ASSERT_TRUE(c.CancelAtStage0({101}));
+  ASSERT_TRUE(c.Send(PlainRun(101, kSession, {tok}, L + 31)));
+  r = c.Next();
+  ASSERT_TRUE(r && r->has_tombstone()) << (r ? r->DebugString() : "no outcome");
+  EXPECT_EQ(r->tombstone().run_id(), 101u);
+  EXPECT_EQ(r->tombstone().reason(), v1::TOMBSTONE_REASON_CANCELLED);
+  EXPECT_EQ(r->tombstone().stage_index(), 0u);
+  EXPECT_EQ(Stats(*stub0)["cancels_received_total"], 2);
+  EXPECT_EQ(Stats(*stub1)["cancels_received_total"], stage1_cancels);
+  EXPECT_EQ(Stats(*stub1)["tombstones_forwarded_total"], 2);
+  EXPECT_EQ(c.cancels_seen(), 0);
+  EXPECT_TRUE(c.errors().empty());
+
   // Close the session; a barrier echo proves every stage has applied the close.
   v1::StageDownstream close;
   close.mutable_session_close()->set_session_id(kSession);
