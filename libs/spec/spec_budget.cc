@@ -8,6 +8,8 @@ namespace {
 
 // Passes needed before the fit is trusted.
 constexpr size_t kMinPasses = 16;
+// Below this variance of the pass sizes (in tokens^2) the window cannot separate a from b.
+constexpr double kMinVariance = 0.25;
 
 }  // namespace
 
@@ -29,6 +31,12 @@ void SpecBudget::ObservePass(uint32_t tokens, uint64_t micros) {
     sum_y_ -= oy;
     sum_tt_ -= ot * ot;
     sum_ty_ -= ot * oy;
+  }
+  // The slope is remembered while the window can tell it apart from the intercept.
+  const double n = static_cast<double>(passes_.size());
+  const double mean_t = sum_t_ / n, var_t = sum_tt_ / n - mean_t * mean_t;
+  if (passes_.size() >= kMinPasses && var_t >= kMinVariance) {
+    last_b_us_ = (sum_ty_ / n - mean_t * sum_y_ / n) / var_t;
   }
 }
 
@@ -63,8 +71,15 @@ SpecBudget::Snapshot SpecBudget::Compute() const {
   if (options_.scale <= 0 || n < kMinPasses) return s;
   const double mean_t = sum_t_ / n, mean_y = sum_y_ / n;
   const double var_t = sum_tt_ / n - mean_t * mean_t;
-  if (var_t < 0.25) return s;  // every pass had the same size: a and b cannot be told apart
-  s.b_us = (sum_ty_ / n - mean_t * mean_y) / var_t;
+  if (var_t >= kMinVariance) {
+    s.b_us = (sum_ty_ / n - mean_t * mean_y) / var_t;
+  } else if (last_b_us_) {
+    // Every recent pass had about the same size (a fixed micro-batch, say), so a and b cannot be
+    // told apart from them alone: the slope stays the last one measured, the intercept follows.
+    s.b_us = *last_b_us_;
+  } else {
+    return s;
+  }
   s.a_us = mean_y - s.b_us * mean_t;
   s.have_model = true;
   const double per_pass = std::max<double>(options_.min_tokens_per_pass,

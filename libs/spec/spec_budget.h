@@ -4,7 +4,8 @@
 // Cost model. Every result carries, for every stage, how long its forward pass took and how many
 // tokens it computed; a stage pass costs about a + b * tokens (a: reading the weights and the
 // per-pass overhead, b: the work per token). The budget fits a and b by least squares over the
-// recent passes.
+// recent passes; when those all had about the same size (a fixed micro-batch), b stays the last
+// slope measured and only a is refitted.
 //
 // When does speculation pay? Say the pipeline is busy, each pass carries V tokens of verified work
 // (plain runs: each yields a committed token) and S speculative tokens, of which a fraction alpha
@@ -26,6 +27,7 @@
 #include <cstdint>
 #include <deque>
 #include <mutex>
+#include <optional>
 
 namespace pipeinfer::spec {
 
@@ -81,7 +83,8 @@ class SpecBudget {
   mutable std::mutex mu_;
   std::deque<std::pair<double, double>> passes_;  // (tokens, micros)
   double sum_t_ = 0, sum_y_ = 0, sum_tt_ = 0, sum_ty_ = 0;
-  double alpha_ = -1;  // < 0: no sample yet
+  std::optional<double> last_b_us_;  // the slope of the last window that could measure it
+  double alpha_ = -1;                // < 0: no sample yet
   double drafted_sum_ = 0, accepted_sum_ = 0;
   int64_t verified_ = 0, speculative_ = 0;
   int64_t sessions_ = 0;

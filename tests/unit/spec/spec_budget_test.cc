@@ -41,6 +41,23 @@ TEST(SpecBudget, FitsTheCostOfAPass) {
   EXPECT_NEAR(s.cap, 8 * 20, 0.5);  // n_stages * a / b
 }
 
+TEST(SpecBudget, AWindowOfOneSizeKeepsTheLastSlope) {
+  auto owned = Fitted(10000, 500);
+  SpecBudget& budget = *owned;
+  // A whole window of 4-token passes (a fixed micro-batch): b cannot be measured from them, so it
+  // stays 500 (before, the model was lost). Then they cost 13000 us: a follows (13000 - 4 * 500).
+  for (int i = 0; i < 600; ++i) budget.ObservePass(4, 12000);
+  auto s = budget.snapshot();
+  ASSERT_TRUE(s.have_model);
+  EXPECT_NEAR(s.b_us, 500, 0.1);
+  EXPECT_NEAR(s.a_us, 10000, 2);
+  for (int i = 0; i < 600; ++i) budget.ObservePass(4, 13000);
+  s = budget.snapshot();
+  ASSERT_TRUE(s.have_model);
+  EXPECT_NEAR(s.b_us, 500, 0.1);
+  EXPECT_NEAR(s.a_us, 11000, 2);
+}
+
 TEST(SpecBudget, SpeculatesOnlyWhileItPays) {
   auto owned = Fitted(10000, 500);
   SpecBudget& budget = *owned;                    // a / b = 20 tokens
