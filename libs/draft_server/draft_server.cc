@@ -287,7 +287,13 @@ class DraftServer::Impl final : public v1::Draft::Service {
     m_.prompt_tokens_total->Increment(static_cast<double>(req->prompt_token_ids_size()));
     const spec::Mode mode = request->spec.mode;
 
-    SessionEnv env{&pipeline_, opt_.draft_model.get(), &m_, budget_.get(), &acceptance_, &trace_};
+    SessionEnv env;
+    env.pipeline = &pipeline_;
+    env.draft_model = opt_.draft_model.get();
+    env.metrics = &m_;
+    env.budget = budget_.get();
+    env.acceptance = &acceptance_;
+    env.trace = &trace_;
     env.recovery = std::chrono::seconds(opt_.recovery_seconds);
     env.split_prefill = opt_.split_prefill;
     const KvDemand demand = KvDemandOf(*request, pipeline_.n_stages);

@@ -201,7 +201,9 @@ Stream RunStream(v1::SpecMode mode, int kill = -1, bool restart = true) {
   if (killed_at != Clock::time_point{}) {
     s.seconds_after_kill = std::chrono::duration<double>(Clock::now() - killed_at).count();
   }
-  if (restart && kill >= 0) EXPECT_TRUE(cluster->stages[kill].Serving()) << cluster->Logs();
+  if (restart && kill >= 0) {
+    EXPECT_TRUE(cluster->stages[kill].Serving()) << cluster->Logs();
+  }
   return s;
 }
 

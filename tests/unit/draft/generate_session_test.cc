@@ -123,7 +123,9 @@ Call Generate(ScriptedLink& link, int max_tokens, bool cancelled = false,
   EXPECT_TRUE(v.ok()) << v.status();
 
   DraftMetrics metrics;
-  SessionEnv env{&pipeline, nullptr, &metrics};
+  SessionEnv env;
+  env.pipeline = &pipeline;
+  env.metrics = &metrics;
   if (setup) setup(env);
   Call call;
   GenerateSession session(

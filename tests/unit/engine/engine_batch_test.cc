@@ -158,7 +158,9 @@ TEST(EngineBatch, BatchedRunsEqualRunsAlone) {
       auto a = alone->Forward(in);
       auto b = batched->Forward(in);
       ASSERT_TRUE(a.ok() && b.ok());
-      if (exact) EXPECT_EQ(std::memcmp(a->logits.data(), b->logits.data(), n_vocab * 4), 0);
+      if (exact) {
+        EXPECT_EQ(std::memcmp(a->logits.data(), b->logits.data(), n_vocab * 4), 0);
+      }
     }
     EXPECT_TRUE(batched->kv().CheckInvariants().ok());
   }

@@ -123,7 +123,9 @@ TEST_P(WeightMemoryTest, CopyInHugePagesGivesTheSameBitsAndIsWhatTheEngineReads)
   EXPECT_EQ(cm.output().data == cm.token_embd().data, tied) << "a tied head shares one copy";
   // An untied embedding (a row per token) stays in the file mapping.
   EXPECT_EQ(Inside(cm.token_embd().data, buf.data(), buf.size()), tied);
-  if (!tied) EXPECT_EQ(cm.token_embd().data, cm.file().FindTensor("token_embd.weight")->data);
+  if (!tied) {
+    EXPECT_EQ(cm.token_embd().data, cm.file().FindTensor("token_embd.weight")->data);
+  }
   matrix_bytes += cm.output().rows * cm.output().row_bytes;
   EXPECT_EQ(cm.output().interleave,
             kernels::PreferredRowInterleave(cm.output().type, cm.output().rows));

@@ -14,8 +14,12 @@ TEST(KernelsDispatch, FeaturesAreConsistentAndReported) {
   std::printf("[ cpu      ] %s; best path %s; tested paths:%s\n", CpuFeatureString().c_str(),
               SimdLevelName(BestSimdLevel()), testing::PathsNote().c_str());
   // Each level implies the one below; the extensions need AVX-512 itself.
-  if (f.avx512) EXPECT_TRUE(f.avx2_fma_f16c);
-  if (f.avx512_vnni || f.avx512_bf16) EXPECT_TRUE(f.avx512);
+  if (f.avx512) {
+    EXPECT_TRUE(f.avx2_fma_f16c);
+  }
+  if (f.avx512_vnni || f.avx512_bf16) {
+    EXPECT_TRUE(f.avx512);
+  }
   EXPECT_EQ(CpuHasAvx2Fma(), f.avx2_fma_f16c);
   EXPECT_GE(BestSimdLevel(), f.avx2_fma_f16c ? SimdLevel::kAvx2 : SimdLevel::kScalar);
 }
