@@ -323,10 +323,10 @@ TEST_F(LinkEmulationTest, LatencyDelaysEveryHopAndKeepsTokens) {
     double seconds = 0;
     std::vector<int32_t> ids;
   };
-  std::vector<Run> runs = {
-      {{"--mode", "plain"}},
-      {{"--mode", "plain", "--emulate-link-us", "20000"}},
-      {{"--mode", "pipeinfer", "--draft-model", draft, "--emulate-link-us", "2000"}}};
+  std::vector<Run> runs(3);
+  runs[0].up = {"--mode", "plain"};
+  runs[1].up = {"--mode", "plain", "--emulate-link-us", "20000"};
+  runs[2].up = {"--mode", "pipeinfer", "--draft-model", draft, "--emulate-link-us", "2000"};
   for (Run& r : runs) {
     std::vector<std::string> argv = ClusterArgv(r.up);
     const CommandResult up = RunCmd(argv, std::chrono::seconds(120));

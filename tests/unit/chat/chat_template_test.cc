@@ -123,7 +123,9 @@ TEST(Render, ContentRangesCoverExactlyTheMessages) {
       }
       ASSERT_LE(ranges[i].offset + ranges[i].length, text->size());
       EXPECT_EQ(text->substr(ranges[i].offset, ranges[i].length), want) << i;
-      if (i > 0) EXPECT_GE(ranges[i].offset, ranges[i - 1].offset + ranges[i - 1].length);
+      if (i > 0) {
+        EXPECT_GE(ranges[i].offset, ranges[i - 1].offset + ranges[i - 1].length);
+      }
     }
     // Without the out-parameter the text is the same.
     EXPECT_EQ(*text, *Render(id, m, true));
