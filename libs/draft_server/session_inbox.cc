@@ -23,8 +23,7 @@ void SessionInbox::Fail(const absl::Status& status) {
 }
 
 bool SessionInbox::Waiting() const {
-  std::lock_guard<std::mutex> l(mu_);
-  return !outcomes_.empty() || failure_.has_value();
+  return Waiting([](uint64_t) { return false; });
 }
 
 bool SessionInbox::Waiting(const std::function<bool(uint64_t run_id)>& ignored) const {

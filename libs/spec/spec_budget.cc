@@ -68,18 +68,11 @@ SpecBudget::Snapshot SpecBudget::Compute() const {
   s.speculative = speculative_;
   s.alpha = alpha_ < 0 ? 0 : alpha_;
   const double n = static_cast<double>(passes_.size());
-  if (options_.scale <= 0 || n < kMinPasses) return s;
+  if (options_.scale <= 0 || n < kMinPasses || !last_b_us_) return s;
+  // The slope of this window, or, when every recent pass had about the same size (a fixed
+  // micro-batch, say), the last one measured (ObservePass); the intercept follows the window.
+  s.b_us = *last_b_us_;
   const double mean_t = sum_t_ / n, mean_y = sum_y_ / n;
-  const double var_t = sum_tt_ / n - mean_t * mean_t;
-  if (var_t >= kMinVariance) {
-    s.b_us = (sum_ty_ / n - mean_t * mean_y) / var_t;
-  } else if (last_b_us_) {
-    // Every recent pass had about the same size (a fixed micro-batch, say), so a and b cannot be
-    // told apart from them alone: the slope stays the last one measured, the intercept follows.
-    s.b_us = *last_b_us_;
-  } else {
-    return s;
-  }
   s.a_us = mean_y - s.b_us * mean_t;
   s.have_model = true;
   const double per_pass = std::max<double>(options_.min_tokens_per_pass,

@@ -171,8 +171,9 @@ grpc::Status StageServer::Impl::Pipeline(grpc::ServerContext* ctx, UpStream* str
       break;
     }
     received_bytes_->Increment(static_cast<double>(m->ByteSizeLong()));
-    if (m->has_cancel()) {  // the controller's shortcut (stage.proto section 6): no credit, no
-                            // queue
+    // The controller's shortcut to stage 0 (stage.proto section 6): recorded now, no credit, not
+    // queued.
+    if (m->has_cancel()) {
       cancels_received_->Increment();
       core_->Cancel(
           std::vector<uint64_t>(m->cancel().run_ids().begin(), m->cancel().run_ids().end()));
