@@ -18,7 +18,7 @@ struct KQ6_K {
   static void Run(const Args& g) {
     __m512 acc[R][T];
     ZeroTile(acc);
-    const __m512i low4 = _mm512_set1_epi8(0x0f), three = _mm512_set1_epi8(3);
+    const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
     const __m512i qh_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
     for (int64_t b = 0; b < g.nb; ++b) {
       __m512i sc16[R];  // the 16 scales as 16-bit lanes (low 256 bits)
@@ -64,11 +64,12 @@ struct KQ6_K {
           __m512i q[R], sv[R];
 #pragma GCC unroll 4
           for (int r = 0; r < R; ++r) {
+            // q = low nibble | (2 high bits << 4): the high bits sit at bits 0-1 (j = 0) or 4-5
+            // (j = 1) of hq; one ternary-logic op (0xF8: a | (b & c)) keeps bits 4-5 of them.
             const __m512i lo = j == 0 ? _mm512_and_si512(lq[r], low4)
                                       : _mm512_and_si512(_mm512_srli_epi16(lq[r], 4), low4);
-            const __m512i hi = j == 0 ? _mm512_and_si512(hq[r], three)
-                                      : _mm512_and_si512(_mm512_srli_epi16(hq[r], 4), three);
-            q[r] = _mm512_or_si512(lo, _mm512_slli_epi16(hi, 4));
+            const __m512i hi = j == 0 ? _mm512_slli_epi16(hq[r], 4) : hq[r];
+            q[r] = _mm512_ternarylogic_epi32(lo, hi, bits45, 0xF8);
             sv[r] = _mm512_permutexvar_epi16(sel, sc16[r]);
           }
 #pragma GCC unroll 4
