@@ -16,6 +16,10 @@
 #   ENGINE_BENCH, PIPEINFER     use these binaries instead (nothing of ours is built then)
 #   LLAMACPP_DIR [build-llamacpp]  JOBS [2]
 #   TYPES ["f16 q8_0 q4_0 q4_K q6_K"]  THREADS ["1 2"]  PROMPTS [128,512]  GEN [64]  REPS [3]
+#   ROUNDS [1]                  repeat everything this many times, ours and llama.cpp back to back
+#                               per type and thread count in each round; the report then gives
+#                               medians and the median of the per-round ratios (this VM's memory
+#                               bandwidth drifts by tens of percent within minutes)
 #   N_LAYER [8] N_EMBD [2048] N_FF [5632] N_HEAD [32] N_HEAD_KV [4] N_VOCAB [32000]
 #   OURS_COMMIT, OURS_NOTE      what "ours" is, for the record (default: this checkout's commit)
 #   OMP_WAIT_POLICY             passed to llama-bench: on a busy machine set PASSIVE, or its
@@ -44,6 +48,7 @@ THREADS=${THREADS:-"1 2"}
 PROMPTS=${PROMPTS:-128,512}
 GEN=${GEN:-64}
 REPS=${REPS:-3}
+ROUNDS=${ROUNDS:-1}
 N_LAYER=${N_LAYER:-8} N_EMBD=${N_EMBD:-2048} N_FF=${N_FF:-5632}
 N_HEAD=${N_HEAD:-32} N_HEAD_KV=${N_HEAD_KV:-4} N_VOCAB=${N_VOCAB:-32000}
 NODE_LLAMA_CPP_VERSION=3.22.1
@@ -142,7 +147,7 @@ LLAMA_BENCH=$LLAMACPP_DIR/build-cpu/bin/llama-bench
 # --- the record of the machine and the versions -------------------------------------------------
 {
   echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-  echo "command: $0 $* (TYPES='$TYPES' THREADS='$THREADS' PROMPTS=$PROMPTS GEN=$GEN REPS=$REPS)"
+  echo "command: $0 $* (TYPES='$TYPES' THREADS='$THREADS' PROMPTS=$PROMPTS GEN=$GEN REPS=$REPS ROUNDS=$ROUNDS)"
   if [[ -n ${OURS_COMMIT:-} ]]; then
     echo "ours: $OURS_COMMIT"
   else
@@ -167,48 +172,70 @@ LLAMA_BENCH=$LLAMACPP_DIR/build-cpu/bin/llama-bench
 } >"$OUT/env.txt"
 
 # --- the measurements: per type and thread count, ours then llama.cpp, uptime around each -------
-: >"$RAW/ours.jsonl"
 : >"$RAW/uptime.txt"
-for t in $TYPES; do
-  m=$(model_path "$t")
-  for th in $THREADS; do
-    echo "$t t$th ours before: $(uptime)" >>"$RAW/uptime.txt"
-    log "ours: $t, $th thread(s)"
-    "$ENGINE_BENCH" --model "$m" --threads "$th" --prefill "$PROMPTS" --gen "$GEN" \
-      --reps "$REPS" --json "$RAW/ours.jsonl" >"$RAW/ours-$t-t$th.md" 2>"$RAW/ours-$t-t$th.err"
-    echo "$t t$th ours after / llama.cpp before: $(uptime)" >>"$RAW/uptime.txt"
-    log "llama.cpp: $t, $th thread(s)"
-    "$LLAMA_BENCH" -m "$m" -t "$th" -p "$PROMPTS" -n "$GEN" -r "$REPS" -o json \
-      >"$RAW/llamacpp-$t-t$th.json" 2>"$RAW/llamacpp-$t-t$th.err"
-    echo "$t t$th llama.cpp after: $(uptime)" >>"$RAW/uptime.txt"
+for round in $(seq "$ROUNDS"); do
+  : >"$RAW/ours-r$round.jsonl"
+  for t in $TYPES; do
+    m=$(model_path "$t")
+    for th in $THREADS; do
+      tag="$t-t$th-r$round"
+      echo "$tag ours before: $(uptime)" >>"$RAW/uptime.txt"
+      log "round $round/$ROUNDS, ours: $t, $th thread(s)"
+      "$ENGINE_BENCH" --model "$m" --threads "$th" --prefill "$PROMPTS" --gen "$GEN" \
+        --reps "$REPS" --json "$RAW/ours-r$round.jsonl" >"$RAW/ours-$tag.md" 2>"$RAW/ours-$tag.err"
+      echo "$tag ours after / llama.cpp before: $(uptime)" >>"$RAW/uptime.txt"
+      log "round $round/$ROUNDS, llama.cpp: $t, $th thread(s)"
+      "$LLAMA_BENCH" -m "$m" -t "$th" -p "$PROMPTS" -n "$GEN" -r "$REPS" -o json \
+        >"$RAW/llamacpp-$tag.json" 2>"$RAW/llamacpp-$tag.err"
+      echo "$tag llama.cpp after: $(uptime)" >>"$RAW/uptime.txt"
+    done
   done
 done
 echo "uptime after: $(uptime)" >>"$OUT/env.txt"
 
 # --- the report -----------------------------------------------------------------------------------
-python3 - "$OUT" "$TYPES" "$THREADS" <<'EOF'
-import glob, json, os, sys
-out, types, threads = sys.argv[1], sys.argv[2].split(), [int(x) for x in sys.argv[3].split()]
+python3 - "$OUT" "$TYPES" "$THREADS" "$ROUNDS" <<'EOF'
+import json, os, statistics, sys
+out, types = sys.argv[1], sys.argv[2].split()
+threads, rounds = [int(x) for x in sys.argv[3].split()], int(sys.argv[4])
 raw = os.path.join(out, "raw")
-ours = {}
-for line in open(os.path.join(raw, "ours.jsonl")):
-    r = json.loads(line)
-    ours[(os.path.basename(r["model"]), r["threads"], r["test"])] = r
-llama = {}
-for f in glob.glob(os.path.join(raw, "llamacpp-*.json")):
-    for r in json.load(open(f)):
-        test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
-        llama[(os.path.basename(r["model_filename"]), r["n_threads"], test)] = r
+# (type, threads, test) -> one record per round, from ours and from llama.cpp
+ours, llama = {}, {}
+for rnd in range(1, rounds + 1):
+    for line in open(os.path.join(raw, f"ours-r{rnd}.jsonl")):
+        r = json.loads(line)
+        t = os.path.basename(r["model"]).rsplit("-", 1)[1].removesuffix(".gguf")
+        ours.setdefault((t, r["threads"], r["test"]), {})[rnd] = r
+    for t in types:
+        for th in threads:
+            f = os.path.join(raw, f"llamacpp-{t}-t{th}-r{rnd}.json")
+            if not os.path.exists(f) or os.path.getsize(f) == 0:
+                continue
+            for r in json.load(open(f)):
+                test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
+                llama.setdefault((t, th, test), {})[rnd] = r
 
-def fmt(r, key="avg_ts"):
-    return f"{r[key]:.2f} ± {r['stddev_ts']:.2f}" if r else "n/a"
+def fmt(rs):
+    if not rs:
+        return "n/a"
+    if rounds == 1:
+        r = next(iter(rs.values()))
+        return f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"
+    v = [r["avg_ts"] for r in rs.values()]
+    return f"{statistics.median(v):.2f} ({min(v):.1f}-{max(v):.1f})"
 
 tests = sorted({k[2] for k in ours}, key=lambda s: (s[:2] != "tg", int(s[2:])))
 lines = []
+if rounds > 1:
+    lines.append(f"\n{rounds} rounds; in each, ours and llama.cpp ran back to back for every type and "
+                 "thread count. Speeds: median of the rounds' means (lowest-highest). "
+                 "Ratios: median of the rounds' ratios (lowest-highest), each ratio from one "
+                 "back-to-back pair, so a slow phase of the machine hits both sides.\n")
 for test in tests:
     decode = test.startswith("tg")
     what = "decode" if decode else "prefill"
-    lines.append(f"\n### {what} `{test}` (tokens/s, mean ± sd of the repetitions)\n")
+    unit = "mean ± sd of the repetitions" if rounds == 1 else f"median of {rounds} rounds"
+    lines.append(f"\n### {what} `{test}` (tokens/s, {unit})\n")
     head = f"| type | threads | ours | llama.cpp | ours / llama.cpp |"
     sep = "|---|--:|--:|--:|--:|"
     if decode:
@@ -217,17 +244,27 @@ for test in tests:
     lines += [head, sep]
     for t in types:
         for th in threads:
-            o = next((v for k, v in ours.items() if k[1] == th and k[2] == test
-                      and k[0].endswith(f"-{t}.gguf")), None)
-            l = next((v for k, v in llama.items() if k[1] == th and k[2] == test
-                      and k[0].endswith(f"-{t}.gguf")), None)
-            ratio = f"{o['avg_ts'] / l['avg_ts']:.2f}×" if o and l else "n/a"
+            o, l = ours.get((t, th, test), {}), llama.get((t, th, test), {})
+            both = sorted(set(o) & set(l))
+            ratios = [o[k]["avg_ts"] / l[k]["avg_ts"] for k in both]
+            if not ratios:
+                ratio = "n/a"
+            elif rounds == 1:
+                ratio = f"{ratios[0]:.2f}×"
+            else:
+                ratio = f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}-{max(ratios):.2f})"
             row = f"| {t} | {th} | {fmt(o)} | {fmt(l)} | {ratio} |"
             if decode and o:
-                bw, bpt = o["bandwidth_bytes_per_s"], o["bytes_per_token"]
-                share = lambda ts: f"{100 * ts * bpt / bw:.0f}%"
-                row += (f" {share(o['avg_ts'])} | {share(l['avg_ts']) if l else 'n/a'} |"
-                        f" {bw / 1e9:.1f} | {bpt / 1e6:.0f} |")
+                # Each side's share of the bandwidth measured in the same round by engine_bench.
+                def share(side):
+                    v = [side[k]["avg_ts"] * o[k]["bytes_per_token"] / o[k]["bandwidth_bytes_per_s"]
+                         for k in sorted(side) if k in o]
+                    return f"{100 * statistics.median(v):.0f}%" if v else "n/a"
+                bws = [r["bandwidth_bytes_per_s"] / 1e9 for r in o.values()]
+                bw = (f"{bws[0]:.1f}" if rounds == 1 else
+                      f"{statistics.median(bws):.1f} ({min(bws):.1f}-{max(bws):.1f})")
+                bpt = next(iter(o.values()))["bytes_per_token"]
+                row += f" {share(o)} | {share(l)} | {bw} | {bpt / 1e6:.0f} |"
             lines.append(row)
 tables = "\n".join(lines).lstrip("\n") + "\n"
 open(os.path.join(out, "tables.md"), "w").write(tables)
