@@ -108,6 +108,11 @@ void SpecBudget::AddSession(int delta) {
   sessions_ = std::max<int64_t>(0, sessions_ + delta);
 }
 
+int64_t SpecBudget::sessions() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return sessions_;
+}
+
 SpecBudget::Snapshot SpecBudget::snapshot() const {
   std::lock_guard<std::mutex> l(mu_);
   return Compute();

@@ -61,6 +61,8 @@ class SpecBudget {
 
   // A request started (+1) or ended (-1): the cap is shared among the requests in progress.
   void AddSession(int delta);
+  // Requests in progress (AddSession), this one included.
+  int64_t sessions() const;
 
   // May a speculative micro-batch of `tokens` tokens launch now, for a request that has `own_*`
   // tokens in flight itself (included in the totals)?

@@ -13,7 +13,7 @@
 // the acceptance estimates (acceptance_model.h, learned online by rank and draft probability) of
 // the edges from line_ down to it.
 //
-// Growth (pipeinfer). While fewer than max_inflight runs are in flight, and stage 0 is about to
+// Growth (pipeinfer). While fewer than InflightLimit() runs are in flight, and stage 0 is about to
 // need one (pacing, Stage0Free), the controller builds a run best-first from the candidates whose
 // parent is in the tree (or in the run being built), expanding nodes (one draft pass each) as
 // their candidates are needed. A candidate's score is its value times a timing weight (is it due
@@ -157,6 +157,12 @@ class TreeController {
   // Runs are paced: there is a stage cost fit, and not the no_continuous ablation (which keeps the
   // paper's timing).
   bool Paced() const;
+  // Runs this request may have in flight now. Alone: max_inflight (stages + 1 by default, one per
+  // stage and one being built). Beside other requests the stages batch everyone's runs into the
+  // same passes, so a pipeline is full with about stages + 1 runs in all: a derived limit is
+  // shared, max_inflight / requests in progress (rounded up), at least kSharedInflightMin. A
+  // max_inflight the request or service names is kept as it is.
+  uint32_t InflightLimit() const;
 
   ControllerOptions options_;
   PipelineSink* sink_;

@@ -1,7 +1,8 @@
 // Pipeinfer's dynamic tree, run timing: runs are paced to stage 0 (a run is built when the runs
 // before it leave stage 0 about free, by the stage cost fit: Controller::WakeAt says when to come
 // back), nothing is paced without a fit or in the no_continuous ablation, and a correction is fed
-// as the lead of a run that already carries guesses after it.
+// as the lead of a run that already carries guesses after it. Beside other requests a derived
+// in-flight limit is shared.
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -111,6 +112,37 @@ TEST(Pacing, NoFitOrNoContinuousMeansNoPacing) {
     EXPECT_EQ(*launched, 1);
     EXPECT_FALSE(c.WakeAt().has_value());
   }
+}
+
+TEST(InflightLimit, SharedBetweenRequestsInProgress) {
+  // Runs in flight after the prefill and one Speculate, with `requests` in progress on the
+  // service's budget (no cost fit: nothing is paced; a fixed budget of one node per run, so the
+  // confident draft's chain is worth a run per level).
+  const auto runs_in_flight = [](int requests, uint32_t named_max_inflight) {
+    SpecBudgetOptions bo;
+    bo.n_stages = 8;
+    SpecBudget budget(bo);
+    budget.AddSession(requests);
+    ControllerOptions o = PipeInfer(&budget);
+    o.spec.draft_max = 1;
+    o.spec.max_inflight = named_max_inflight;
+    NextTokenDrafter drafter;
+    RecordingSink sink;
+    Controller c(o, &sink, &drafter);
+    EXPECT_TRUE(c.Start(std::vector<int32_t>{1, 2, 3}).ok());
+    EXPECT_TRUE(c.Speculate(nullptr).ok());
+    EXPECT_EQ(c.max_inflight(), named_max_inflight != 0 ? named_max_inflight : 9u);
+    return sink.runs.size();
+  };
+  // Alone, a confident draft fills the derived limit: one run per stage and one more.
+  EXPECT_EQ(runs_in_flight(1, 0), 9u);
+  // Beside others the stages batch everyone's runs into the same passes: 9 shared by 4 requests
+  // is 3 runs each (rounded up), by 8 or more requests the minimum of 2.
+  EXPECT_EQ(runs_in_flight(4, 0), 3u);
+  EXPECT_EQ(runs_in_flight(8, 0), 2u);
+  EXPECT_EQ(runs_in_flight(16, 0), 2u);
+  // A limit the request or service names is not shared.
+  EXPECT_EQ(runs_in_flight(4, 6), 6u);
 }
 
 TEST(LeadRun, ACorrectionCarriesTheNextGuesses) {
