@@ -39,8 +39,9 @@ constexpr double kExpandBound = 0.95;
 // pair: 0.0-0.2 gave the same speed, 0.5 and 1.0 about 2 % less (fresher runs win).
 constexpr double kPaceLead = 0.2;
 // Beside other requests, a derived in-flight limit is shared (InflightLimit) down to this many
-// runs. On 8 emulated stages at 4 and 8 clients (forced 4-node runs), sharing gave 73-76 and
-// 103-110 tokens/s against 65-69 and 87-98 unshared; a limit of 1 gave 57 and 86.
+// runs (docs/speculation.md, "Sharing the pipeline"). On 8 emulated stages with forced 4-node
+// runs, medians of 3 alternating rounds: 62.8 -> 70.7 tokens/s at 4 clients, 98.4 -> 107.1 at 8;
+// a minimum of 1 was slower than not sharing (57 and 86 in one round).
 constexpr uint32_t kSharedInflightMin = 2;
 
 // The draft's most likely tokens with their probabilities (softmax at temperature 1), sorted.
