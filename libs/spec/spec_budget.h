@@ -61,8 +61,12 @@ class SpecBudget {
 
   // A request started (+1) or ended (-1): the cap is shared among the requests in progress.
   void AddSession(int delta);
-  // Requests in progress (AddSession), this one included.
-  int64_t sessions() const;
+  // A request's share of an in-flight run limit that is meant for a pipeline to itself: the
+  // stages batch every request's runs into the same passes, so the pipeline is full with about
+  // `limit` runs in all. Alone: `limit`; beside others: limit / requests in progress (rounded up),
+  // at least kMinInflightShare (and never above `limit`).
+  uint32_t InflightShare(uint32_t limit) const;
+  static constexpr uint32_t kMinInflightShare = 2;
 
   // May a speculative micro-batch of `tokens` tokens launch now, for a request that has `own_*`
   // tokens in flight itself (included in the totals)?

@@ -157,11 +157,9 @@ class TreeController {
   // Runs are paced: there is a stage cost fit, and not the no_continuous ablation (which keeps the
   // paper's timing).
   bool Paced() const;
-  // Runs this request may have in flight now. Alone: max_inflight (stages + 1 by default, one per
-  // stage and one being built). Beside other requests the stages batch everyone's runs into the
-  // same passes, so a pipeline is full with about stages + 1 runs in all: a derived limit is
-  // shared, max_inflight / requests in progress (rounded up), at least kSharedInflightMin. A
-  // max_inflight the request or service names is kept as it is.
+  // Runs this request may have in flight now: max_inflight (stages + 1 by default, one per stage
+  // and one being built) when alone; beside other requests a derived limit is shared between
+  // them (SpecBudget::InflightShare). A max_inflight the request or service names is kept as is.
   uint32_t InflightLimit() const;
 
   ControllerOptions options_;

@@ -38,11 +38,6 @@ constexpr double kExpandBound = 0.95;
 // the runs before it (time to draft and send it). Measured on 6 emulated stages with the bundled
 // pair: 0.0-0.2 gave the same speed, 0.5 and 1.0 about 2 % less (fresher runs win).
 constexpr double kPaceLead = 0.2;
-// Beside other requests, a derived in-flight limit is shared (InflightLimit) down to this many
-// runs (docs/speculation.md, "Sharing the pipeline"). On 8 emulated stages with forced 4-node
-// runs, medians of 3 alternating rounds: 62.8 -> 70.7 tokens/s at 4 clients, 98.4 -> 107.1 at 8;
-// a minimum of 1 was slower than not sharing (57 and 86 in one round).
-constexpr uint32_t kSharedInflightMin = 2;
 
 // The draft's most likely tokens with their probabilities (softmax at temperature 1), sorted.
 
@@ -149,11 +144,7 @@ uint32_t TreeController::RoomBelow(int32_t node) const {
 
 uint32_t TreeController::InflightLimit() const {
   if (options_.spec.max_inflight != 0 || !options_.costs) return max_inflight_;
-  const int64_t requests = options_.costs->sessions();
-  if (requests <= 1) return max_inflight_;
-  const int64_t share = (static_cast<int64_t>(max_inflight_) + requests - 1) / requests;
-  return static_cast<uint32_t>(
-      std::clamp<int64_t>(share, std::min(kSharedInflightMin, max_inflight_), max_inflight_));
+  return options_.costs->InflightShare(max_inflight_);
 }
 
 bool TreeController::Paced() const {
