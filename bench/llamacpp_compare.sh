@@ -215,14 +215,18 @@ for rnd in range(1, rounds + 1):
                 test = f"pp{r['n_prompt']}" if r["n_gen"] == 0 else f"tg{r['n_gen']}"
                 llama.setdefault((t, th, test), {})[rnd] = r
 
+def summary(v, digits, range_digits, suffix=""):
+    # One round: the value; several: their median and (lowest-highest).
+    med = f"{statistics.median(v):.{digits}f}{suffix}"
+    return med if rounds == 1 else f"{med} ({min(v):.{range_digits}f}-{max(v):.{range_digits}f})"
+
 def fmt(rs):
     if not rs:
         return "n/a"
     if rounds == 1:
         r = next(iter(rs.values()))
         return f"{r['avg_ts']:.2f} ± {r['stddev_ts']:.2f}"
-    v = [r["avg_ts"] for r in rs.values()]
-    return f"{statistics.median(v):.2f} ({min(v):.1f}-{max(v):.1f})"
+    return summary([r["avg_ts"] for r in rs.values()], 2, 1)
 
 tests = sorted({k[2] for k in ours}, key=lambda s: (s[:2] != "tg", int(s[2:])))
 lines = []
@@ -247,12 +251,7 @@ for test in tests:
             o, l = ours.get((t, th, test), {}), llama.get((t, th, test), {})
             both = sorted(set(o) & set(l))
             ratios = [o[k]["avg_ts"] / l[k]["avg_ts"] for k in both]
-            if not ratios:
-                ratio = "n/a"
-            elif rounds == 1:
-                ratio = f"{ratios[0]:.2f}×"
-            else:
-                ratio = f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}-{max(ratios):.2f})"
+            ratio = summary(ratios, 2, 2, "×") if ratios else "n/a"
             row = f"| {t} | {th} | {fmt(o)} | {fmt(l)} | {ratio} |"
             if decode and o:
                 # Each side's share of the bandwidth measured in the same round by engine_bench.
@@ -260,9 +259,7 @@ for test in tests:
                     v = [side[k]["avg_ts"] * o[k]["bytes_per_token"] / o[k]["bandwidth_bytes_per_s"]
                          for k in sorted(side) if k in o]
                     return f"{100 * statistics.median(v):.0f}%" if v else "n/a"
-                bws = [r["bandwidth_bytes_per_s"] / 1e9 for r in o.values()]
-                bw = (f"{bws[0]:.1f}" if rounds == 1 else
-                      f"{statistics.median(bws):.1f} ({min(bws):.1f}-{max(bws):.1f})")
+                bw = summary([r["bandwidth_bytes_per_s"] / 1e9 for r in o.values()], 1, 1)
                 bpt = next(iter(o.values()))["bytes_per_token"]
                 row += f" {share(o)} | {share(l)} | {bw} | {bpt / 1e6:.0f} |"
             lines.append(row)
