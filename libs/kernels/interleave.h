@@ -14,6 +14,11 @@
 //   * Q4_K (1152 bytes): the 8 rows' 144-byte blocks transposed by 32-bit words: word w (bytes
 //     4w .. 4w + 3) of row i at byte 32w + 4i. Words 0-3 are d | dmin and the 12 scale bytes,
 //     words 4-35 the quants (32 bytes of 8 rows per word).
+//   * Q6_K (1680 bytes): f16 d[8]; then the 16 scale bytes of the 8 rows by scale, scale s of row
+//     i at byte 16 + 8s + i; then the ql and qh words (bytes 0 .. 127 and 128 .. 191 of the file
+//     block) transposed by 32-bit words and ordered as the kernel reads them, in 16 triples of
+//     96 bytes: triple 8h + m (h < 2, m < 8) holds ql words 16h + m and 16h + 8 + m and qh word
+//     8h + m (word 32 + 8h + m of the file block), row i's word at 4i in each.
 // A column range starting at block b0 is the same layout starting b0 * (group block bytes)
 // further (Matrix::interleave says how far a block moves). The last rows % 8 rows, which make no
 // whole group, stay in the file layout at r * row_bytes.
@@ -35,8 +40,9 @@ inline constexpr int kGroupRows = 8;
 inline constexpr int kQ4_0GroupBlockBytes = 8 * 18;
 inline constexpr int kQ8_0GroupBlockBytes = 8 * 34;
 inline constexpr int kQ4_KGroupBlockBytes = 8 * 144;
+inline constexpr int kQ6_KGroupBlockBytes = 8 * 210;
 
-// True for the types that have a grouped layout (Q4_0, Q8_0, Q4_K).
+// True for the types that have a grouped layout (Q4_0, Q8_0, Q4_K, Q6_K).
 bool HasGroupedLayout(gguf::TensorType type);
 
 // The interleave the active kernel path wants for a matrix of this type and row count: 8 for the

@@ -14,7 +14,7 @@
 //   * avx2:   AVX2 + FMA + F16C, every type (files *_avx2.cc, compiled with those flags only).
 //   * avx512: AVX-512 F/BW/DQ/VL (files *_avx512.cc). Float MatMul of F32/F16/BF16 and, with
 //             AVX-512 VNNI, the integer paths of Q8_0/Q4_0/Q4_K/Q6_K, as register-blocked tiles of
-//             rows x tokens (Q4_0/Q8_0/Q4_K: groups of 8 rows, interleave.h); every other kernel of
+//             rows x tokens (groups of 8 rows, interleave.h); every other kernel of
 //             this level is the avx2 one.
 // The rest of the library is compiled for plain x86-64 (or any other CPU, where only the scalar
 // path exists). The level in use is the best one the CPU has, capped by SetMaxSimdLevel or, at
@@ -92,8 +92,9 @@ struct Matrix {
   int64_t rows = 0;
   int64_t cols = 0;
   size_t row_bytes = 0;  // bytes of one row in the file layout
-  // 1: the file layout, rows row_bytes apart. 8 (Q4_0, Q8_0, Q4_K): groups of 8 rows interleaved
-  // block by block (kernels/interleave.h), 8 * row_bytes apart; row offsets must be multiples of 8.
+  // 1: the file layout, rows row_bytes apart. 8 (Q4_0, Q8_0, Q4_K, Q6_K): groups of 8 rows
+  // interleaved block by block (kernels/interleave.h), 8 * row_bytes apart; row offsets must be
+  // multiples of 8.
   int32_t interleave = 1;
 };
 

@@ -183,6 +183,12 @@ void QuantMatMul(const Matrix& m, int ab, const float* x, int64_t x_stride, int6
     }
     a.q4_k_bsum_pairs = q4_k_pairs.data();
   }
+  thread_local std::vector<int32_t> q6_k_offsets;
+  if (tiles512 && m.type == gguf::TensorType::kQ6_K) {
+    q6_k_offsets.resize(static_cast<size_t>(n_tokens * nb * 16));
+    for (size_t i = 0; i < q6_k_offsets.size(); ++i) q6_k_offsets[i] = -32 * bsums[i];
+    a.q6_k_offsets = q6_k_offsets.data();
+  }
 #endif
   a.qs = qs.data();
   a.d = d.data();

@@ -47,6 +47,10 @@ struct QuantActs {
   // over sub-blocks 2k (low 16 bits) and 2k + 1 (high 16 bits), q4_k_bsum_pairs[(t * nb + b) * 4
   // + k] with nb = cols / 256.
   const int32_t* q4_k_bsum_pairs = nullptr;
+  // AVX-512 Q6_K only (else null): per token, block and sub-block s, where the sub-block's integer
+  // sum starts: -32 (the weights' offset) times the sum of the token's 16 quants over it,
+  // q6_k_offsets[(t * nb + b) * 16 + s] with nb = cols / 256.
+  const int32_t* q6_k_offsets = nullptr;
 };
 
 // Activation block size for a weight type on the integer path: 32 (Q8_0/Q8_1), 256 (Q8_K), or 0

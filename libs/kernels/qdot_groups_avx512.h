@@ -1,7 +1,7 @@
 // Internal, AVX-512 VNNI translation units only (compiled with -mavx512f/bw/dq/vl/vnni): the
 // framework of the grouped integer MatMul kernels (qdot_groups_avx512.cc: Q4_0, Q8_0;
-// qdot_groups_kquant_avx512.cc: Q4_K), for weights in groups of 8 rows (interleave.h). It uses
-// the per-thread scratch and the declarations of qdot_avx512_tile.h.
+// qdot_groups_kquant_avx512.cc: Q4_K, Q6_K), for weights in groups of 8 rows (interleave.h). It
+// uses the per-thread scratch and the declarations of qdot_avx512_tile.h.
 //
 // One row per 32-bit lane of 256-bit vectors. On AMD Zen 4 the 512-bit forms of the unpacking
 // cost about twice as much (bench/results/kernels-avx512-ymm-2026-12-07.md). Per group and block:
@@ -24,7 +24,7 @@
 
 namespace pipeinfer::kernels::avx512 {
 
-// The grouped Q4_K tiles (qdot_groups_kquant_avx512.cc).
+// The grouped Q4_K and Q6_K tiles (qdot_groups_kquant_avx512.cc).
 void GroupedKQuantTile(const Matrix& w, const internal::QuantActs& a, float* y, int64_t ys,
                        int64_t r0, int64_t r1, int64_t t0, int64_t t1);
 

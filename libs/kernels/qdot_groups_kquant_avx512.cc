@@ -1,4 +1,4 @@
-// AVX-512 VNNI kernel for Q4_K weights (Q8_K activations) in groups of 8 rows
+// AVX-512 VNNI kernels for Q4_K and Q6_K weights (Q8_K activations) in groups of 8 rows
 // (qdot_groups_avx512.h).
 #include "kernels/qdot_groups_avx512.h"
 
@@ -124,12 +124,139 @@ struct Q4_K {
   }
 };
 
+// ----- Q6_K ------------------------------------------------------------------------------------
+// Block (1680 bytes, interleave.h): the 8 rows' f16 d; the 16 sub-block scales, scale s of row i
+// at byte 16 + 8s + i; then, in the order the kernel reads them, 16 triples of 96 bytes: triple
+// 8n + m (half n of the row's block, m < 8) holds ql word 16n + m (the low nibbles of weights
+// 128n + 4m .. + 3 and, in the high nibbles, of 128n + 64 + 4m ..), ql word 16n + 8 + m (weights
+// 128n + 32 + 4m .. and 128n + 96 + 4m ..) and qh word 8n + m (the 2 high bits of the four: bits
+// 0-1, 2-3, 4-5, 6-7 of each byte), row i's word at 4i. Each 6-bit weight q is assembled in a byte
+// (low nibble | high bits << 4) with one ternary-logic op and multiplied by the token's quants
+// with vpdpbusd. Per token and sub-block s (16 weights of one row) the integer sum starts at
+// -32 * bsum_s (the weights are q - 32: QuantActs::q6_k_offsets); then
+//   sumi = sum_s sc_s * (that sum)                                   (exact, int32)
+//   acc = fma(d * d_x, float(sumi), acc).
+struct Q6_K {
+  static constexpr int kBlock = 256, kBlockBytes = kQ6_KGroupBlockBytes, kT = 4;
+  static constexpr int kScales = 16, kTriples = 144;
+
+  // Block b of 8 file-layout rows in the group layout at `out`.
+  static void PackBlock(const InRows& in, int64_t b, uint8_t* out) {
+    __m256i w[4];
+    in.Words(b, 194, w);  // bytes 194 .. 209: d is the high half of word 3
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                     _mm256_cvtepi32_epi16(_mm256_srli_epi32(w[3], 16)));
+    in.Words(b, 192, w);  // the scales: byte j of word k, lane i = scale 4k + j of row i
+    const __m256i by_byte = _mm256_broadcastsi128_si256(
+        _mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+    const __m256i halves = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+#pragma GCC unroll 4
+    for (int k = 0; k < 4; ++k) {
+      const __m256i s = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(w[k], by_byte), halves);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kScales + 32 * k), s);
+    }
+    for (int q = 0; q < 12; ++q) {  // file words 4q .. 4q + 3 (ql: q < 8; qh after)
+      in.Words(b, 16 * q, w);
+#pragma GCC unroll 4
+      for (int j = 0; j < 4; ++j) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kTriples + WordAt(4 * q + j)), w[j]);
+      }
+    }
+  }
+  // Where word w (< 48) of a file block goes in the triples (times 8 rows).
+  static constexpr int WordAt(int w) {
+    return w < 32 ? 96 * (8 * (w / 16) + w % 8) + 32 * (w % 16 / 8) : 96 * (w - 32) + 64;
+  }
+  static void Pack(const InRows& in, int64_t nb, uint8_t* out) {
+    for (int64_t b = 0; b < nb; ++b, out += kBlockBytes) PackBlock(in, b, out);
+  }
+
+  // One group block at `p` for T tokens.
+  template <int T>
+  static inline void Block(const uint8_t* p, int64_t b, const Token* tk, __m256 (&acc)[T]) {
+    const __m256i low4 = _mm256_set1_epi8(0x0f), bits45 = _mm256_set1_epi8(0x30);
+    __m256i sumi[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) sumi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+    for (int n = 0; n < 2; ++n) {
+#pragma GCC unroll 2
+      for (int e = 0; e < 2; ++e) {  // m = 4e .. 4e + 3: sub-blocks 8n + e + {0, 2, 4, 6}
+        __m256i sum[4][T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+          const int32_t* init = tk[t].extra + 16 * b + 8 * n + e;
+#pragma GCC unroll 4
+          for (int j = 0; j < 4; ++j) sum[j][t] = _mm256_set1_epi32(init[2 * j]);
+        }
+#pragma GCC unroll 4
+        for (int m = 4 * e; m < 4 * e + 4; ++m) {
+          const uint8_t* tri = p + kTriples + 96 * (8 * n + m);
+          const __m256i ql0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tri));
+          const __m256i ql1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tri + 32));
+          const __m256i qh = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tri + 64));
+          // Weights 4m + 32j .. + 3 of the half (j < 4): low nibble | high bits at 4-5
+          // (0xF8: a | (b & c)).
+          const __m256i q[4] = {
+              _mm256_ternarylogic_epi32(_mm256_and_si256(ql0, low4), _mm256_slli_epi32(qh, 4),
+                                        bits45, 0xF8),
+              _mm256_ternarylogic_epi32(_mm256_and_si256(ql1, low4), _mm256_slli_epi32(qh, 2),
+                                        bits45, 0xF8),
+              _mm256_ternarylogic_epi32(_mm256_and_si256(_mm256_srli_epi32(ql0, 4), low4), qh,
+                                        bits45, 0xF8),
+              _mm256_ternarylogic_epi32(_mm256_and_si256(_mm256_srli_epi32(ql1, 4), low4),
+                                        _mm256_srli_epi32(qh, 2), bits45, 0xF8)};
+#pragma GCC unroll 8
+          for (int t = 0; t < T; ++t) {
+            const int8_t* x = tk[t].x + 256 * b + 128 * n + 4 * m;
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; ++j) {
+              sum[j][t] = _mm256_dpbusd_epi32(sum[j][t], q[j], Broadcast4(x + 32 * j));
+            }
+          }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+          const __m256i sc = _mm256_cvtepi8_epi32(_mm_loadl_epi64(
+              reinterpret_cast<const __m128i*>(p + kScales + 8 * (8 * n + e + 2 * j))));
+#pragma GCC unroll 8
+          for (int t = 0; t < T; ++t) {
+            sumi[t] = _mm256_add_epi32(sumi[t], _mm256_mullo_epi32(sc, sum[j][t]));
+          }
+        }
+      }
+    }
+    const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+      const __m256 dx = _mm256_set1_ps(tk[t].d[b]);
+      acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(dw, dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+  }
+
+  template <int T>
+  static void Run(const InGroup& in, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
+    for (int64_t b = 0; b < nb; ++b) Block<T>(in.g + b * kBlockBytes, b, tk, acc);
+  }
+  // File-layout rows: each block is packed on the stack first (the same operations after).
+  template <int T>
+  static void Run(const InRows& in, int64_t nb, const Token* tk, __m256 (&acc)[T]) {
+    alignas(64) uint8_t blk[kBlockBytes];
+    for (int64_t b = 0; b < nb; ++b) {
+      PackBlock(in, b, blk);
+      Block<T>(blk, b, tk, acc);
+    }
+  }
+};
+
 }  // namespace
 
 void GroupedKQuantTile(const Matrix& w, const QuantActs& a, float* y, int64_t ys, int64_t r0,
                        int64_t r1, int64_t t0, int64_t t1) {
   if (w.type == TensorType::kQ4_K) {
     Tile<Q4_K>(w, a, a.q4_k_bsum_pairs, 4, y, ys, r0, r1, t0, t1);
+  } else if (w.type == TensorType::kQ6_K) {
+    Tile<Q6_K>(w, a, a.q6_k_offsets, 16, y, ys, r0, r1, t0, t1);
   } else {
     std::abort();
   }

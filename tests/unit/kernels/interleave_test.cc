@@ -1,4 +1,4 @@
-// Row-interleaved Q4_0, Q8_0 and Q4_K weights (kernels/interleave.h): the layouts against
+// Row-interleaved Q4_0, Q8_0, Q4_K and Q6_K weights (kernels/interleave.h): the layouts against
 // their definitions, the round trip, and every kernel path giving the same bits for the grouped
 // copy as for the file layout (MatMul over batches, threads and column ranges; DequantizeRow).
 #include <cstdio>
@@ -22,7 +22,8 @@ using testing::RandomRows;
 using testing::ScopedPath;
 using testing::ScopedQuantMath;
 
-const TensorType kGroupedTypes[] = {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K};
+const TensorType kGroupedTypes[] = {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K,
+                                    TensorType::kQ6_K};
 
 Matrix Plain(TensorType type, const std::vector<uint8_t>& data, int64_t rows, int64_t cols) {
   const auto& info = gguf::TypeInfo(type);
@@ -105,6 +106,47 @@ TEST(Interleave, Q4_KGroupsFollowTheDefinition) {
   EXPECT_EQ(back, data);
 }
 
+// Q6_K (210-byte blocks: ql[128], qh[64], scales[16], d): d of row i at byte 2i of the group's
+// block; scale s of row i at 16 + 8s + i; from byte 144, triples of 96 bytes: triple 8h + m holds
+// ql words 16h + m and 16h + 8 + m, then qh word 8h + m (file word 32 + 8h + m), row i's word at
+// 4i; the last 5 rows as in the file.
+TEST(Interleave, Q6_KGroupsFollowTheDefinition) {
+  constexpr int64_t kRows = 21, kCols = 256 * 3;
+  std::mt19937 rng(12);
+  const std::vector<uint8_t> data = RandomRows(TensorType::kQ6_K, kRows, kCols, rng, false);
+  const Matrix plain = Plain(TensorType::kQ6_K, data, kRows, kCols);
+  std::vector<uint8_t> storage;
+  const Matrix g = Grouped(plain, &storage);
+  for (int64_t grp = 0; grp < kRows / 8; ++grp) {
+    for (int64_t b = 0; b < kCols / 256; ++b) {
+      const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 1680;
+      for (int i = 0; i < 8; ++i) {
+        const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * 210;
+        ASSERT_EQ(0, std::memcmp(blk + 2 * i, src + 208, 2)) << "d, group " << grp << " row " << i;
+        for (int s = 0; s < 16; ++s) {
+          ASSERT_EQ(blk[16 + 8 * s + i], src[192 + s]) << "group " << grp << " scale " << s;
+        }
+        for (int h = 0; h < 2; ++h) {
+          for (int m = 0; m < 8; ++m) {
+            const uint8_t* tri = blk + 144 + 96 * (8 * h + m) + 4 * i;
+            const int file_words[3] = {16 * h + m, 16 * h + 8 + m, 32 + 8 * h + m};
+            for (int k = 0; k < 3; ++k) {
+              ASSERT_EQ(0, std::memcmp(tri + 32 * k, src + 4 * file_words[k], 4))
+                  << "group " << grp << " block " << b << " row " << i << " triple " << 8 * h + m
+                  << " word " << k;
+            }
+          }
+        }
+      }
+    }
+  }
+  EXPECT_EQ(0, std::memcmp(g.data + 16 * plain.row_bytes, data.data() + 16 * plain.row_bytes,
+                           5 * plain.row_bytes));
+  std::vector<uint8_t> back(data.size());
+  internal::DeinterleaveRows(g, 0, kRows, back.data());
+  EXPECT_EQ(back, data);
+}
+
 TEST(Interleave, PreferredLayoutIsGroupsOnlyForTheGroupedTypesOnTheVnniPath) {
   const bool vnni = BestSimdLevel() == SimdLevel::kAvx512 && GetCpuFeatures().avx512_vnni;
   for (TensorType t : kGroupedTypes) {
@@ -112,7 +154,7 @@ TEST(Interleave, PreferredLayoutIsGroupsOnlyForTheGroupedTypesOnTheVnniPath) {
     EXPECT_EQ(PreferredRowInterleave(t, 4100), vnni ? 8 : 1);  // 4 rows left over
     EXPECT_EQ(PreferredRowInterleave(t, 7), 1);                // no whole group
   }
-  for (TensorType t : {TensorType::kF16, TensorType::kQ6_K, TensorType::kQ4_1, TensorType::kQ5_K}) {
+  for (TensorType t : {TensorType::kF16, TensorType::kQ4_1, TensorType::kQ5_K}) {
     EXPECT_EQ(PreferredRowInterleave(t, 4096), 1) << testing::TypeName(t);
   }
   for (const Path& p : Paths()) {
