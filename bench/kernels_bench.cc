@@ -85,7 +85,7 @@ void RunMatMul(benchmark::State& state, int64_t rows, int64_t cols) {
   // mapped file, --weight-memory mmap, reads).
   const char* layout = std::getenv("PIPEINFER_BENCH_WEIGHTS");
   const bool file_layout = layout != nullptr && std::string(layout) == "file";
-  const int interleave = file_layout ? 1 : PreferredRowInterleave(type, rows);
+  const int interleave = file_layout ? 1 : PreferredRowInterleave(type, rows, cols);
   std::vector<uint8_t> grouped(interleave > 1 ? data.size() : 0);
   Matrix w{type, data.data(), rows, cols, data.size() / rows};
   if (interleave > 1) {

@@ -11,7 +11,10 @@ namespace pipeinfer::engine {
 
 namespace {
 
-uint32_t BlockOf(gguf::TensorType t) { return gguf::TypeInfo(t).block_size; }
+// Columns per block: the type's block, or the grouped layout's (16 for F32/F16/BF16 groups).
+int64_t BlockOf(const kernels::Matrix& m) {
+  return m.interleave != 1 ? kernels::GroupBlockCols(m.type) : gguf::TypeInfo(m.type).block_size;
+}
 
 // Rows [r0, r0 + n) of m (multiples of m.interleave; checked by SliceFor).
 kernels::Matrix RowView(const kernels::Matrix& m, int64_t r0, int64_t n) {
@@ -21,7 +24,7 @@ kernels::Matrix RowView(const kernels::Matrix& m, int64_t r0, int64_t n) {
   return v;
 }
 
-// Columns [c0, c0 + n) of m (c0 and n are multiples of the type's block; checked by SliceFor).
+// Columns [c0, c0 + n) of m (c0 and n are multiples of BlockOf(m); checked by SliceFor).
 kernels::Matrix ColumnView(const kernels::Matrix& m, int64_t c0, int64_t n) {
   const auto info = gguf::TypeInfo(m.type);
   kernels::Matrix v = m;
@@ -62,7 +65,7 @@ absl::StatusOr<ShardSlice> SliceFor(const StageModel& model, int32_t index, int3
   const int64_t hd = hp.head_dim();
   for (int32_t l = 0; l < model.n_layers(); ++l) {
     const LayerWeights& w = model.layer(l);
-    const uint32_t bo = BlockOf(w.wo.type), bd = BlockOf(w.w_down.type);
+    const int64_t bo = BlockOf(w.wo), bd = BlockOf(w.w_down);
     if ((s.n_heads * hd) % bo != 0 || s.n_ff % bd != 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "cannot split layer ", l, " over ", count, " devices: ", s.n_heads * hd,

@@ -117,7 +117,7 @@ absl::StatusOr<std::unique_ptr<StageModel>> StageModel::FromFile(std::shared_ptr
 
 bool StageModel::WantsGroupedLayout() const {
   const auto wants = [](const kernels::Matrix& m) {
-    return m.data != nullptr && kernels::PreferredRowInterleave(m.type, m.rows) != 1;
+    return m.data != nullptr && kernels::PreferredRowInterleave(m.type, m.rows, m.cols) != 1;
   };
   for (const LayerWeights& l : layers_) {
     for (const kernels::Matrix* m : l.matrices()) {
@@ -153,7 +153,7 @@ absl::StatusOr<uint64_t> StageModel::MoveWeightsToHugePages() {
   for (const kernels::Matrix* m : all) {
     if (m->data == nullptr || place.contains(m->data)) continue;
     const size_t n = static_cast<size_t>(m->rows) * m->row_bytes;
-    place[m->data] = {m, total, n, kernels::PreferredRowInterleave(m->type, m->rows)};
+    place[m->data] = {m, total, n, kernels::PreferredRowInterleave(m->type, m->rows, m->cols)};
     total += (n + kAlign - 1) / kAlign * kAlign;
   }
   PI_ASSIGN_OR_RETURN(HugePageBuffer buf, HugePageBuffer::Allocate(total));

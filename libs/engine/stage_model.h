@@ -68,8 +68,9 @@ class StageModel {
   // one, read a row per token, stays in the mapping) into one HugePageBuffer and points the
   // matrices at it; vectors are already copies. Returns the bytes copied. Pointers to the old
   // matrix data (views made before) stay valid: the file stays mapped. Matrices are stored in the
-  // layout the active kernel path prefers (kernels::PreferredRowInterleave: Q4_0 in groups of 8
-  // rows on the AVX-512 VNNI path; Matrix::interleave says which).
+  // layout the active kernel path prefers (kernels::PreferredRowInterleave: quantized types in
+  // groups of 8 rows on the AVX-512 VNNI path, F32/F16/BF16 on the AVX-512 path;
+  // Matrix::interleave says which).
   absl::StatusOr<uint64_t> MoveWeightsToHugePages();
   // The copy made by MoveWeightsToHugePages (empty before).
   const HugePageBuffer& weight_buffer() const { return weight_buffer_; }

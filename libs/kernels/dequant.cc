@@ -240,12 +240,11 @@ void DequantizeRow(const Matrix& w, int64_t row, float* out) {
   const size_t row_bytes = w.row_bytes ? w.row_bytes : w.cols / f->block * f->bytes;
   if (w.interleave != 1 && row < w.rows - w.rows % w.interleave) {  // restore it from its group
     thread_local std::vector<uint8_t> plain;
-    const int64_t nb = w.cols / f->block;
-    plain.resize(static_cast<size_t>(nb * f->bytes));
+    plain.resize(static_cast<size_t>(w.cols / f->block * f->bytes));
     const int64_t g = row - row % w.interleave;
-    internal::UnpackRow(w.type, w.data + g * row_bytes, nb, static_cast<int>(row - g),
-                        plain.data());
-    f->decode(plain.data(), nb, out);
+    internal::UnpackRow(w.type, w.data + g * row_bytes, w.cols / GroupBlockCols(w.type),
+                        static_cast<int>(row - g), plain.data());
+    f->decode(plain.data(), w.cols / f->block, out);
     return;
   }
   f->decode(w.data + row * row_bytes, w.cols / f->block, out);

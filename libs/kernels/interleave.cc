@@ -21,7 +21,15 @@ namespace {
   std::abort();
 }
 
-int BlockBytes(TensorType type) { return static_cast<int>(gguf::TypeInfo(type).type_size); }
+bool IsFloat(TensorType type) {
+  return type == TensorType::kF32 || type == TensorType::kF16 || type == TensorType::kBF16;
+}
+
+// Bytes of one row's part of a group block.
+int BlockBytes(TensorType type) {
+  const auto& info = gguf::TypeInfo(type);
+  return static_cast<int>(GroupBlockCols(type) / info.block_size * info.type_size);
+}
 
 // A Q6_K file block: ql[128] and qh[64] (48 words), the 16 scales, d.
 constexpr int kQ6_KWords = 48, kQ6_KScales = 192, kQ6_KD = 208;
@@ -34,13 +42,19 @@ constexpr int Q6_KWordAt(int w) {
 
 bool HasGroupedLayout(TensorType type) {
   return type == TensorType::kQ4_0 || type == TensorType::kQ8_0 || type == TensorType::kQ4_K ||
-         type == TensorType::kQ6_K;
+         type == TensorType::kQ6_K || IsFloat(type);
 }
 
-int PreferredRowInterleave(TensorType type, int64_t rows) {
-  const bool vnni = ActiveSimdLevel() == SimdLevel::kAvx512 && GetCpuFeatures().avx512_vnni;
-  return vnni && PIPEINFER_KERNELS_X86 && HasGroupedLayout(type) && rows >= kGroupRows ? kGroupRows
-                                                                                       : 1;
+int64_t GroupBlockCols(TensorType type) {
+  return IsFloat(type) ? kFloatGroupCols : gguf::TypeInfo(type).block_size;
+}
+
+int PreferredRowInterleave(TensorType type, int64_t rows, int64_t cols) {
+  if (!PIPEINFER_KERNELS_X86 || ActiveSimdLevel() != SimdLevel::kAvx512 || rows < kGroupRows ||
+      !HasGroupedLayout(type) || cols % GroupBlockCols(type) != 0) {
+    return 1;
+  }
+  return IsFloat(type) || GetCpuFeatures().avx512_vnni ? kGroupRows : 1;
 }
 
 void InterleaveRows(const Matrix& plain, int interleave, uint8_t* out) {
@@ -54,11 +68,11 @@ void InterleaveRows(const Matrix& plain, int interleave, uint8_t* out) {
   }
   const auto& info = gguf::TypeInfo(plain.type);
   if (interleave != kGroupRows || !HasGroupedLayout(plain.type) ||
-      plain.cols % info.block_size != 0 ||
+      plain.cols % GroupBlockCols(plain.type) != 0 ||
       plain.row_bytes != static_cast<size_t>(plain.cols / info.block_size * info.type_size)) {
     bad("unsupported layout");
   }
-  const int64_t nb = plain.cols / info.block_size;
+  const int64_t nb = plain.cols / GroupBlockCols(plain.type);
   const int64_t whole = plain.rows - plain.rows % kGroupRows;
   for (int64_t r = 0; r < whole; r += kGroupRows) {
     const uint8_t* rows[kGroupRows];
@@ -82,7 +96,9 @@ void PackGroup(TensorType type, const uint8_t* const rows[kGroupRows], int64_t n
   };
   for (int64_t b = 0; b < nb; ++b, out += kGroupRows * bytes) {
     for (int i = 0; i < kGroupRows; ++i) {
-      if (type == TensorType::kQ4_0 || type == TensorType::kQ8_0) {
+      if (IsFloat(type)) {
+        put(b, i, 0, bytes, out + bytes * i);
+      } else if (type == TensorType::kQ4_0 || type == TensorType::kQ8_0) {
         put(b, i, 0, 2, out + 2 * i);
         for (int c = 0; c < (bytes - 2) / 4; ++c)
           put(b, i, 2 + 4 * c, 4, out + 16 + 32 * c + 4 * i);
@@ -102,7 +118,9 @@ void PackGroup(TensorType type, const uint8_t* const rows[kGroupRows], int64_t n
 void UnpackRow(TensorType type, const uint8_t* group, int64_t nb, int i, uint8_t* out) {
   const int bytes = BlockBytes(type);
   for (int64_t b = 0; b < nb; ++b, group += kGroupRows * bytes, out += bytes) {
-    if (type == TensorType::kQ4_0 || type == TensorType::kQ8_0) {
+    if (IsFloat(type)) {
+      std::memcpy(out, group + bytes * i, bytes);
+    } else if (type == TensorType::kQ4_0 || type == TensorType::kQ8_0) {
       std::memcpy(out, group + 2 * i, 2);
       for (int c = 0; c < (bytes - 2) / 4; ++c) {
         std::memcpy(out + 2 + 4 * c, group + 16 + 32 * c + 4 * i, 4);
@@ -128,9 +146,8 @@ void DeinterleaveRows(const Matrix& w, int64_t r0, int64_t n, uint8_t* out) {
       (n % g != 0 && r0 + n != w.rows)) {
     BadInterleave(w.type, w.rows, w.cols, g, "cannot restore these rows");
   }
-  const auto& info = gguf::TypeInfo(w.type);
-  const int64_t nb = w.cols / info.block_size;
-  const size_t plain_row = static_cast<size_t>(nb * info.type_size);
+  const int64_t nb = w.cols / GroupBlockCols(w.type);
+  const size_t plain_row = static_cast<size_t>(nb * BlockBytes(w.type));
   for (int64_t r = r0; r < r0 + n; r += g) {
     if (r >= whole) {  // the last rows: file layout already (their bytes, without the row gaps)
       for (int64_t i = r; i < r0 + n; ++i) {

@@ -19,15 +19,20 @@
 //     block) transposed by 32-bit words and ordered as the kernel reads them, in 16 triples of
 //     96 bytes: triple 8h + m (h < 2, m < 8) holds ql words 16h + m and 16h + 8 + m and qh word
 //     8h + m (word 32 + 8h + m of the file block), row i's word at 4i in each.
+//   * F32, F16, BF16 (blocks of kFloatGroupCols = 16 columns; 8 * 16 values per group block): row
+//     i's 16 values at byte 16 * i * (the value's bytes). A single token then reads the 8 rows as
+//     one stream and each activation once for the 8 rows (file-layout rows of more than about
+//     4096 activations stream at half speed: the activations no longer stay in L1).
 // A column range starting at block b0 is the same layout starting b0 * (group block bytes)
-// further (Matrix::interleave says how far a block moves). The last rows % 8 rows, which make no
+// further (Matrix::interleave says how far a block moves; for the float types a range must start
+// and end on a 16-column block). The last rows % 8 rows, which make no
 // whole group, stay in the file layout at r * row_bytes.
 //
 // Which matrices are grouped is decided when the weights are copied for the kernels
 // (PreferredRowInterleave); every kernel path accepts both layouts and gives the same bits for
 // both (the paths that compute on the file layout restore it chunk by chunk; the AVX-512 VNNI
 // kernels read file-layout rows 8 side by side, or pack them into a group for tiles of several
-// passes).
+// passes; the AVX-512 float kernels read either layout in place).
 #pragma once
 
 #include <cstdint>
@@ -41,14 +46,20 @@ inline constexpr int kQ4_0GroupBlockBytes = 8 * 18;
 inline constexpr int kQ8_0GroupBlockBytes = 8 * 34;
 inline constexpr int kQ4_KGroupBlockBytes = 8 * 144;
 inline constexpr int kQ6_KGroupBlockBytes = 8 * 210;
+inline constexpr int kFloatGroupCols = 16;
 
-// True for the types that have a grouped layout (Q4_0, Q8_0, Q4_K, Q6_K).
+// True for the types that have a grouped layout (Q4_0, Q8_0, Q4_K, Q6_K, F32, F16, BF16).
 bool HasGroupedLayout(gguf::TensorType type);
 
-// The interleave the active kernel path wants for a matrix of this type and row count: 8 for the
-// types with a grouped layout on the AVX-512 VNNI path when there are at least 8 rows; 1 (the
-// file layout) otherwise.
-int PreferredRowInterleave(gguf::TensorType type, int64_t rows);
+// Columns per block of the grouped layout: the type's block, or kFloatGroupCols for F32, F16 and
+// BF16. A grouped matrix's column count and column ranges are multiples of it.
+int64_t GroupBlockCols(gguf::TensorType type);
+
+// The interleave the active kernel path wants for a matrix of this type and shape: 8 when there
+// are at least 8 rows for the quantized types with a grouped layout on the AVX-512 VNNI path, and
+// for F32/F16/BF16 with a multiple of 16 columns on the AVX-512 path; 1 (the file layout)
+// otherwise.
+int PreferredRowInterleave(gguf::TensorType type, int64_t rows, int64_t cols);
 
 // Writes `plain` (file layout, interleave 1) in the layout of `interleave` (1: a copy; 8: a type
 // with a grouped layout) to `out` (rows * row_bytes bytes, the same size).

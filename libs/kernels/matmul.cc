@@ -252,11 +252,13 @@ void MatMul(const Matrix& w, const float* x, int64_t x_stride, int64_t n_tokens,
   if (m.row_bytes == 0) m.row_bytes = min_row_bytes;
   if (m.row_bytes < min_row_bytes) BadMatrix(w, "row_bytes too small");
   if (m.interleave != 1) {
-    if (m.interleave != kGroupRows || !HasGroupedLayout(m.type)) {
+    if (m.interleave != kGroupRows || !HasGroupedLayout(m.type) ||
+        m.cols % GroupBlockCols(m.type) != 0) {
       BadMatrix(w, "unsupported row interleave");
     }
 #if PIPEINFER_KERNELS_X86
-    const bool direct = GetQuantMath() == QuantMath::kFast && UseAvx512Quant(m.type);
+    const bool direct =
+        UseAvx512Float(m.type) || (GetQuantMath() == QuantMath::kFast && UseAvx512Quant(m.type));
 #else
     const bool direct = false;
 #endif

@@ -111,8 +111,10 @@ TEST_P(WeightMemoryTest, CopyInHugePagesGivesTheSameBitsAndIsWhatTheEngineReads)
     const LayerWeights& w = cm.layer(l);
     for (const kernels::Matrix* m : w.matrices()) {
       EXPECT_TRUE(Inside(m->data, buf.data(), buf.size())) << "layer " << l;
-      // Stored in the layout the kernels want (Q4_0 in groups of 8 rows on avx512-vnni).
-      EXPECT_EQ(m->interleave, kernels::PreferredRowInterleave(m->type, m->rows)) << "layer " << l;
+      // Stored in the layout the kernels want (Q4_0 in groups of 8 rows on avx512-vnni, F16 on
+      // avx512).
+      EXPECT_EQ(m->interleave, kernels::PreferredRowInterleave(m->type, m->rows, m->cols))
+          << "layer " << l;
       if (m->interleave != 1) grouped_bytes += m->rows * m->row_bytes;
       EXPECT_TRUE(Inside(m->data + m->rows * m->row_bytes - 1, buf.data(), buf.size()));
       matrix_bytes += m->rows * m->row_bytes;
@@ -128,11 +130,11 @@ TEST_P(WeightMemoryTest, CopyInHugePagesGivesTheSameBitsAndIsWhatTheEngineReads)
   }
   matrix_bytes += cm.output().rows * cm.output().row_bytes;
   EXPECT_EQ(cm.output().interleave,
-            kernels::PreferredRowInterleave(cm.output().type, cm.output().rows));
+            kernels::PreferredRowInterleave(cm.output().type, cm.output().rows, cm.output().cols));
   if (cm.output().interleave != 1) grouped_bytes += cm.output().rows * cm.output().row_bytes;
   EXPECT_EQ(cm.grouped_bytes(), grouped_bytes);
   if (GetParam() == "tiny-q4_0-pure" &&
-      kernels::PreferredRowInterleave(gguf::TensorType::kQ4_0, 64) != 1) {
+      kernels::PreferredRowInterleave(gguf::TensorType::kQ4_0, 64, 256) != 1) {
     EXPECT_GT(grouped_bytes, 0u) << "the Q4_0 matrices were not grouped";
   }
   for (int32_t l = 0; l < mm.n_layers(); ++l) EXPECT_EQ(mm.layer(l).wq.interleave, 1);

@@ -1,6 +1,7 @@
-// Row-interleaved Q4_0, Q8_0, Q4_K and Q6_K weights (kernels/interleave.h): the layouts against
-// their definitions, the round trip, and every kernel path giving the same bits for the grouped
-// copy as for the file layout (MatMul over batches, threads and column ranges; DequantizeRow).
+// Row-interleaved Q4_0, Q8_0, Q4_K, Q6_K, F32, F16 and BF16 weights (kernels/interleave.h): the
+// layouts against their definitions, the round trip, and every kernel path giving the same bits for
+// the grouped copy as for the file layout (MatMul over batches, threads and column ranges;
+// DequantizeRow).
 #include <cstdio>
 #include <cstring>
 #include <random>
@@ -22,8 +23,18 @@ using testing::RandomRows;
 using testing::ScopedPath;
 using testing::ScopedQuantMath;
 
+const TensorType kQuantGroupedTypes[] = {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K,
+                                         TensorType::kQ6_K};
+const TensorType kFloatTypes[] = {TensorType::kF32, TensorType::kF16, TensorType::kBF16};
 const TensorType kGroupedTypes[] = {TensorType::kQ4_0, TensorType::kQ8_0, TensorType::kQ4_K,
-                                    TensorType::kQ6_K};
+                                    TensorType::kQ6_K, TensorType::kF32,  TensorType::kF16,
+                                    TensorType::kBF16};
+
+// Bytes of one row's part of a group block.
+size_t RowBlockBytes(TensorType type) {
+  const auto& info = gguf::TypeInfo(type);
+  return static_cast<size_t>(GroupBlockCols(type) / info.block_size * info.type_size);
+}
 
 Matrix Plain(TensorType type, const std::vector<uint8_t>& data, int64_t rows, int64_t cols) {
   const auto& info = gguf::TypeInfo(type);
@@ -147,28 +158,69 @@ TEST(Interleave, Q6_KGroupsFollowTheDefinition) {
   EXPECT_EQ(back, data);
 }
 
-TEST(Interleave, PreferredLayoutIsGroupsOnlyForTheGroupedTypesOnTheVnniPath) {
-  const bool vnni = BestSimdLevel() == SimdLevel::kAvx512 && GetCpuFeatures().avx512_vnni;
-  for (TensorType t : kGroupedTypes) {
-    EXPECT_EQ(PreferredRowInterleave(t, 4096), vnni ? 8 : 1);
-    EXPECT_EQ(PreferredRowInterleave(t, 4100), vnni ? 8 : 1);  // 4 rows left over
-    EXPECT_EQ(PreferredRowInterleave(t, 7), 1);                // no whole group
+TEST(Interleave, PreferredLayoutIsGroupsOnlyForTheGroupedTypesOnTheAvx512Paths) {
+  const bool avx512 = BestSimdLevel() == SimdLevel::kAvx512;
+  const bool vnni = avx512 && GetCpuFeatures().avx512_vnni;
+  for (TensorType t : kQuantGroupedTypes) {
+    EXPECT_EQ(PreferredRowInterleave(t, 4096, 4096), vnni ? 8 : 1);
+    EXPECT_EQ(PreferredRowInterleave(t, 4100, 4096), vnni ? 8 : 1);  // 4 rows left over
+    EXPECT_EQ(PreferredRowInterleave(t, 7, 4096), 1);                // no whole group
   }
-  for (TensorType t : {TensorType::kF16, TensorType::kQ4_1, TensorType::kQ5_K}) {
-    EXPECT_EQ(PreferredRowInterleave(t, 4096), 1) << testing::TypeName(t);
+  for (TensorType t : kFloatTypes) {
+    EXPECT_EQ(PreferredRowInterleave(t, 4096, 4096), avx512 ? 8 : 1) << testing::TypeName(t);
+    EXPECT_EQ(PreferredRowInterleave(t, 4100, 4096), avx512 ? 8 : 1) << testing::TypeName(t);
+    EXPECT_EQ(PreferredRowInterleave(t, 4096, 4104), 1) << "columns not a multiple of 16";
+    EXPECT_EQ(PreferredRowInterleave(t, 7, 4096), 1) << testing::TypeName(t);
+  }
+  for (TensorType t : {TensorType::kQ4_1, TensorType::kQ5_K, TensorType::kQ2_K}) {
+    EXPECT_EQ(PreferredRowInterleave(t, 4096, 4096), 1) << testing::TypeName(t);
   }
   for (const Path& p : Paths()) {
     if (p.level == SimdLevel::kAvx512) continue;
     ScopedPath scoped(p);
-    for (TensorType t : kGroupedTypes) EXPECT_EQ(PreferredRowInterleave(t, 4096), 1) << p.name;
+    for (TensorType t : kGroupedTypes) {
+      EXPECT_EQ(PreferredRowInterleave(t, 4096, 4096), 1) << p.name;
+    }
   }
-  if (!vnni) std::printf("[ note     ] no AVX-512 VNNI here: nothing is grouped by default\n");
+  if (!avx512) std::printf("[ note     ] no AVX-512 here: nothing is grouped by default\n");
+  if (avx512 && !vnni) {
+    std::printf("[ note     ] no AVX-512 VNNI here: only the float types are grouped\n");
+  }
+}
+
+// F32/F16/BF16: block b (16 columns) of group g holds row 8g + i's columns 16b .. 16b + 15 at
+// byte 16 * i * (the value's size); the last 3 rows as in the file.
+TEST(Interleave, FloatGroupsFollowTheDefinition) {
+  for (TensorType type : kFloatTypes) {
+    constexpr int64_t kRows = 19, kCols = 16 * 5;
+    const size_t vb = gguf::TypeInfo(type).type_size, rb = 16 * vb;
+    std::mt19937 rng(13);
+    const std::vector<uint8_t> data = RandomRows(type, kRows, kCols, rng, false);
+    const Matrix plain = Plain(type, data, kRows, kCols);
+    std::vector<uint8_t> storage;
+    const Matrix g = Grouped(plain, &storage);
+    for (int64_t grp = 0; grp < kRows / 8; ++grp) {
+      for (int64_t b = 0; b < kCols / 16; ++b) {
+        for (int i = 0; i < 8; ++i) {
+          const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * rb;
+          ASSERT_EQ(0,
+                    std::memcmp(g.data + grp * 8 * plain.row_bytes + b * 8 * rb + i * rb, src, rb))
+              << testing::TypeName(type) << " group " << grp << " block " << b << " row " << i;
+        }
+      }
+    }
+    EXPECT_EQ(0, std::memcmp(g.data + 16 * plain.row_bytes, data.data() + 16 * plain.row_bytes,
+                             3 * plain.row_bytes));
+    std::vector<uint8_t> back(data.size());
+    internal::DeinterleaveRows(g, 0, kRows, back.data());
+    EXPECT_EQ(back, data) << testing::TypeName(type);
+  }
 }
 
 TEST(Interleave, DequantizedRowsAreTheFileLayoutsRows) {
   for (TensorType type : kGroupedTypes) {
     constexpr int64_t kRows = 19;
-    const int64_t cols = gguf::TypeInfo(type).block_size * 7;
+    const int64_t cols = GroupBlockCols(type) * 7;
     std::mt19937 rng(11);
     const std::vector<uint8_t> data = RandomRows(type, kRows, cols, rng, false);
     const Matrix plain = Plain(type, data, kRows, cols);
@@ -189,7 +241,7 @@ TEST(Interleave, DequantizedRowsAreTheFileLayoutsRows) {
 // rows: whole groups), and with 3 rows left over in the file layout (43 rows).
 void ExpectGroupsEqualFileLayout(TensorType type, int64_t kRows, bool cuts) {
   constexpr int64_t kMaxTokens = 37;
-  const int64_t block = gguf::TypeInfo(type).block_size, kCols = block * 13;
+  const int64_t block = GroupBlockCols(type), kCols = block * 13;
   std::mt19937 rng(5 + static_cast<uint32_t>(kRows));
   const std::vector<uint8_t> data = RandomRows(type, kRows, kCols, rng, true);
   const Matrix plain = Plain(type, data, kRows, kCols);
@@ -197,7 +249,7 @@ void ExpectGroupsEqualFileLayout(TensorType type, int64_t kRows, bool cuts) {
   const Matrix grouped = Grouped(plain, &storage);
   // Blocks 2..10 of every row.
   const auto columns = [&](Matrix m) {
-    m.data += 2 * gguf::TypeInfo(m.type).type_size * m.interleave;
+    m.data += 2 * RowBlockBytes(m.type) * m.interleave;
     m.cols = block * 9;
     return m;
   };
@@ -236,14 +288,14 @@ TEST(Interleave, MatMulOnGroupsEqualsMatMulOnTheFileLayout) {
   }
 }
 
-// The grouped kernels read the groups, not a restored copy: spoiling one row's scale in the copy
-// changes that row's result only. Row 11 = group 1, lane 3; block 2's d (Q4_0, Q8_0: the f16 at
-// 2 * 3; Q4_K: word 0 at 4 * 3).
+// The grouped kernels read the groups, not a restored copy: spoiling one row's value in the copy
+// changes that row's result only. Row 11 = group 1, row 3 of the group; block 2's d (Q4_0, Q8_0,
+// Q6_K: the f16 at 2 * 3; Q4_K: word 0 at 4 * 3) or first weight (F32, F16, BF16: at 3 * 16 * the
+// value's size).
 TEST(Interleave, SpoilingOneRowOfTheCopyChangesOnlyThatRow) {
   for (TensorType type : kGroupedTypes) {
     constexpr int64_t kRows = 16;
-    const auto& info = gguf::TypeInfo(type);
-    const int64_t cols = info.block_size * 4;
+    const int64_t cols = GroupBlockCols(type) * 4;
     std::mt19937 rng(9);
     const std::vector<uint8_t> data = RandomRows(type, kRows, cols, rng, true);
     std::vector<uint8_t> storage;
@@ -251,10 +303,23 @@ TEST(Interleave, SpoilingOneRowOfTheCopyChangesOnlyThatRow) {
     std::vector<float> x(cols, 0.5f), before(kRows), after(kRows);
     ThreadPool pool(1);
     MatMul(grouped, x.data(), cols, 1, before.data(), kRows, pool);
-    uint8_t* d = storage.data() + 8 * grouped.row_bytes + 2 * 8 * info.type_size +
-                 (type == TensorType::kQ4_K ? 4 * 3 : 2 * 3);
-    const uint16_t doubled = FloatToHalf(2.0f * HalfToFloat(testing::HalfBits(d)));
-    std::memcpy(d, &doubled, 2);
+    uint8_t* block = storage.data() + 8 * grouped.row_bytes + 2 * 8 * RowBlockBytes(type);
+    if (type == TensorType::kF32) {
+      float v;
+      std::memcpy(&v, block + 3 * RowBlockBytes(type), 4);
+      v = 2.0f * v + 1.0f;
+      std::memcpy(block + 3 * RowBlockBytes(type), &v, 4);
+    } else if (type == TensorType::kBF16) {
+      block[3 * RowBlockBytes(type) + 1] ^= 0x40;  // an exponent bit
+    } else {
+      uint8_t* d = type == TensorType::kF16    ? block + 3 * RowBlockBytes(type)
+                   : type == TensorType::kQ4_K ? block + 4 * 3
+                                               : block + 2 * 3;
+      const float old = HalfToFloat(testing::HalfBits(d));
+      const uint16_t spoiled =
+          FloatToHalf(type == TensorType::kF16 ? 2.0f * old + 1.0f : 2.0f * old);
+      std::memcpy(d, &spoiled, 2);
+    }
     MatMul(grouped, x.data(), cols, 1, after.data(), kRows, pool);
     for (int64_t r = 0; r < kRows; ++r) {
       if (r == 11) {
