@@ -187,6 +187,20 @@ void MatMulPrefillArgs(benchmark::internal::Benchmark* b) {
   b->ArgNames({"type", "tokens", "threads", "path"});
 }
 
+// Decode over long rows: a 2048 x 11008 matrix (a 7B model's FFN down projection; 45 MB in F16),
+// whose activations (43 KiB in F32) do not stay in L1 next to the streaming weights. Compare
+// PIPEINFER_BENCH_WEIGHTS=file (rows one at a time) with the default grouped copy.
+void BM_MatMulLongRows(benchmark::State& state) { RunMatMul(state, 2048, 11008); }
+void MatMulLongRowsArgs(benchmark::internal::Benchmark* b) {
+  for (TensorType t : {TensorType::kF32, TensorType::kF16, TensorType::kBF16}) {
+    for (int threads : {1, HardwareThreads()}) {
+      b->Args({static_cast<int64_t>(t), 1, threads, 2});
+      if (HardwareThreads() == 1) break;
+    }
+  }
+  b->ArgNames({"type", "tokens", "threads", "path"});
+}
+
 BENCHMARK(BM_MemoryRead)
     ->Arg(1)
     ->Arg(HardwareThreads())
@@ -195,6 +209,10 @@ BENCHMARK(BM_MemoryRead)
 BENCHMARK(BM_MatMul)->Apply(MatMulArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_MatMulL2)->Apply(MatMulL2Args)->UseRealTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_MatMulPrefill)->Apply(MatMulPrefillArgs)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_MatMulLongRows)
+    ->Apply(MatMulLongRowsArgs)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace pipeinfer::kernels
