@@ -29,12 +29,12 @@ namespace pipeinfer::engine {
 // Where a CPU stage reads its weights from (GPU stages upload them and ignore this).
 enum class WeightMemory {
   // A copy in anonymous transparent-huge-page memory (common/huge_pages.h), in the layout the
-  // kernels want (Q4_0/Q8_0/Q4_K/Q6_K in groups of 8 rows on the avx512-vnni path:
-  // kernels/interleave.h).
+  // kernels want (Q4_0/Q8_0/Q4_K/Q6_K in groups of 8 rows on the avx512-vnni path, F32/F16/BF16
+  // on the avx512 path: kernels/interleave.h).
   kHugePages,
-  // The file's memory mapping (4 KiB page-cache pages; no copy). Q4_0/Q8_0/Q4_K/Q6_K rows are then
-  // read 8 side by side on the avx512-vnni path: decode of those types is much slower than from
-  // the copy (same results).
+  // The file's memory mapping (4 KiB page-cache pages; no copy). Q4_0/Q8_0/Q4_K rows are then
+  // read 8 side by side on the avx512-vnni path, Q6_K and float rows one at a time: decode is
+  // slower than from the copy (same results).
   kMapped,
 };
 
