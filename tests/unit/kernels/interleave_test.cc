@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -51,111 +52,96 @@ Matrix Grouped(const Matrix& plain, std::vector<uint8_t>* storage) {
   return g;
 }
 
-// Byte by byte from the definition in interleave.h: group g, block b: the 8 scales (2 bytes each),
-// then chunk c, row i = quant bytes 4c..4c+3 of row 8g + i (4 chunks for Q4_0, 8 for Q8_0); the
-// last 5 rows (no whole group) as in the file.
-TEST(Interleave, Q4_0AndQ8_0GroupsFollowTheDefinition) {
-  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0}) {
-    constexpr int64_t kRows = 29, kCols = 32 * 5;
-    const int64_t bytes = gguf::TypeInfo(type).type_size, chunks = (bytes - 2) / 4;
-    std::mt19937 rng(7);
-    const std::vector<uint8_t> data = RandomRows(type, kRows, kCols, rng, false);
-    const Matrix plain = Plain(type, data, kRows, kCols);
-    std::vector<uint8_t> storage;
-    const Matrix g = Grouped(plain, &storage);
-    for (int64_t grp = 0; grp < kRows / 8; ++grp) {
-      for (int64_t b = 0; b < kCols / 32; ++b) {
-        const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 8 * bytes;
-        for (int i = 0; i < 8; ++i) {
-          const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * bytes;
-          ASSERT_EQ(0, std::memcmp(blk + 2 * i, src, 2))
-              << "scale, group " << grp << " block " << b;
-          for (int c = 0; c < chunks; ++c) {
-            ASSERT_EQ(0, std::memcmp(blk + 16 + 32 * c + 4 * i, src + 2 + 4 * c, 4))
-                << testing::TypeName(type) << " group " << grp << " block " << b << " chunk " << c
-                << " row " << i;
-          }
-        }
+// Checks a grouped copy of random rows against a layout definition: `check(blk, src, i)` compares
+// one group block (at blk) with the matching block of file row i of the group (at src). The last
+// kRows % 8 rows must be the file's, and deinterleaving must give the file back (also from row 16:
+// a group and the last rows).
+template <class Check>
+void ExpectLayout(TensorType type, int64_t rows, int64_t cols, uint32_t seed, const Check& check) {
+  const int64_t block_cols = GroupBlockCols(type), row_block = RowBlockBytes(type);
+  std::mt19937 rng(seed);
+  const std::vector<uint8_t> data = RandomRows(type, rows, cols, rng, false);
+  const Matrix plain = Plain(type, data, rows, cols);
+  std::vector<uint8_t> storage;
+  const Matrix g = Grouped(plain, &storage);
+  for (int64_t grp = 0; grp < rows / 8; ++grp) {
+    for (int64_t b = 0; b < cols / block_cols; ++b) {
+      const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 8 * row_block;
+      for (int i = 0; i < 8; ++i) {
+        SCOPED_TRACE(testing::TypeName(type) + " group " + std::to_string(grp) + " block " +
+                     std::to_string(b) + " row " + std::to_string(i));
+        check(blk, data.data() + (grp * 8 + i) * plain.row_bytes + b * row_block, i);
+        if (::testing::Test::HasFatalFailure()) return;
       }
     }
-    EXPECT_EQ(0, std::memcmp(g.data + 24 * plain.row_bytes, data.data() + 24 * plain.row_bytes,
-                             5 * plain.row_bytes));
-    std::vector<uint8_t> back(data.size());
-    internal::DeinterleaveRows(g, 0, kRows, back.data());
-    EXPECT_EQ(back, data);
-    internal::DeinterleaveRows(g, 16, kRows - 16, back.data());  // a group and the last rows
-    EXPECT_EQ(0, std::memcmp(back.data(), data.data() + 16 * plain.row_bytes,
-                             (kRows - 16) * plain.row_bytes));
+  }
+  const int64_t whole = rows - rows % 8;
+  EXPECT_EQ(0, std::memcmp(g.data + whole * plain.row_bytes, data.data() + whole * plain.row_bytes,
+                           (rows - whole) * plain.row_bytes));
+  std::vector<uint8_t> back(data.size());
+  internal::DeinterleaveRows(g, 0, rows, back.data());
+  EXPECT_EQ(back, data);
+  internal::DeinterleaveRows(g, 16, rows - 16, back.data());
+  EXPECT_EQ(0, std::memcmp(back.data(), data.data() + 16 * plain.row_bytes,
+                           (rows - 16) * plain.row_bytes));
+}
+
+// Q4_0, Q8_0: the 8 scales (row i's at bytes 2i, 2i + 1), then chunk c, row i = quant bytes
+// 4c..4c+3 of the row (4 chunks for Q4_0, 8 for Q8_0); 5 rows left in the file layout.
+TEST(Interleave, Q4_0AndQ8_0GroupsFollowTheDefinition) {
+  for (TensorType type : {TensorType::kQ4_0, TensorType::kQ8_0}) {
+    const int chunks = (static_cast<int>(gguf::TypeInfo(type).type_size) - 2) / 4;
+    ExpectLayout(type, 29, 32 * 5, 7, [&](const uint8_t* blk, const uint8_t* src, int i) {
+      ASSERT_EQ(0, std::memcmp(blk + 2 * i, src, 2)) << "scale";
+      for (int c = 0; c < chunks; ++c) {
+        ASSERT_EQ(0, std::memcmp(blk + 16 + 32 * c + 4 * i, src + 2 + 4 * c, 4)) << "chunk " << c;
+      }
+    });
   }
 }
 
-// Q4_K: word w (bytes 4w..4w+3) of row 8g + i's block b at byte 32w + 4i of group g's block b;
-// the last 3 rows as in the file.
+// Q4_K: word w (bytes 4w..4w+3) of row i's block at byte 32w + 4i; 3 rows left.
 TEST(Interleave, Q4_KGroupsFollowTheDefinition) {
-  constexpr int64_t kRows = 19, kCols = 256 * 3;
-  std::mt19937 rng(8);
-  const std::vector<uint8_t> data = RandomRows(TensorType::kQ4_K, kRows, kCols, rng, false);
-  const Matrix plain = Plain(TensorType::kQ4_K, data, kRows, kCols);
-  std::vector<uint8_t> storage;
-  const Matrix g = Grouped(plain, &storage);
-  for (int64_t grp = 0; grp < kRows / 8; ++grp) {
-    for (int64_t b = 0; b < kCols / 256; ++b) {
-      const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 1152;
-      for (int i = 0; i < 8; ++i) {
-        const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * 144;
-        for (int w = 0; w < 36; ++w) {
-          ASSERT_EQ(0, std::memcmp(blk + 32 * w + 4 * i, src + 4 * w, 4))
-              << "group " << grp << " block " << b << " row " << i << " word " << w;
-        }
-      }
-    }
-  }
-  EXPECT_EQ(0, std::memcmp(g.data + 16 * plain.row_bytes, data.data() + 16 * plain.row_bytes,
-                           3 * plain.row_bytes));
-  std::vector<uint8_t> back(data.size());
-  internal::DeinterleaveRows(g, 0, kRows, back.data());
-  EXPECT_EQ(back, data);
+  ExpectLayout(TensorType::kQ4_K, 19, 256 * 3, 8,
+               [](const uint8_t* blk, const uint8_t* src, int i) {
+                 for (int w = 0; w < 36; ++w) {
+                   ASSERT_EQ(0, std::memcmp(blk + 32 * w + 4 * i, src + 4 * w, 4)) << "word " << w;
+                 }
+               });
 }
 
 // Q6_K (210-byte blocks: ql[128], qh[64], scales[16], d): d of row i at byte 2i of the group's
 // block; scale s of row i at 16 + 8s + i; from byte 144, triples of 96 bytes: triple 8h + m holds
 // ql words 16h + m and 16h + 8 + m, then qh word 8h + m (file word 32 + 8h + m), row i's word at
-// 4i; the last 5 rows as in the file.
+// 4i; 5 rows left.
 TEST(Interleave, Q6_KGroupsFollowTheDefinition) {
-  constexpr int64_t kRows = 21, kCols = 256 * 3;
-  std::mt19937 rng(12);
-  const std::vector<uint8_t> data = RandomRows(TensorType::kQ6_K, kRows, kCols, rng, false);
-  const Matrix plain = Plain(TensorType::kQ6_K, data, kRows, kCols);
-  std::vector<uint8_t> storage;
-  const Matrix g = Grouped(plain, &storage);
-  for (int64_t grp = 0; grp < kRows / 8; ++grp) {
-    for (int64_t b = 0; b < kCols / 256; ++b) {
-      const uint8_t* blk = g.data + grp * 8 * plain.row_bytes + b * 1680;
-      for (int i = 0; i < 8; ++i) {
-        const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * 210;
-        ASSERT_EQ(0, std::memcmp(blk + 2 * i, src + 208, 2)) << "d, group " << grp << " row " << i;
-        for (int s = 0; s < 16; ++s) {
-          ASSERT_EQ(blk[16 + 8 * s + i], src[192 + s]) << "group " << grp << " scale " << s;
-        }
-        for (int h = 0; h < 2; ++h) {
-          for (int m = 0; m < 8; ++m) {
-            const uint8_t* tri = blk + 144 + 96 * (8 * h + m) + 4 * i;
-            const int file_words[3] = {16 * h + m, 16 * h + 8 + m, 32 + 8 * h + m};
-            for (int k = 0; k < 3; ++k) {
-              ASSERT_EQ(0, std::memcmp(tri + 32 * k, src + 4 * file_words[k], 4))
-                  << "group " << grp << " block " << b << " row " << i << " triple " << 8 * h + m
-                  << " word " << k;
-            }
-          }
-        }
-      }
-    }
+  ExpectLayout(TensorType::kQ6_K, 21, 256 * 3, 12,
+               [](const uint8_t* blk, const uint8_t* src, int i) {
+                 ASSERT_EQ(0, std::memcmp(blk + 2 * i, src + 208, 2)) << "d";
+                 for (int s = 0; s < 16; ++s)
+                   ASSERT_EQ(blk[16 + 8 * s + i], src[192 + s]) << "scale " << s;
+                 for (int h = 0; h < 2; ++h) {
+                   for (int m = 0; m < 8; ++m) {
+                     const uint8_t* tri = blk + 144 + 96 * (8 * h + m) + 4 * i;
+                     const int file_words[3] = {16 * h + m, 16 * h + 8 + m, 32 + 8 * h + m};
+                     for (int k = 0; k < 3; ++k) {
+                       ASSERT_EQ(0, std::memcmp(tri + 32 * k, src + 4 * file_words[k], 4))
+                           << "triple " << 8 * h + m << " word " << k;
+                     }
+                   }
+                 }
+               });
+}
+
+// F32/F16/BF16: block b (16 columns) holds row i's columns 16b .. 16b + 15 at byte 16 * i * (the
+// value's size); 3 rows left.
+TEST(Interleave, FloatGroupsFollowTheDefinition) {
+  for (TensorType type : kFloatTypes) {
+    const size_t rb = RowBlockBytes(type);
+    ExpectLayout(type, 19, 16 * 5, 13, [&](const uint8_t* blk, const uint8_t* src, int i) {
+      ASSERT_EQ(0, std::memcmp(blk + i * rb, src, rb));
+    });
   }
-  EXPECT_EQ(0, std::memcmp(g.data + 16 * plain.row_bytes, data.data() + 16 * plain.row_bytes,
-                           5 * plain.row_bytes));
-  std::vector<uint8_t> back(data.size());
-  internal::DeinterleaveRows(g, 0, kRows, back.data());
-  EXPECT_EQ(back, data);
 }
 
 TEST(Interleave, PreferredLayoutIsGroupsOnlyForTheGroupedTypesOnTheAvx512Paths) {
@@ -185,35 +171,6 @@ TEST(Interleave, PreferredLayoutIsGroupsOnlyForTheGroupedTypesOnTheAvx512Paths) 
   if (!avx512) std::printf("[ note     ] no AVX-512 here: nothing is grouped by default\n");
   if (avx512 && !vnni) {
     std::printf("[ note     ] no AVX-512 VNNI here: only the float types are grouped\n");
-  }
-}
-
-// F32/F16/BF16: block b (16 columns) of group g holds row 8g + i's columns 16b .. 16b + 15 at
-// byte 16 * i * (the value's size); the last 3 rows as in the file.
-TEST(Interleave, FloatGroupsFollowTheDefinition) {
-  for (TensorType type : kFloatTypes) {
-    constexpr int64_t kRows = 19, kCols = 16 * 5;
-    const size_t vb = gguf::TypeInfo(type).type_size, rb = 16 * vb;
-    std::mt19937 rng(13);
-    const std::vector<uint8_t> data = RandomRows(type, kRows, kCols, rng, false);
-    const Matrix plain = Plain(type, data, kRows, kCols);
-    std::vector<uint8_t> storage;
-    const Matrix g = Grouped(plain, &storage);
-    for (int64_t grp = 0; grp < kRows / 8; ++grp) {
-      for (int64_t b = 0; b < kCols / 16; ++b) {
-        for (int i = 0; i < 8; ++i) {
-          const uint8_t* src = data.data() + (grp * 8 + i) * plain.row_bytes + b * rb;
-          ASSERT_EQ(0,
-                    std::memcmp(g.data + grp * 8 * plain.row_bytes + b * 8 * rb + i * rb, src, rb))
-              << testing::TypeName(type) << " group " << grp << " block " << b << " row " << i;
-        }
-      }
-    }
-    EXPECT_EQ(0, std::memcmp(g.data + 16 * plain.row_bytes, data.data() + 16 * plain.row_bytes,
-                             3 * plain.row_bytes));
-    std::vector<uint8_t> back(data.size());
-    internal::DeinterleaveRows(g, 0, kRows, back.data());
-    EXPECT_EQ(back, data) << testing::TypeName(type);
   }
 }
 
