@@ -33,10 +33,6 @@ int BlockBytes(TensorType type) {
 
 // A Q6_K file block: ql[128] and qh[64] (48 words), the 16 scales, d.
 constexpr int kQ6_KWords = 48, kQ6_KScales = 192, kQ6_KD = 208;
-// Where word w of a Q6_K file block goes in a group block (row 0's copy; row i's is 4i further).
-constexpr int Q6_KWordAt(int w) {
-  return 144 + (w < 32 ? 96 * (8 * (w / 16) + w % 8) + 32 * (w % 16 / 8) : 96 * (w - 32) + 64);
-}
 
 }  // namespace
 
@@ -107,7 +103,8 @@ void PackGroup(TensorType type, const uint8_t* const rows[kGroupRows], int64_t n
       } else if (type == TensorType::kQ6_K) {
         put(b, i, kQ6_KD, 2, out + 2 * i);
         for (int s = 0; s < 16; ++s) put(b, i, kQ6_KScales + s, 1, out + 16 + 8 * s + i);
-        for (int w = 0; w < kQ6_KWords; ++w) put(b, i, 4 * w, 4, out + Q6_KWordAt(w) + 4 * i);
+        for (int w = 0; w < kQ6_KWords; ++w)
+          put(b, i, 4 * w, 4, out + internal::Q6_KGroupWordAt(w) + 4 * i);
       } else {
         BadInterleave(type, 0, 0, kGroupRows, "no grouped layout");
       }
@@ -131,7 +128,7 @@ void UnpackRow(TensorType type, const uint8_t* group, int64_t nb, int i, uint8_t
       std::memcpy(out + kQ6_KD, group + 2 * i, 2);
       for (int s = 0; s < 16; ++s) out[kQ6_KScales + s] = group[16 + 8 * s + i];
       for (int w = 0; w < kQ6_KWords; ++w) {
-        std::memcpy(out + 4 * w, group + Q6_KWordAt(w) + 4 * i, 4);
+        std::memcpy(out + 4 * w, group + internal::Q6_KGroupWordAt(w) + 4 * i, 4);
       }
     } else {
       BadInterleave(type, 0, 0, kGroupRows, "no grouped layout");

@@ -66,6 +66,12 @@ int PreferredRowInterleave(gguf::TensorType type, int64_t rows, int64_t cols);
 void InterleaveRows(const Matrix& plain, int interleave, uint8_t* out);
 
 namespace internal {
+// Where word w (< 48: ql, then qh) of a Q6_K file block lies in its group block: row 0's copy of
+// it (row i's is 4i further), in triple 8h + m as described above.
+constexpr int Q6_KGroupWordAt(int w) {
+  return 144 + (w < 32 ? 96 * (8 * (w / 16) + w % 8) + 32 * (w % 16 / 8) : 96 * (w - 32) + 64);
+}
+
 // One group: blocks [0, nb) of up to 8 file-layout rows (`rows[i]` null: a row of zeros, whose
 // products are 0) into nb group blocks at `out`.
 void PackGroup(gguf::TensorType type, const uint8_t* const rows[kGroupRows], int64_t nb,

@@ -111,25 +111,6 @@ __attribute__((always_inline)) inline void Step(const Args& g, int64_t k, __mmas
   }
 }
 
-// Steps [k0, k1) of 16 columns of the tile's pairs into a0 (even steps) and a1 (odd); k0 is a
-// multiple of 32 and k1 a multiple of 16 or the row's end (the last, masked step).
-template <class L, int R, int T>
-__attribute__((always_inline)) inline void Steps(const Args& g, int64_t k0, int64_t k1,
-                                                 __m512 a0[R][T], __m512 a1[R][T]) {
-  int64_t k = k0;
-#pragma GCC unroll 4
-  for (; k + 32 <= k1; k += 32) {
-    Step<L, R, T, false>(g, k, 0, a0);
-    Step<L, R, T, false>(g, k + 16, 0, a1);
-  }
-  const int64_t left = k1 - k;  // 0..31
-  if (left >= 16) Step<L, R, T, false>(g, k, 0, a0);
-  if (left % 16 != 0) {
-    const __mmask16 m = static_cast<__mmask16>((1u << (left % 16)) - 1);
-    Step<L, R, T, true>(g, k + left / 16 * 16, m, left >= 16 ? a1 : a0);
-  }
-}
-
 template <class L, int R, int T>
 void Run(const Args& g) {
   __m512 a0[R][T], a1[R][T];  // even and odd steps of 16 columns
@@ -138,7 +119,18 @@ void Run(const Args& g) {
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) a0[r][t] = a1[r][t] = _mm512_setzero_ps();
   }
-  Steps<L, R, T>(g, 0, g.cols, a0, a1);
+  int64_t k = 0;
+#pragma GCC unroll 4
+  for (; k + 32 <= g.cols; k += 32) {
+    Step<L, R, T, false>(g, k, 0, a0);
+    Step<L, R, T, false>(g, k + 16, 0, a1);
+  }
+  const int64_t left = g.cols - k;  // 0..31
+  if (left >= 16) Step<L, R, T, false>(g, k, 0, a0);
+  if (left % 16 != 0) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (left % 16)) - 1);
+    Step<L, R, T, true>(g, k + left / 16 * 16, m, left >= 16 ? a1 : a0);
+  }
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
@@ -182,9 +174,13 @@ void Rows(const RowAt& row, int64_t col_bytes, int64_t cols, const float* x, int
       const int nt = static_cast<int>(t1 - t < KT ? t1 - t : KT);
       for (int i = 0; i < nt; ++i) g.x[i] = x + (t + i) * xs;
       g.y = y + t * ys + r;
-      if (KR >= 4 && nr == 4) {
-        RunRows<L, (KR >= 4 ? 4 : 1), KT>(g, nt);
-      } else if (nr == 3) {
+      if constexpr (KR >= 4) {
+        if (nr == 4) {
+          RunRows<L, 4, KT>(g, nt);
+          continue;
+        }
+      }
+      if (nr == 3) {
         RunRows<L, 3, KT>(g, nt);
       } else if (nr == 2) {
         RunRows<L, 2, KT>(g, nt);

@@ -161,13 +161,10 @@ struct Q6_K {
       in.Words(b, 16 * q, w);
 #pragma GCC unroll 4
       for (int j = 0; j < 4; ++j) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kTriples + WordAt(4 * q + j)), w[j]);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + internal::Q6_KGroupWordAt(4 * q + j)),
+                            w[j]);
       }
     }
-  }
-  // Where word w (< 48) of a file block goes in the triples (times 8 rows).
-  static constexpr int WordAt(int w) {
-    return w < 32 ? 96 * (8 * (w / 16) + w % 8) + 32 * (w % 16 / 8) : 96 * (w - 32) + 64;
   }
   static void Pack(const InRows& in, int64_t nb, uint8_t* out) {
     for (int64_t b = 0; b < nb; ++b, out += kBlockBytes) PackBlock(in, b, out);
@@ -250,7 +247,7 @@ struct Q6_K {
     alignas(32) float out[T][kGroupRows];
     for (int i = 0; i < kGroupRows; ++i) {
       float a[T];
-      Row<T>(in.rows[i], nb, tk, a);
+      Row<T>(in.rows[i], in.block_bytes, nb, tk, a);
 #pragma GCC unroll 8
       for (int t = 0; t < T; ++t) out[t][i] = a[t];
     }
@@ -259,15 +256,15 @@ struct Q6_K {
   }
 
   template <int T>
-  static void Row(const uint8_t* row, int64_t nb, const Token* tk, float (&acc)[T]) {
-    constexpr int kFileBlock = 210;
+  static void Row(const uint8_t* row, int block_bytes, int64_t nb, const Token* tk,
+                  float (&acc)[T]) {
     const __m512i low4 = _mm512_set1_epi8(0x0f), bits45 = _mm512_set1_epi8(0x30);
     // Shifts the second 256 bits by 2: [qh, qh >> 2].
     const __m512i qh_shift = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) acc[t] = 0.0f;
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = row + b * kFileBlock;
+      const uint8_t* blk = row + b * block_bytes;
       const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 192));
       const __m512i sc16 = _mm512_zextsi256_si512(_mm256_cvtepi8_epi16(sc8));
       const __m512i sc32 = _mm512_cvtepi8_epi32(sc8);
